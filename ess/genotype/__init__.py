@@ -1,0 +1,38 @@
+"""Genotypes of ESS: see :mod:`ess.genotype.types`; drawing in :mod:`ess.genotype.draw`.
+
+``draw_genotype`` is imported lazily so that importing the genotypes does not import matplotlib.
+"""
+
+from typing import Any
+
+from ess.genotype.types import (
+    BUILTINS,
+    COMBINATIONS,
+    DARTS_V1,
+    DARTS_V2,
+    ENAS,
+    IDENTITY_INTER,
+    Edge,
+    ESSGenotype,
+    InterGenotype,
+    InterNode,
+    IntraGenotype,
+    genotype_from_dict,
+    load_genotype,
+    parse_genotype_json,
+    save_genotype,
+)
+
+__all__ = [
+    "BUILTINS", "COMBINATIONS", "DARTS_V1", "DARTS_V2", "ENAS", "IDENTITY_INTER", "Edge", "ESSGenotype",
+    "InterGenotype", "InterNode", "IntraGenotype", "draw_genotype", "genotype_from_dict", "load_genotype",
+    "parse_genotype_json", "save_genotype",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "draw_genotype":
+        from ess.genotype.draw import draw_genotype
+
+        return draw_genotype
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,95 @@
+"""The recurrent language model of DARTS/ESS around any registered cell.
+
+embedding (word dropout ``dropoute``) -> locked dropout ``dropouti`` -> cell (variational masks
+``dropoutx`` on x, ``dropouth`` on h inside) -> locked dropout ``dropout`` -> decoder tied to the
+embedding. AR/TAR regularisers follow AWD-LSTM: ``alpha * mean(dropped_output^2)`` and
+``beta * mean((raw_t - raw_{t-1})^2)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ess.cells import State, detach_state
+
+
+def locked_dropout(x: Tensor, dropout: float, training: bool) -> Tensor:
+    """One mask per sequence and feature, shared over time: ``x`` is ``[T, B, D]``."""
+    if not training or dropout == 0:
+        return x
+    keep = 1.0 - dropout
+    mask = torch.empty(1, x.size(1), x.size(2), dtype=x.dtype, device=x.device).bernoulli_(keep).div_(keep)
+    return x * mask
+
+
+def embedded_dropout(embed: nn.Embedding, words: Tensor, dropout: float, training: bool) -> Tensor:
+    """Word dropout (AWD-LSTM): drop whole rows of the embedding matrix, scale the rest.
+
+    Gathering the row mask by word equals masking the matrix first, without building a masked
+    ``V x D`` copy.
+    """
+    emb = embed(words)
+    if not training or dropout == 0:
+        return emb
+    keep = 1.0 - dropout
+    row_mask = torch.empty(embed.weight.size(0), 1, dtype=emb.dtype, device=emb.device).bernoulli_(keep).div_(keep)
+    return emb * row_mask[words]
+
+
+@dataclass
+class LMOutput:
+    logits: Tensor        # [T, B, V]
+    state: State          # carried to the next segment
+    raw_output: Tensor    # cell outputs before the output dropout (TAR)
+    output: Tensor        # after the output dropout (AR)
+
+
+class RNNModel(nn.Module):
+    """Word-level LM: tied embedding/decoder (so ``ninp == nhid``) around ``cell``."""
+
+    def __init__(self, ntoken: int, ninp: int, nhid: int, cell: nn.Module, dropout: float = 0.75,
+                 dropouti: float = 0.2, dropoute: float = 0.1):
+        super().__init__()
+        if ninp != nhid:
+            raise ValueError(f"tied weights need ninp == nhid (got {ninp} and {nhid})")
+        self.ntoken, self.ninp, self.nhid = ntoken, ninp, nhid
+        self.dropout, self.dropouti, self.dropoute = dropout, dropouti, dropoute
+        self.encoder = nn.Embedding(ntoken, ninp)
+        self.cell = cell
+        self.decoder = nn.Linear(nhid, ntoken)
+        self.decoder.weight = self.encoder.weight
+        nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
+        nn.init.zeros_(self.decoder.bias)
+
+    def init_state(self, batch: int) -> State:
+        return self.cell.init_state(batch, self.encoder.weight.device)
+
+    def forward(self, tokens: Tensor, state: State) -> LMOutput:
+        emb = embedded_dropout(self.encoder, tokens, self.dropoute, self.training)
+        emb = locked_dropout(emb, self.dropouti, self.training)
+        raw, new_state = self.cell(emb, state)
+        out = locked_dropout(raw, self.dropout, self.training)
+        return LMOutput(self.decoder(out), new_state, raw, out)
+
+
+def lm_loss(out: LMOutput, targets: Tensor) -> Tensor:
+    """Mean next-token cross entropy (nats) over all ``T x B`` positions."""
+    return F.cross_entropy(out.logits.reshape(-1, out.logits.size(-1)), targets.reshape(-1))
+
+
+def regularisation(out: LMOutput, alpha: float, beta: float) -> Tensor:
+    """AR (``alpha``, on dropped outputs) + TAR (``beta``, on raw outputs), as AWD-LSTM/DARTS."""
+    reg = out.raw_output.new_zeros(())
+    if alpha:
+        reg = reg + alpha * out.output.pow(2).mean()
+    if beta:
+        reg = reg + beta * (out.raw_output[1:] - out.raw_output[:-1]).pow(2).mean()
+    return reg
+
+
+__all__ = ["LMOutput", "RNNModel", "detach_state", "embedded_dropout", "lm_loss", "locked_dropout",
+           "regularisation"]

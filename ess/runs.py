@@ -1,0 +1,78 @@
+"""What the training and search loops share: epoch reports, metrics files, resume checks, CLI parsing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ess.checkpoint import atomic_write_text
+from ess.config import add_config_arguments, config_from_mapping, load_yaml, resolve_config
+from ess.errors import CheckpointError, ConfigError
+from ess.genotype import ESSGenotype
+
+C = TypeVar("C")
+
+
+@dataclass
+class EpochReport:
+    """What a loop hands its ``on_epoch`` callback after each epoch's checkpoint is written."""
+
+    epoch: int
+    metrics: dict[str, Any]          # one flat row with prefixed keys (train/loss, valid/ppl, ...)
+    run_dir: Path
+    checkpoint: Path                 # the checkpoint that holds this epoch
+    genotype: ESSGenotype | None = None
+    artifacts: dict[str, Path] = field(default_factory=dict)  # genotype JSON, picture, weight table ...
+
+
+OnEpoch = Callable[[EpochReport], None]
+
+
+def ignore_report(report: EpochReport) -> None:
+    return None
+
+
+def print_report(report: EpochReport) -> None:
+    """The one JSON line per epoch on stdout."""
+    print(json.dumps(report.metrics), flush=True)
+
+
+def write_metrics(run_dir: Path, rows: Sequence[dict[str, Any]]) -> Path:
+    """``metrics.jsonl``, rewritten atomically from the rows held by the checkpoint (never out of step)."""
+    return atomic_write_text(Path(run_dir) / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def check_resumable(saved: dict[str, Any], cfg: Any, fixed: Sequence[str], path: Path) -> None:
+    """Fields that define the model and the data must be the same as in the checkpoint."""
+    for name in fixed:
+        now = getattr(cfg, name)
+        now = list(now) if isinstance(now, tuple) else now
+        if name in saved and saved[name] != now:
+            raise CheckpointError(f"{path}: field {name!r} is {saved[name]!r} in the checkpoint but {now!r} now; "
+                                  "resume with the same value")
+
+
+def parse_run_args(cls: type[C], argv: list[str] | None, *, prog: str, description: str, smoke: dict[str, Any],
+                   extra: Callable[[argparse.ArgumentParser], None] | None = None) -> tuple[C, argparse.Namespace]:
+    """``--resume`` (base: the run's saved config), ``--smoke-test`` (base: ``smoke``), then YAML and flags."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
+    parser.add_argument("--smoke-test", action="store_true", help="a tiny run on a slice of PTB (under a minute)")
+    if extra is not None:
+        extra(parser)
+    add_config_arguments(parser, cls)
+    args = parser.parse_args(argv)
+    base = None
+    if args.resume:
+        run_dir = getattr(args, "run_dir", None) or cls.__dataclass_fields__["run_dir"].default
+        saved = Path(run_dir) / "config.yaml"
+        if not saved.exists():
+            raise ConfigError(f"{saved}: no saved config to resume from")
+        base = config_from_mapping(cls, load_yaml(saved), str(saved))
+    elif args.smoke_test:
+        base = config_from_mapping(cls, smoke, "--smoke-test")
+    return resolve_config(cls, args, base=base), args
