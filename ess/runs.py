@@ -57,11 +57,16 @@ def check_resumable(saved: dict[str, Any], cfg: Any, fixed: Sequence[str], path:
 
 
 def parse_run_args(cls: type[C], argv: list[str] | None, *, prog: str, description: str, smoke: dict[str, Any],
+                   presets: dict[str, dict[str, Any]] | None = None,
                    extra: Callable[[argparse.ArgumentParser], None] | None = None) -> tuple[C, argparse.Namespace]:
-    """``--resume`` (base: the run's saved config), ``--smoke-test`` (base: ``smoke``), then YAML and flags."""
+    """Base config: the saved one (``--resume``), ``smoke`` (``--smoke-test``) or a preset; then YAML, then flags."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
-    parser.add_argument("--smoke-test", action="store_true", help="a tiny run on a slice of PTB (under a minute)")
+    parser.add_argument("--smoke-test", action="store_true",
+                        help="a tiny end-to-end run on a slice of the data (under a minute)")
+    if presets:
+        parser.add_argument("--preset", choices=sorted(presets), default=None,
+                            help="a named starting point, applied before --config and the flags")
     if extra is not None:
         extra(parser)
     add_config_arguments(parser, cls)
@@ -75,4 +80,6 @@ def parse_run_args(cls: type[C], argv: list[str] | None, *, prog: str, descripti
         base = config_from_mapping(cls, load_yaml(saved), str(saved))
     elif args.smoke_test:
         base = config_from_mapping(cls, smoke, "--smoke-test")
+    elif presets and args.preset:
+        base = config_from_mapping(cls, presets[args.preset], f"--preset {args.preset}")
     return resolve_config(cls, args, base=base), args
