@@ -10,12 +10,13 @@ import sys
 
 import pytest
 import torch
-from conftest import requires_ptb
 
 from ess.checkpoint import load_checkpoint, save_checkpoint
 from ess.errors import CheckpointError
 from ess.evaluation import evaluate
 from ess.train import SMOKE_TEST, TrainConfig, Trainer, train
+
+from conftest import requires_ptb
 
 pytestmark = requires_ptb
 

@@ -1,0 +1,333 @@
+"""The differentiable ESS search (``python -m ess.search``): bilevel optimisation of the supernet.
+
+Each iteration takes one architecture step on a validation batch (Adam, first or second order, see
+:mod:`ess.architect`) and then one weight step on a training batch (SGD, learning rate scaled by
+``seq_len / bptt``, clipping), as DARTS does (reference.md section 3). After each epoch: valid
+perplexity, the derived genotype (JSON and picture), the architecture-weight tables, their entropy,
+the share of parameter-free ops in the genotype (the collapse signal), tokens/s, and an atomic
+checkpoint holding both optimisers, RNG states and the data position; ``--resume`` continues exactly.
+
+:func:`search` is a plain callable reporting each epoch through ``on_epoch``, so an orchestrator (Ray
+Tune) can wrap it without this module knowing about it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ess.architect import Architect, requires_grad
+from ess.cells import detach_state
+from ess.checkpoint import (
+    atomic_write_text,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+    seed_everything,
+)
+from ess.cli import run_main
+from ess.config import check, config_to_dict, save_config
+from ess.data import BPTTIterator, batchify, get_batch, load_corpus
+from ess.derive import parameter_free_share
+from ess.errors import CheckpointError, DivergenceError
+from ess.evaluation import evaluate
+from ess.genotype import ESSGenotype, load_genotype, save_genotype
+from ess.model import lm_loss, regularisation
+from ess.runs import (
+    EpochReport,
+    OnEpoch,
+    check_resumable,
+    ignore_report,
+    parse_run_args,
+    print_report,
+    write_metrics,
+)
+from ess.runtime import perplexity, pick_device, set_threads
+from ess.supernet import IMPLEMENTATIONS, MODES, SearchModel, build_search_model
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Search config; defaults are the DARTS recurrent search values (reference.md section 3)."""
+
+    mode: str = field(default="joint", metadata={"help": f"what is searched: {', '.join(MODES)}"})
+    dataset: str = field(default="ptb", metadata={"help": "registered corpus"})
+    data_dir: str | None = field(default=None, metadata={"help": "else $ESS_DATA_DIR, else ./data"})
+    emsize: int = field(default=300, metadata={"help": "embedding size (tied: equals nhid)"})
+    nhid: int = field(default=300, metadata={"help": "hidden size"})
+    steps: int = field(default=8, metadata={"help": "intra-cell nodes"})
+    n_inter: int = field(default=3, metadata={"help": "nodes of each inter cell"})
+    m: int = field(default=3, metadata={"help": "inter-cell window: h_{t-1..t-m}, x_{t..t-m+1}"})
+    combination: str = field(default="product", metadata={"help": "inter node: product, sum or search"})
+    residual: bool = field(default=True, metadata={"help": "inter output = newest input + mean(nodes)"})
+    softmax_scope: str = field(default="node", metadata={"help": "inter softmax: node (I-DARTS) or edge (DARTS)"})
+    intra_genotype: str = field(default="DARTS_V2", metadata={"help": "fixed intra cell in inter mode"})
+    batchnorm: bool = field(default=True, metadata={"help": "affine-free batch norm on intra nodes"})
+    implementation: str = field(default="fast", metadata={"help": f"{' or '.join(IMPLEMENTATIONS)}"})
+    order: int = field(default=1, metadata={"help": "1: first-order, 2: second-order (unrolled) gradient"})
+    lr: float = field(default=20.0, metadata={"help": "weight SGD learning rate (scaled by seq_len / bptt)"})
+    clip: float = field(default=0.25, metadata={"help": "gradient norm clipping"})
+    wdecay: float = field(default=5e-7, metadata={"help": "weight decay of the network weights"})
+    arch_lr: float = field(default=3e-3, metadata={"help": "Adam learning rate of the architecture"})
+    arch_wdecay: float = field(default=1e-3, metadata={"help": "weight decay of the architecture"})
+    epochs: int = field(default=50, metadata={"help": "number of epochs"})
+    batch_size: int = field(default=256, metadata={"help": "training and architecture batch size"})
+    eval_batch_size: int = field(default=10, metadata={"help": "validation batch size"})
+    bptt: int = field(default=35, metadata={"help": "mean sequence length"})
+    max_seq_len_delta: int = field(default=20, metadata={"help": "longest sequence is bptt + this"})
+    dropout: float = field(default=0.75, metadata={"help": "locked dropout on the cell output"})
+    dropouth: float = field(default=0.25, metadata={"help": "variational dropout on h and node inputs"})
+    dropoutx: float = field(default=0.75, metadata={"help": "variational dropout on x"})
+    dropouti: float = field(default=0.2, metadata={"help": "locked dropout on the embeddings"})
+    dropoute: float = field(default=0.0, metadata={"help": "word dropout"})
+    alpha: float = field(default=0.0, metadata={"help": "AR coefficient"})
+    beta: float = field(default=1e-3, metadata={"help": "TAR coefficient"})
+    seed: int = field(default=3, metadata={"help": "fixes initialisation, data order and dropout"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda[:N]"})
+    threads: int = field(default=0, metadata={"help": "CPU threads (0: torch default)"})
+    max_train_tokens: int = field(default=0, metadata={"help": "use only the first N training tokens (0: all)"})
+    max_eval_tokens: int = field(default=0, metadata={"help": "use only the first N valid tokens (0: all)"})
+    draw: bool = field(default=True, metadata={"help": "draw the genotype picture each epoch"})
+    run_dir: str = field(default="runs/search", metadata={"help": "checkpoints, genotypes, metrics go here"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def __post_init__(self) -> None:
+        for name in ("emsize", "nhid", "steps", "n_inter", "m", "epochs", "batch_size", "eval_batch_size", "bptt"):
+            check(getattr(self, name) > 0, name, f"must be positive, got {getattr(self, name)}")
+        for name in ("dropout", "dropouth", "dropoutx", "dropouti", "dropoute"):
+            check(0.0 <= getattr(self, name) < 1.0, name, f"must be in [0, 1), got {getattr(self, name)}")
+        for name in ("lr", "clip", "wdecay", "arch_lr", "arch_wdecay", "alpha", "beta", "max_seq_len_delta",
+                     "max_train_tokens", "max_eval_tokens", "threads"):
+            check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
+        check(self.mode in MODES, "mode", f"unknown mode {self.mode!r} (known: {', '.join(MODES)})")
+        check(self.order in (1, 2), "order", f"must be 1 or 2, got {self.order}")
+        check(self.emsize == self.nhid, "emsize", f"tied weights need emsize == nhid ({self.emsize} != {self.nhid})")
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Under a minute on 2 CPU cores: tiny sizes on a slice of PTB.
+    "smoke": dict(emsize=32, nhid=32, steps=4, n_inter=2, m=2, batch_size=16, epochs=2, max_train_tokens=12_000,
+                  max_eval_tokens=3_000, progress=False, run_dir="runs/search-smoke"),
+    # A real but small joint search on a 2-core laptop (minutes, not hours).
+    "cpu-small": dict(emsize=64, nhid=64, batch_size=32, epochs=4, max_train_tokens=100_000,
+                      max_eval_tokens=20_000, run_dir="runs/search-cpu-small"),
+    # The DARTS/ESS search sizes.
+    "paper": dict(emsize=300, nhid=300, batch_size=256, epochs=50),
+}
+
+# Fields that define the supernet and the data: they must match when resuming.
+_RESUME_FIXED = ("mode", "dataset", "emsize", "nhid", "steps", "n_inter", "m", "combination", "residual",
+                 "softmax_scope", "intra_genotype", "batchnorm", "batch_size", "seed", "max_train_tokens",
+                 "max_eval_tokens")
+_CHECKPOINT_FIELDS = ("config", "model", "optimizer", "architect", "epoch", "best_valid", "rows", "rng",
+                      "lengths_rng")
+
+
+def build_model(cfg: SearchConfig, ntoken: int) -> SearchModel:
+    return build_search_model(
+        ntoken, mode=cfg.mode, ninp=cfg.emsize, nhid=cfg.nhid, steps=cfg.steps, n_inter=cfg.n_inter, m=cfg.m,
+        combination=cfg.combination, residual=cfg.residual, softmax_scope=cfg.softmax_scope,
+        intra_genotype=load_genotype(cfg.intra_genotype), dropout=cfg.dropout, dropouth=cfg.dropouth,
+        dropoutx=cfg.dropoutx, dropouti=cfg.dropouti, dropoute=cfg.dropoute, batchnorm=cfg.batchnorm,
+        implementation=cfg.implementation)
+
+
+def _slice(data: torch.Tensor, limit: int) -> torch.Tensor:
+    return data[:limit] if limit > 0 else data
+
+
+@dataclass
+class SearchResult:
+    genotype: ESSGenotype
+    rows: list[dict[str, Any]]
+    run_dir: Path
+
+
+class Searcher:
+    """One search run: data, supernet, both optimisers, checkpoints and the epoch loop."""
+
+    def __init__(self, cfg: SearchConfig):
+        self.cfg = cfg
+        set_threads(cfg.threads)
+        self.device = pick_device(cfg.device)
+        self.run_dir = Path(cfg.run_dir)
+        self.checkpoint_path = self.run_dir / "checkpoint.pt"
+        corpus = load_corpus(cfg.dataset, cfg.data_dir)
+        self.ntoken = len(corpus.vocab)
+        valid = _slice(corpus.valid, cfg.max_eval_tokens)
+        self.train_data = batchify(_slice(corpus.train, cfg.max_train_tokens), cfg.batch_size, self.device)
+        self.search_data = batchify(valid, cfg.batch_size, self.device)  # architecture batches (DARTS)
+        self.valid_data = batchify(valid, cfg.eval_batch_size, self.device)
+        if self.search_data.size(0) < 2:
+            raise CheckpointError(f"max_eval_tokens: {valid.numel()} validation tokens are too few for "
+                                  f"batch_size {cfg.batch_size}")
+        seed_everything(cfg.seed)
+        self.model = build_model(cfg, self.ntoken).to(self.device)
+        self.optimizer = torch.optim.SGD(self.model.weight_parameters(), lr=cfg.lr, weight_decay=cfg.wdecay)
+        self.architect = Architect(self.model, cfg.arch_lr, cfg.arch_wdecay, unrolled=cfg.order == 2,
+                                   alpha=cfg.alpha, beta=cfg.beta)
+        self.lengths = torch.Generator().manual_seed(cfg.seed)
+        self.epoch, self.best_valid, self.rows = 0, math.inf, []
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": "ess.search/1",
+            "config": config_to_dict(self.cfg),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "architect": self.architect.state_dict(),
+            "epoch": self.epoch,
+            "position": {"epoch": self.epoch + 1, "batch": 0},
+            "best_valid": self.best_valid,
+            "rows": self.rows,
+            "rng": capture_rng_state(),
+            "lengths_rng": self.lengths.get_state(),
+        }
+
+    def resume(self) -> None:
+        state = load_checkpoint(self.checkpoint_path, required=_CHECKPOINT_FIELDS, map_location=self.device)
+        check_resumable(state["config"], self.cfg, _RESUME_FIXED, self.checkpoint_path)
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.architect.load_state_dict(state["architect"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise CheckpointError(f"{self.checkpoint_path}: does not fit this search "
+                                  f"({str(err).splitlines()[0][:160]})") from None
+        self.epoch, self.best_valid, self.rows = int(state["epoch"]), float(state["best_valid"]), list(state["rows"])
+        restore_rng_state(state["rng"])
+        self.lengths.set_state(state["lengths_rng"])
+
+    # -- one epoch -----------------------------------------------------------------------------------
+    def _valid_batch(self, pos: int, seq_len: int, state):
+        """The next architecture batch, contiguous with the last one so its state carries over."""
+        if pos >= self.search_data.size(0) - 1:
+            pos, state = 0, self.model.init_state(self.cfg.batch_size)
+        data, targets = get_batch(self.search_data, pos, seq_len)
+        return (data, targets), pos + data.size(0), state
+
+    def train_epoch(self) -> dict[str, float]:
+        cfg, model, optimizer = self.cfg, self.model, self.optimizer
+        model.train()
+        state = model.init_state(cfg.batch_size)
+        valid_state, valid_pos = model.init_state(cfg.batch_size), 0
+        weights, arch = model.weight_parameters(), model.arch_parameters()
+        batches = BPTTIterator(self.train_data, cfg.bptt, random_length=True, generator=self.lengths,
+                               max_seq_len_delta=cfg.max_seq_len_delta)
+        total_loss, total_tokens, start = 0.0, 0, time.perf_counter()
+        bar = tqdm(total=self.train_data.size(0) - 1, disable=not cfg.progress, leave=False, file=sys.stderr,
+                   desc=f"search epoch {self.epoch + 1}")
+        for data, targets, seq_len in batches:
+            lr = cfg.lr * seq_len / cfg.bptt
+            state = detach_state(state)
+            valid_batch, valid_pos, valid_state = self._valid_batch(valid_pos, seq_len, valid_state)
+            valid_state = self.architect.step((data, targets), valid_batch, state, valid_state,
+                                              network_lr=lr, network_weight_decay=cfg.wdecay, network_clip=cfg.clip)
+            optimizer.param_groups[0]["lr"] = lr
+            with requires_grad(arch, False):  # the weight step computes no architecture gradient
+                out = model(data, state)
+                raw_loss = lm_loss(out, targets)
+                if not torch.isfinite(raw_loss):
+                    bar.close()
+                    raise DivergenceError(f"non-finite search loss at epoch {self.epoch + 1}; no genotype derived")
+                loss = raw_loss + regularisation(out, cfg.alpha, cfg.beta)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+            nn.utils.clip_grad_norm_(weights, cfg.clip)
+            optimizer.step()
+            optimizer.param_groups[0]["lr"] = cfg.lr
+            state = out.state
+            n = targets.numel()
+            total_loss += raw_loss.item() * n
+            total_tokens += n
+            bar.update(seq_len)
+            bar.set_postfix(loss=f"{total_loss / total_tokens:.3f}",
+                            tok_s=f"{total_tokens / max(time.perf_counter() - start, 1e-9):.0f}")
+        bar.close()
+        elapsed = time.perf_counter() - start
+        mean = total_loss / max(total_tokens, 1)
+        return {"train/loss": mean, "train/ppl": perplexity(mean), "train/tokens_per_s": total_tokens / elapsed,
+                "train/seconds": elapsed}
+
+    def write_artifacts(self, genotype: ESSGenotype) -> dict[str, Path]:
+        """Genotype JSON (and picture) and the full softmax tables of this epoch, plus the latest copies."""
+        tag = f"epoch_{self.epoch:03d}"
+        weights = json.dumps(self.model.arch_weights(), indent=1) + "\n"
+        paths = {
+            "genotype": save_genotype(genotype, self.run_dir / "genotypes" / f"{tag}.json"),
+            "arch_weights": atomic_write_text(self.run_dir / "arch_weights" / f"{tag}.json", weights),
+        }
+        save_genotype(genotype, self.run_dir / "genotype.json")
+        atomic_write_text(self.run_dir / "arch_weights.json", weights)
+        if self.cfg.draw:
+            from ess.genotype.draw import draw_genotype
+
+            paths["picture"] = draw_genotype(genotype, self.run_dir / "genotypes" / f"{tag}.png",
+                                             title=f"{self.cfg.mode} search, epoch {self.epoch}")[0]
+        return paths
+
+    def fit(self, on_epoch: OnEpoch = ignore_report) -> SearchResult:
+        while self.epoch < self.cfg.epochs:
+            row = self.train_epoch()
+            valid = evaluate(self.model, self.valid_data, self.cfg.bptt)
+            self.epoch += 1
+            self.best_valid = min(self.best_valid, valid)
+            genotype = self.model.genotype()
+            row = {"epoch": self.epoch, **row, "valid/loss": valid, "valid/ppl": perplexity(valid),
+                   "valid/best_ppl": perplexity(self.best_valid), "arch/entropy": self.model.arch_entropy(),
+                   "genotype/param_free_share": parameter_free_share(genotype)}
+            self.rows.append(row)
+            artifacts = self.write_artifacts(genotype)
+            save_checkpoint(self.checkpoint_path, self.state_dict())
+            write_metrics(self.run_dir, self.rows)
+            on_epoch(EpochReport(self.epoch, row, self.run_dir, self.checkpoint_path, genotype, artifacts))
+        genotype = self.model.genotype()
+        if self.cfg.draw:
+            from ess.genotype.draw import draw_genotype
+
+            draw_genotype(genotype, self.run_dir / "genotype", title=f"{self.cfg.mode} search")
+        return SearchResult(genotype, self.rows, self.run_dir)
+
+
+def search(cfg: SearchConfig, *, resume: bool = False, on_epoch: OnEpoch = ignore_report) -> SearchResult:
+    """Run (or continue) a search; returns the derived genotype and the per-epoch rows."""
+    searcher = Searcher(cfg)
+    searcher.run_dir.mkdir(parents=True, exist_ok=True)
+    if resume:
+        searcher.resume()
+    save_config(cfg, searcher.run_dir / "config.yaml")
+    return searcher.fit(on_epoch)
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[SearchConfig, argparse.Namespace]:
+    return parse_run_args(SearchConfig, argv, prog="python -m ess.search", description=__doc__.split("\n\n")[0],
+                          smoke=PRESETS["smoke"], presets=PRESETS)
+
+
+@run_main
+def main(argv: list[str] | None = None) -> int:
+    cfg, args = parse_args(argv)
+    start = time.perf_counter()
+    result = search(cfg, resume=args.resume, on_epoch=print_report)
+    print(json.dumps({"genotype": result.genotype.to_dict(), "describe": result.genotype.describe(),
+                      "seconds": round(time.perf_counter() - start, 1), "run_dir": str(result.run_dir)}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["PRESETS", "SearchConfig", "SearchResult", "Searcher", "build_model", "search"]

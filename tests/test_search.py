@@ -1,0 +1,100 @@
+"""The search loop: each mode learns and derives a valid genotype; resume is exact; the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ess.checkpoint import load_checkpoint
+from ess.errors import CheckpointError, ConfigError
+from ess.evaluation import evaluate
+from ess.genotype import DARTS_V2, ESSGenotype, load_genotype
+from ess.search import PRESETS, SearchConfig, Searcher, search
+from ess.supernet import MODES
+
+from conftest import requires_ptb
+
+pytestmark = requires_ptb
+
+TINY = SearchConfig(**{**PRESETS["smoke"], "emsize": 16, "nhid": 16, "steps": 3, "n_inter": 2, "m": 2,
+                       "batch_size": 8, "max_train_tokens": 4_000, "max_eval_tokens": 1_200, "epochs": 2,
+                       "draw": False, "dropout": 0.2, "dropoutx": 0.2, "dropouth": 0.1, "dropouti": 0.1})
+TIMING = ("train/seconds", "train/tokens_per_s")
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_search_in_each_mode_learns_and_derives_a_valid_genotype(tmp_path, mode):
+    cfg = dataclasses.replace(TINY, mode=mode, run_dir=str(tmp_path), max_train_tokens=8_000)
+    initial = Searcher(cfg)
+    before = evaluate(initial.model, initial.valid_data, cfg.bptt)
+    result = search(cfg)
+    assert isinstance(result.genotype, ESSGenotype)
+    assert result.rows[-1]["valid/loss"] < before - 0.5
+    saved = load_genotype(tmp_path / "genotype.json")
+    assert saved == result.genotype
+    assert (tmp_path / "genotypes" / "epoch_002.json").exists() and (tmp_path / "arch_weights.json").exists()
+    if mode == "intra":
+        assert saved.history.is_identity and saved.input.is_identity
+        assert saved.intra.steps == cfg.steps
+    else:
+        assert len(saved.history.nodes) == cfg.n_inter and saved.history.m == cfg.m
+    if mode == "inter":
+        assert saved.intra == DARTS_V2.intra
+    for row in result.rows:
+        assert 0.0 <= row["genotype/param_free_share"] <= 1.0 and row["arch/entropy"] > 0
+
+
+def test_search_resume_continues_exactly(tmp_path):
+    straight = dataclasses.replace(TINY, run_dir=str(tmp_path / "a"))
+    first = dataclasses.replace(TINY, run_dir=str(tmp_path / "b"), epochs=1)
+    a = search(straight)
+    search(first)
+    b = search(dataclasses.replace(first, epochs=2), resume=True)
+    assert a.genotype == b.genotype
+    ca, cb = load_checkpoint(tmp_path / "a" / "checkpoint.pt"), load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    assert all(torch.equal(ca["model"][k], cb["model"][k]) for k in ca["model"])
+    strip = [[{k: v for k, v in r.items() if k not in TIMING} for r in c["rows"]] for c in (ca, cb)]
+    assert strip[0] == strip[1]
+    assert ca["architect"]["optimizer"]["state"].keys() == cb["architect"]["optimizer"]["state"].keys()
+
+
+def test_resume_refuses_another_search_space(tmp_path):
+    search(dataclasses.replace(TINY, run_dir=str(tmp_path), epochs=1))
+    with pytest.raises(CheckpointError, match="field 'm'"):
+        search(dataclasses.replace(TINY, run_dir=str(tmp_path), m=3), resume=True)
+
+
+@pytest.mark.parametrize("changes,pattern", [
+    (dict(m=0), "m: must be positive"),
+    (dict(mode="both"), "mode: unknown mode 'both'"),
+    (dict(order=3), "order: must be 1 or 2"),
+    (dict(nhid=-1), "nhid: must be positive"),
+])
+def test_bad_search_configs(changes, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        dataclasses.replace(TINY, **changes)
+
+
+def test_second_order_search_runs(tmp_path):
+    result = search(dataclasses.replace(TINY, order=2, epochs=1, run_dir=str(tmp_path)))
+    assert isinstance(result.genotype, ESSGenotype)
+
+
+@pytest.mark.slow
+def test_smoke_test_command(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    proc = subprocess.run([sys.executable, "-m", "ess.search", "--mode", "joint", "--smoke-test", "--run-dir",
+                           str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [r["epoch"] for r in lines[:-1]] == [1, 2]
+    final = ESSGenotype.from_dict(lines[-1]["genotype"])
+    assert final == load_genotype(tmp_path / "run" / "genotype.json")
+    assert (tmp_path / "run" / "genotype.png").stat().st_size > 10_000
+    assert (tmp_path / "run" / "genotypes" / "epoch_002.png").exists()
