@@ -78,16 +78,20 @@ class InterCell(nn.Module):
     """A discrete inter-cell DAG of ESS (reference.md section 2) over ``m`` earlier vectors.
 
     Index ``j < m`` is input ``j`` (0 = most recent). Node ``k`` (index ``m + k``) is
-    ``F(alpha; beta) = a ⊙ b`` (or ``a + b``) with branches ``a = o_a(s_{j_a} W_{j_a})`` and
-    ``b = o_b(s_{j_b} W_{j_b})``: one linear map ``W_j`` per source index ``j``, as in the seed's node
-    formula ``o(s_j · W_j)``. Output: ``s_0 + mean_k(s_{m+k})`` with the residual, else the mean.
+    ``F(alpha; beta) = a ⊙ b`` (or ``a + b``) with branches ``a = o_a(s_{j_a} W^a_{j_a})`` and
+    ``b = o_b(s_{j_b} W^b_{j_b})``: one linear map per source index ``j`` as in the seed's node formula
+    ``o(s_j · W_j)``, and one set of maps per branch side, so that the two operands of the product are
+    different projections even when both branches read the same source (with a single shared ``W_j``
+    the search starts with ``a = b`` and tends to keep it: the product degenerates to a square).
+    Output: ``s_0 + mean_k(s_{m+k})`` with the residual, else the mean.
     """
 
     def __init__(self, dim: int, genotype: InterGenotype):
         super().__init__()
         self.dim, self.genotype, self.m = dim, genotype, genotype.m
-        sources = sorted({e.pred for node in genotype.nodes for e in (node.a, node.b)})
-        self.W = nn.ParameterDict({str(j): _uniform(dim, dim) for j in sources})
+        used = sorted({f"{side}{edge.pred}" for node in genotype.nodes
+                       for side, edge in (("a", node.a), ("b", node.b))})
+        self.W = nn.ParameterDict({key: _uniform(dim, dim) for key in used})  # "a2": W^a_2
 
     @property
     def is_identity(self) -> bool:
@@ -99,15 +103,16 @@ class InterCell(nn.Module):
         if g.is_identity:
             return inputs[0]
         states: list[Tensor] = list(inputs[: self.m])
-        projected: dict[int, Tensor] = {}
+        projected: dict[str, Tensor] = {}
 
-        def branch(op: str, pred: int) -> Tensor:
-            if pred not in projected:
-                projected[pred] = states[pred] @ self.W[str(pred)]
-            return activation(op)(projected[pred])
+        def branch(side: str, op: str, pred: int) -> Tensor:
+            key = f"{side}{pred}"
+            if key not in projected:
+                projected[key] = states[pred] @ self.W[key]
+            return activation(op)(projected[key])
 
         for node in g.nodes:
-            a, b = branch(*node.a), branch(*node.b)
+            a, b = branch("a", *node.a), branch("b", *node.b)
             states.append(a * b if g.combination == "product" else a + b)
         out = torch.stack(states[self.m:]).mean(0)
         return states[0] + out if g.residual else out

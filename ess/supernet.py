@@ -250,18 +250,18 @@ class MixedInterCell(ArchBound, nn.Module):
     Index ``j < m`` is input ``j`` (0 = newest); node ``k`` sits at index ``m + k``. Its branches are
     mixed sums over all predecessors and ops (seed eq. 2)
 
-        a_k = sum_{j < m+k} sum_op theta^{a,op}_{k,j} op(s_j W_j)     (likewise b_k),
+        a_k = sum_{j < m+k} sum_op theta^{a,op}_{k,j} op(s_j W^a_j)     (likewise b_k with W^b_j),
 
-    with ONE linear map ``W_j`` per source index ``j`` shared by every branch and node (as the seed's
-    ``o(s_j · W_j)`` and :class:`ess.cells.InterCell`, so the same ``W_j`` can be copied). ``theta`` is
+    with one linear map per source index ``j`` (the seed's ``o(s_j · W_j)``) and per branch side, shared
+    by every node (as :class:`ess.cells.InterCell`, so the maps can be copied). ``theta`` is
     the softmax over all ``(j, op)`` of the branch (``softmax_scope='node'``) or over ops per ``(branch, j)``
     (``'edge'``). Node: ``s_{m+k} = a_k ⊙ b_k`` (seed eq. 4, ``'product'``), ``a_k + b_k`` (``'sum'``) or
     ``w_p (a ⊙ b) + w_s (a + b)`` with ``(w_p, w_s)`` a softmax over 2 per-cell logits (``'search'``).
     Output (seed eq. 3 + residual): ``s_0 + mean_k s_{m+k}``, or the mean alone without the residual.
 
-    Efficient form: leading dims are flattened; the ``m`` inputs go through their ``W_j`` in one batched
-    matmul and the input part of every branch of every node is one matrix product of the stacked
-    activations with the stacked ``theta``; each node then adds its node-predecessor part.
+    Efficient form: leading dims are flattened; the ``m`` inputs go through their ``W^a_j`` and ``W^b_j``
+    in one batched matmul and the input part of every branch of every node is one matrix product per side
+    of the stacked activations with the stacked ``theta``; each node then adds its node-predecessor part.
     """
 
     def __init__(self, dim: int, m: int = 3, n_nodes: int = 3, combination: str = "product",
@@ -270,8 +270,9 @@ class MixedInterCell(ArchBound, nn.Module):
         check_inter_args(dim, m, n_nodes, combination, residual, softmax_scope)
         self.dim, self.m, self.n_nodes = dim, m, n_nodes
         self.combination, self.residual, self.softmax_scope = combination, residual, softmax_scope
-        # W[j] for every source index j = 0 .. m + n_nodes - 2 (the last node feeds only the output).
-        self.W = _uniform(m + n_nodes - 1, dim, dim)
+        # W[side, j] for branch side a/b and every source j = 0 .. m + n_nodes - 2 (the last node
+        # feeds only the output).
+        self.W = _uniform(2, m + n_nodes - 1, dim, dim)
 
     def arch_spec(self) -> dict[str, tuple[int, ...]]:
         spec = {"ops": (derive.inter_row_count(self.m, self.n_nodes), len(PRIMITIVES))}
@@ -289,7 +290,8 @@ class MixedInterCell(ArchBound, nn.Module):
         return InterWeights(branches, comb)
 
     def _prepare(self, probs: InterWeights) -> tuple[Tensor, list[Tensor], Tensor | None]:
-        """theta of the inputs for all nodes ``[2 n, n_ops m]`` and per node of its node sources ``[2, n_ops k]``.
+        """theta of the inputs ``[2 n, n_ops m]`` (rows: node k, side a/b) and per node of its node
+        sources ``[2, n_ops k]``.
 
         Column order ``op * count + j`` matches the activations stacked ``[n_ops, count, N * dim]``.
         """
@@ -305,34 +307,36 @@ class MixedInterCell(ArchBound, nn.Module):
         lead = inputs[0].shape[:-1]
         x = torch.stack([v.reshape(-1, d) for v in inputs[:m]])  # [m, N, d]
         N = x.size(1)
-        proj = torch.bmm(x, self.W[:m])  # s_j W_j for every input j at once
-        acts = torch.stack([act(proj) for act in _NONZERO_ACTS]).view(-1, N * d)  # [n_ops m, N d]
-        base = (theta_in @ acts).view(self.n_nodes, 2, N, d)  # input part of every branch of every node
-        node_acts: list[Tensor] = []  # [n_ops, N*d] per node source
+        # s_j W^side_j for both sides and every input j at once: [2, m, N, d]
+        proj = torch.matmul(x.unsqueeze(0), self.W[:, :m])
+        acts = torch.stack([act(proj) for act in _NONZERO_ACTS], 1).view(2, -1, N * d)  # [2, n_ops m, N d]
+        theta_in = theta_in.view(self.n_nodes, 2, -1).transpose(0, 1)  # [2, n, n_ops m]
+        base = torch.bmm(theta_in, acts).view(2, self.n_nodes, N, d)  # input part of every branch
+        node_acts: list[Tensor] = []  # [2, n_ops, N*d] per node source
         nodes: list[Tensor] = []
         for k in range(self.n_nodes):
-            ab = base[k]
+            ab = base[:, k]
             if k:
-                src = torch.stack(node_acts, 1).view(-1, N * d)  # [n_ops k, N d]
-                ab = ab + (theta_nodes[k] @ src).view(2, N, d)
+                src = torch.stack(node_acts, 2).view(2, -1, N * d)  # [2, n_ops k, N d]
+                ab = ab + torch.bmm(theta_nodes[k].unsqueeze(1), src).view(2, N, d)
             node = combine(ab[0], ab[1], comb_w)
             nodes.append(node)
             if k < self.n_nodes - 1:
-                p = node @ self.W[m + k]
-                node_acts.append(torch.stack([act(p) for act in _NONZERO_ACTS]).view(-1, N * d))
+                p = torch.matmul(node.unsqueeze(0), self.W[:, m + k])  # [2, N, d]
+                node_acts.append(torch.stack([act(p) for act in _NONZERO_ACTS], 1).view(2, -1, N * d))
         out = torch.stack(nodes).mean(0)
         if self.residual:
             out = x[0] + out
         return out.view(*lead, d)
 
     def to_discrete(self, genotype: InterGenotype) -> InterCell:
-        """An :class:`ess.cells.InterCell` of ``genotype`` holding copies of the ``W_j`` it uses."""
+        """An :class:`ess.cells.InterCell` of ``genotype`` holding copies of the ``W^side_j`` it uses."""
         if genotype.m != self.m:
             raise ValueError(f"genotype has m={genotype.m}, this cell m={self.m}")
         cell = InterCell(self.dim, genotype).to(self.W)
         with torch.no_grad():
-            for j, w in cell.W.items():
-                w.copy_(self.W[int(j)])
+            for key, w in cell.W.items():
+                w.copy_(self.W["ab".index(key[0]), int(key[1:])])
         return cell
 
 

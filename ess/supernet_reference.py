@@ -69,7 +69,7 @@ class ReferenceMixedIntraCell(ArchBound, nn.Module):
 class ReferenceMixedInterCell(ArchBound, nn.Module):
     """ESS's inter search DAG, loop form. For node ``k`` and branch ``b`` in (a, b):
 
-    ``branch = sum_{j < m+k} sum_op theta[k][b][j, op] * op(s_j @ W[j])``;
+    ``branch = sum_{j < m+k} sum_op theta[k][b][j, op] * op(s_j @ W[b, j])``;
     node = ``a * b`` / ``a + b`` / ``w_p * a * b + w_s * (a + b)``; output ``s_0 + mean(nodes)`` (residual).
     """
 
@@ -79,7 +79,7 @@ class ReferenceMixedInterCell(ArchBound, nn.Module):
         check_inter_args(dim, m, n_nodes, combination, residual, softmax_scope)
         self.dim, self.m, self.n_nodes = dim, m, n_nodes
         self.combination, self.residual, self.softmax_scope = combination, residual, softmax_scope
-        self.W = _uniform(m + n_nodes - 1, dim, dim)
+        self.W = _uniform(2, m + n_nodes - 1, dim, dim)  # [branch side, source j]
 
     def arch_spec(self) -> dict[str, tuple[int, ...]]:
         spec = {"ops": (derive.inter_row_count(self.m, self.n_nodes), len(PRIMITIVES))}
@@ -115,7 +115,7 @@ class ReferenceMixedInterCell(ArchBound, nn.Module):
             for b in range(len(derive.BRANCHES)):
                 acc = torch.zeros_like(states[0])
                 for j in range(self.m + k):
-                    proj = states[j] @ self.W[j]
+                    proj = states[j] @ self.W[b, j]
                     for o, name in enumerate(PRIMITIVES):
                         acc = acc + theta[b, j, o] * OPS[name].activation(proj)
                 branch_values.append(acc)

@@ -53,14 +53,15 @@ def test_inter_cell_matches_hand_computation():
     cell = InterCell(3, genotype).double()
     torch.manual_seed(0)
     h1, h2 = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
-    W = {j: cell.W[str(j)] for j in (0, 1, 2)}
-    n1 = torch.relu(h1 @ W[0]) * torch.tanh(h2 @ W[1])
-    n2 = torch.sigmoid(n1 @ W[2]) * (h1 @ W[0])
+    assert sorted(cell.W) == ["a0", "a2", "b0", "b1"]  # one map per branch side and source
+    W = cell.W
+    n1 = torch.relu(h1 @ W["a0"]) * torch.tanh(h2 @ W["b1"])
+    n2 = torch.sigmoid(n1 @ W["a2"]) * (h1 @ W["b0"])
     torch.testing.assert_close(cell([h1, h2]), h1 + (n1 + n2) / 2)
     summed = InterCell(3, InterGenotype(2, genotype.nodes, "sum", residual=False)).double()
     summed.load_state_dict(cell.state_dict())
-    m1 = torch.relu(h1 @ W[0]) + torch.tanh(h2 @ W[1])
-    m2 = torch.sigmoid(m1 @ W[2]) + h1 @ W[0]
+    m1 = torch.relu(h1 @ W["a0"]) + torch.tanh(h2 @ W["b1"])
+    m2 = torch.sigmoid(m1 @ W["a2"]) + h1 @ W["b0"]
     torch.testing.assert_close(summed([h1, h2]), (m1 + m2) / 2)
 
 

@@ -142,7 +142,7 @@ def test_mixed_inter_equals_reference_outputs_and_gradients(scope, combination, 
 
 def test_mixed_inter_arch_shapes():
     cell = MixedInterCell(6)  # m = 3, n = 3
-    assert cell.m == 3 and cell.W.shape == (5, 6, 6)
+    assert cell.m == 3 and cell.W.shape == (2, 5, 6, 6)
     assert cell.arch_spec() == {"ops": (2 * (3 + 4 + 5), 5)}
     assert MixedInterCell(6, combination="search").arch_spec()["combination"] == (2,)
 
