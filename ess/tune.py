@@ -10,11 +10,13 @@ This is the thin adapter between the plain-PyTorch core and Ray: :func:`ess.sear
    checkpoint, config, genotypes and pictures, weight tables, metrics;
 3. log to a nested MLflow run of the experiment's parent run through :mod:`ess.tracking`.
 
-Jobs (``joint_search``, ``ablation``, ``hparam_search``, ``retrain``) share one frozen
+:func:`ess.transfer.transfer` (a cell in a BiRNN-CRF tagger) is wrapped the same way.
+
+Jobs (``joint_search``, ``ablation``, ``hparam_search``, ``retrain``, ``transfer``) share one frozen
 :class:`JobConfig` (defaults in code, then the job's defaults, then ``--preset`` or ``--smoke-test``,
 then ``--config FILE.yaml``, then flags); the resolved config is saved as ``job.yaml`` in the
 experiment directory ``<storage_path>/<name>/`` next to the Tune experiments (``search/``,
-``retrain/``, ``ablation/``, ``hparam/``) and the job's ``summary.json``. ``--resume`` continues an
+``retrain/``, ``ablation/``, ``hparam/``, ``transfer/``) and the job's ``summary.json``. ``--resume`` continues an
 interrupted experiment with ``Tuner.restore`` (searcher state included).
 """
 
@@ -49,11 +51,13 @@ from ess.config import (
 from ess.errors import ConfigError, DataError, ESSError
 from ess.runs import EpochReport
 
-JOBS = ("joint_search", "ablation", "hparam_search", "retrain")
+JOBS = ("joint_search", "ablation", "hparam_search", "retrain", "transfer")
 TRIAL_STATE = "trial.json"
 RUN_DIR = "run"                     # inside the trial's working directory; the checkpoint is this directory
 SEARCH_METRIC = "valid/ppl"
 RETRAIN_METRIC = "retrain/valid/best_ppl"
+TRANSFER_METRIC = "dev/f1"
+OVERRIDES = ("search", "train", "transfer")   # the dict fields of JobConfig: layers merge into them
 
 
 class ExperimentInterrupted(ESSError):
@@ -113,6 +117,12 @@ class JobConfig:
     genotypes: tuple[str, ...] = field(default=(), metadata={"help": "retrain: built-in names or JSON files"})
     source_experiment: str = field(default="", metadata={"help": "retrain: MLflow experiment to take the best of"})
     source_run: str = field(default="", metadata={"help": "retrain: only the trials of this parent run (name)"})
+    cells: tuple[str, ...] = field(default=("lstm", "DARTS_V2"), metadata={
+        "help": "transfer: cells to compare: lstm, built-in genotypes or JSON files"})
+    tasks: tuple[str, ...] = field(default=("conll2003",), metadata={
+        "help": "transfer: tagging tasks (conll2003, wnut17, conll2000)"})
+    transfer_preset: str = field(default="short", metadata={"help": "ess.transfer preset under the transfer overrides"})
+    transfer: dict = field(default_factory=dict, metadata={"help": "TransferConfig overrides, 'epochs=3 nhid=64'"})
     num_samples: int = field(default=8, metadata={"help": "hparam_search: Optuna trials"})
     grace_period: int = field(default=1, metadata={"help": "hparam_search: ASHA grace period (epochs)"})
     reduction_factor: float = field(default=2.0, metadata={"help": "hparam_search: ASHA reduction factor"})
@@ -134,6 +144,7 @@ class JobConfig:
         object.__setattr__(self, "search", _kv_mapping(self.search, "search"))
         object.__setattr__(self, "train", _kv_mapping(self.train, "train"))
         object.__setattr__(self, "space", _kv_mapping(self.space, "space"))
+        object.__setattr__(self, "transfer", _kv_mapping(self.transfer, "transfer"))
         for name in ("top_k", "num_samples", "grace_period", "keep_checkpoints", "checkpoint_every"):
             check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         for name in ("num_cpus", "max_concurrent_trials", "max_failures", "verbose"):
@@ -146,6 +157,8 @@ class JobConfig:
         check(self.system_metrics_interval > 0, "system_metrics_interval", "must be positive")
         check(len(self.seeds) > 0, "seeds", "give at least one seed")
         check(len(self.modes) > 0, "modes", "give at least one mode")
+        check(len(self.cells) > 0, "cells", "give at least one cell")
+        check(len(self.tasks) > 0, "tasks", "give at least one task")
         from ess.supernet import MODES
 
         for mode in self.modes:
@@ -165,16 +178,17 @@ JOB_PRESETS: dict[str, dict[str, Any]] = {
                   search=dict(emsize=16, nhid=16, steps=3, n_inter=2, m=2, batch_size=8, max_train_tokens=4000,
                               max_eval_tokens=1200, epochs=2, draw=True),
                   train=dict(emsize=16, nhid=16, batch_size=8, epochs=1, max_train_tokens=4000,
-                             max_eval_tokens=1200, lr=20.0)),
+                             max_eval_tokens=1200, lr=20.0),
+                  transfer_preset="smoke", transfer=dict(epochs=2, max_train_sentences=300, max_eval_sentences=150)),
     # The default: a real joint search plus a short retrain, ~15 minutes on a 2-core laptop.
     "cpu-small": dict(seeds=(3, 4), search_preset="cpu-small", top_k=2, num_samples=8, cpus_per_trial=1.0,
-                      search=dict(epochs=4),
+                      search=dict(epochs=4), transfer_preset="short",
                       train=dict(emsize=128, nhid=128, batch_size=32, epochs=3, max_train_tokens=200_000,
                                  max_eval_tokens=20_000)),
     # The DARTS/ESS sizes: search at 300 units, batch 256, 50 epochs; retrain at 850 (DARTS recipe).
     "paper": dict(seeds=(1, 2, 3, 4), search_preset="paper", top_k=4, num_samples=32, cpus_per_trial=4.0,
                   gpus_per_trial=1.0, max_failures=3, keep_checkpoints=2,
-                  search=dict(emsize=300, nhid=300, batch_size=256, epochs=50),
+                  search=dict(emsize=300, nhid=300, batch_size=256, epochs=50), transfer_preset="full",
                   train=dict(emsize=850, nhid=850, batch_size=64, epochs=300)),
 }
 
@@ -184,6 +198,7 @@ JOB_DEFAULTS: dict[str, dict[str, Any]] = {
     "ablation": dict(modes=("intra", "inter", "joint"), retrain=True),
     "hparam_search": dict(modes=("joint",), retrain=False),
     "retrain": dict(retrain=True),
+    "transfer": dict(retrain=False, seeds=(1, 2, 3)),
 }
 
 #: per job and preset, applied after the preset
@@ -194,6 +209,9 @@ JOB_PRESET_EXTRAS: dict[tuple[str, str], dict[str, Any]] = {
                                                              max_eval_tokens=1200, epochs=2, draw=False)),
     ("hparam_search", "cpu-small"): dict(seeds=(3,), search=dict(epochs=3, max_train_tokens=50_000)),
     ("retrain", "smoke"): dict(genotypes=("DARTS_V2",)),
+    ("transfer", "smoke"): dict(seeds=(1,)),
+    ("transfer", "cpu-small"): dict(seeds=(1, 2, 3)),
+    ("transfer", "paper"): dict(seeds=(1, 2, 3, 4, 5)),
 }
 
 #: hparam_search's default space over SearchConfig fields: [distribution, args...]
@@ -221,7 +239,7 @@ def job_base(job: str, preset: str | None) -> JobConfig:
         extra = JOB_PRESET_EXTRAS.get((job, preset))
         if extra:
             merged = dict(extra)
-            for key in ("search", "train"):  # overrides of overrides merge rather than replace
+            for key in OVERRIDES:  # overrides of overrides merge rather than replace
                 if key in extra:
                     merged[key] = {**getattr(cfg, key), **extra[key]}
             cfg = config_from_mapping(JobConfig, merged, f"--preset {preset} ({job})", base=cfg)
@@ -229,9 +247,9 @@ def job_base(job: str, preset: str | None) -> JobConfig:
 
 
 def _merge_dicts(cfg: JobConfig, data: Mapping[str, Any], source: str) -> JobConfig:
-    """Apply a mapping, merging (not replacing) the search/train override dicts."""
+    """Apply a mapping, merging (not replacing) the search/train/transfer override dicts."""
     data = dict(data)
-    for key in ("search", "train"):
+    for key in OVERRIDES:
         if key in data:
             data[key] = {**getattr(cfg, key), **_kv_mapping(data[key], f"{source}: {key}")}
     return config_from_mapping(JobConfig, data, source, base=cfg)
@@ -241,7 +259,7 @@ def parse_job_args(job: str, argv: list[str] | None = None,
                    description: str | None = None) -> tuple[JobConfig, argparse.Namespace]:
     """The job's command line: ``--smoke-test``, ``--preset``, ``--config``, ``--resume`` and every field."""
     parser = argparse.ArgumentParser(prog=f"python tune_jobs/{job}.py", description=description)
-    parser.add_argument("--smoke-test", action="store_true", help="a tiny run on a slice of PTB (about a minute)")
+    parser.add_argument("--smoke-test", action="store_true", help="a tiny end-to-end run (about a minute)")
     parser.add_argument("--preset", choices=[p for p in JOB_PRESETS if p != "smoke"], default=None,
                         help="cpu-small (default) or paper; applied before --config and the flags")
     parser.add_argument("--resume", action="store_true",
@@ -267,13 +285,13 @@ def parse_job_args(job: str, argv: list[str] | None = None,
         args.config = None
     names = {f.name for f in dataclasses.fields(JobConfig)}
     given = {k: v for k, v in vars(args).items() if k in names}
-    for key in ("search", "train"):  # flags merge into the preset's overrides too
+    for key in OVERRIDES:  # flags merge into the preset's overrides too
         if key in given:
             given[key] = {**getattr(base, key), **_kv_mapping(given[key], f"--{key}")}
     cfg = resolve_config(JobConfig, argparse.Namespace(**{k: v for k, v in given.items()
-                                                         if k not in ("search", "train")}), base=base)
-    if "search" in given or "train" in given:
-        cfg = dataclasses.replace(cfg, **{k: given[k] for k in ("search", "train") if k in given})
+                                                         if k not in OVERRIDES}), base=base)
+    if any(k in given for k in OVERRIDES):
+        cfg = dataclasses.replace(cfg, **{k: given[k] for k in OVERRIDES if k in given})
     if not cfg.name:
         preset = "smoke" if args.smoke_test else (args.preset or "cpu-small")
         cfg = dataclasses.replace(cfg, name=f"{job}-{preset}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -281,6 +299,8 @@ def parse_job_args(job: str, argv: list[str] | None = None,
         raise ConfigError("genotypes: nothing to retrain; give --genotypes NAME_OR_FILE,... or --source-experiment")
     search_config_dict(cfg)   # one-line errors for bad overrides now, not inside a trial
     train_config_dict(cfg)
+    if job == "transfer":
+        transfer_config_dict(cfg)
     return cfg, args
 
 
@@ -310,6 +330,25 @@ def train_config_dict(job: JobConfig, data_dir: str | None = None) -> dict[str, 
     if data_dir is not None:
         base["data_dir"] = data_dir
     return config_to_dict(config_from_mapping(TrainConfig, base, "train (job preset and overrides)"))
+
+
+def transfer_config_dict(job: JobConfig, data_dir: str | None = None) -> dict[str, Any]:
+    """The TransferConfig every transfer trial starts from (validated; task, cell, seed set per trial)."""
+    from ess.transfer import PRESETS, TransferConfig
+
+    if job.transfer_preset not in PRESETS:
+        raise ConfigError(f"transfer_preset: unknown {job.transfer_preset!r} (known: {', '.join(PRESETS)})")
+    base = {**PRESETS[job.transfer_preset], **job.transfer, "progress": False, "run_dir": f"{RUN_DIR}/transfer",
+            "threads": max(1, int(job.cpus_per_trial)), "task": job.tasks[0]}
+    if data_dir is not None:
+        base["data_dir"] = data_dir
+    return config_to_dict(config_from_mapping(TransferConfig, base, "transfer (job preset and overrides)"))
+
+
+def transfer_variants(job: JobConfig, cells: Sequence[str]) -> list[dict[str, Any]]:
+    """The grid task x cell x seed, one dict per trial (``cell_label`` names a cell of the job spec)."""
+    return [{"task": task, "cell_label": cell, "seed": seed} for task in job.tasks for cell in cells
+            for seed in job.seeds]
 
 
 def search_variants(job: JobConfig, modes: Sequence[str] | None = None) -> list[dict[str, Any]]:
@@ -344,6 +383,8 @@ def search_variants(job: JobConfig, modes: Sequence[str] | None = None) -> list[
 def variant_label(v: Mapping[str, Any]) -> str:
     if "genotype_label" in v:
         return f"retrain_{v['genotype_label']}"
+    if "cell_label" in v:
+        return f"{v.get('task')}_{v['cell_label']}_s{v.get('seed')}"
     parts = [str(v.get("mode", "search")), f"s{v.get('seed')}"]
     if "steps" in v:
         parts.append(f"n{v['steps']}-{v.get('n_inter')}-{v.get('m')}")
@@ -667,6 +708,60 @@ def retrain_trainable(config: dict[str, Any]) -> None:
                        else source, "genotype_label": label}
         final = trial.run_retrain(genotype)
         trial.report({**final, "final": 1})
+    except BaseException as err:
+        _close_trial(trial, err)
+        raise
+    _close_trial(trial, None)
+
+
+def transfer_trainable(config: dict[str, Any]) -> None:
+    """Tune function trainable: train a tagger with one cell on one task and seed (:func:`ess.transfer.transfer`).
+
+    ``variant`` holds ``task``, ``cell_label`` (a key of ``ess.cells``: ``lstm``, a built-in name or
+    genotype JSON text) and ``seed``. Each epoch reports the epoch row (``train/loss``, ``dev/f1`` ...)
+    and the run directory as checkpoint; the last row adds the best-dev model's ``test/...`` scores.
+    """
+    from ess.tracking import flat_params, numeric_metrics
+    from ess.transfer import TransferConfig, transfer
+
+    trial = _Trial(config, "transfer")   # restores the latest checkpoint into the run directory first
+    variant = trial.variant()
+    label = str(variant.get("cell_label"))
+    source = (config["ess"].get("cells") or {}).get(label)
+    if source is None:
+        raise ConfigError(f"trial {trial.trial_name}: no cell {label!r} in the job spec")
+    if source.lstrip().startswith("{"):
+        genotype_file = trial.run / "cell_genotype.json"
+        if not genotype_file.exists():
+            atomic_write_text(genotype_file, _load_genotype_text(source).to_json() + "\n")
+        cell = str(genotype_file)
+    else:
+        cell = source   # lstm or a built-in name
+    fields = {f.name for f in dataclasses.fields(TransferConfig)}
+    values = {**config["ess"]["transfer"], **{k: v for k, v in variant.items() if k in fields}, "cell": cell}
+    cfg = config_from_mapping(TransferConfig, values, f"trial {trial.trial_name}")
+    run_dir = Path(cfg.run_dir)
+    params = flat_params({k: v for k, v in values.items() if k != "cell"}, "transfer.")
+    tags = {"task": cfg.task, "cell": label, "seed": str(cfg.seed),
+            **{f"source.{k}": v for k, v in (config["ess"].get("cell_info", {}).get(label) or {}).items()}}
+    trial.open_tracker(variant_label(variant), tags, params)
+    tracker = trial.tracker
+    try:
+        trial.carry = {"task": cfg.task, "cell": label, "seed": cfg.seed}
+
+        def on_epoch(rep: EpochReport) -> None:
+            tracker.log_metrics(rep.metrics, step=rep.epoch)
+            trial.report(dict(rep.metrics), checkpoint=trial.wants_checkpoint(rep.epoch, cfg.epochs),
+                         last=rep.epoch >= cfg.epochs)
+
+        final = transfer(cfg, resume=(run_dir / "checkpoint.pt").is_file(), on_epoch=on_epoch)
+        final_row = {k: v for k, v in numeric_metrics(final).items() if k != "seed"}
+        tracker.log_metrics(final_row, step=int(final.get("epoch", cfg.epochs)))
+        for name in ("final.json", "config.yaml", "metrics.jsonl", "test_report.txt", "genotype.json"):
+            tracker.log_artifact(run_dir / name, "transfer")
+        tracker.log_artifact(run_dir / "predictions" / "test.txt", "transfer/predictions")
+        tracker.log_artifact(run_dir / "best.pt", "model")
+        trial.report({**final_row, "final": 1})
     except BaseException as err:
         _close_trial(trial, err)
         raise
@@ -1212,9 +1307,81 @@ def run_retrain(job: JobConfig, *, resume: bool = False, callbacks: Sequence[Any
         return exp.finish({"best": out[0], "retrained": out, "best_valid_ppl": _finite(out[0]["retrain_valid_ppl"])})
 
 
+def _transfer_sources(job: JobConfig) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+    """``{label: lstm | built-in name | genotype JSON text}`` from ``job.cells``."""
+    from ess.genotype import BUILTINS, load_genotype
+
+    cells: dict[str, str] = {}
+    info: dict[str, dict[str, Any]] = {}
+    for item in job.cells:
+        if item.lower() == "lstm" or item in BUILTINS:
+            label, text, source = ("lstm" if item.lower() == "lstm" else item), item, "built-in"
+        else:
+            path = Path(item).expanduser()
+            text, label, source = load_genotype(path).to_json(None), path.stem, str(path.resolve())
+        while label in cells:
+            label += "_"
+        cells[label] = text
+        info[label] = {"source": source}
+    return cells, info
+
+
+def ensure_tasks(tasks: Sequence[str], data_dir: str | None = None) -> None:
+    """One-line DataError (before Ray starts) when a tagging task's files are missing."""
+    from ess.tagging.conll import get_task, task_paths
+
+    for task in tasks:
+        get_task(task)
+        missing = [str(p) for p in task_paths(task, data_dir).values() if not p.is_file()]
+        if missing:
+            raise DataError(f"task {task!r}: missing {', '.join(missing)} (set ESS_DATA_DIR / --data-dir)")
+
+
+def run_transfer(job: JobConfig, *, resume: bool = False, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+    """Cells x seeds (x tasks) on the tagging transfer task; mean/std dev and test F1 per cell."""
+    import pandas as pd
+    from ray import tune
+
+    ensure_tasks(job.tasks, job.data_dir or None)
+    cells, info = _transfer_sources(job)
+    with ray_session(job):
+        check_resources(job)
+        exp = Experiment("transfer", job, resume=resume)
+        exp.parent.set_tags({"cells": ",".join(cells), "tasks": ",".join(job.tasks)})
+        variants = transfer_variants(job, list(cells))
+        spec = exp.spec(transfer=transfer_config_dict(job, exp.data_dir), cells=cells, cell_info=info)
+        try:
+            results = exp.tune("transfer", transfer_trainable, {"ess": spec, "variant": tune.grid_search(variants)},
+                               expected=len(variants), callbacks=callbacks)
+            rows = _failed(_results_rows(results), "transfer")
+        except ExperimentInterrupted:
+            raise
+        except BaseException:
+            exp.parent.finish("FAILED")
+            raise
+        table = [{"task": r["variant"].get("task"), "cell": r["variant"].get("cell_label"),
+                  "seed": r["variant"].get("seed"), "dev_f1": r["metrics"].get("dev/f1"),
+                  "test_f1": r["metrics"].get("test/f1"), "best_epoch": r["metrics"].get("best_epoch"),
+                  "params": r["metrics"].get("params"), "mlflow_run_id": r["metrics"].get("mlflow_run_id"),
+                  "checkpoint": r["checkpoint"]} for r in rows]
+        frame = pd.DataFrame(table)
+        grouped = (frame.groupby(["task", "cell"])[["dev_f1", "test_f1"]].agg(["mean", "std", "count"]))
+        grouped.columns = [f"{a}_{b}" for a, b in grouped.columns]
+        grouped = grouped.reset_index().sort_values(["task", "dev_f1_mean"], ascending=[True, False])
+        print("\ntransfer (span F1 of the best-dev model, by task and cell, over seeds):\n"
+              + grouped.to_string(index=False, float_format=lambda v: f"{v:.4f}"), flush=True)
+        by_cell = grouped.to_dict(orient="records")
+        best = by_cell[0]
+        exp.parent.set_tags({"best_cell": str(best["cell"])})
+        summary = {"trials": table, "by_cell": by_cell, "best_cell": best["cell"],
+                   "best_dev_f1_mean": float(best["dev_f1_mean"]), "failed_trials": len(results) - len(rows)}
+        return exp.finish(summary, {"transfer.csv": frame.to_csv(index=False),
+                                    "transfer_summary.csv": grouped.to_csv(index=False)})
+
+
 RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
     "joint_search": run_joint_search, "ablation": run_ablation, "hparam_search": run_hparam_search,
-    "retrain": run_retrain,
+    "retrain": run_retrain, "transfer": run_transfer,
 }
 
 
@@ -1245,6 +1412,10 @@ def print_summary(summary: Mapping[str, Any], out=None) -> None:
     if kind == "ablation":
         w(f"trials: {len(summary['trials'])} ({summary['failed_trials']} failed); table: "
           f"{summary['experiment_dir']}/ablation.csv")
+    elif kind == "transfer":
+        w(f"trials: {len(summary['trials'])} ({summary['failed_trials']} failed); best cell by mean dev F1: "
+          f"{summary['best_cell']} ({summary['best_dev_f1_mean']:.4f}); table: "
+          f"{summary['experiment_dir']}/transfer_summary.csv")
     elif kind == "hparam_search":
         w(f"best config: {json.dumps(summary['best_config'])}  valid ppl {summary['best_valid_ppl']:.2f}")
         w(f"best genotype: {_describe(summary.get('best_genotype'))}")
@@ -1396,6 +1567,7 @@ __all__ = [
     "DEFAULT_SPACE", "JOBS", "JOB_PRESETS", "Experiment", "ExperimentInterrupted", "JobConfig", "TrialRunStatus",
     "check_resources", "ensure_corpus", "retrain_stage", "search_stage",
     "job_base", "job_main", "measure_overhead", "parse_job_args", "print_summary", "ray_session",
-    "retrain_trainable", "run_ablation", "run_hparam_search", "run_joint_search", "run_retrain",
-    "search_config_dict", "search_trainable", "search_variants", "train_config_dict", "trial_name",
+    "retrain_trainable", "run_ablation", "run_hparam_search", "run_joint_search", "run_retrain", "run_transfer",
+    "search_config_dict", "search_trainable", "search_variants", "train_config_dict", "transfer_config_dict",
+    "transfer_trainable", "transfer_variants", "trial_name",
 ]

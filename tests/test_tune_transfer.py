@@ -1,0 +1,64 @@
+"""The transfer job (cells x seeds on CoNLL-2003) end to end on a local Ray with MLflow in a temporary SQLite store."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import DATA_DIR
+
+HAS_CONLL2003 = bool(DATA_DIR) and all((Path(DATA_DIR) / "conll2003" / f"{s}.txt").is_file()
+                                       for s in ("train", "valid", "test"))
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not HAS_CONLL2003, reason="needs CoNLL-2003 in $ESS_DATA_DIR/conll2003")]
+
+
+def test_transfer_smoke_job_compares_cells_in_mlflow(tmp_path, capsys, monkeypatch):
+    import ray
+    from mlflow import MlflowClient
+
+    from ess.tune import job_base, job_main, transfer_variants
+
+    monkeypatch.setenv("ESS_DATA_DIR", DATA_DIR)
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    smoke = job_base("transfer", "smoke")
+    assert smoke.cells == ("lstm", "DARTS_V2") and smoke.seeds == (1,) and smoke.transfer_preset == "smoke"
+    assert len(transfer_variants(smoke, smoke.cells)) == 2
+    argv = ["--smoke-test", "--storage-path", str(tmp_path / "tune"), "--tracking-uri", store, "--name", "tt",
+            "--data-dir", DATA_DIR, "--num-cpus", "2", "--no-system-metrics"]
+    try:
+        assert job_main("transfer", argv) == 0
+    finally:
+        ray.shutdown()
+        os.environ.pop("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", None)
+    out = capsys.readouterr().out
+    assert "transfer (span F1" in out and "mlflow ui --backend-store-uri" in out
+    assert "lstm" in out and "DARTS_V2" in out
+
+    summary = json.loads((tmp_path / "tune" / "tt" / "summary.json").read_text())
+    assert summary["failed_trials"] == 0 and len(summary["trials"]) == 2
+    assert {t["cell"] for t in summary["trials"]} == {"lstm", "DARTS_V2"}
+    for t in summary["trials"]:
+        assert 0.0 <= t["dev_f1"] <= 100.0 and 0.0 <= t["test_f1"] <= 100.0  # conlleval: percent and t["checkpoint"]
+        assert (Path(t["checkpoint"]) / "transfer" / "checkpoint.pt").is_file()
+    assert {r["cell"] for r in summary["by_cell"]} == {"lstm", "DARTS_V2"}
+    assert (tmp_path / "tune" / "tt" / "transfer_summary.csv").is_file()
+
+    client = MlflowClient(store)
+    exp = client.get_experiment_by_name("ess-transfer")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("ess.role") == "parent"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"}
+    assert all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in children)
+    assert {c.data.tags["cell"] for c in children} == {"lstm", "DARTS_V2"}
+    for c in children:
+        assert c.data.tags["task"] == "conll2003" and c.data.tags["seed"] == "1" and c.data.tags.get("git_commit")
+        assert {m.step for m in client.get_metric_history(c.info.run_id, "dev/f1")} == {1, 2}
+        assert len(client.get_metric_history(c.info.run_id, "train/loss")) >= 2
+        assert "test/f1" in c.data.metrics
+        assert "transfer" in {f.path for f in client.list_artifacts(c.info.run_id)}
