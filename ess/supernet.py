@@ -24,6 +24,7 @@ selected by ``implementation='reference'``.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -56,7 +57,7 @@ def _uniform(*shape: int) -> nn.Parameter:
 # Binding architecture weights to search cells
 
 
-class ArchBound:
+class ArchBound(abc.ABC):
     """Mixin of search cells whose architecture logits live outside them (in the search model).
 
     A cell declares the shapes of its logits (:meth:`arch_spec`), turns logits into its softmax weights
@@ -67,13 +68,13 @@ class ArchBound:
 
     _bound_weights: Any = None
 
+    @abc.abstractmethod
     def arch_spec(self) -> dict[str, tuple[int, ...]]:
         """Name and shape of each architecture-logit tensor the cell needs."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def arch_probabilities(self, alphas: Mapping[str, Tensor]) -> Any:
         """The cell's softmax weights (canonical form) from its logits."""
-        raise NotImplementedError
 
     def _prepare(self, probs: Any) -> Any:
         """Turn canonical softmax weights into whatever the forward pass reads (default: as is)."""
