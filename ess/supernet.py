@@ -150,14 +150,9 @@ class MixedIntraCell(ArchBound, nn.Module):
             out.append((p.t()[:, :, None, None], p.sum(1)[:, None, None]))
         return out
 
-    def input_projection(self, x: Tensor) -> Tensor:
-        """``x W_0[:ninp]`` for every time step at once: ``[T, B, ninp] -> [T, B, 2 nhid]``."""
-        return x @ self.W0[: self.ninp]
-
-    def initial_node(self, x_proj: Tensor, h_prev: Tensor, h_mask: Tensor | None) -> Tensor:
-        h_in = h_prev if h_mask is None else h_prev * h_mask
-        c0, h0 = (x_proj + h_in @ self.W0[self.ninp:]).split(self.nhid, dim=-1)
-        return h_prev + torch.sigmoid(c0) * (torch.tanh(h0) - h_prev)
+    # Node 0 is the discrete cell's (same W0, same formula): reuse it rather than restate it.
+    input_projection = DARTSCell.input_projection
+    initial_node = DARTSCell.initial_node
 
     def step(self, x_proj: Tensor, h_prev: Tensor, h_mask: Tensor | None = None) -> Tensor:
         """One time step: ``x_proj`` ``[B, 2 nhid]`` (masked x^ times ``W_0[:ninp]``), ``h_prev`` ``[B, nhid]``."""
