@@ -1,17 +1,28 @@
 """Atomic, verifiable checkpoints and the random-number state they carry.
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so it loads with
-``torch.load(weights_only=True)``: no pickled classes, no code from the file is ever run. It is
-written to a temporary file in the same directory, fsynced, then renamed over the old one, so a
-crash (or a full disk) mid-write leaves the previous checkpoint intact.
+``torch.load(weights_only=True)``: no pickled classes, no code from the file is ever run.
+
+Writing (:func:`save_checkpoint`): the bytes go to a temporary file in the same directory, which
+is fsynced; only then is the old checkpoint renamed to ``<name>.prev<suffix>`` and the new one
+renamed into place, and a sidecar ``<file>.sha256`` records the new file's digest and size. A crash
+or a full disk mid-write therefore leaves the previous checkpoint (and the one before) intact. At
+every moment each file's sidecar is either right or absent, never stale.
+
+Loading (:func:`load_checkpoint`): the size and sha256 are checked against the sidecar when there
+is one; with ``fallback=True`` a missing, truncated or corrupt latest checkpoint gives a warning and
+the previous one is loaded instead.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import io
 import os
 import random
 import tempfile
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -45,9 +56,12 @@ def _file_mode() -> int:
 _FILE_MODE = _file_mode()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a fsynced temporary file and a rename."""
-    path = Path(path)
+class CheckpointFallbackWarning(UserWarning):
+    """The latest checkpoint was unusable and the previous one was loaded instead."""
+
+
+def _write_temp(path: Path, data: bytes) -> str:
+    """``data`` in a fsynced temporary file beside ``path``; its name. Removed again on any error."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -56,12 +70,27 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+    except BaseException:
+        _unlink(Path(tmp))
+        raise
+    return tmp
+
+
+def _unlink(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a fsynced temporary file and a rename."""
+    path = Path(path)
+    tmp = _write_temp(path, data)
+    try:
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        _unlink(Path(tmp))
         raise
     _fsync_dir(path.parent)
     return path
@@ -71,21 +100,86 @@ def atomic_write_text(path: Path, text: str) -> Path:
     return atomic_write_bytes(Path(path), text.encode("utf-8"))
 
 
-def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Serialise ``state`` with torch.save and write it atomically."""
+def previous_path(path: str | os.PathLike) -> Path:
+    """Where the checkpoint before ``path`` is kept: ``checkpoint.pt`` -> ``checkpoint.prev.pt``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def digest_path(path: str | os.PathLike) -> Path:
+    """The sidecar holding ``path``'s sha256 and size."""
+    path = Path(path)
+    return path.with_name(path.name + ".sha256")
+
+
+def _digest_line(data: bytes) -> str:
+    return f"{hashlib.sha256(data).hexdigest()} {len(data)}\n"
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any], *, keep_previous: bool = True) -> Path:
+    """Serialise ``state`` with torch.save and write it atomically, keeping the previous checkpoint.
+
+    A write error (a full disk, a quota) raises a one-line :class:`CheckpointError` and leaves the
+    existing checkpoints untouched.
+    """
+    path = Path(path)
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    return atomic_write_bytes(Path(path), buffer.getvalue())
+    data = buffer.getvalue()
+    try:
+        tmp = _write_temp(path, data)
+    except OSError as err:
+        full = " (disk full?)" if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else ""
+        raise CheckpointError(f"{path}: could not write the checkpoint: {err.strerror or err}{full}; "
+                              "the previous checkpoint is intact") from None
+    try:
+        if keep_previous and path.exists():
+            prev = previous_path(path)
+            _unlink(digest_path(prev))                       # the old .prev loses its sidecar first ...
+            os.replace(path, prev)                           # ... then the latest becomes .prev
+            if digest_path(path).exists():
+                os.replace(digest_path(path), digest_path(prev))
+        else:
+            _unlink(digest_path(path))
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink(Path(tmp))
+        raise
+    _fsync_dir(path.parent)
+    try:
+        atomic_write_text(digest_path(path), _digest_line(data))
+    except OSError as err:
+        raise CheckpointError(f"{digest_path(path)}: could not write the checksum: {err.strerror or err}; "
+                              f"the checkpoint {path} itself is complete") from None
+    return path
 
 
-def load_checkpoint(path: str | os.PathLike, required: Iterable[str] = (),
-                    map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``; a one-line :class:`CheckpointError` if unusable."""
-    path = Path(path)
+def _verify(path: Path, data: bytes) -> None:
+    sidecar = digest_path(path)
+    if not sidecar.is_file():
+        return
+    try:
+        fields = sidecar.read_text(encoding="utf-8").split()
+        digest, size = fields[0], int(fields[1])
+    except (OSError, UnicodeDecodeError, IndexError, ValueError):
+        raise CheckpointError(f"{sidecar}: unreadable checksum file (expected '<sha256> <size>')") from None
+    if len(data) != size:
+        raise CheckpointError(f"{path}: {len(data)} bytes but {sidecar.name} records {size} (truncated or "
+                              "overwritten)")
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise CheckpointError(f"{path}: sha256 differs from the one recorded in {sidecar.name} (corrupt file)")
+
+
+def _load_one(path: Path, required: Iterable[str], map_location: str | torch.device) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        data = path.read_bytes()
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read the checkpoint: {err.strerror or err}") from None
+    _verify(path, data)
+    try:
+        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises many types for a damaged file
         reason = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
         raise CheckpointError(f"{path}: not a readable checkpoint ({reason[:200]})") from None
@@ -95,6 +189,29 @@ def load_checkpoint(path: str | os.PathLike, required: Iterable[str] = (),
         if key not in state:
             raise CheckpointError(f"{path}: missing field {key!r}")
     return state
+
+
+def load_checkpoint(path: str | os.PathLike, required: Iterable[str] = (),
+                    map_location: str | torch.device = "cpu", *, fallback: bool = False) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``, checking its size and sha256 against the sidecar.
+
+    An unusable file raises a one-line :class:`CheckpointError`; with ``fallback`` the previous
+    checkpoint (:func:`previous_path`) is tried next, with a :class:`CheckpointFallbackWarning`.
+    """
+    path, required = Path(path), tuple(required)
+    try:
+        return _load_one(path, required, map_location)
+    except CheckpointError as err:
+        prev = previous_path(path)
+        if not fallback or not prev.is_file():
+            raise
+        try:
+            state = _load_one(prev, required, map_location)
+        except CheckpointError as prev_err:
+            raise CheckpointError(f"{err}; the previous checkpoint is unusable too ({prev_err})") from None
+        warnings.warn(f"{err}; resuming from the previous checkpoint {prev.name} (epoch {state.get('epoch', '?')})",
+                      CheckpointFallbackWarning, stacklevel=2)
+        return state
 
 
 # --------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ Tune) can wrap it without this module knowing about it.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import sys
@@ -32,6 +33,7 @@ from ess.checkpoint import (
     atomic_write_text,
     capture_rng_state,
     load_checkpoint,
+    previous_path,
     restore_rng_state,
     save_checkpoint,
     seed_everything,
@@ -40,9 +42,10 @@ from ess.cli import run_main
 from ess.config import check, config_to_dict, save_config
 from ess.data import BPTTIterator, batchify, get_batch, load_corpus
 from ess.derive import parameter_free_share
-from ess.errors import CheckpointError, DivergenceError
+from ess.errors import CheckpointError
 from ess.evaluation import evaluate
 from ess.genotype import ESSGenotype, load_genotype, save_genotype
+from ess.guard import HELP_LR_FACTOR, HELP_MAX_PPL, HELP_MAX_ROLLBACKS, Diverged, DivergenceGuard, ppl_bound
 from ess.model import lm_loss, regularisation
 from ess.runs import (
     EpochReport,
@@ -94,6 +97,9 @@ class SearchConfig:
     alpha: float = field(default=0.0, metadata={"help": "AR coefficient"})
     beta: float = field(default=1e-3, metadata={"help": "TAR coefficient"})
     seed: int = field(default=3, metadata={"help": "fixes initialisation, data order and dropout"})
+    max_rollbacks: int = field(default=3, metadata={"help": HELP_MAX_ROLLBACKS})
+    rollback_lr_factor: float = field(default=0.5, metadata={"help": HELP_LR_FACTOR})
+    max_ppl: float = field(default=0.0, metadata={"help": HELP_MAX_PPL})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda[:N]"})
     threads: int = field(default=0, metadata={"help": "CPU threads (0: torch default)"})
     max_train_tokens: int = field(default=0, metadata={"help": "use only the first N training tokens (0: all)"})
@@ -108,8 +114,10 @@ class SearchConfig:
         for name in ("dropout", "dropouth", "dropoutx", "dropouti", "dropoute"):
             check(0.0 <= getattr(self, name) < 1.0, name, f"must be in [0, 1), got {getattr(self, name)}")
         for name in ("lr", "clip", "wdecay", "arch_lr", "arch_wdecay", "alpha", "beta", "max_seq_len_delta",
-                     "max_train_tokens", "max_eval_tokens", "threads"):
+                     "max_train_tokens", "max_eval_tokens", "threads", "max_rollbacks", "max_ppl"):
             check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
+        check(0.0 < self.rollback_lr_factor <= 1.0, "rollback_lr_factor",
+              f"must be in (0, 1], got {self.rollback_lr_factor}")
         check(self.mode in MODES, "mode", f"unknown mode {self.mode!r} (known: {', '.join(MODES)})")
         check(self.order in (1, 2), "order", f"must be 1 or 2, got {self.order}")
         check(self.emsize == self.nhid, "emsize", f"tied weights need emsize == nhid ({self.emsize} != {self.nhid})")
@@ -180,7 +188,16 @@ class Searcher:
         self.architect = Architect(self.model, cfg.arch_lr, cfg.arch_wdecay, unrolled=cfg.order == 2,
                                    alpha=cfg.alpha, beta=cfg.beta)
         self.lengths = torch.Generator().manual_seed(cfg.seed)
-        self.epoch, self.best_valid, self.rows = 0, math.inf, []
+        self.epoch, self.best_valid, self.rows, self.rollbacks = 0, math.inf, [], 0
+        self.guard = DivergenceGuard("search", cfg.max_rollbacks, cfg.rollback_lr_factor,
+                                     ppl_bound(cfg.max_ppl, self.ntoken))
+        self._initial: dict[str, Any] | None = None   # the state to roll back to before any checkpoint
+        self.params = sum(p.numel() for p in self.model.weight_parameters())   # the supernet's weights
+
+    @property
+    def lr(self) -> float:
+        """The weight learning rate, lowered after each rollback."""
+        return self.cfg.lr * self.guard.lr_scale(self.rollbacks)
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -194,12 +211,17 @@ class Searcher:
             "position": {"epoch": self.epoch + 1, "batch": 0},
             "best_valid": self.best_valid,
             "rows": self.rows,
+            "rollbacks": self.rollbacks,
             "rng": capture_rng_state(),
             "lengths_rng": self.lengths.get_state(),
         }
 
     def resume(self) -> None:
-        state = load_checkpoint(self.checkpoint_path, required=_CHECKPOINT_FIELDS, map_location=self.device)
+        state = load_checkpoint(self.checkpoint_path, required=_CHECKPOINT_FIELDS, map_location=self.device,
+                                fallback=True)
+        self.load_state_dict(state)
+
+    def load_state_dict(self, state: dict[str, Any], restore_rng: bool = True) -> None:
         check_resumable(state["config"], self.cfg, _RESUME_FIXED, self.checkpoint_path)
         try:
             self.model.load_state_dict(state["model"])
@@ -209,8 +231,25 @@ class Searcher:
             raise CheckpointError(f"{self.checkpoint_path}: does not fit this search "
                                   f"({str(err).splitlines()[0][:160]})") from None
         self.epoch, self.best_valid, self.rows = int(state["epoch"]), float(state["best_valid"]), list(state["rows"])
-        restore_rng_state(state["rng"])
-        self.lengths.set_state(state["lengths_rng"])
+        self.rollbacks = int(state.get("rollbacks", 0))
+        if restore_rng:
+            restore_rng_state(state["rng"])
+            self.lengths.set_state(state["lengths_rng"])
+
+    def rollback(self, reason: str) -> None:
+        """Back to the last good checkpoint (or the initial state) with the learning rate lowered.
+
+        The RNG is left moving: replaying the same dropout masks and lengths would diverge again.
+        """
+        rollbacks = self.guard.next_attempt(reason, self.rollbacks)
+        if self.checkpoint_path.exists() or previous_path(self.checkpoint_path).exists():
+            state = load_checkpoint(self.checkpoint_path, required=_CHECKPOINT_FIELDS, map_location=self.device,
+                                    fallback=True)
+        else:
+            state = self._initial
+        self.load_state_dict(state, restore_rng=False)
+        self.rollbacks = rollbacks
+        self.guard.announce(reason, rollbacks, self.epoch)
 
     # -- one epoch -----------------------------------------------------------------------------------
     def _valid_batch(self, pos: int, seq_len: int, state):
@@ -231,33 +270,36 @@ class Searcher:
         total_loss, total_tokens, start = 0.0, 0, time.perf_counter()
         bar = tqdm(total=self.train_data.size(0) - 1, disable=not cfg.progress, leave=False, file=sys.stderr,
                    desc=f"search epoch {self.epoch + 1}")
-        for data, targets, seq_len in batches:
-            lr = cfg.lr * seq_len / cfg.bptt
-            state = detach_state(state)
-            valid_batch, valid_pos, valid_state = self._valid_batch(valid_pos, seq_len, valid_state)
-            valid_state = self.architect.step((data, targets), valid_batch, state, valid_state,
-                                              network_lr=lr, network_weight_decay=cfg.wdecay, network_clip=cfg.clip)
-            optimizer.param_groups[0]["lr"] = lr
-            with requires_grad(arch, False):  # the weight step computes no architecture gradient
-                out = model(data, state)
-                raw_loss = lm_loss(out, targets)
-                if not torch.isfinite(raw_loss):
-                    bar.close()
-                    raise DivergenceError(f"non-finite search loss at epoch {self.epoch + 1}; no genotype derived")
-                loss = raw_loss + regularisation(out, cfg.alpha, cfg.beta)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-            nn.utils.clip_grad_norm_(weights, cfg.clip)
-            optimizer.step()
-            optimizer.param_groups[0]["lr"] = cfg.lr
-            state = out.state
-            n = targets.numel()
-            total_loss += raw_loss.item() * n
-            total_tokens += n
-            bar.update(seq_len)
-            bar.set_postfix(loss=f"{total_loss / total_tokens:.3f}",
-                            tok_s=f"{total_tokens / max(time.perf_counter() - start, 1e-9):.0f}")
-        bar.close()
+        epoch, guard = self.epoch + 1, self.guard
+        try:
+            for step, (data, targets, seq_len) in enumerate(batches, 1):
+                lr = self.lr * seq_len / cfg.bptt
+                state = detach_state(state)
+                valid_batch, valid_pos, valid_state = self._valid_batch(valid_pos, seq_len, valid_state)
+                valid_state = self.architect.step((data, targets), valid_batch, state, valid_state, network_lr=lr,
+                                                  network_weight_decay=cfg.wdecay, network_clip=cfg.clip)
+                guard.check_finite(arch, "architecture weights", epoch, step)
+                optimizer.param_groups[0]["lr"] = lr
+                with requires_grad(arch, False):  # the weight step computes no architecture gradient
+                    out = model(data, state)
+                    raw_loss = lm_loss(out, targets)
+                    guard.check_loss(raw_loss, epoch, step)
+                    loss = raw_loss + regularisation(out, cfg.alpha, cfg.beta)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                norm = nn.utils.clip_grad_norm_(weights, cfg.clip)
+                guard.check_grad_norm(norm, epoch, step)    # before the step: no NaN reaches the weights
+                optimizer.step()
+                state = out.state
+                n = targets.numel()
+                total_loss += raw_loss.item() * n
+                total_tokens += n
+                bar.update(seq_len)
+                bar.set_postfix(loss=f"{total_loss / total_tokens:.3f}",
+                                tok_s=f"{total_tokens / max(time.perf_counter() - start, 1e-9):.0f}")
+        finally:
+            optimizer.param_groups[0]["lr"] = self.lr
+            bar.close()
         elapsed = time.perf_counter() - start
         mean = total_loss / max(total_tokens, 1)
         return {"train/loss": mean, "train/ppl": perplexity(mean), "train/tokens_per_s": total_tokens / elapsed,
@@ -281,15 +323,26 @@ class Searcher:
         return paths
 
     def fit(self, on_epoch: OnEpoch = ignore_report) -> SearchResult:
+        if self.epoch == 0:
+            self._initial = copy.deepcopy(self.state_dict())
         while self.epoch < self.cfg.epochs:
-            row = self.train_epoch()
-            valid = evaluate(self.model, self.valid_data, self.cfg.bptt)
+            try:
+                row = self.train_epoch()
+                valid = evaluate(self.model, self.valid_data, self.cfg.bptt)
+                # checked before anything is derived or saved: no genotype comes from a diverged state
+                self.guard.check_ppl(perplexity(valid), self.epoch + 1)
+                self.guard.check_finite(self.model.arch_parameters(), "architecture weights", self.epoch + 1)
+            except Diverged as err:
+                self.rollback(str(err))
+                continue
             self.epoch += 1
             self.best_valid = min(self.best_valid, valid)
             genotype = self.model.genotype()
             row = {"epoch": self.epoch, **row, "valid/loss": valid, "valid/ppl": perplexity(valid),
                    "valid/best_ppl": perplexity(self.best_valid), "arch/entropy": self.model.arch_entropy(),
-                   "genotype/param_free_share": parameter_free_share(genotype)}
+                   "genotype/param_free_share": parameter_free_share(genotype), "params": self.params,
+                   "rollbacks": self.rollbacks,
+                   "lr_scale": self.guard.lr_scale(self.rollbacks)}
             self.rows.append(row)
             artifacts = self.write_artifacts(genotype)
             save_checkpoint(self.checkpoint_path, self.state_dict())

@@ -31,6 +31,7 @@ from ess.checkpoint import (
     atomic_write_text,
     capture_rng_state,
     load_checkpoint,
+    previous_path,
     restore_rng_state,
     save_checkpoint,
     seed_everything,
@@ -42,9 +43,10 @@ from ess.config import (
     save_config,
 )
 from ess.data import BPTTIterator, batchify, load_corpus
-from ess.errors import CheckpointError, DivergenceError
+from ess.errors import CheckpointError
 from ess.evaluation import evaluate
 from ess.genotype import load_genotype, save_genotype
+from ess.guard import HELP_LR_FACTOR, HELP_MAX_PPL, HELP_MAX_ROLLBACKS, Diverged, DivergenceGuard, ppl_bound
 from ess.model import RNNModel, lm_loss, regularisation
 from ess.runs import EpochReport, OnEpoch, check_resumable, ignore_report, parse_run_args, print_report, write_metrics
 from ess.runtime import perplexity, pick_device, set_threads
@@ -87,7 +89,9 @@ class TrainConfig:
     threads: int = field(default=0, metadata={"help": "CPU threads (0: torch default)"})
     max_train_tokens: int = field(default=0, metadata={"help": "use only the first N training tokens (0: all)"})
     max_eval_tokens: int = field(default=0, metadata={"help": "use only the first N valid/test tokens (0: all)"})
-    max_rollbacks: int = field(default=3, metadata={"help": "rollbacks on a non-finite loss before giving up"})
+    max_rollbacks: int = field(default=3, metadata={"help": HELP_MAX_ROLLBACKS})
+    rollback_lr_factor: float = field(default=0.5, metadata={"help": HELP_LR_FACTOR})
+    max_ppl: float = field(default=0.0, metadata={"help": HELP_MAX_PPL})
     run_dir: str = field(default="runs/train", metadata={"help": "checkpoints, metrics and config go here"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
@@ -97,8 +101,10 @@ class TrainConfig:
         for name in ("dropout", "dropouth", "dropoutx", "dropouti", "dropoute"):
             check(0.0 <= getattr(self, name) < 1.0, name, f"must be in [0, 1), got {getattr(self, name)}")
         for name in ("lr", "clip", "wdecay", "alpha", "beta", "max_seq_len_delta", "max_train_tokens",
-                     "max_eval_tokens", "max_rollbacks", "threads", "nonmono"):
+                     "max_eval_tokens", "max_rollbacks", "threads", "nonmono", "max_ppl"):
             check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
+        check(0.0 < self.rollback_lr_factor <= 1.0, "rollback_lr_factor",
+              f"must be in (0, 1], got {self.rollback_lr_factor}")
         check(self.emsize == self.nhid, "emsize", f"tied weights need emsize == nhid ({self.emsize} != {self.nhid})")
         check(self.cell in ("ess", "lstm"), "cell", f"unknown cell {self.cell!r} (known: ess, lstm)")
 
@@ -117,10 +123,11 @@ def build_model(cfg: TrainConfig, ntoken: int) -> RNNModel:
                     dropoute=cfg.dropoute)
 
 
-def _make_optimizer(model: nn.Module, cfg: TrainConfig, asgd: bool) -> torch.optim.Optimizer:
+def _make_optimizer(model: nn.Module, cfg: TrainConfig, asgd: bool, lr_scale: float = 1.0) -> torch.optim.Optimizer:
+    lr = cfg.lr * lr_scale
     if asgd:
-        return torch.optim.ASGD(model.parameters(), lr=cfg.lr, t0=0, lambd=0.0, weight_decay=cfg.wdecay)
-    return torch.optim.SGD(model.parameters(), lr=cfg.lr, weight_decay=cfg.wdecay)
+        return torch.optim.ASGD(model.parameters(), lr=lr, t0=0, lambd=0.0, weight_decay=cfg.wdecay)
+    return torch.optim.SGD(model.parameters(), lr=lr, weight_decay=cfg.wdecay)
 
 
 def _slice(data: torch.Tensor, limit: int) -> torch.Tensor:
@@ -180,6 +187,8 @@ class Trainer:
         self.optimizer = _make_optimizer(self.model, cfg, asgd=False)
         self.lengths = torch.Generator().manual_seed(cfg.seed)  # BPTT length draws only
         self.progress = _Progress()
+        self.guard = DivergenceGuard("training", cfg.max_rollbacks, cfg.rollback_lr_factor,
+                                     ppl_bound(cfg.max_ppl, self.ntoken))
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -210,7 +219,11 @@ class Trainer:
         p = self.progress
         p.asgd = bool(state["asgd"])
         self.optimizer = _make_optimizer(self.model, self.cfg, asgd=p.asgd)
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError) as err:
+            raise CheckpointError(f"{self.checkpoint_path}: field 'optimizer' does not fit this model "
+                                  f"({str(err).splitlines()[0][:160]})") from None
         p.epoch, p.best_valid = int(state["epoch"]), float(state["best_valid"])
         p.valid_history, p.rollbacks = list(state["valid_history"]), int(state["rollbacks"])
         p.rows = list(state["rows"])
@@ -223,7 +236,8 @@ class Trainer:
         write_metrics(self.run_dir, self.progress.rows)
 
     def resume(self) -> None:
-        state = load_checkpoint(self.checkpoint_path, required=_CHECKPOINT_FIELDS, map_location=self.device)
+        state = load_checkpoint(self.checkpoint_path, required=_CHECKPOINT_FIELDS, map_location=self.device,
+                                fallback=True)
         self.load_state_dict(state)
 
     # -- one epoch -----------------------------------------------------------------------------------
@@ -236,68 +250,78 @@ class Trainer:
         total_loss, total_tokens, start = 0.0, 0, time.perf_counter()
         bar = tqdm(total=self.train_data.size(0) - 1, unit="tok/B", disable=not cfg.progress, leave=False,
                    desc=f"epoch {self.progress.epoch + 1}", file=sys.stderr)
-        for data, targets, seq_len in batches:
-            base_lr = optimizer.param_groups[0]["lr"]
-            optimizer.param_groups[0]["lr"] = base_lr * seq_len / cfg.bptt
-            state = detach_state(state)
-            out = model(data, state)
-            state = out.state
-            raw_loss = lm_loss(out, targets)
-            if not torch.isfinite(raw_loss):
+        epoch = self.progress.epoch + 1
+        base_lr = optimizer.param_groups[0]["lr"]
+        try:
+            for step, (data, targets, seq_len) in enumerate(batches, 1):
+                optimizer.param_groups[0]["lr"] = base_lr * seq_len / cfg.bptt
+                state = detach_state(state)
+                out = model(data, state)
+                state = out.state
+                raw_loss = lm_loss(out, targets)
+                self.guard.check_loss(raw_loss, epoch, step)
+                loss = raw_loss + regularisation(out, cfg.alpha, cfg.beta)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+                self.guard.check_grad_norm(norm, epoch, step)   # before the step: no NaN reaches the weights
+                optimizer.step()
                 optimizer.param_groups[0]["lr"] = base_lr
-                bar.close()
-                raise DivergenceError(f"non-finite training loss at epoch {self.progress.epoch + 1}")
-            loss = raw_loss + regularisation(out, cfg.alpha, cfg.beta)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-            optimizer.step()
+                n = targets.numel()
+                total_loss += raw_loss.item() * n
+                total_tokens += n
+                bar.update(seq_len)
+                elapsed = time.perf_counter() - start
+                bar.set_postfix(loss=f"{total_loss / total_tokens:.3f}",
+                                ppl=f"{perplexity(total_loss / total_tokens):.1f}",
+                                tok_s=f"{total_tokens / max(elapsed, 1e-9):.0f}")
+        finally:
             optimizer.param_groups[0]["lr"] = base_lr
-            n = targets.numel()
-            total_loss += raw_loss.item() * n
-            total_tokens += n
-            bar.update(seq_len)
-            elapsed = time.perf_counter() - start
-            bar.set_postfix(loss=f"{total_loss / total_tokens:.3f}", ppl=f"{perplexity(total_loss / total_tokens):.1f}",
-                            tok_s=f"{total_tokens / max(elapsed, 1e-9):.0f}")
-        bar.close()
+            bar.close()
         elapsed = time.perf_counter() - start
         mean = total_loss / max(total_tokens, 1)
         return {"train/loss": mean, "train/ppl": perplexity(mean), "train/tokens_per_s": total_tokens / elapsed,
                 "train/seconds": elapsed}
 
     def validate_and_switch(self) -> dict[str, float]:
-        """Valid loss (of the averaged weights under ASGD), best-model saving, the ASGD trigger."""
+        """Valid loss (of the averaged weights under ASGD), best-model saving, the ASGD trigger.
+
+        The perplexity check comes first: a diverged state is never saved as the best model.
+        """
         cfg, p = self.cfg, self.progress
         with _Averaged(self.model, self.optimizer, p.asgd):
             valid = evaluate(self.model, self.valid_data, cfg.bptt)
+            self.guard.check_ppl(perplexity(valid), p.epoch + 1)
             if valid < p.best_valid:
                 p.best_valid = valid
                 save_checkpoint(self.best_path, {"format": "ess.train.best/1", "config": config_to_dict(cfg),
-                                                 "model": self.model.state_dict(), "epoch": p.epoch + 1})
+                                                 "model": self.model.state_dict(), "epoch": p.epoch + 1},
+                                keep_previous=False)
         if (cfg.asgd and not p.asgd and len(p.valid_history) > cfg.nonmono
                 and valid > min(p.valid_history[:-cfg.nonmono])):
             p.asgd = True  # DARTS/AWD-LSTM non-monotone trigger
-            self.optimizer = _make_optimizer(self.model, cfg, asgd=True)
+            self.optimizer = _make_optimizer(self.model, cfg, asgd=True, lr_scale=self.guard.lr_scale(p.rollbacks))
         p.valid_history.append(valid)
         return {"valid/loss": valid, "valid/ppl": perplexity(valid), "valid/best_ppl": perplexity(p.best_valid)}
 
     def rollback(self, reason: str) -> None:
-        p = self.progress
-        if p.rollbacks >= self.cfg.max_rollbacks:
-            raise DivergenceError(f"{reason}; gave up after {p.rollbacks} rollbacks")
-        rollbacks = p.rollbacks + 1
-        if self.checkpoint_path.exists():
+        """Back to the last good checkpoint (or the initial state) with the learning rate lowered."""
+        rollbacks = self.guard.next_attempt(reason, self.progress.rollbacks)
+        if self.checkpoint_path.exists() or previous_path(self.checkpoint_path).exists():
             # Keep the RNG moving: replaying the same masks and lengths would diverge again.
-            self.load_state_dict(load_checkpoint(self.checkpoint_path, map_location=self.device), restore_rng=False)
+            state = load_checkpoint(self.checkpoint_path, required=_CHECKPOINT_FIELDS, map_location=self.device,
+                                    fallback=True)
+            self.load_state_dict(state, restore_rng=False)
         else:
-            seed_everything(self.cfg.seed + rollbacks)
+            seed_everything(self.cfg.seed)
             self.model = build_model(self.cfg, self.ntoken).to(self.device)
             self.optimizer = _make_optimizer(self.model, self.cfg, asgd=False)
             self.progress = _Progress()
+            seed_everything(self.cfg.seed + rollbacks)
         self.progress.rollbacks = rollbacks
-        print(f"warning: {reason}; rolled back to epoch {self.progress.epoch} ({rollbacks}/{self.cfg.max_rollbacks})",
-              file=sys.stderr)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.cfg.lr * self.guard.lr_scale(rollbacks)
+        self.guard.announce(reason, rollbacks, self.progress.epoch)
 
     # -- the run -------------------------------------------------------------------------------------
     def fit(self, on_epoch: OnEpoch = ignore_report) -> dict[str, Any]:
@@ -305,14 +329,14 @@ class Trainer:
         while self.progress.epoch < cfg.epochs:
             try:
                 row = self.train_epoch()
-            except DivergenceError as err:
+                row.update(self.validate_and_switch())
+            except Diverged as err:
                 self.rollback(str(err))
                 continue
-            row.update(self.validate_and_switch())
             p = self.progress
             p.epoch += 1
             row = {"epoch": p.epoch, **row, "lr": self.optimizer.param_groups[0]["lr"],
-                   "asgd": int(p.asgd), "rollbacks": p.rollbacks}
+                   "asgd": int(p.asgd), "rollbacks": p.rollbacks, "lr_scale": self.guard.lr_scale(p.rollbacks)}
             p.rows.append(row)
             self.save()
             on_epoch(EpochReport(p.epoch, row, self.run_dir, self.checkpoint_path))
@@ -321,7 +345,7 @@ class Trainer:
     def test(self) -> dict[str, Any]:
         """Test perplexity (batch ``test_batch_size``) of the best model, written to ``final.json``."""
         if self.best_path.exists():
-            best = load_checkpoint(self.best_path, required=("model",), map_location=self.device)
+            best = load_checkpoint(self.best_path, required=("model",), map_location=self.device)  # no .prev
             self.model.load_state_dict(best["model"])
         test = evaluate(self.model, self.test_data, self.cfg.bptt)
         final = {"epoch": self.progress.epoch, "valid/best_ppl": perplexity(self.progress.best_valid),

@@ -15,7 +15,9 @@ predictions (``predictions/{dev,test}.txt``: word, gold, predicted, in the files
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,14 +32,16 @@ from ess.checkpoint import (
     atomic_write_text,
     capture_rng_state,
     load_checkpoint,
+    previous_path,
     restore_rng_state,
     save_checkpoint,
     seed_everything,
 )
 from ess.cli import run_main
 from ess.config import check, config_to_dict, save_config
-from ess.errors import CheckpointError, DivergenceError
+from ess.errors import CheckpointError
 from ess.genotype import load_genotype, save_genotype
+from ess.guard import HELP_LR_FACTOR, HELP_MAX_ROLLBACKS, Diverged, DivergenceGuard
 from ess.runs import EpochReport, OnEpoch, check_resumable, ignore_report, parse_run_args, print_report, write_metrics
 from ess.runtime import pick_device, set_threads
 from ess.tagging.conll import TASKS, Sentence, load_task, write_conll
@@ -86,6 +90,8 @@ class TransferConfig:
     max_eval_sentences: int = field(default=0, metadata={"help": "use only the first N dev/test sentences (0: all)"})
     dev_sentences: int = field(default=1000, metadata={"help": "held out from train when a task has no dev file"})
     seed: int = field(default=1, metadata={"help": "fixes initialisation, data order and dropout"})
+    max_rollbacks: int = field(default=3, metadata={"help": HELP_MAX_ROLLBACKS})
+    rollback_lr_factor: float = field(default=0.5, metadata={"help": HELP_LR_FACTOR})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda[:N]"})
     threads: int = field(default=0, metadata={"help": "CPU threads (0: torch default)"})
     run_dir: str = field(default="runs/transfer", metadata={"help": "checkpoints, metrics and predictions go here"})
@@ -96,8 +102,10 @@ class TransferConfig:
                      "dev_sentences"):
             check(getattr(self, name) > 0, name, f"must be positive, got {getattr(self, name)}")
         for name in ("char_dim", "char_filters", "lr", "lr_decay", "momentum", "wdecay", "clip",
-                     "max_train_sentences", "max_eval_sentences", "threads"):
+                     "max_train_sentences", "max_eval_sentences", "threads", "max_rollbacks"):
             check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
+        check(0.0 < self.rollback_lr_factor <= 1.0, "rollback_lr_factor",
+              f"must be in (0, 1], got {self.rollback_lr_factor}")
         for name in ("dropout", "dropoutx", "dropouth", "singleton_unk"):
             check(0.0 <= getattr(self, name) < 1.0, name, f"must be in [0, 1), got {getattr(self, name)}")
         check(self.task in TASKS, "task", f"unknown task {self.task!r} (known: {', '.join(TASKS)})")
@@ -177,7 +185,9 @@ class Transfer:
         self.embeddings_found = init.found
         self.model = self.build_model(init.weight).to(self.device)
         self.optimizer = self._make_optimizer()
-        self.epoch, self.best_dev, self.best_epoch, self.rows = 0, -1.0, 0, []
+        self.epoch, self.best_dev, self.best_epoch, self.rows, self.rollbacks = 0, -1.0, 0, [], 0
+        self.guard = DivergenceGuard("tagger training", cfg.max_rollbacks, cfg.rollback_lr_factor)
+        self._initial: dict[str, Any] | None = None   # the state to roll back to before any checkpoint
 
     def _norm(self, word: str) -> str:
         return normalise_word(word, self.cfg.lower, self.cfg.zero_digits)
@@ -197,7 +207,8 @@ class Transfer:
         return torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.wdecay)
 
     def lr_at(self, epoch: int) -> float:
-        return self.cfg.lr / (1.0 + self.cfg.lr_decay * (epoch - 1))
+        """The schedule's learning rate, lowered after each rollback."""
+        return self.cfg.lr / (1.0 + self.cfg.lr_decay * (epoch - 1)) * self.guard.lr_scale(self.rollbacks)
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -212,11 +223,16 @@ class Transfer:
             "best_dev": self.best_dev,
             "best_epoch": self.best_epoch,
             "rows": self.rows,
+            "rollbacks": self.rollbacks,
             "rng": capture_rng_state(),
         }
 
     def resume(self) -> None:
-        state = load_checkpoint(self.checkpoint_path, required=_CHECKPOINT_FIELDS, map_location=self.device)
+        state = load_checkpoint(self.checkpoint_path, required=_CHECKPOINT_FIELDS, map_location=self.device,
+                                fallback=True)
+        self.load_state_dict(state)
+
+    def load_state_dict(self, state: dict[str, Any], restore_rng: bool = True) -> None:
         check_resumable(state["config"], self.cfg, _RESUME_FIXED, self.checkpoint_path)
         if state["vocab"] != self.vocab.to_dict():
             raise CheckpointError(f"{self.checkpoint_path}: field 'vocab' differs from the vocabulary of the data "
@@ -229,7 +245,21 @@ class Transfer:
                                   f"({str(err).splitlines()[0][:160]})") from None
         self.epoch, self.rows = int(state["epoch"]), list(state["rows"])
         self.best_dev, self.best_epoch = float(state["best_dev"]), int(state["best_epoch"])
-        restore_rng_state(state["rng"])
+        self.rollbacks = int(state.get("rollbacks", 0))
+        if restore_rng:
+            restore_rng_state(state["rng"])
+
+    def rollback(self, reason: str) -> None:
+        """Back to the last good checkpoint (or the initial state) with the learning rate lowered."""
+        rollbacks = self.guard.next_attempt(reason, self.rollbacks)
+        if self.checkpoint_path.exists() or previous_path(self.checkpoint_path).exists():
+            state = load_checkpoint(self.checkpoint_path, required=_CHECKPOINT_FIELDS, map_location=self.device,
+                                    fallback=True)
+        else:
+            state = self._initial
+        self.load_state_dict(state, restore_rng=False)   # the RNG moves on: other dropout masks this time
+        self.rollbacks = rollbacks
+        self.guard.announce(reason, rollbacks, self.epoch)
 
     # -- one epoch -----------------------------------------------------------------------------------
     def train_epoch(self) -> dict[str, float]:
@@ -243,25 +273,25 @@ class Transfer:
         batches = train_batches(self.train_data, cfg.batch_size, order)
         total_loss, sentences, start = 0.0, 0, time.perf_counter()
         bar = tqdm(batches, disable=not cfg.progress, leave=False, file=sys.stderr, desc=f"{cfg.task} epoch {epoch}")
-        for batch in bar:
-            batch = batch.to(self.device)
-            if cfg.singleton_unk > 0:
-                drop = self.is_singleton[batch.words] & (torch.rand(batch.words.shape, device=self.device)
-                                                         < cfg.singleton_unk)
-                batch.words = batch.words.masked_fill(drop, 1)
-            loss = model.loss(batch)
-            if not torch.isfinite(loss):
-                bar.close()
-                raise DivergenceError(f"non-finite training loss at epoch {epoch}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-            optimizer.step()
-            total_loss += loss.item() * batch.size
-            sentences += batch.size
-            bar.set_postfix(loss=f"{total_loss / sentences:.3f}")
-        bar.close()
+        try:
+            for step, batch in enumerate(bar, 1):
+                batch = batch.to(self.device)
+                if cfg.singleton_unk > 0:
+                    drop = self.is_singleton[batch.words] & (torch.rand(batch.words.shape, device=self.device)
+                                                             < cfg.singleton_unk)
+                    batch.words = batch.words.masked_fill(drop, 1)
+                loss = model.loss(batch)
+                self.guard.check_loss(loss, epoch, step)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.clip if cfg.clip > 0 else math.inf)
+                self.guard.check_grad_norm(norm, epoch, step)   # before the step: no NaN reaches the weights
+                optimizer.step()
+                total_loss += loss.item() * batch.size
+                sentences += batch.size
+                bar.set_postfix(loss=f"{total_loss / sentences:.3f}")
+        finally:
+            bar.close()
         elapsed = time.perf_counter() - start
         return {"train/loss": total_loss / max(sentences, 1), "train/seconds": elapsed,
                 "train/sentences_per_s": sentences / max(elapsed, 1e-9), "lr": lr}
@@ -283,8 +313,14 @@ class Transfer:
 
     def fit(self, on_epoch: OnEpoch = ignore_report) -> dict[str, Any]:
         cfg = self.cfg
+        if self.epoch == 0:
+            self._initial = copy.deepcopy(self.state_dict())
         while self.epoch < cfg.epochs:
-            row = self.train_epoch()
+            try:
+                row = self.train_epoch()
+            except Diverged as err:
+                self.rollback(str(err))
+                continue
             start = time.perf_counter()
             dev, _ = self.evaluate(self.dev_sents, self.dev_data)
             self.epoch += 1
@@ -292,9 +328,10 @@ class Transfer:
                 self.best_dev, self.best_epoch = dev.f1, self.epoch
                 save_checkpoint(self.best_path, {"format": "ess.transfer.best/1", "config": config_to_dict(cfg),
                                                  "vocab": self.vocab.to_dict(), "model": self.model.state_dict(),
-                                                 "epoch": self.epoch, "dev_f1": dev.f1})
+                                                 "epoch": self.epoch, "dev_f1": dev.f1}, keep_previous=False)
             row = {"epoch": self.epoch, **row, **dev.as_row("dev"), "dev/best_f1": self.best_dev,
-                   "dev/best_epoch": self.best_epoch, "eval/seconds": time.perf_counter() - start}
+                   "dev/best_epoch": self.best_epoch, "eval/seconds": time.perf_counter() - start,
+                   "rollbacks": self.rollbacks}
             self.rows.append(row)
             save_checkpoint(self.checkpoint_path, self.state_dict())
             write_metrics(self.run_dir, self.rows)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -24,3 +25,29 @@ requires_wikitext2 = pytest.mark.skipif(
 def _few_threads():
     torch.set_num_threads(2)
     yield
+
+
+# -- Ray Tune jobs at toy sizes (shared by the orchestration and fault tests) -------------------------
+
+#: a search small enough for a trial to take seconds on 2 cores
+TINY_SEARCH = dict(emsize=16, nhid=16, steps=3, n_inter=2, m=2, batch_size=8, max_train_tokens=4000,
+                   max_eval_tokens=1200, epochs=2, draw=False)
+
+
+@pytest.fixture
+def local_ray():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def tiny_job(tmp_path, **changes):
+    """The smoke joint-search job at :data:`TINY_SEARCH` sizes, stored under ``tmp_path``."""
+    from ess.tune import job_base
+
+    job = job_base("joint_search", "smoke")
+    changes = {"storage_path": str(tmp_path / "tune"), "data_dir": DATA_DIR or "",
+               "search": {**job.search, **TINY_SEARCH}, "system_metrics": False, "verbose": 0, **changes}
+    return dataclasses.replace(job, **changes)

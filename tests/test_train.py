@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from ess.checkpoint import load_checkpoint, save_checkpoint
+from ess.checkpoint import load_checkpoint, previous_path, save_checkpoint
 from ess.errors import CheckpointError
 from ess.evaluation import evaluate
 from ess.train import SMOKE_TEST, TrainConfig, Trainer, train
@@ -68,7 +68,8 @@ def test_resume_refuses_a_different_model(tmp_path):
 
 def test_corrupt_checkpoint_gives_a_clear_error(tmp_path):
     train(dataclasses.replace(TINY, run_dir=str(tmp_path), epochs=1))
-    save_checkpoint(tmp_path / "checkpoint.pt", {"model": {}})
+    save_checkpoint(tmp_path / "checkpoint.pt", {"model": {}})       # the epoch-1 checkpoint becomes .prev
+    previous_path(tmp_path / "checkpoint.pt").unlink()
     with pytest.raises(CheckpointError, match="missing field"):
         train(dataclasses.replace(TINY, run_dir=str(tmp_path), epochs=2), resume=True)
 

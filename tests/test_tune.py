@@ -5,54 +5,32 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from ray import tune
 
 from ess.errors import ConfigError, DataError
 from ess.tune import (
     JOB_PRESETS,
     Experiment,
-    JobConfig,
     check_resources,
     ensure_corpus,
     job_base,
     parse_job_args,
     ray_session,
     search_config_dict,
-    search_stage,
     search_variants,
     train_config_dict,
     variant_label,
 )
 
-from conftest import DATA_DIR, requires_ptb
+from conftest import DATA_DIR, TINY_SEARCH, requires_ptb, tiny_job
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = dict(emsize=16, nhid=16, steps=3, n_inter=2, m=2, batch_size=8, max_train_tokens=4000, max_eval_tokens=1200,
-            epochs=2, draw=False)
-
-
-@pytest.fixture
-def local_ray():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-def tiny_job(tmp_path, **changes) -> JobConfig:
-    job = job_base("joint_search", "smoke")
-    changes = {"storage_path": str(tmp_path / "tune"), "data_dir": DATA_DIR or "", "search": {**job.search, **TINY},
-               "system_metrics": False, "verbose": 0, **changes}
-    return dataclasses.replace(job, **changes)
+TINY = TINY_SEARCH
 
 
 # -- configs -----------------------------------------------------------------------------------------
@@ -173,73 +151,6 @@ def test_mlflow_server_uri_as_trials_see_it(local_ray):
     assert _reachable_uri("http://mlflow.example:5000", cluster=True) == "http://mlflow.example:5000"
     assert _reachable_uri("sqlite:////x/mlflow.db", cluster=True) == "sqlite:////x/mlflow.db"
     assert _reachable_uri(None) is None
-
-
-# -- fault tolerance -----------------------------------------------------------------------------------
-
-
-class KillAfterFirstCheckpoint(tune.Callback):
-    """SIGKILLs the worker of the trial labelled ``killed`` once its epoch-1 checkpoint is registered."""
-
-    def __init__(self, log: str):
-        self.log = log
-
-    def _write(self, event: dict) -> None:
-        with open(self.log, "a") as f:
-            f.write(json.dumps(event) + "\n")
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        self._write({"event": "result", "label": trial.config["variant"]["label"], "epoch": result["epoch"]})
-
-    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
-        label = trial.config["variant"]["label"]
-        marker = Path(self.log).with_suffix(".killed")
-        if label == "killed" and not marker.exists():
-            marker.touch()
-            pid = trial.last_result["pid"]
-            self._write({"event": "kill", "label": label, "epoch": trial.last_result["epoch"], "pid": pid})
-            os.kill(pid, signal.SIGKILL)
-
-    def on_trial_recover(self, iteration, trials, trial, **info):
-        self._write({"event": "recover", "label": trial.config["variant"]["label"]})
-
-
-@requires_ptb
-@pytest.mark.slow
-def test_killed_worker_restarts_from_checkpoint_with_the_same_genotype(tmp_path, local_ray):
-    from mlflow import MlflowClient
-
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    job = tiny_job(tmp_path, name="kill", tracking_uri=store, max_failures=1, keep_checkpoints=1,
-                   search={**TINY, "epochs": 3, "max_train_tokens": 2000})
-    log = tmp_path / "events.jsonl"
-    variant = dict(mode="joint", seed=5, steps=3, n_inter=2, m=2)
-    with ray_session(job):
-        exp = Experiment("joint_search", job)
-        rows = search_stage(exp, job, "search", [{**variant, "label": "killed"}, {**variant, "label": "clean"}],
-                            train=None, callbacks=[KillAfterFirstCheckpoint(str(log))])
-    events = [json.loads(line) for line in log.read_text().splitlines()]
-    killed = [e for e in events if e["label"] == "killed"]
-    kill = next(i for i, e in enumerate(killed) if e["event"] == "kill")
-    assert killed[kill]["epoch"] == 1
-    assert any(e["event"] == "recover" for e in killed[kill:])
-    after = [e["epoch"] for e in killed[kill:] if e["event"] == "result"]
-    assert after[0] == 2 and after[-1] == 3           # continued from the epoch-1 checkpoint, not from scratch
-    by_label = {r["variant"]["label"]: r for r in rows}
-    assert all(r["error"] is None for r in rows)
-    k, c = by_label["killed"]["metrics"], by_label["clean"]["metrics"]
-    assert k["epoch"] == c["epoch"] == 3
-    assert k["genotype"] == c["genotype"]              # the same genotype as the uninterrupted trial
-    assert k["valid/ppl"] == pytest.approx(c["valid/ppl"], rel=1e-6)
-    assert k["arch/entropy"] == pytest.approx(c["arch/entropy"], rel=1e-6)
-    # one MLflow run for the killed trial, reattached after the restart, with every epoch once or more
-    client = MlflowClient(store)
-    run = client.get_run(k["mlflow_run_id"])
-    assert run.info.status == "FINISHED" and run.data.tags["ess.restarts"] == "1"
-    assert {m.step for m in client.get_metric_history(run.info.run_id, "valid/ppl")} == {1, 2, 3}
-    children = client.search_runs([exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = "
-                                                                     f"'{exp.parent.run_id}'")
-    assert len(children) == 2
 
 
 # -- two nodes -----------------------------------------------------------------------------------------
