@@ -1,0 +1,40 @@
+"""Analysis of searches and ablations: runs into pandas tables, statistics, figures and a report.
+
+    from analysis import load_runs, trial_summary, aggregate, compare_arms
+    runs = load_runs("ess-ablation", tracking_uri="sqlite:///runs/tune/mlflow.db")   # or ray_results="runs/tune/NAME"
+    trials = trial_summary(runs)
+    aggregate(trials, "test_ppl")            # mean, std, 95% CI and count over seeds per arm
+    compare_arms(trials, "test_ppl")         # Welch t-test per pair of arms, p-values and effect sizes
+
+Modules: :mod:`analysis.load` (MLflow and Ray Tune results to a flat frame, per-trial summary),
+:mod:`analysis.stats` (per-arm statistics, tests, genotype ranking and op frequencies),
+:mod:`analysis.figures` (PNG and SVG figures) and :mod:`analysis.report` (``python -m analysis.report``).
+Ray is never imported; MLflow only when loading from an MLflow store.
+"""
+
+from analysis.errors import (
+    AnalysisError,
+    AnalysisWarning,
+    EmptyExperimentError,
+    MissingMetricError,
+    UnknownExperimentError,
+)
+from analysis.load import load_mlflow, load_ray_results, load_runs, trial_summary
+from analysis.stats import (
+    ARM,
+    aggregate,
+    aggregate_many,
+    compare_arms,
+    epoch_curves,
+    evolution,
+    op_frequencies,
+    predecessor_frequencies,
+    rank_genotypes,
+    welch_t_test,
+)
+
+__all__ = [
+    "ARM", "AnalysisError", "AnalysisWarning", "EmptyExperimentError", "MissingMetricError", "UnknownExperimentError",
+    "aggregate", "aggregate_many", "compare_arms", "epoch_curves", "evolution", "load_mlflow", "load_ray_results",
+    "load_runs", "op_frequencies", "predecessor_frequencies", "rank_genotypes", "trial_summary", "welch_t_test",
+]
