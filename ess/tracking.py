@@ -14,6 +14,9 @@ Layout in MLflow, one experiment per job kind (``ess-joint_search``, ``ess-ablat
   mode, seed, dataset, node counts and git commit, and system metrics (CPU, memory, GPU when
   ``nvidia-ml-py`` is installed) sampled by MLflow's own monitor.
 
+When the store cannot be reached, trackers keep every record in a local spool and upload it when
+the server is back (:mod:`ess.tracking_spool`); ``python -m ess.tracking sync`` uploads what is left.
+
 ``python -m ess.tracking ui`` prints (and runs) the ``mlflow ui`` command for a store.
 """
 
@@ -35,6 +38,26 @@ from typing import Any, TypeVar
 
 from ess.cli import run_main
 from ess.errors import ConfigError
+from ess.tracking_spool import (
+    LOCAL_TAG,
+    Spool,
+    SpoolDeferred,
+    apply_record,
+    default_spool_dir,
+    is_http,
+    is_pending,
+    is_unreachable,
+    new_local_id,
+    pending_ref,
+    probe,
+    record_kind,
+    replay,
+    resolve_ref,
+    set_http_defaults,
+    short_reason,
+    spool_files,
+)
+from ess.tracking_spool import retry_interval as tracking_retry_interval
 
 T = TypeVar("T")
 
@@ -180,7 +203,11 @@ def arch_weight_rows(weights: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def _retry(fn: Callable[[], T], what: str, attempts: int = 6) -> T:
-    """Call ``fn``, retrying on a locked SQLite database or a dropped connection (several writers)."""
+    """Call ``fn``, retrying on a locked SQLite database or a dropped database connection (several writers).
+
+    HTTP errors are not retried here: MLflow's client already retried them (``MLFLOW_HTTP_REQUEST_*``),
+    and retrying again would stall training for minutes when the server is down.
+    """
     delay = 0.2
     for attempt in range(attempts):
         try:
@@ -188,7 +215,7 @@ def _retry(fn: Callable[[], T], what: str, attempts: int = 6) -> T:
         except Exception as err:  # MLflow wraps sqlite/HTTP errors in several types
             text = str(err).lower()
             transient = any(s in text for s in ("locked", "busy", "timed out", "connection", "temporarily"))
-            if not transient or attempt == attempts - 1:
+            if not transient or "api request to" in text or attempt == attempts - 1:
                 raise
             time.sleep(delay)
             delay *= 2
@@ -204,6 +231,7 @@ class Tracker:
 
     run_id: str | None = None
     uri: str | None = None
+    experiment_id: str | None = None
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         return None
@@ -240,90 +268,233 @@ class Tracker:
 class MLflowTracker(Tracker):
     """Logs to one MLflow run through an ``MlflowClient`` (no global active-run state).
 
-    Failures to log never stop training: a transient error (locked SQLite, dropped connection) is
-    retried, anything else is reported once as a warning.
+    Logging never stops training. A locked SQLite database is retried; when the store cannot be
+    reached (server down, connection refused or reset, timeout) the record, and every later record
+    of the run, goes to a local spool (:mod:`ess.tracking_spool`, one fsynced JSON line each, artifact
+    files copied) and the user is told once, in one line, where it is. At a later log call (at most
+    every ``$ESS_TRACKING_RETRY_S`` seconds, 15 by default) and at :meth:`finish`, a cheap probe checks
+    whether the server is back; if so the spool is uploaded in order and the user is told once more.
+    What is still spooled when the process ends is uploaded by ``python -m ess.tracking sync``. A
+    record MLflow refuses (not an outage) is reported once per operation as a warning.
+
+    The spool directory is ``$ESS_TRACKING_SPOOL`` if set, else ``spool_dir`` (a job passes
+    ``<storage>/<name>/mlflow-spool``), else ``mlflow-spool`` next to a SQLite store, else
+    ``~/.local/state/ess/mlflow-spool``.
+
+    ``run_id`` None with a ``create`` spec: the run could not be created yet (server down at start);
+    it is created, or found again, when the spool is first uploaded; until then :attr:`run_id` is the
+    placeholder ``spool:<local_id>``, which :func:`start_trial_run` accepts as a parent or run id.
     """
 
-    def __init__(self, uri: str, run_id: str, *, system_metrics: bool = False,
-                 system_metrics_interval: float = 10.0, resume_system_metrics: bool = False):
+    def __init__(self, uri: str, run_id: str | None = None, *, system_metrics: bool = False,
+                 system_metrics_interval: float = 10.0, resume_system_metrics: bool = False,
+                 spool_dir: str | os.PathLike | None = None, create: Mapping[str, Any] | None = None,
+                 local_id: str | None = None, label: str | None = None, experiment_id: str | None = None,
+                 retry_interval: float | None = None, unreachable: BaseException | None = None):
         from mlflow import MlflowClient
 
-        self.uri, self.run_id = uri, run_id
+        set_http_defaults(uri)
+        if run_id is None and create is None:
+            raise ValueError("MLflowTracker needs a run_id or a create spec")
+        self.uri = uri
+        self._run_id = run_id
+        self.experiment_id = experiment_id or (create or {}).get("experiment_id") or None
         self.client = MlflowClient(uri)
+        self.local_id = local_id or new_local_id()
+        db = sqlite_path(uri)
+        near = spool_dir if spool_dir is not None else (db.parent / "mlflow-spool" if db is not None else None)
+        self.spool = Spool(default_spool_dir(near), self.local_id)
+        self.label = label or (create or {}).get("run_name") or run_id or self.local_id
+        self._create = dict(create) if create is not None else None
+        self._interval = tracking_retry_interval() if retry_interval is None else float(retry_interval)
+        self._seq = 0
+        self._offline = False
+        self._next_probe = 0.0
         self._finished = False
         self._warned: set[str] = set()
+        self._system_metrics = (system_metrics, system_metrics_interval)
         self._monitor = None
-        if system_metrics:
+        self.outages = 0                 # outages seen by this tracker
+        self.spooled = 0                 # records written to the spool
+        if run_id is None:
+            self._go_offline(unreachable, at_start=True)
+        elif system_metrics:
             self._monitor = _start_system_metrics(uri, run_id, system_metrics_interval, resume_system_metrics)
 
-    def _safe(self, what: str, fn: Callable[[], Any]) -> Any:
-        try:
-            return _retry(fn, what)
-        except Exception as err:
-            if what not in self._warned:
-                self._warned.add(what)
-                warnings.warn(f"MLflow {what} failed for run {self.run_id}: {str(err).splitlines()[0][:200]}",
-                              RuntimeWarning, stacklevel=3)
-            return None
+    # -- state ---------------------------------------------------------------------------------------
+    @property
+    def run_id(self) -> str:  # type: ignore[override]
+        """The MLflow run id, or ``spool:<local_id>`` while the run is not created yet."""
+        return self._run_id or pending_ref(self.local_id)
 
     @property
+    def offline(self) -> bool:
+        """True while records go to the spool."""
+        return self._offline
+
+    def _header(self) -> dict[str, Any]:
+        return {"t": "header", "v": 1, "local_id": self.local_id, "uri": self.uri, "run_id": self._run_id,
+                "label": self.label, "create": self._create, "experiment_id": self.experiment_id,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+    def _say(self, line: str) -> None:
+        print(f"ess: {line}", file=sys.stderr, flush=True)
+
+    def _go_offline(self, err: BaseException | None, *, at_start: bool = False) -> None:
+        if at_start:   # the run's creation spec is on disk before the constructor returns
+            try:
+                with self.spool.locked():
+                    self.spool.write([], self._header())
+            except OSError as spool_err:
+                self._warn("spool", spool_err)
+        self._offline = True
+        self._next_probe = time.monotonic() + self._interval
+        self.outages += 1
+        self._say(f"MLflow at {self.uri} is unreachable ({short_reason(err)}"
+                  f"{', run not created yet' if at_start else ''}); run {self.label} keeps training and logs "
+                  f"to {self.spool.path}; it is uploaded when the server is back (or run: python -m ess.tracking "
+                  f"sync --spool {self.spool.dir})")
+
+    def _spool(self, rec: dict[str, Any]) -> None:
+        self._seq += 1
+        rec = {**rec, "seq": self._seq}
+        with self.spool.locked():
+            if rec["t"] == "artifact":
+                rec["file"], rec["is_dir"] = self.spool.copy_artifact(self._seq, Path(rec["path"]))
+            self.spool.write([rec], self._header())
+        self.spooled += 1
+
+    def _recover(self, force: bool = False) -> bool:
+        """Upload the spool if the server is back (checked at most every retry interval unless ``force``)."""
+        now = time.monotonic()
+        if not force and now < self._next_probe:
+            return False
+        self._next_probe = now + self._interval
+        if not probe(self.uri):
+            return False
+        try:
+            result = replay(self.spool, self.client, uri=self.uri)
+        except Exception as err:
+            if is_unreachable(err) or isinstance(err, SpoolDeferred):
+                return False
+            self._warn("upload the spool", err)
+            return False
+        if result.run_id is None and self._run_id is None:   # the spool vanished before the run was made
+            return False
+        self._run_id = result.run_id or self._run_id
+        self._offline = False
+        self._say(f"MLflow at {self.uri} is back: uploaded {result.uploaded} spooled records of run {self.label} "
+                  f"(run id {self._run_id})")
+        kind, interval = self._system_metrics
+        if kind and not self._finished and not _monitor_alive(self._monitor):
+            self._monitor = _start_system_metrics(self.uri, self._run_id, interval, True)
+        return True
+
+    def _warn(self, what: str, err: BaseException) -> None:
+        if what not in self._warned:
+            self._warned.add(what)
+            warnings.warn(f"MLflow {what} failed for run {self.run_id}: {str(err).splitlines()[0][:200]}",
+                          RuntimeWarning, stacklevel=4)
+
+    def _submit(self, rec: dict[str, Any]) -> None:
+        """Send one record, or spool it (see the class docstring); never raises."""
+        try:
+            if not self._offline:
+                try:
+                    if is_http(self.uri):
+                        apply_record(self.client, self._run_id, rec)
+                    else:
+                        _retry(lambda: apply_record(self.client, self._run_id, rec), record_kind(rec))
+                    return
+                except Exception as err:
+                    if not is_unreachable(err):
+                        self._warn(record_kind(rec), err)
+                        return
+                    self._go_offline(err)
+            self._spool(rec)
+            self._recover()
+        except Exception as err:  # a full disk while spooling: say so, never stop training
+            self._warn(f"{record_kind(rec)} (spool)", err)
+
+    # -- the Tracker interface -----------------------------------------------------------------------
+    @property
     def artifact_uri(self) -> str | None:
-        run = self._safe("get_run", lambda: self.client.get_run(self.run_id))
-        return run.info.artifact_uri if run is not None else None
+        if self._offline:
+            return None
+        try:
+            return self.client.get_run(self._run_id).info.artifact_uri
+        except Exception as err:
+            if not is_unreachable(err):
+                self._warn("get_run", err)
+            return None
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        from mlflow.entities import Param
-
-        items = [Param(str(k), str(v)[:6000]) for k, v in params.items()]
-        for start in range(0, len(items), 100):  # MLflow's log_batch takes at most 100 params at once
-            chunk = items[start:start + 100]
-            self._safe("log_params", lambda chunk=chunk: self.client.log_batch(self.run_id, params=chunk))
+        values = {str(k): str(v)[:6000] for k, v in params.items()}
+        if values:
+            self._submit({"t": "params", "params": values})
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        from mlflow.entities import RunTag
-
-        items = [RunTag(str(k), str(v)[:8000]) for k, v in tags.items() if v is not None]
-        if items:
-            self._safe("set_tags", lambda: self.client.log_batch(self.run_id, tags=items))
+        values = {str(k): str(v)[:8000] for k, v in tags.items() if v is not None}
+        if values:
+            self._submit({"t": "tags", "tags": values})
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
-        items = [Metric(k, v, now, step or 0) for k, v in numeric_metrics(metrics).items()]
+        items = [[k, v, now, int(step or 0)] for k, v in numeric_metrics(metrics).items()]
         if items:
-            self._safe("log_metrics", lambda: self.client.log_batch(self.run_id, metrics=items))
+            self._submit({"t": "metrics", "metrics": items})
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         path = Path(path)
         if not path.exists():
             return
-        if path.is_dir():
-            self._safe("log_artifacts", lambda: self.client.log_artifacts(self.run_id, str(path), artifact_path))
-        else:
-            self._safe("log_artifact", lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
+        self._submit({"t": "artifact", "path": str(path.resolve()), "artifact_path": artifact_path,
+                      "is_dir": path.is_dir()})
 
     def log_dict(self, data: Any, artifact_file: str) -> None:
-        self._safe("log_dict", lambda: self.client.log_dict(self.run_id, data, artifact_file))
+        self._submit({"t": "dict", "data": json.loads(json.dumps(data, default=str)), "artifact_file": artifact_file})
 
     def log_table(self, rows: list[dict[str, Any]], artifact_file: str) -> None:
         if not rows:
             return
-        import pandas as pd
+        self._submit({"t": "table", "rows": json.loads(json.dumps(rows, default=str)), "artifact_file": artifact_file})
 
-        frame = pd.DataFrame(rows)
-        self._safe("log_table", lambda: self.client.log_table(self.run_id, frame, artifact_file))
+    def flush(self) -> bool:
+        """Try to upload what is spooled now (ignoring the retry interval); True when nothing is left."""
+        return not self._offline or self._recover(force=True)
 
     def finish(self, status: str = "FINISHED") -> None:
         if self._finished:
             return
         self._finished = True
-        if self._monitor is not None:
-            try:
-                self._monitor.finish()
-            except Exception:  # the monitor is best effort
-                pass
-        self._safe("set_terminated", lambda: self.client.set_terminated(self.run_id, status))
+        _stop_monitor(self._monitor, flush=not self._offline)
+        self._monitor = None
+        self._submit({"t": "terminate", "status": status, "end_time": int(time.time() * 1000)})
+        if self._offline:
+            self._recover(force=True)
+
+
+def _monitor_alive(monitor: Any) -> bool:
+    thread = getattr(monitor, "_process", None)
+    return thread is not None and thread.is_alive()
+
+
+def _stop_monitor(monitor: Any, flush: bool = True) -> None:
+    """Stop MLflow's system-metrics thread; offline, without its final upload (which would only fail)."""
+    if monitor is None:
+        return
+    try:
+        if flush:
+            monitor.finish()
+        else:
+            event = getattr(monitor, "_shutdown_event", None)
+            if event is not None:
+                event.set()
+            thread = getattr(monitor, "_process", None)
+            if thread is not None:
+                thread.join(timeout=5)
+    except Exception:  # the monitor is best effort
+        pass
 
 
 def _start_system_metrics(uri: str, run_id: str, interval: float, resume: bool) -> Any:
@@ -384,74 +555,133 @@ def find_runs(uri: str, experiment_id: str, tags: Mapping[str, str], *, order_by
                                              max_results=max_results), "search_runs")
 
 
+def _commit_tags(tags: dict[str, str]) -> dict[str, str]:
+    commit = git_commit()
+    if commit:
+        tags.setdefault("git_commit", commit)
+        tags.setdefault("mlflow.source.git.commit", commit.split("+")[0])
+    return tags
+
+
+def _deferrable(err: BaseException) -> bool:
+    """The server (or a spooled parent run) is not there yet: spool instead of failing."""
+    return isinstance(err, SpoolDeferred) or is_unreachable(err)
+
+
 def start_parent_run(uri: str | None, experiment: str, name: str, *, tags: Mapping[str, Any] | None = None,
-                     params: Mapping[str, Any] | None = None, resume: bool = False) -> Tracker:
+                     params: Mapping[str, Any] | None = None, resume: bool = False,
+                     spool_dir: str | os.PathLike | None = None) -> Tracker:
     """The experiment's parent run (a no-op tracker when ``uri`` is None).
 
     With ``resume``, the parent run of the same experiment name is reopened, so a resumed Tune
-    experiment keeps one parent run; otherwise a new one is created.
+    experiment keeps one parent run; otherwise a new one is created. When the store cannot be
+    reached the tracker spools (see :class:`MLflowTracker`) and the run is created, or found again,
+    when the spool is uploaded; ``spool_dir``: where (default ``$ESS_TRACKING_SPOOL``, else
+    ``~/.local/state/ess/mlflow-spool``).
     """
     if uri is None:
         return Tracker()
-    experiment_id = get_or_create_experiment(uri, experiment)
-    client = _client(uri)
-    run_id = None
-    if resume:
-        found = find_runs(uri, experiment_id, {ROLE_TAG: "parent", NAME_TAG: name},
-                          order_by=["attributes.start_time DESC"])
-        if found:
-            run_id = found[0].info.run_id
-            _retry(lambda: client.update_run(run_id, status="RUNNING"), "update_run")
-    all_tags = {ROLE_TAG: "parent", NAME_TAG: name, **{k: str(v) for k, v in (tags or {}).items() if v is not None}}
-    commit = git_commit()
-    if commit:
-        all_tags.setdefault("git_commit", commit)
-        all_tags.setdefault("mlflow.source.git.commit", commit.split("+")[0])
-    if run_id is None:
-        run = _retry(lambda: client.create_run(experiment_id, run_name=name, tags=all_tags), "create_run")
-        run_id = run.info.run_id
-        tracker = MLflowTracker(uri, run_id)
-        if params:
-            tracker.log_params(params)
-        return tracker
-    tracker = MLflowTracker(uri, run_id)
+    set_http_defaults(uri)
+    local_id = new_local_id()
+    all_tags = _commit_tags({ROLE_TAG: "parent", NAME_TAG: name,
+                             **{k: str(v) for k, v in (tags or {}).items() if v is not None}})
+    experiment_id = None
+    try:
+        experiment_id = get_or_create_experiment(uri, experiment)
+        client = _client(uri)
+        run_id = None
+        if resume:
+            found = find_runs(uri, experiment_id, {ROLE_TAG: "parent", NAME_TAG: name},
+                              order_by=["attributes.start_time DESC"])
+            if found:
+                run_id = found[0].info.run_id
+                _retry(lambda: client.update_run(run_id, status="RUNNING"), "update_run")
+        if run_id is None:
+            run = _retry(lambda: client.create_run(experiment_id, run_name=name,
+                                                   tags={**all_tags, LOCAL_TAG: local_id}), "create_run")
+            tracker = MLflowTracker(uri, run.info.run_id, spool_dir=spool_dir, local_id=local_id, label=name,
+                                    experiment_id=experiment_id)
+            if params:
+                tracker.log_params(params)
+            return tracker
+    except Exception as err:
+        if not _deferrable(err):
+            raise
+        create = {"experiment_id": experiment_id, "experiment_name": experiment, "run_name": name, "tags": all_tags,
+                  "params": {str(k): str(v)[:6000] for k, v in (params or {}).items()},
+                  "find": {ROLE_TAG: "parent", NAME_TAG: name} if resume else {},
+                  "start_time": int(time.time() * 1000)}
+        return MLflowTracker(uri, None, spool_dir=spool_dir, create=create, local_id=local_id, label=name,
+                             unreachable=err)
+    tracker = MLflowTracker(uri, run_id, spool_dir=spool_dir, local_id=local_id, label=name,
+                            experiment_id=experiment_id)
     tracker.set_tags(all_tags)
     return tracker
 
 
-def start_trial_run(uri: str | None, experiment_id: str, parent_run_id: str | None, trial_id: str, *,
+def start_trial_run(uri: str | None, experiment_id: str | None, parent_run_id: str | None, trial_id: str, *,
                     run_name: str, tags: Mapping[str, Any] | None = None, params: Mapping[str, Any] | None = None,
                     run_id: str | None = None, system_metrics: bool = True,
-                    system_metrics_interval: float = 10.0) -> Tracker:
+                    system_metrics_interval: float = 10.0, experiment_name: str | None = None,
+                    spool_dir: str | os.PathLike | None = None) -> Tracker:
     """The nested run of one trial; a restarted trial gets its old run back.
 
     The run is found by ``run_id`` (kept in the trial checkpoint) or by the trial id tag under the
-    same parent; params are logged only when the run is new (MLflow params cannot change).
+    same parent; params are logged only when the run is new (MLflow params cannot change). When the
+    store cannot be reached the run is created (or found again the same way) when the spool is
+    uploaded; ``parent_run_id`` and ``run_id`` may be ``spool:<local_id>`` placeholders of runs that
+    were spooled themselves. ``experiment_name`` is used when ``experiment_id`` is not known (the
+    driver could not reach the server either).
     """
     if uri is None:
         return Tracker()
-    client = _client(uri)
-    if run_id is None:
-        search = {TRIAL_TAG: trial_id, **({PARENT_TAG: parent_run_id} if parent_run_id else {})}
-        found = find_runs(uri, experiment_id, search, order_by=["attributes.start_time DESC"])
-        run_id = found[0].info.run_id if found else None
-    resumed = run_id is not None
+    set_http_defaults(uri)
+    local_id = new_local_id()
+    label = run_name or trial_id
     all_tags = {TRIAL_TAG: trial_id, **{k: str(v) for k, v in (tags or {}).items() if v is not None}}
     if parent_run_id:
         all_tags[PARENT_TAG] = parent_run_id
-    commit = git_commit()
-    if commit:
-        all_tags.setdefault("git_commit", commit)
-        all_tags.setdefault("mlflow.source.git.commit", commit.split("+")[0])
+    _commit_tags(all_tags)
+    opts = dict(system_metrics=system_metrics, system_metrics_interval=system_metrics_interval,
+                spool_dir=spool_dir, local_id=local_id, label=label)
+    try:
+        client = _client(uri)
+        spool_root = default_spool_dir(spool_dir)
+        if not experiment_id:
+            if not experiment_name:
+                raise SpoolDeferred("the MLflow experiment is not known yet")
+            experiment_id = get_or_create_experiment(uri, experiment_name)
+        if is_pending(parent_run_id):
+            parent_run_id = resolve_ref(parent_run_id, client, uri, spool_root, experiment_id)
+            all_tags[PARENT_TAG] = parent_run_id
+        if is_pending(run_id):
+            try:
+                run_id = resolve_ref(run_id, client, uri, spool_root, experiment_id)
+            except SpoolDeferred:
+                run_id = None
+        if run_id is None:
+            search = {TRIAL_TAG: trial_id, **({PARENT_TAG: parent_run_id} if parent_run_id else {})}
+            found = find_runs(uri, experiment_id, search, order_by=["attributes.start_time DESC"])
+            run_id = found[0].info.run_id if found else None
+        resumed = run_id is not None
+        if resumed:
+            _retry(lambda: client.update_run(run_id, status="RUNNING"), "update_run")
+        else:
+            run = _retry(lambda: client.create_run(experiment_id, run_name=run_name,
+                                                   tags={**all_tags, LOCAL_TAG: local_id}), "create_run")
+            run_id = run.info.run_id
+        restarts = _restarts(client, run_id) if resumed else 0
+    except Exception as err:
+        if not _deferrable(err):
+            raise
+        find = {TRIAL_TAG: trial_id, **({PARENT_TAG: parent_run_id} if parent_run_id else {})}
+        create = {"experiment_id": experiment_id or None, "experiment_name": experiment_name, "run_name": run_name,
+                  "tags": all_tags, "params": {str(k): str(v)[:6000] for k, v in (params or {}).items()},
+                  "run_ref": run_id, "count_restarts": True, "find": find, "start_time": int(time.time() * 1000)}
+        return MLflowTracker(uri, None, create=create, unreachable=err, **opts)
+    tracker = MLflowTracker(uri, run_id, resume_system_metrics=resumed, experiment_id=experiment_id, **opts)
     if resumed:
-        _retry(lambda: client.update_run(run_id, status="RUNNING"), "update_run")
-    else:
-        run = _retry(lambda: client.create_run(experiment_id, run_name=run_name, tags=all_tags), "create_run")
-        run_id = run.info.run_id
-    tracker = MLflowTracker(uri, run_id, system_metrics=system_metrics,
-                            system_metrics_interval=system_metrics_interval, resume_system_metrics=resumed)
-    if resumed:
-        tracker.set_tags({**all_tags, "ess.restarts": _restarts(client, run_id) + 1})
+        tracker.set_tags({**all_tags, "ess.restarts": restarts + 1})
     elif params:
         tracker.log_params(params)
     return tracker
@@ -460,25 +690,54 @@ def start_trial_run(uri: str | None, experiment_id: str, parent_run_id: str | No
 def _restarts(client: Any, run_id: str) -> int:
     try:
         return int(client.get_run(run_id).data.tags.get("ess.restarts", "0"))
-    except Exception:
+    except Exception as err:
+        if is_unreachable(err):
+            raise
         return 0
+
+
+def close_run(uri: str | None, run_id: str | None, status: str = "FINISHED") -> bool:
+    """Mark ``run_id`` ``status`` if it is still RUNNING; quietly False when the store cannot be reached
+    or the run is a ``spool:`` placeholder (its own tracker, or ``sync``, sets the status)."""
+    if uri is None or not run_id or is_pending(run_id):
+        return False
+    client = _client(uri)
+    try:
+        if client.get_run(run_id).info.status != "RUNNING":
+            return False
+        _retry(lambda: client.set_terminated(run_id, status), "set_terminated")
+        return True
+    except Exception as err:
+        if is_unreachable(err):
+            return False
+        raise
 
 
 def close_open_children(uri: str | None, experiment: str, parent_run_id: str | None, status: str = "KILLED") -> int:
-    """Mark the parent's nested runs still RUNNING (trials interrupted with the driver) as ``status``."""
-    if uri is None or parent_run_id is None:
+    """Mark the parent's nested runs still RUNNING (trials interrupted with the driver) as ``status``.
+
+    Returns 0 without raising when the store cannot be reached (the trials' spools keep their status).
+    """
+    if uri is None or parent_run_id is None or is_pending(parent_run_id):
         return 0
     client = _client(uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
+    try:
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            return 0
+        runs = find_runs(uri, exp.experiment_id, {PARENT_TAG: parent_run_id})
+        n = 0
+        for run in runs:
+            if run.info.status == "RUNNING":
+                _retry(lambda run=run: client.set_terminated(run.info.run_id, status), "set_terminated")
+                n += 1
+        return n
+    except Exception as err:
+        if not is_unreachable(err):
+            raise
+        print(f"ess: MLflow at {uri} is unreachable ({short_reason(err)}); interrupted trial runs were not "
+              f"marked {status}", file=sys.stderr, flush=True)
         return 0
-    runs = find_runs(uri, exp.experiment_id, {PARENT_TAG: parent_run_id})
-    n = 0
-    for run in runs:
-        if run.info.status == "RUNNING":
-            _retry(lambda run=run: client.set_terminated(run.info.run_id, status), "set_terminated")
-            n += 1
-    return n
 
 
 def child_runs(uri: str, experiment: str, parent_run_id: str) -> list[Any]:
@@ -538,12 +797,70 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     runs.add_argument("--tracking-uri", default="")
     runs.add_argument("--storage-path", default=DEFAULT_STORAGE)
     runs.add_argument("--metric", default="valid/ppl")
+    upload = sub.add_parser("sync", help="upload what runs spooled while the MLflow server was unreachable")
+    upload.add_argument("--spool", default="", help="spool directory (else $ESS_TRACKING_SPOOL, else "
+                                                    "~/.local/state/ess/mlflow-spool)")
+    upload.add_argument("--tracking-uri", default="",
+                        help="upload there instead of the store each run was logging to")
     return parser.parse_args(argv)
+
+
+def sync(spool_dir: str | os.PathLike | None = None, tracking_uri: str | None = None,
+         echo: Callable[[str], None] = print) -> int:
+    """Upload every spool file under ``spool_dir`` (idempotent); returns how many files are left."""
+    directory = Path(spool_dir).expanduser().resolve() if spool_dir else default_spool_dir()
+    files = spool_files(directory)
+    if not files:
+        echo(f"nothing to upload in {directory}")
+        return 0
+
+    def waits_for_parent(path: Path) -> bool:  # parents first: their children name them by spool id
+        state = Spool.from_path(path).read()
+        create = (state.header.get("create") if state else None) or {}
+        return is_pending((create.get("tags") or {}).get(PARENT_TAG))
+
+    left = 0
+    for path in sorted(files, key=waits_for_parent):
+        spool = Spool.from_path(path)
+        state = spool.read()
+        if state is None:       # uploaded meanwhile (as the parent of another run, or by its tracker)
+            continue
+        uri = tracking_uri or state.header.get("uri")
+        label = state.header.get("label") or spool.local_id
+        if not uri:
+            echo(f"{path}: no tracking URI in the spool; pass --tracking-uri")
+            left += 1
+            continue
+        set_http_defaults(uri)
+        try:
+            result = replay(spool, _client(uri), uri=uri, spool_dir=directory)
+        except SpoolDeferred as err:
+            echo(f"{label}: not uploaded yet: {err}")
+            left += 1
+            continue
+        except Exception as err:
+            if not is_unreachable(err):
+                raise
+            echo(f"{label}: MLflow at {uri} is unreachable ({short_reason(err)}); {len(state.pending)} records "
+                 f"stay in {path}")
+            left += 1
+            continue
+        detail = ", ".join(f"{n} {what}" for what, n in sorted(result.counts.items())) or "nothing new"
+        extra = f"; {result.skipped} metric values were there already" if result.skipped else ""
+        extra += f"; {len(result.rejected)} refused by MLflow" if result.rejected else ""
+        echo(f"{label}: uploaded {result.uploaded} records to run {result.run_id} at {uri} ({detail}{extra})")
+    return left
 
 
 @run_main
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    if args.command == "sync":
+        override = resolve_tracking_uri(args.tracking_uri, DEFAULT_STORAGE) if args.tracking_uri else None
+        left = sync(args.spool or None, override)
+        if left:
+            print(f"error: {left} spool file(s) could not be uploaded yet; run this again later", file=sys.stderr)
+        return 1 if left else 0
     uri = resolve_tracking_uri(args.tracking_uri, args.storage_path)
     if uri is None:
         raise ConfigError("tracking_uri: tracking is off (MLFLOW_TRACKING_URI=none)")
@@ -577,6 +894,7 @@ if __name__ == "__main__":
 
 __all__ = [
     "CONFIG_TAGS", "MLflowTracker", "Tracker", "arch_weight_rows", "best_runs", "child_runs", "close_open_children",
+    "close_run", "sync",
     "config_tags", "default_tracking_uri", "download_artifact", "find_runs", "flat_params",
     "get_or_create_experiment", "git_commit", "local_artifact_root", "numeric_metrics", "resolve_tracking_uri",
     "start_parent_run", "start_trial_run", "ui_command", "ui_hint",

@@ -48,7 +48,7 @@ from ess.config import (
     load_yaml,
     resolve_config,
 )
-from ess.errors import ConfigError, DataError, ESSError
+from ess.errors import ConfigError, DataError, DivergenceError, ESSError
 from ess.runs import EpochReport
 
 JOBS = ("joint_search", "ablation", "hparam_search", "retrain", "transfer")
@@ -543,7 +543,8 @@ class _Trial:
                   "ray.experiment": self.spec.get("experiment_name"), **tags},
             params=params, run_id=self.state.get("mlflow_run_id"),
             system_metrics=bool(t.get("system_metrics", True)),
-            system_metrics_interval=float(t.get("system_metrics_interval", 10.0)))
+            system_metrics_interval=float(t.get("system_metrics_interval", 10.0)),
+            experiment_name=t.get("experiment_name"), spool_dir=t.get("spool_dir"))
         self.state.update({"trial_id": self.trial_id, "mlflow_run_id": self.tracker.run_id})
         atomic_write_text(self.run / TRIAL_STATE, json.dumps(self.state, indent=1) + "\n")
 
@@ -644,6 +645,25 @@ def _close_trial(trial: _Trial, err: BaseException | None) -> None:
         trial.tracker.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
 
 
+def _end_diverged(trial: _Trial, err: DivergenceError) -> None:
+    """A trial whose run diverged for good ends here, failed, with the reason in MLflow and in its last row.
+
+    It returns instead of raising: Tune would otherwise restart it from the same checkpoint
+    (``max_failures``), where it would diverge again. The row keeps the search metric (as ``inf``
+    when no search epoch finished) so schedulers and searchers that require it accept the row, and
+    it carries no genotype and no checkpoint.
+    """
+    reason = str(err).splitlines()[0]
+    print(f"trial {trial.trial_name}: {reason}", file=sys.stderr, flush=True)
+    trial.tracker.set_tags({"ess.failure": "diverged", "ess.failure_reason": reason[:5000]})
+    trial.tracker.finish("FAILED")
+    row = {"diverged": 1, "failure": reason}
+    if SEARCH_METRIC not in trial.carry and trial.phase != "transfer":
+        row[SEARCH_METRIC] = math.inf
+    trial.carry.pop("genotype", None)
+    trial.report(row, checkpoint=False, last=True)
+
+
 def _load_genotype_text(text: str):
     from ess.genotype import parse_genotype_json
 
@@ -666,6 +686,11 @@ def search_trainable(config: dict[str, Any]) -> None:
     params = {**flat_params(search_values, "search."), **flat_params(config["ess"].get("train") or {}, "retrain.")}
     tags = {**config_tags(search_values), **{f"variant.{k}": v for k, v in variant.items()
                                              if k not in search_values}}
+    from ess.supernet import MODES
+
+    mode = MODES.get(str(search_values.get("mode")))
+    if mode is not None and not mode.searches_intra:   # its ``steps`` tag is moot: the intra cell is fixed
+        tags["ess.fixed_intra"] = search_values.get("intra_genotype")
     trial.open_tracker(variant_label({**search_values, **variant}), tags, params)
     try:
         result, last = trial.run_search(last_phase=not config["ess"].get("train"))
@@ -674,6 +699,9 @@ def search_trainable(config: dict[str, Any]) -> None:
             genotype_file = trial.run / "search" / "genotype.json"
             final = trial.run_retrain(str(genotype_file))
             trial.report({**final, "final": 1})
+    except DivergenceError as err:
+        _end_diverged(trial, err)
+        return
     except BaseException as err:
         _close_trial(trial, err)
         raise
@@ -708,6 +736,9 @@ def retrain_trainable(config: dict[str, Any]) -> None:
                        else source, "genotype_label": label}
         final = trial.run_retrain(genotype)
         trial.report({**final, "final": 1})
+    except DivergenceError as err:
+        _end_diverged(trial, err)
+        return
     except BaseException as err:
         _close_trial(trial, err)
         raise
@@ -762,6 +793,9 @@ def transfer_trainable(config: dict[str, Any]) -> None:
         tracker.log_artifact(run_dir / "predictions" / "test.txt", "transfer/predictions")
         tracker.log_artifact(run_dir / "best.pt", "model")
         trial.report({**final_row, "final": 1})
+    except DivergenceError as err:
+        _end_diverged(trial, err)
+        return
     except BaseException as err:
         _close_trial(trial, err)
         raise
@@ -840,11 +874,9 @@ class TrialRunStatus(Callback):
         if not self.uri or not run_id:
             return
         try:
-            from ess.tracking import _client
+            from ess.tracking import close_run
 
-            client = _client(self.uri)
-            if client.get_run(run_id).info.status == "RUNNING":
-                client.set_terminated(run_id, status)
+            close_run(self.uri, run_id, status)   # quiet while the server is down: the trial's spool has it
         except Exception as err:  # tracking never stops the experiment
             print(f"warning: could not close MLflow run {run_id}: {err}", file=sys.stderr)
 
@@ -892,23 +924,22 @@ class Experiment:
         self.uri = resolve_tracking_uri(job.tracking_uri, job.storage_path if not _is_uri(self.storage) else
                                         self.storage)
         self.mlflow_experiment = job.experiment or f"ess-{job_kind}"
+        # records the MLflow server could not take wait here (python -m ess.tracking sync --spool ...)
+        self.spool_dir = None if _is_uri(self.root) else str(Path(self.root) / "mlflow-spool")
         self.parent = start_parent_run(
-            self.uri, self.mlflow_experiment, job.name, resume=resume,
+            self.uri, self.mlflow_experiment, job.name, resume=resume, spool_dir=self.spool_dir,
             tags={"job": job_kind, "dataset": job.dataset, "storage": self.root,
                   "modes": ",".join(job.modes), "seeds": ",".join(map(str, job.seeds))},
             params=flat_params(config_to_dict(job)))
         if not _is_uri(saved):
             self.parent.log_artifact(saved)
-        self.experiment_id = None
-        if self.uri is not None:
-            from ess.tracking import get_or_create_experiment
-
-            self.experiment_id = get_or_create_experiment(self.uri, self.mlflow_experiment)
+        self.experiment_id = self.parent.experiment_id   # None while the server is unreachable
 
     def tracking_spec(self) -> dict[str, Any]:
         return {"uri": _reachable_uri(self.uri, cluster=bool(self.job.address)), "experiment_id": self.experiment_id,
                 "parent_run_id": self.parent.run_id, "system_metrics": self.job.system_metrics,
-                "system_metrics_interval": self.job.system_metrics_interval}
+                "system_metrics_interval": self.job.system_metrics_interval,
+                "experiment_name": self.mlflow_experiment, "spool_dir": self.spool_dir}
 
     def spec(self, **extra: Any) -> dict[str, Any]:
         return {"job": self.kind, "experiment_name": self.job.name, "tracking": self.tracking_spec(),
@@ -1019,8 +1050,17 @@ def _results_rows(results: Any) -> list[dict[str, Any]]:
         rows.append({"variant": variant, "label": variant_label(variant), "metrics": metrics,
                      "node_id": metrics.get("node_id"),
                      "checkpoint": r.checkpoint.path if r.checkpoint is not None else None,
-                     "trial_dir": r.path, "error": None if r.error is None else str(r.error).splitlines()[0][:300]})
+                     "trial_dir": r.path, "error": _trial_error(r.error, metrics)})
     return rows
+
+
+def _trial_error(error: BaseException | None, metrics: Mapping[str, Any]) -> str | None:
+    """Why a trial failed (an exception, or a divergence it reported), in one line; None when it did not."""
+    if error is not None:
+        return str(error).splitlines()[0][:300]
+    if metrics.get("diverged"):
+        return str(metrics.get("failure") or "diverged")[:300]
+    return None
 
 
 def _finite(value: Any) -> float:
