@@ -156,7 +156,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any], *, keep_prev
 
 def _verify(path: Path, data: bytes) -> None:
     sidecar = digest_path(path)
-    if not sidecar.is_file():
+    if not os.path.isfile(sidecar):
         return
     try:
         fields = sidecar.read_text(encoding="utf-8").split()
@@ -171,7 +171,7 @@ def _verify(path: Path, data: bytes) -> None:
 
 
 def _load_one(path: Path, required: Iterable[str], map_location: str | torch.device) -> dict[str, Any]:
-    if not path.is_file():
+    if not os.path.isfile(path):  # os.path: a name the OS refuses (too long, NUL byte) reads as missing
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
         data = path.read_bytes()
@@ -202,8 +202,10 @@ def load_checkpoint(path: str | os.PathLike, required: Iterable[str] = (),
     try:
         return _load_one(path, required, map_location)
     except CheckpointError as err:
+        if not fallback or not path.name:  # no previous of "" or "/"
+            raise
         prev = previous_path(path)
-        if not fallback or not prev.is_file():
+        if not os.path.isfile(prev):
             raise
         try:
             state = _load_one(prev, required, map_location)

@@ -16,8 +16,8 @@ def run_main(main: Callable[..., int | None]) -> Callable[..., int]:
     def wrapper(*args, **kwargs) -> int:
         try:
             return main(*args, **kwargs) or 0
-        except ESSError as err:
-            print(f"error: {err}", file=sys.stderr)
+        except ESSError as err:  # one line: ESSError escapes line breaks in its message
+            print(f"error: {str(err) or type(err).__name__}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import numbers
 import os
 import types
 import typing
@@ -21,6 +23,24 @@ import yaml
 from ess.errors import ConfigError
 
 C = TypeVar("C")
+
+INT_LIMIT = 2**63  # config integers are sizes, counts and seeds: every one must fit an int64 (torch, numpy)
+_REPR_LIMIT = 60
+
+
+def _short(value: Any) -> str:
+    """``repr(value)`` cut to one short line, so that an error message stays one line whatever the input."""
+    try:
+        text = repr(value)
+    except Exception:  # a repr that fails (or recurses too deep) must not hide the real error
+        text = f"<{type(value).__name__}>"
+    text = " ".join(text.split())
+    return text if len(text) <= _REPR_LIMIT else text[:_REPR_LIMIT - 3] + "..."
+
+
+def _one_line(text: object, limit: int = 160) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -40,7 +60,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, str):
             value = [v for v in value.replace(",", " ").split()]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {_short(value)}")
         return tuple(_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value))
     if tp is bool:
         if isinstance(value, bool):
@@ -49,30 +69,50 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return True
         if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
             return False
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        raise ConfigError(f"{where}: expected true or false, got {_short(value)}")
     if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        try:
-            return int(str(value).replace("_", ""))
-        except ValueError:
-            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+        return _coerce_int(value, where)
     if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        return _coerce_float(value, where)
     if tp is str:
-        if isinstance(value, (dict, list)):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        if isinstance(value, (dict, list, tuple, set, frozenset, bytes, bytearray)):
+            raise ConfigError(f"{where}: expected a string, got {_short(value)}")
         return str(value)
     return value
+
+
+def _coerce_int(value: Any, where: str) -> int:
+    """An int from an int (numpy's too: Tune samples them), a whole float or a decimal string."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: expected an integer, got {_short(value)}")
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and math.isfinite(value) \
+            and float(value).is_integer():
+        value = int(value)
+    if isinstance(value, numbers.Integral):
+        out = int(value)
+    elif isinstance(value, str) and len(value) <= 40:  # a longer literal is out of range anyway
+        try:
+            out = int(value.strip().replace("_", ""))
+        except ValueError:
+            raise ConfigError(f"{where}: expected an integer, got {_short(value)}") from None
+    else:
+        raise ConfigError(f"{where}: expected an integer, got {_short(value)}")
+    if not -INT_LIMIT <= out < INT_LIMIT:
+        raise ConfigError(f"{where}: integer {_short(out)} out of range (|value| < 2**63)")
+    return out
+
+
+def _coerce_float(value: Any, where: str) -> float:
+    """A finite float from a number (numpy's too) or a numeric string; inf and NaN are refused."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, str)):
+        raise ConfigError(f"{where}: expected a number, got {_short(value)}")
+    try:
+        out = float(value.strip().replace("_", "") if isinstance(value, str) and len(value) <= 400 else value)
+    except (ValueError, OverflowError):
+        raise ConfigError(f"{where}: expected a number, got {_short(value)}") from None
+    if not math.isfinite(out):
+        raise ConfigError(f"{where}: expected a finite number, got {_short(value)}")
+    return out
 
 
 def config_from_mapping(cls: type[C], data: dict[str, Any], source: str, base: C | None = None) -> C:
@@ -83,32 +123,84 @@ def config_from_mapping(cls: type[C], data: dict[str, Any], source: str, base: C
     names = [f.name for f in dataclasses.fields(cls)]
     values = dataclasses.asdict(base) if base is not None else {}
     for key, value in data.items():
-        k = str(key).replace("-", "_")
+        k = str(key).replace("-", "_") if isinstance(key, str) else None
         if k not in names:
-            raise ConfigError(f"{source}: unknown key {key!r} for {cls.__name__}")
+            raise ConfigError(f"{source}: unknown key {_short(key)} for {cls.__name__}")
         values[k] = _coerce(value, hints[k], f"{source}: {key}")
     try:
         return cls(**values)
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
     except TypeError as err:
-        raise ConfigError(f"{source}: {err}") from None
+        raise ConfigError(f"{source}: {_one_line(err)}") from None
+
+
+class SafeUniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (plain data only: no ``!!python/...`` tags, no code run), refusing duplicate keys.
+
+    A repeated key is a silent override in plain YAML (``lr: 1`` then ``lr: 20``); here it is an error.
+    Keys merged in by ``<<: *anchor`` may still be overridden.
+    """
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    duplicate = key in seen
+                    seen.add(key)
+                except TypeError:  # unhashable: the base class reports it
+                    continue
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark, f"found duplicate key {_short(key)}",
+                        key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+_NO_CONSTRUCTOR = "could not determine a constructor for the tag"
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """``text`` read with :class:`SafeUniqueKeyLoader`; every failure is a one-line :class:`ConfigError`."""
+    try:
+        return yaml.load(text, Loader=SafeUniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = str(getattr(err, "problem", None) or "")
+        if problem.startswith(_NO_CONSTRUCTOR):  # !!python/object and friends: the safe loader's refusal
+            tag = problem[len(_NO_CONSTRUCTOR):].strip(" '").replace("tag:yaml.org,2002:", "!!")
+            raise ConfigError(f"{source}: YAML tag {_short(tag)}{at} is not allowed: a config holds plain data "
+                              "(mappings, lists, strings, numbers, booleans)") from None
+        why = f" ({_one_line(problem)})" if problem else ""
+        raise ConfigError(f"{source}: not valid YAML{at}{why}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: not valid YAML (nested too deeply)") from None
+    except (ValueError, OverflowError) as err:  # e.g. an integer literal of more than 4300 digits
+        raise ConfigError(f"{source}: not valid YAML ({_one_line(err, 100)})") from None
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """The mapping in a YAML config file (empty file: ``{}``); a one-line :class:`ConfigError` otherwise."""
     path = Path(path)
+    if not os.path.exists(path):  # os.path: a name the OS refuses (too long, NUL byte) reads as missing
+        raise ConfigError(f"{path}: no such config file")
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: cannot read config ({err.__class__.__name__})") from None
+        data = path.read_bytes()
+    except (OSError, ValueError) as err:
+        reason = getattr(err, "strerror", None) or err
+        raise ConfigError(f"{path}: cannot read config ({_one_line(reason)})") from None
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}: not valid YAML{at}") from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ConfigError(f"{path}: not UTF-8 text: invalid byte 0x{data[err.start]:02x} at byte offset "
+                          f"{err.start} (line {line})") from None
+    data = parse_yaml(text, str(path))
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -151,6 +243,8 @@ def resolve_config(cls: type[C], args: argparse.Namespace, base: C | None = None
             cfg = cls(**values)
         except ConfigError as err:
             raise ConfigError(f"command line: {err}") from None
+        except TypeError as err:
+            raise ConfigError(f"command line: {_one_line(err)}") from None
     return cfg
 
 
@@ -168,4 +262,16 @@ def save_config(cfg: Any, path: str | os.PathLike) -> Path:
 def check(cond: bool, field: str, message: str) -> None:
     """Raise ``ConfigError('field: message')`` unless ``cond``: for ``__post_init__`` validation."""
     if not cond:
-        raise ConfigError(f"{field}: {message}")
+        raise ConfigError(f"{field}: {_one_line(message, 300)}")
+
+
+def check_genotype(name_or_path: str, field: str) -> None:
+    """Raise ``ConfigError('field: ...')`` unless ``name_or_path`` is a built-in genotype or a valid genotype
+    file: for ``__post_init__`` validation, so that a bad genotype fails before any data is loaded."""
+    from ess.errors import GenotypeError
+    from ess.genotype import load_genotype
+
+    try:
+        load_genotype(name_or_path)
+    except GenotypeError as err:
+        raise ConfigError(f"{field}: {err}") from None

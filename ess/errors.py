@@ -6,8 +6,28 @@ entry points print that line instead of a traceback (see :func:`ess.cli.run_main
 """
 
 
+def one_line_message(text: str) -> str:
+    """``text`` with every line break and other control character escaped (``\\n``, ``\\x00``, ...).
+
+    Messages embed file names and values from user input, which may themselves hold a newline; escaping
+    (rather than dropping) keeps the message one line and still shows what was there.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class ESSError(Exception):
-    """Base class of every user-facing error in ess."""
+    """Base class of every user-facing error in ess.
+
+    The message is always one line: line breaks and control characters in it (from a file name or a
+    value read from a file) are escaped on construction.
+    """
+
+    def __init__(self, *args: object) -> None:
+        if args and isinstance(args[0], str):
+            args = (one_line_message(args[0]), *args[1:])
+        super().__init__(*args)
 
 
 class ConfigError(ESSError):

@@ -39,7 +39,7 @@ from ess.checkpoint import (
     seed_everything,
 )
 from ess.cli import run_main
-from ess.config import check, config_to_dict, save_config
+from ess.config import check, check_genotype, config_to_dict, save_config
 from ess.data import BPTTIterator, batchify, get_batch, load_corpus
 from ess.derive import parameter_free_share
 from ess.errors import CheckpointError
@@ -57,7 +57,7 @@ from ess.runs import (
     write_metrics,
 )
 from ess.runtime import perplexity, pick_device, set_threads
-from ess.supernet import IMPLEMENTATIONS, MODES, SearchModel, build_search_model
+from ess.supernet import IMPLEMENTATIONS, INTER_COMBINATIONS, MODES, SOFTMAX_SCOPES, SearchModel, build_search_model
 
 
 @dataclass(frozen=True)
@@ -121,6 +121,17 @@ class SearchConfig:
         check(self.mode in MODES, "mode", f"unknown mode {self.mode!r} (known: {', '.join(MODES)})")
         check(self.order in (1, 2), "order", f"must be 1 or 2, got {self.order}")
         check(self.emsize == self.nhid, "emsize", f"tied weights need emsize == nhid ({self.emsize} != {self.nhid})")
+        check(self.combination in INTER_COMBINATIONS, "combination",
+              f"unknown combination {self.combination!r} (known: {', '.join(INTER_COMBINATIONS)})")
+        check(self.softmax_scope in SOFTMAX_SCOPES, "softmax_scope",
+              f"unknown softmax_scope {self.softmax_scope!r} (known: {', '.join(SOFTMAX_SCOPES)})")
+        check(self.implementation in IMPLEMENTATIONS, "implementation",
+              f"unknown implementation {self.implementation!r} (known: {', '.join(IMPLEMENTATIONS)})")
+        check(self.combination != "search" or MODES[self.mode].searches_inter, "combination",
+              f"'search' searches the inter-cell combination weights, but mode {self.mode!r} fixes the inter "
+              "cells to the identity (use product or sum, or mode inter or joint)")
+        if not MODES[self.mode].searches_intra:
+            check_genotype(self.intra_genotype, "intra_genotype")
 
 
 PRESETS: dict[str, dict[str, Any]] = {

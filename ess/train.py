@@ -39,6 +39,7 @@ from ess.checkpoint import (
 from ess.cli import run_main
 from ess.config import (
     check,
+    check_genotype,
     config_to_dict,
     save_config,
 )
@@ -107,6 +108,8 @@ class TrainConfig:
               f"must be in (0, 1], got {self.rollback_lr_factor}")
         check(self.emsize == self.nhid, "emsize", f"tied weights need emsize == nhid ({self.emsize} != {self.nhid})")
         check(self.cell in ("ess", "lstm"), "cell", f"unknown cell {self.cell!r} (known: ess, lstm)")
+        if self.cell == "ess":
+            check_genotype(self.genotype, "genotype")
 
 
 SMOKE_TEST = dict(emsize=64, nhid=64, epochs=2, batch_size=16, eval_batch_size=10, max_train_tokens=24_000,

@@ -38,7 +38,7 @@ from ess.checkpoint import (
     seed_everything,
 )
 from ess.cli import run_main
-from ess.config import check, config_to_dict, save_config
+from ess.config import check, check_genotype, config_to_dict, save_config
 from ess.errors import CheckpointError
 from ess.genotype import load_genotype, save_genotype
 from ess.guard import HELP_LR_FACTOR, HELP_MAX_ROLLBACKS, Diverged, DivergenceGuard
@@ -114,6 +114,8 @@ class TransferConfig:
         check(self.optimizer in ("sgd", "adam"), "optimizer", f"unknown optimizer {self.optimizer!r} (sgd or adam)")
         check(self.char_filters == 0 or self.char_dim > 0, "char_dim", "must be positive when char_filters > 0")
         check(self.lr > 0, "lr", f"must be positive, got {self.lr}")
+        if self.cell.lower() != "lstm":
+            check_genotype(self.cell, "cell")
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -85,7 +85,7 @@ def _kv_mapping(value: Any, where: str) -> dict[str, Any]:
             key, raw = item.split("=", 1)
             try:
                 out[key.strip().replace("-", "_")] = yaml.safe_load(raw) if raw != "" else ""
-            except yaml.YAMLError:
+            except (yaml.YAMLError, ValueError, RecursionError):  # ValueError: a 5000-digit integer
                 out[key.strip().replace("-", "_")] = raw
         return out
     raise ConfigError(f"{where}: expected a mapping or key=value items, got {value!r}")
@@ -168,6 +168,69 @@ class JobConfig:
                 check(v >= 1, name, f"node counts must be >= 1, got {v}")
         check(self.name == "" or ("/" not in self.name and self.name not in (".", "..")), "name",
               f"must be a plain directory name, got {self.name!r}")
+        _check_modes_and_space(self)
+
+
+INTER_KNOBS = ("n_inter", "m", "combination", "softmax_scope", "residual")   # used only when inter cells are searched
+INTRA_KNOBS = ("steps",)                                                    # used only when the intra cell is
+SPACE_KINDS = {"choice": 1, "uniform": 2, "loguniform": 2, "randint": 2, "quniform": 3}
+
+
+def _check_space_entry(name: str, spec: Any) -> None:
+    """One ``space`` entry: ``[choice, [v, ...]]`` (non-empty) or ``[uniform, low, high]`` (loguniform, randint;
+    quniform takes a third argument, q)."""
+    where = f"space: {name}"
+    if not isinstance(spec, (list, tuple)) or not spec or not isinstance(spec[0], str):
+        raise ConfigError(f"{where}: expected [distribution, args...], got {spec!r}"[:300])
+    kind, args = spec[0], list(spec[1:])
+    if kind not in SPACE_KINDS:
+        raise ConfigError(f"{where}: unknown distribution {kind!r} ({', '.join(SPACE_KINDS)})"[:300])
+    if len(args) != SPACE_KINDS[kind]:
+        raise ConfigError(f"{where}: {kind} takes {SPACE_KINDS[kind]} argument(s), got {args!r}"[:300])
+    if kind == "choice":
+        if not isinstance(args[0], (list, tuple)) or not args[0]:
+            raise ConfigError(f"{where}: choice needs a non-empty list of values, got {args[0]!r}"[:300])
+        return
+    if not all(isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a) for a in args):
+        raise ConfigError(f"{where}: {kind} needs finite numbers, got {args!r}"[:300])
+    low, high = args[0], args[1]
+    if not low < high:
+        raise ConfigError(f"{where}: {kind} needs low < high, got {low!r} and {high!r}")
+    if kind == "loguniform" and low <= 0:
+        raise ConfigError(f"{where}: loguniform needs low > 0, got {low!r}")
+    if kind == "randint" and not all(isinstance(a, int) for a in args):
+        raise ConfigError(f"{where}: randint needs integers, got {args!r}"[:300])
+    if kind == "quniform" and not args[2] > 0:
+        raise ConfigError(f"{where}: quniform needs q > 0, got {args[2]!r}")
+
+
+def _check_modes_and_space(job: JobConfig) -> None:
+    """What the modes do not search cannot be varied: no inter-cell knobs for intra-only jobs (and the
+    reverse), and the hparam space is well-formed. One-line ConfigErrors before Ray starts."""
+    from ess.search import SearchConfig
+    from ess.supernet import MODES
+
+    inter = any(MODES[mode].searches_inter for mode in job.modes)
+    intra = any(MODES[mode].searches_intra for mode in job.modes)
+    modes = "/".join(job.modes)
+    for names, searched, part in ((INTER_KNOBS, inter, "inter cells"), (INTRA_KNOBS, intra, "intra cell")):
+        if searched:
+            continue
+        for name in names:
+            if len(getattr(job, name, ())) > 1:
+                raise ConfigError(f"{name}: mode {modes} does not search the {part}, so a grid over {name} "
+                                  f"{list(getattr(job, name))} runs identical trials")
+            if name in job.space:
+                raise ConfigError(f"space: {name}: mode {modes} does not search the {part}; drop {name} from the "
+                                  "space or add a mode that searches them")
+    if job.search.get("combination") == "search" and not all(MODES[mode].searches_inter for mode in job.modes):
+        raise ConfigError(f"search.combination: 'search' searches the inter-cell combination, but mode {modes} "
+                          "fixes the inter cells of some trials to the identity (use product or sum)")
+    fields = {f.name for f in dataclasses.fields(SearchConfig)}
+    for name, spec in job.space.items():
+        if name not in fields:
+            raise ConfigError(f"space: {name!r} is not a SearchConfig field"[:300])
+        _check_space_entry(name, spec)
 
 
 #: presets shared by every job; ``smoke`` is what ``--smoke-test`` selects
@@ -1203,10 +1266,15 @@ def _space(job: JobConfig) -> dict[str, Any]:
     from ray import tune
 
     from ess.search import SearchConfig
+    from ess.supernet import MODES
 
     fields = {f.name for f in dataclasses.fields(SearchConfig)}
     out = {}
-    for name, spec in (job.space or DEFAULT_SPACE).items():
+    searched = MODES[job.modes[0]]   # hparam_search runs the first mode
+    default = {k: v for k, v in DEFAULT_SPACE.items()   # no knobs the mode fixes (m, n_inter in intra mode)
+               if (searched.searches_inter or k not in INTER_KNOBS)
+               and (searched.searches_intra or k not in INTRA_KNOBS)}
+    for name, spec in (job.space or default).items():
         if name not in fields:
             raise ConfigError(f"space: {name!r} is not a SearchConfig field")
         if not isinstance(spec, (list, tuple)) or not spec:

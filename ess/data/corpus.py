@@ -170,14 +170,15 @@ def _missing_message(spec: CorpusSpec, path: Path) -> str:
 
 def read_split_bytes(spec: CorpusSpec, split: str, path: Path) -> bytes:
     """Read a split file whole; a :class:`DataError` if it is missing, not a file or unreadable."""
-    if not path.exists():
+    # os.path (not Path.exists) so that a name the OS refuses (too long, NUL byte) reads as missing
+    if not os.path.exists(path):
         raise DataError(_missing_message(spec, path))
-    if not path.is_file():
+    if not os.path.isfile(path):
         raise DataError(f"{path}: not a regular file")
     try:
         return path.read_bytes()
-    except OSError as err:
-        raise DataError(f"{path}: cannot read ({one_line(err.strerror or err)})") from None
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: cannot read ({one_line(getattr(err, 'strerror', None) or err)})") from None
 
 
 def sha256_hex(data: bytes) -> str:
@@ -347,7 +348,7 @@ _CACHE: dict[tuple, tuple[CorpusSpec, Corpus]] = {}
 def _file_key(path: Path) -> tuple:
     try:
         st = path.stat()
-    except OSError:
+    except (OSError, ValueError):
         return (str(path), None)
     return (str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
@@ -365,7 +366,12 @@ def load_corpus(name: str, data_dir: str | os.PathLike | None = None, *, cache: 
     for every data problem, and for an unknown ``name``.
     """
     spec = get_spec(name)
-    root = corpus_dir(name, data_dir).resolve()
+    root = corpus_dir(name, data_dir)
+    try:
+        root = root.resolve()
+    except (OSError, ValueError, RuntimeError) as err:  # a NUL byte, a symlink loop, a name too long
+        reason = one_line(getattr(err, "strerror", None) or err)
+        raise DataError(f"{root}: unusable data directory ({reason})") from None
     paths = {split: root / spec.files[split] for split in SPLITS}
     key = (name, str(root), tuple(_file_key(p) for p in paths.values()))
     if cache and key in _CACHE and _CACHE[key][0] == spec:

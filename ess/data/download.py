@@ -12,7 +12,9 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import http.client
+import lzma
 import os
+import struct
 import tarfile
 import tempfile
 import urllib.error
@@ -35,7 +37,7 @@ TIMEOUT_S = 60
 
 def _as_url(url: str) -> str:
     """Accept a plain local path as well as a URL (``file://`` included)."""
-    if "://" not in url and Path(url).expanduser().exists():
+    if "://" not in url and os.path.exists(os.path.expanduser(url)):  # os.path: False for a NUL byte or a long name
         return Path(url).expanduser().resolve().as_uri()
     return url
 
@@ -126,8 +128,11 @@ def read_members(archive: Path, label: str, patterns: Mapping[str, str],
             return _read_tar(archive, label, patterns, spec)
     except DataError:
         raise
-    except (zipfile.BadZipFile, tarfile.TarError, zlib.error, EOFError, OSError, ValueError) as err:
-        raise DataError(f"{label}: damaged archive ({one_line(err) or type(err).__name__})") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, tarfile.TarError, zlib.error, lzma.LZMAError, struct.error,
+            EOFError, OSError, ValueError, NotImplementedError, RuntimeError) as err:
+        # NotImplementedError: an unsupported compression method; RuntimeError: an encrypted member
+        reason = one_line(err)[:160] or type(err).__name__
+        raise DataError(f"{label}: damaged or unsupported archive ({reason})") from None
     raise DataError(f"{label}: not a zip or tar archive")
 
 
@@ -168,5 +173,8 @@ def download_corpus(name: str, data_dir: str | os.PathLike | None = None, url: s
     for split, (member, data) in members.items():
         check_split_bytes(spec, split, f"{source}!{member}", data)
     for split, (_, data) in members.items():
-        atomic_write_bytes(target / spec.files[split], data)
+        try:
+            atomic_write_bytes(target / spec.files[split], data)
+        except OSError as err:  # the data directory is a file, read-only, full ...
+            raise DataError(f"{target / spec.files[split]}: cannot write ({one_line(err.strerror or err)})") from None
     return target

@@ -329,11 +329,19 @@ def load_genotype(name_or_path: str | os.PathLike) -> ESSGenotype:
     if key.upper() in BUILTINS:
         return BUILTINS[key.upper()]
     path = Path(key)
-    if not path.exists():
+    if not os.path.exists(path):  # os.path: a name the OS refuses (too long, NUL byte) reads as missing
         raise GenotypeError(
             f"{key}: no such genotype file and not a built-in (built-ins: {', '.join(BUILTINS)})")
+    if not os.path.isfile(path):
+        raise GenotypeError(f"{path}: cannot read genotype (not a regular file)")
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise GenotypeError(f"{path}: cannot read genotype ({err.__class__.__name__}: {err})") from None
+        data = path.read_bytes()
+    except (OSError, ValueError) as err:
+        raise GenotypeError(f"{path}: cannot read genotype ({getattr(err, 'strerror', None) or err})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise GenotypeError(f"{path}: cannot read genotype: not UTF-8 text: invalid byte 0x{data[err.start]:02x} "
+                            f"at byte offset {err.start} (line {line})") from None
     return parse_genotype_json(text, str(path))

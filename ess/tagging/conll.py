@@ -128,7 +128,8 @@ def parse_conll(text: str, fmt: ColumnFormat, source: str = "<text>") -> list[Se
         if not word:
             raise DataError(f"{source}:{number}: empty word in column {fmt.word_column + 1}")
         if not is_valid_tag(tag, scheme):
-            raise DataError(f"{source}:{number}: tag {tag!r} is not a {scheme.upper()} tag "
+            shown = tag if len(tag) <= 40 else tag[:37] + "..."
+            raise DataError(f"{source}:{number}: tag {shown!r} is not a {scheme.upper()} tag "
                             f"(O, B-TYPE or I-TYPE) in column {fmt.tag_column + 1}")
         if not words:
             first = number
@@ -141,14 +142,14 @@ def parse_conll(text: str, fmt: ColumnFormat, source: str = "<text>") -> list[Se
 def read_conll(path: str | os.PathLike, fmt: ColumnFormat) -> list[Sentence]:
     """Read one column file; a one-line :class:`DataError` naming the file (and line) if unusable."""
     path = Path(path)
-    if not path.exists():
+    if not os.path.exists(path):  # os.path: a name the OS refuses (too long, NUL byte) reads as missing
         raise DataError(f"{path}: no such file")
-    if not path.is_file():
+    if not os.path.isfile(path):
         raise DataError(f"{path}: not a regular file")
     try:
         data = path.read_bytes()
-    except OSError as err:
-        raise DataError(f"{path}: cannot read ({err.strerror or err})") from None
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: cannot read ({getattr(err, 'strerror', None) or err})") from None
     sentences = parse_conll(_decode(path, data), fmt, str(path))
     if not sentences:
         raise DataError(f"{path}: no sentences (empty file or only -DOCSTART-/blank lines)")
@@ -196,7 +197,7 @@ def load_task(name: str, data_dir: str | os.PathLike | None = None, dev_sentence
     spec = get_task(name)
     paths = task_paths(name, data_dir)
     for path in paths.values():
-        if not path.exists():
+        if not os.path.exists(path):
             files = ", ".join(f for f in spec.files.values() if f)
             raise DataError(f"{path}: no such file; put {files} of task {name!r} in {path.parent} "
                             "(--data-dir, else $ESS_DATA_DIR, else ./data)")

@@ -25,14 +25,17 @@ def read_glove(path: str | os.PathLike, dim: int, keep: Iterable[str] | None = N
     ones). The first occurrence of a word wins.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such embeddings file" if not path.exists() else f"{path}: not a regular file")
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise DataError(f"{path}: word_dim must be a positive integer, got {dim!r}")
+    if not os.path.isfile(path):  # os.path: a name the OS refuses (too long, NUL byte) reads as missing
+        raise DataError(f"{path}: no such embeddings file" if not os.path.exists(path)
+                        else f"{path}: not a regular file")
     wanted = None if keep is None else set(keep)
     vectors: dict[str, torch.Tensor] = {}
     seen_any = False
     try:
         f = open(path, "rb")
-    except OSError as err:
+    except (OSError, ValueError) as err:
         raise DataError(f"{path}: cannot read ({err.strerror or err})") from None
     with f:
         for number, raw in enumerate(f, start=1):
@@ -43,9 +46,9 @@ def read_glove(path: str | os.PathLike, dim: int, keep: Iterable[str] | None = N
             if not line.strip():
                 continue
             fields = line.rstrip().split(" ")
-            if number == 1 and len(fields) == 2 and all(x.isdigit() for x in fields):
-                if int(fields[1]) != dim:
-                    raise DataError(f"{path}:1: word2vec header says {fields[1]}-dimensional vectors "
+            if number == 1 and len(fields) == 2 and all(x.isascii() and x.isdigit() for x in fields):
+                if fields[1].lstrip("0") != str(dim):  # no int(): a 5000-digit field must not raise ValueError
+                    raise DataError(f"{path}:1: word2vec header says {fields[1][:20]}-dimensional vectors "
                                     f"but word_dim is {dim}")
                 continue
             wrong_dim = len(fields) < dim + 1 or (not seen_any and len(fields) > dim + 1
@@ -64,7 +67,7 @@ def read_glove(path: str | os.PathLike, dim: int, keep: Iterable[str] | None = N
             _check_numbers(fields[-dim:], path, number)
             vec = torch.tensor([float(x) for x in fields[-dim:]])
             if not bool(torch.isfinite(vec).all()):
-                raise DataError(f"{path}:{number}: non-finite number in the vector of {word!r}")
+                raise DataError(f"{path}:{number}: non-finite number in the vector of {word[:40]!r}")
             vectors[word] = vec
     if not seen_any:
         raise DataError(f"{path}: no vectors (empty file)")
