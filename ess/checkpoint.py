@@ -33,7 +33,8 @@ import torch
 from ess.errors import CheckpointError
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """fsync a directory so a rename in it is durable (best effort: some file systems refuse)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:
@@ -92,7 +93,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
     except BaseException:
         _unlink(Path(tmp))
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 
@@ -145,7 +146,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any], *, keep_prev
     except BaseException:
         _unlink(Path(tmp))
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     try:
         atomic_write_text(digest_path(path), _digest_line(data))
     except OSError as err:

@@ -17,6 +17,8 @@ import math
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -78,6 +80,18 @@ class DivergenceGuard:
               f"{self.lr_scale(rollbacks):g} (rollback {rollbacks}/{self.max_rollbacks})", file=sys.stderr, flush=True)
 
 
+def last_good_state(checkpoint_path: Path, required: tuple[str, ...], initial: dict[str, Any] | None,
+                    map_location: Any = "cpu") -> dict[str, Any]:
+    """What a rollback returns to: the latest usable checkpoint (or the one before it), else ``initial``."""
+    from ess.checkpoint import load_checkpoint, previous_path
+
+    if checkpoint_path.exists() or previous_path(checkpoint_path).exists():
+        return load_checkpoint(checkpoint_path, required=required, map_location=map_location, fallback=True)
+    if initial is None:
+        raise DivergenceError(f"{checkpoint_path}: no checkpoint and no initial state to roll back to")
+    return initial
+
+
 def ppl_bound(max_ppl: float, ntoken: int) -> float:
     """``max_ppl``, or when it is 0 twice the vocabulary size: far worse than guessing uniformly."""
     return float(max_ppl) if max_ppl > 0 else 2.0 * ntoken
@@ -89,4 +103,5 @@ HELP_LR_FACTOR = "learning rate multiplier applied at each rollback"
 HELP_MAX_PPL = "valid perplexity above this counts as divergence (0: twice the vocabulary size; inf: no bound)"
 
 
-__all__ = ["HELP_LR_FACTOR", "HELP_MAX_PPL", "HELP_MAX_ROLLBACKS", "DivergenceGuard", "Diverged", "ppl_bound"]
+__all__ = ["HELP_LR_FACTOR", "HELP_MAX_PPL", "HELP_MAX_ROLLBACKS", "DivergenceGuard", "Diverged", "last_good_state",
+           "ppl_bound"]

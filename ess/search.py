@@ -33,7 +33,6 @@ from ess.checkpoint import (
     atomic_write_text,
     capture_rng_state,
     load_checkpoint,
-    previous_path,
     restore_rng_state,
     save_checkpoint,
     seed_everything,
@@ -45,7 +44,15 @@ from ess.derive import parameter_free_share
 from ess.errors import CheckpointError
 from ess.evaluation import evaluate
 from ess.genotype import ESSGenotype, load_genotype, save_genotype
-from ess.guard import HELP_LR_FACTOR, HELP_MAX_PPL, HELP_MAX_ROLLBACKS, Diverged, DivergenceGuard, ppl_bound
+from ess.guard import (
+    HELP_LR_FACTOR,
+    HELP_MAX_PPL,
+    HELP_MAX_ROLLBACKS,
+    Diverged,
+    DivergenceGuard,
+    last_good_state,
+    ppl_bound,
+)
 from ess.model import lm_loss, regularisation
 from ess.runs import (
     EpochReport,
@@ -253,11 +260,7 @@ class Searcher:
         The RNG is left moving: replaying the same dropout masks and lengths would diverge again.
         """
         rollbacks = self.guard.next_attempt(reason, self.rollbacks)
-        if self.checkpoint_path.exists() or previous_path(self.checkpoint_path).exists():
-            state = load_checkpoint(self.checkpoint_path, required=_CHECKPOINT_FIELDS, map_location=self.device,
-                                    fallback=True)
-        else:
-            state = self._initial
+        state = last_good_state(self.checkpoint_path, _CHECKPOINT_FIELDS, self._initial, self.device)
         self.load_state_dict(state, restore_rng=False)
         self.rollbacks = rollbacks
         self.guard.announce(reason, rollbacks, self.epoch)

@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ess.checkpoint import fsync_dir
+
 SPOOL_ENV = "ESS_TRACKING_SPOOL"
 RETRY_ENV = "ESS_TRACKING_RETRY_S"
 DEFAULT_RETRY_S = 15.0
@@ -190,19 +192,6 @@ def probe(uri: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
     return response.status_code < 500
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(path: Path) -> None:
     files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
     for p in files:
@@ -273,7 +262,7 @@ class Spool:
             fh.flush()
             os.fsync(fh.fileno())
         if new:
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
 
     def copy_artifact(self, seq: int, source: Path) -> tuple[str, bool]:
         """Snapshot ``source`` (file or directory) under ``<local_id>.files/<seq>/``; fsynced."""
@@ -288,7 +277,7 @@ class Spool:
             shutil.copy2(source, dest / source.name)
             rel, is_dir = f"{seq}/{source.name}", False
         _fsync_tree(dest)
-        _fsync_dir(dest)
+        fsync_dir(dest)
         return rel, is_dir
 
     def read(self) -> SpoolState | None:
@@ -331,7 +320,7 @@ class Spool:
         os.replace(tmp, self.run_path)
         self.path.unlink(missing_ok=True)
         shutil.rmtree(self.files, ignore_errors=True)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
 
 
 def spool_files(directory: str | os.PathLike) -> list[Path]:

@@ -32,7 +32,6 @@ from ess.checkpoint import (
     atomic_write_text,
     capture_rng_state,
     load_checkpoint,
-    previous_path,
     restore_rng_state,
     save_checkpoint,
     seed_everything,
@@ -41,7 +40,7 @@ from ess.cli import run_main
 from ess.config import check, check_genotype, config_to_dict, save_config
 from ess.errors import CheckpointError
 from ess.genotype import load_genotype, save_genotype
-from ess.guard import HELP_LR_FACTOR, HELP_MAX_ROLLBACKS, Diverged, DivergenceGuard
+from ess.guard import HELP_LR_FACTOR, HELP_MAX_ROLLBACKS, Diverged, DivergenceGuard, last_good_state
 from ess.runs import EpochReport, OnEpoch, check_resumable, ignore_report, parse_run_args, print_report, write_metrics
 from ess.runtime import pick_device, set_threads
 from ess.tagging.conll import TASKS, Sentence, load_task, write_conll
@@ -254,11 +253,7 @@ class Transfer:
     def rollback(self, reason: str) -> None:
         """Back to the last good checkpoint (or the initial state) with the learning rate lowered."""
         rollbacks = self.guard.next_attempt(reason, self.rollbacks)
-        if self.checkpoint_path.exists() or previous_path(self.checkpoint_path).exists():
-            state = load_checkpoint(self.checkpoint_path, required=_CHECKPOINT_FIELDS, map_location=self.device,
-                                    fallback=True)
-        else:
-            state = self._initial
+        state = last_good_state(self.checkpoint_path, _CHECKPOINT_FIELDS, self._initial, self.device)
         self.load_state_dict(state, restore_rng=False)   # the RNG moves on: other dropout masks this time
         self.rollbacks = rollbacks
         self.guard.announce(reason, rollbacks, self.epoch)
