@@ -15,12 +15,14 @@ and a state to ``[T, B, nhid]`` outputs and the new state, and exposes ``init_st
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ess import kernels
 from ess.genotype import ESSGenotype, InterGenotype, IntraGenotype
 from ess.ops import activation
 
@@ -54,6 +56,7 @@ class DARTSCell(nn.Module):
         self.W0 = _uniform(ninp + nhid, 2 * nhid)
         self.Ws = nn.ParameterList([_uniform(nhid, 2 * nhid) for _ in genotype.recurrent])
         self._activations = [activation(e.op) for e in genotype.recurrent]
+        self.plan = kernels.DartsPlan.of(genotype)
 
     def input_projection(self, x: Tensor) -> Tensor:
         """``x W_0[:ninp]`` for every time step at once: ``[T, B, ninp] -> [T, B, 2 nhid]``."""
@@ -64,7 +67,30 @@ class DARTSCell(nn.Module):
         c0, h0 = (x_proj + h_in @ self.W0[self.ninp:]).split(self.nhid, dim=-1)
         return h_prev + torch.sigmoid(c0) * (torch.tanh(h0) - h_prev)
 
+    # ---- fused path (ess.kernels): one autograd node per step, weights of a source node concatenated
+
+    def _fused_weights(self) -> tuple[Tensor, list[Tensor]]:
+        return self.W0[self.ninp:], self.plan.group_weights(list(self.Ws))
+
+    @contextlib.contextmanager
+    def sequence(self) -> Iterator[None]:
+        """Prepare the step's weights once for a whole sequence (the concatenations are autograd nodes)."""
+        self._sequence_weights = self._fused_weights() if kernels.fused_enabled() else None
+        try:
+            yield
+        finally:
+            self._sequence_weights = None
+
+    _sequence_weights: tuple[Tensor, list[Tensor]] | None = None
+
     def step(self, x_proj: Tensor, h_prev: Tensor, h_mask: Tensor | None = None) -> Tensor:
+        if not kernels.fused_enabled():
+            return self.step_autograd(x_proj, h_prev, h_mask)
+        W0h, Wg = self._sequence_weights or self._fused_weights()
+        return kernels.DartsStep.apply(self.plan, x_proj, h_prev, h_mask, W0h, *Wg)
+
+    def step_autograd(self, x_proj: Tensor, h_prev: Tensor, h_mask: Tensor | None = None) -> Tensor:
+        """The step in plain autograd ops (differentiable twice)."""
         states = [self.initial_node(x_proj, h_prev, h_mask)]
         for (_, pred), W, act in zip(self.genotype.recurrent, self.Ws, self._activations):
             s_prev = states[pred]
@@ -172,11 +198,13 @@ class ESSCell(nn.Module):
         x_proj = self.intra.input_projection(x_hat)
         hs = list(h_queue.unbind(0))
         outputs = []
-        for t in range(x.size(0)):
-            h_hat = self.history(hs)
-            h = self.intra.step(x_proj[t], h_hat, h_mask)
-            outputs.append(h)
-            hs = [h] + hs[:-1]
+        sequence = getattr(self.intra, "sequence", contextlib.nullcontext)
+        with sequence():
+            for t in range(x.size(0)):
+                h_hat = self.history(hs)
+                h = self.intra.step(x_proj[t], h_hat, h_mask)
+                outputs.append(h)
+                hs = [h] + hs[:-1]
         return torch.stack(outputs), (torch.stack(hs), new_x_prev)
 
 

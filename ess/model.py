@@ -8,12 +8,11 @@ embedding. AR/TAR regularisers follow AWD-LSTM: ``alpha * mean(dropped_output^2)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ess import kernels
 from ess.cells import State, detach_state
 
 
@@ -40,12 +39,31 @@ def embedded_dropout(embed: nn.Embedding, words: Tensor, dropout: float, trainin
     return emb * row_mask[words]
 
 
-@dataclass
 class LMOutput:
-    logits: Tensor        # [T, B, V]
-    state: State          # carried to the next segment
-    raw_output: Tensor    # cell outputs before the output dropout (TAR)
-    output: Tensor        # after the output dropout (AR)
+    """What the model returns: ``logits`` ``[T, B, V]``, the ``state`` carried to the next segment, the cell
+    outputs before (``raw_output``, TAR) and after (``output``, AR) the output dropout.
+
+    The logits are computed on first access from ``output`` and the decoder weights the forward pass used
+    (``decoder``); :func:`lm_loss` does not access them: it fuses the decoder into the loss
+    (:func:`ess.kernels.linear_cross_entropy`) and no ``[T, B, V]`` tensor is ever made.
+    """
+
+    def __init__(self, logits: Tensor | None, state: State, raw_output: Tensor, output: Tensor,
+                 decoder: tuple[Tensor, Tensor | None] | None = None):
+        if logits is None and decoder is None:
+            raise ValueError("LMOutput needs the logits or the decoder weights")
+        self._logits, self.state, self.raw_output, self.output, self.decoder = (logits, state, raw_output, output,
+                                                                                decoder)
+
+    @property
+    def logits(self) -> Tensor:
+        if self._logits is None:
+            weight, bias = self.decoder  # type: ignore[misc]
+            self._logits = F.linear(self.output, weight, bias)
+        return self._logits
+
+    def __repr__(self) -> str:
+        return f"LMOutput(output={tuple(self.output.shape)}, state={[tuple(s.shape) for s in self.state]})"
 
 
 class RNNModel(nn.Module):
@@ -73,11 +91,19 @@ class RNNModel(nn.Module):
         emb = locked_dropout(emb, self.dropouti, self.training)
         raw, new_state = self.cell(emb, state)
         out = locked_dropout(raw, self.dropout, self.training)
-        return LMOutput(self.decoder(out), new_state, raw, out)
+        return LMOutput(None, new_state, raw, out, decoder=(self.decoder.weight, self.decoder.bias))
 
 
 def lm_loss(out: LMOutput, targets: Tensor) -> Tensor:
-    """Mean next-token cross entropy (nats) over all ``T x B`` positions."""
+    """Mean next-token cross entropy (nats) over all ``T x B`` positions.
+
+    Fused with the decoder (:func:`ess.kernels.linear_cross_entropy`) unless the logits were already made or
+    the kernel backend is ``autograd`` (the fused loss is differentiable once only).
+    """
+    if out._logits is None and kernels.fused_enabled():
+        weight, bias = out.decoder  # type: ignore[misc]
+        return kernels.linear_cross_entropy(out.output.reshape(-1, out.output.size(-1)), weight, bias,
+                                            targets.reshape(-1))
     return F.cross_entropy(out.logits.reshape(-1, out.logits.size(-1)), targets.reshape(-1))
 
 

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ess import derive
+from ess import derive, kernels
 from ess.cells import INIT_RANGE, DARTSCell, ESSCell, InterCell, State
 from ess.config import check
 from ess.genotype import COMBINATIONS, DARTS_V2, IDENTITY_INTER, ESSGenotype, InterGenotype, IntraGenotype
@@ -141,24 +141,34 @@ class MixedIntraCell(ArchBound, nn.Module):
         """``[steps (steps+1)/2, 5]``: softmax over ops per edge (rows :func:`ess.derive.intra_rows`)."""
         return F.softmax(alphas["ops"], dim=-1)
 
-    def _prepare(self, probs: Tensor) -> list[tuple[Tensor, Tensor]]:
-        """Per node ``i``: the non-zero op weights ``[n_ops, i, 1, 1]`` and their sum ``P`` ``[i, 1, 1]``."""
-        nonzero = probs[:, list(_NONZERO_COLS)]
-        out = []
-        for i in range(1, self.steps + 1):
-            p = nonzero[derive.intra_offset(i): derive.intra_offset(i) + i]  # [i, n_ops]
-            out.append((p.t()[:, :, None, None], p.sum(1)[:, None, None]))
-        return out
+    def _prepare(self, probs: Tensor) -> Tensor:
+        """The non-zero op weights of every edge, ``[steps (steps+1)/2, 4]`` (columns tanh, relu, sigmoid, identity)."""
+        return probs[:, list(_NONZERO_COLS)]
 
     # Node 0 is the discrete cell's (same W0, same formula): reuse it rather than restate it.
     input_projection = DARTSCell.input_projection
     initial_node = DARTSCell.initial_node
 
     def step(self, x_proj: Tensor, h_prev: Tensor, h_mask: Tensor | None = None) -> Tensor:
-        """One time step: ``x_proj`` ``[B, 2 nhid]`` (masked x^ times ``W_0[:ninp]``), ``h_prev`` ``[B, nhid]``."""
-        weights = self._weights()
+        """One time step: ``x_proj`` ``[B, 2 nhid]`` (masked x^ times ``W_0[:ninp]``), ``h_prev`` ``[B, nhid]``.
+
+        Runs the fused step (:class:`ess.kernels.IntraSearchStep`) unless the kernel backend is ``autograd``
+        (or the norm module is one it does not cover), else :meth:`step_autograd`.
+        """
+        theta = self._weights()
+        spec = kernels.norm_spec(self.bn) if kernels.fused_enabled() else None
+        if spec is None or (spec.mode == "batch" and h_prev.size(0) < 2):  # BatchNorm1d raises on one row
+            return self.step_autograd(x_proj, h_prev, h_mask)
+        return kernels.IntraSearchStep.apply(self.bn, spec, x_proj, h_prev, h_mask, self.W0[self.ninp:], theta,
+                                             *self.Ws)
+
+    def step_autograd(self, x_proj: Tensor, h_prev: Tensor, h_mask: Tensor | None = None) -> Tensor:
+        """The step in plain autograd ops, vectorised over each node's predecessors (differentiable twice)."""
+        theta = self._weights()
         states = [self.bn(self.initial_node(x_proj, h_prev, h_mask))]
-        for i, (op_w, total) in enumerate(weights, start=1):
+        for i in range(1, self.steps + 1):
+            th = theta[derive.intra_offset(i): derive.intra_offset(i) + i]  # [i, n_ops]
+            op_w, total = th.t()[:, :, None, None], th.sum(1)[:, None, None]
             s = torch.stack(states)  # [i, B, nhid]: all predecessors of node i
             s_in = s if h_mask is None else s * h_mask
             c, h = (s_in @ self.Ws[i - 1]).split(self.nhid, dim=-1)
@@ -286,44 +296,32 @@ class MixedInterCell(ArchBound, nn.Module):
         return InterWeights(branches, comb)
 
     def _prepare(self, probs: InterWeights) -> tuple[Tensor, list[Tensor], Tensor | None]:
-        """theta of the inputs ``[2 n, n_ops m]`` (rows: node k, side a/b) and per node of its node
-        sources ``[2, n_ops k]``.
+        """``(theta_in, theta_nodes, combination)`` as :func:`ess.kernels.inter_search_forward` reads them.
 
-        Column order ``op * count + j`` matches the activations stacked ``[n_ops, count, N * dim]``.
+        ``theta_in`` ``[2, n, m, 4]``: the non-zero op weights of the inputs, per side and node;
+        ``theta_nodes[k-1]`` ``[2, k, 4]``: those of node ``k``'s node predecessors.
         """
         cols, m = list(_NONZERO_COLS), self.m
-        inputs = torch.cat([t[:, :m, cols].transpose(1, 2).reshape(2, -1) for t in probs.branches])
-        nodes = [t[:, m:, cols].transpose(1, 2).reshape(2, -1) for t in probs.branches]
-        return inputs, nodes, probs.combination
+        theta_in = torch.stack([t[:, :m][:, :, cols] for t in probs.branches], 1)
+        theta_nodes = [t[:, m:][:, :, cols] for t in probs.branches[1:]]
+        return theta_in, theta_nodes, probs.combination
 
     def forward(self, inputs: Sequence[Tensor]) -> Tensor:
-        """``inputs[j]`` is the j-th most recent vector (any leading shape, last dim ``dim``)."""
-        theta_in, theta_nodes, comb_w = self._weights()
-        m, d, combine = self.m, self.dim, COMBINE[self.combination]
+        """``inputs[j]`` is the j-th most recent vector (any leading shape, last dim ``dim``).
+
+        Leading dims are flattened and the fused :class:`ess.kernels.InterSearchFunction` runs the DAG
+        (the same arithmetic under plain autograd with the ``autograd`` kernel backend).
+        """
+        theta_in, theta_nodes, comb = self._weights()
         lead = inputs[0].shape[:-1]
-        x = torch.stack([v.reshape(-1, d) for v in inputs[:m]])  # [m, N, d]
-        N = x.size(1)
-        # s_j W^side_j for both sides and every input j at once: [2, m, N, d]
-        proj = torch.matmul(x.unsqueeze(0), self.W[:, :m])
-        acts = torch.stack([act(proj) for act in _NONZERO_ACTS], 1).view(2, -1, N * d)  # [2, n_ops m, N d]
-        theta_in = theta_in.view(self.n_nodes, 2, -1).transpose(0, 1)  # [2, n, n_ops m]
-        base = torch.bmm(theta_in, acts).view(2, self.n_nodes, N, d)  # input part of every branch
-        node_acts: list[Tensor] = []  # [2, n_ops, N*d] per node source
-        nodes: list[Tensor] = []
-        for k in range(self.n_nodes):
-            ab = base[:, k]
-            if k:
-                src = torch.stack(node_acts, 2).view(2, -1, N * d)  # [2, n_ops k, N d]
-                ab = ab + torch.bmm(theta_nodes[k].unsqueeze(1), src).view(2, N, d)
-            node = combine(ab[0], ab[1], comb_w)
-            nodes.append(node)
-            if k < self.n_nodes - 1:
-                p = torch.matmul(node.unsqueeze(0), self.W[:, m + k])  # [2, N, d]
-                node_acts.append(torch.stack([act(p) for act in _NONZERO_ACTS], 1).view(2, -1, N * d))
-        out = torch.stack(nodes).mean(0)
-        if self.residual:
-            out = x[0] + out
-        return out.view(*lead, d)
+        X = torch.stack([v.reshape(-1, self.dim) for v in inputs[: self.m]])  # [m, N, d]
+        if kernels.fused_enabled():
+            out = kernels.InterSearchFunction.apply((self.combination, self.residual), X, self.W, theta_in, comb,
+                                                    *theta_nodes)
+        else:
+            out = kernels.inter_search_forward(X, self.W, theta_in, theta_nodes, comb, self.combination,
+                                               self.residual)[0]
+        return out.view(*lead, self.dim)
 
     def to_discrete(self, genotype: InterGenotype) -> InterCell:
         """An :class:`ess.cells.InterCell` of ``genotype`` holding copies of the ``W^side_j`` it uses."""

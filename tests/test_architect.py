@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch.func import functional_call
 
+from ess import kernels
 from ess.architect import Architect, MaskReplay
 from ess.cells import build_ess_cell
 from ess.genotype import DARTS_V2
@@ -42,7 +43,16 @@ def batches(T=4, B=3):
 
 
 def exact_unrolled_gradient(model, train, valid, lr, wd, alpha=0.0, beta=0.0):
-    """dalpha L_val(w - lr (dw L_train + wd w), alpha) by double backward (create_graph=True)."""
+    """dalpha L_val(w - lr (dw L_train + wd w), alpha) by double backward (create_graph=True).
+
+    Through the cells' plain autograd code (kernel backend ``autograd``): the fused steps the architect
+    runs are differentiable once only, so this also checks the fused path against the plain one.
+    """
+    with kernels.backend("autograd"):
+        return _exact_unrolled_gradient(model, train, valid, lr, wd, alpha, beta)
+
+
+def _exact_unrolled_gradient(model, train, valid, lr, wd, alpha, beta):
     named = model.named_weight_parameters()
     names, weights = [n for n, _ in named], [p for _, p in named]
 

@@ -7,8 +7,10 @@ import math
 import pytest
 import torch
 
+from ess import kernels
 from ess.cells import CELLS, DARTSCell, InterCell, build_cell
 from ess.genotype import DARTS_V2, ENAS, IDENTITY_INTER, Edge, ESSGenotype, InterGenotype, InterNode, IntraGenotype
+from ess.kernels import DartsPlan
 
 ACT = {"tanh": math.tanh, "relu": lambda v: max(v, 0.0), "sigmoid": lambda v: 1 / (1 + math.exp(-v)),
        "identity": lambda v: v}
@@ -216,3 +218,68 @@ def test_variational_masks_are_shared_over_time():
     cell(torch.ones(4, 3, 6), cell.init_state(3))
     zeros = seen[0] == 0
     assert zeros.any() and (zeros == zeros[0:1]).all()
+
+
+# --------------------------------------------------------------------------------------------------
+# The fused step (ess.kernels.DartsStep) against the plain autograd step
+
+
+@pytest.mark.parametrize("genotype", [DARTS_V2, ENAS], ids=["DARTS_V2", "ENAS"])
+@pytest.mark.parametrize("masked", [True, False])
+@pytest.mark.parametrize("need_w", [True, False])
+def test_fused_darts_step_equals_autograd(genotype, masked, need_w):
+    torch.manual_seed(9)
+    cell = DARTSCell(5, 4, genotype.intra).double()
+    x = torch.randn(6, 8, dtype=torch.float64)  # x_proj: [B, 2 nhid]
+    h = torch.randn(6, 4, dtype=torch.float64)
+    mask = torch.bernoulli(torch.full((6, 4), 0.7, dtype=torch.float64)) / 0.7 if masked else None
+    weights = [cell.W0, *cell.Ws]
+    results = []
+    for backend in ("eager", "autograd"):
+        for w in weights:
+            w.requires_grad_(need_w)
+        xp, hp = x.clone().requires_grad_(), h.clone().requires_grad_()
+        with kernels.backend(backend):
+            out = cell.step(xp, hp, mask)
+        wrt = [xp, hp] + (weights if need_w else [])
+        results.append((out, torch.autograd.grad(out.pow(2).sum() + out.sum(), wrt)))
+    for w in weights:
+        w.requires_grad_(True)
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=1e-12)
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_darts_plan_groups_nodes_by_source():
+    plan = DartsPlan.of(DARTS_V2.intra)
+    # DARTS_V2: preds 0, 1, 1, 1, 2, 5, 3, 5 -> s_1 feeds nodes 2, 3, 4; s_5 feeds 6 and 8
+    assert plan.groups == ((0, (1,)), (1, (2, 3, 4)), (2, (5,)), (3, (7,)), (5, (6, 8)))
+    assert plan.concat == DARTS_V2.intra.concat
+
+
+def test_fused_darts_step_gradcheck():
+    torch.manual_seed(10)
+    cell = DARTSCell(3, 3, DARTS_V2.intra).double()
+    plan = cell.plan
+    x = torch.randn(2, 6, dtype=torch.float64, requires_grad=True)
+    h = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    mask = torch.rand(2, 3, dtype=torch.float64) + 0.5
+    W0h = cell.W0[3:].detach().clone().requires_grad_()
+    Wg = [w.detach().clone().requires_grad_() for w in plan.group_weights(list(cell.Ws))]
+    assert torch.autograd.gradcheck(lambda a, b, c, *ws: kernels.DartsStep.apply(plan, a, b, mask, c, *ws),
+                                    (x, h, W0h, *Wg))
+
+
+def test_sequence_prepares_the_grouped_weights_once():
+    cell = build_cell("ess", 6, 6, DARTS_V2).double()
+    calls = []
+    original = cell.intra.plan.group_weights
+
+    def counting(ws):
+        calls.append(1)
+        return original(ws)
+
+    object.__setattr__(cell.intra.plan, "group_weights", counting)
+    cell(torch.randn(7, 2, 6, dtype=torch.float64), cell.init_state(2))
+    assert len(calls) == 1  # one concatenation for the 7 steps
+    assert cell.intra._sequence_weights is None

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
+from ess import kernels
 from ess.cells import build_cell
 from ess.genotype import DARTS_V2
 from ess.model import RNNModel, embedded_dropout, lm_loss, locked_dropout, regularisation
@@ -74,3 +76,68 @@ def test_untrained_loss_is_near_uniform():
     tokens = torch.randint(0, 1000, (10, 4))
     loss = lm_loss(model(tokens, model.init_state(4)), tokens)
     assert abs(loss.item() - torch.log(torch.tensor(1000.0)).item()) < 0.1
+
+
+# --------------------------------------------------------------------------------------------------
+# The decoder fused into the loss (ess.kernels.linear_cross_entropy)
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 3, 1000])
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_cross_entropy_equals_decoder_then_cross_entropy(monkeypatch, chunk_rows, bias):
+    torch.manual_seed(1)
+    N, d, V = 7, 5, 11
+    monkeypatch.setattr(kernels, "CE_CHUNK_BYTES", chunk_rows * V * 8)  # float64: chunk_rows rows a chunk
+    x = torch.randn(N, d, dtype=torch.float64, requires_grad=True)
+    W = torch.randn(V, d, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(V, dtype=torch.float64, requires_grad=True) if bias else None
+    y = torch.randint(0, V, (N,))
+    params = [x, W] + ([b] if bias else [])
+    fused = kernels.linear_cross_entropy(x, W, b, y)
+    plain = F.cross_entropy(F.linear(x, W, b), y)
+    torch.testing.assert_close(fused, plain, rtol=0, atol=1e-12)
+    for g_f, g_p in zip(torch.autograd.grad(3 * fused, params), torch.autograd.grad(3 * plain, params)):
+        torch.testing.assert_close(g_f, g_p, rtol=0, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda *p: kernels.linear_cross_entropy(*p[:2], p[2] if bias else None, y),
+                                    tuple(params))
+
+
+def test_linear_cross_entropy_computes_only_the_gradients_asked():
+    x, W = torch.randn(4, 3), torch.randn(6, 3, requires_grad=True)
+    loss = kernels.linear_cross_entropy(x, W, None, torch.randint(0, 6, (4,)))
+    dx, dW, db = loss.grad_fn.saved_tensors
+    assert dx is None and db is None and dW.shape == W.shape
+    with torch.no_grad():
+        assert not kernels.linear_cross_entropy(x, W, None, torch.randint(0, 6, (4,))).requires_grad
+
+
+def test_lm_loss_never_makes_the_logits_but_they_are_there_on_demand():
+    torch.manual_seed(2)
+    model = _model().double().train()
+    tokens, targets = torch.randint(0, 50, (4, 3)), torch.randint(0, 50, (4, 3))
+    torch.manual_seed(3)
+    out = model(tokens, model.init_state(3))
+    fused = lm_loss(out, targets)
+    assert out._logits is None
+    plain = F.cross_entropy(out.logits.reshape(-1, 50), targets.reshape(-1))  # made now, from the same weights
+    torch.testing.assert_close(fused, plain, rtol=0, atol=1e-12)
+    torch.testing.assert_close(lm_loss(out, targets), plain, rtol=0, atol=0)  # the made logits are used
+    with kernels.backend("autograd"):
+        torch.manual_seed(3)
+        out = model(tokens, model.init_state(3))
+        torch.testing.assert_close(lm_loss(out, targets), fused, rtol=0, atol=1e-12)
+
+
+def test_lm_output_keeps_the_decoder_weights_of_its_forward_pass():
+    """Under functional_call the loss (computed after the call) must use the swapped-in decoder weights."""
+    torch.manual_seed(4)
+    model = _model().double().eval()
+    tokens, targets = torch.randint(0, 50, (4, 3)), torch.randint(0, 50, (4, 3))
+    matrix = torch.randn_like(model.encoder.weight)
+    out = torch.func.functional_call(model, {"encoder.weight": matrix}, (tokens, model.init_state(3)))
+    copy = _model().double().eval()
+    copy.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        copy.encoder.weight.copy_(matrix)
+    expected = lm_loss(copy(tokens, copy.init_state(3)), targets)
+    torch.testing.assert_close(lm_loss(out, targets), expected, rtol=0, atol=1e-12)

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from ess import derive
+from ess import derive, kernels
 from ess.cells import DARTSCell, ESSCell, InterCell
 from ess.errors import ConfigError
 from ess.genotype import DARTS_V2, IDENTITY_INTER, Edge, InterGenotype, InterNode, IntraGenotype
@@ -441,3 +441,203 @@ def test_training_step_all_modes_finite():
         lm_loss(out, torch.randint(0, 20, (4, 2))).backward()
         for name, p in model.named_parameters():
             assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+# --------------------------------------------------------------------------------------------------
+# Fused kernels (ess.kernels) against the cells' plain autograd code
+
+
+PASSES = {"arch": (False, True), "weights": (True, False), "both": (True, True)}  # (weights, theta) need grad
+
+
+def _intra_case(batchnorm, masked, training, B=6):
+    cell = MixedIntraCell(5, 4, steps=4, batchnorm=batchnorm).to(DT).train(training)
+    logits = torch.randn(10, len(PRIMITIVES), dtype=DT)
+    x_proj, h_prev, h_mask = _intra_inputs(batch=B)
+    return cell, logits, x_proj, h_prev, h_mask if masked else None
+
+
+@pytest.mark.parametrize("batchnorm,masked,training", [(True, True, True), (True, False, True), (True, False, False),
+                                                       (False, True, True)])
+@pytest.mark.parametrize("grads", list(PASSES))
+def test_fused_intra_step_equals_autograd(batchnorm, masked, training, grads):
+    """Outputs, every gradient and the batch-norm statistics, for each set of gradients an iteration asks."""
+    need_w, need_theta = PASSES[grads]
+    cell, logits, x_proj, h_prev, h_mask = _intra_case(batchnorm, masked, training)
+    if batchnorm:
+        with torch.no_grad():
+            cell.bn.running_mean.normal_()
+            cell.bn.running_var.uniform_(0.5, 2.0)
+    start = {k: v.clone() for k, v in cell.state_dict().items()}
+    results = []
+    for backend in ("eager", "autograd"):
+        cell.load_state_dict(start)
+        lg = logits.clone().requires_grad_(need_theta)
+        xp, hp = x_proj.clone().requires_grad_(), h_prev.clone().requires_grad_()
+        weights = [cell.W0, *cell.Ws]
+        for w in weights:
+            w.requires_grad_(need_w)
+        with kernels.backend(backend), cell.bound({"ops": lg}):
+            out = cell.step(xp, hp, h_mask)
+        wrt = [xp, hp] + ([lg] if need_theta else []) + (weights if need_w else [])
+        results.append((out, _grads(out, wrt), [b.clone() for b in cell.buffers()]))
+    for w in [cell.W0, *cell.Ws]:
+        w.requires_grad_(True)
+    (out_f, g_f, b_f), (out_a, g_a, b_a) = results
+    _close(out_f, out_a)
+    for a, b in zip(g_f, g_a):
+        _close(a, b)
+    for a, b in zip(b_f, b_a):
+        _close(a.double(), b.double())
+
+
+def test_fused_intra_step_gradcheck():
+    torch.manual_seed(1)
+    cell = MixedIntraCell(3, 3, steps=3).to(DT)
+    spec = kernels.norm_spec(cell.bn)
+    x_proj, h_prev, h_mask = _intra_inputs(3, 3, batch=5)
+    theta = torch.rand(6, 4, dtype=DT)
+    inputs = [x_proj, h_prev, cell.W0[3:].detach().clone(), theta, *[w.detach().clone() for w in cell.Ws]]
+    inputs = [t.clone().requires_grad_() for t in inputs]
+
+    def fn(xp, h, W0h, th, *Ws):
+        return kernels.IntraSearchStep.apply(cell.bn, spec, xp, h, h_mask, W0h, th, *Ws)
+
+    assert torch.autograd.gradcheck(fn, inputs)
+    for keep in range(len(inputs)):  # one input at a time: the forward keeps only what that gradient needs
+        only = [t.detach().requires_grad_(k == keep) for k, t in enumerate(inputs)]
+        assert torch.autograd.gradcheck(fn, only)
+
+
+def test_fused_step_is_differentiable_once_only():
+    cell, logits, x_proj, h_prev, h_mask = _intra_case(True, True, True)
+    h = h_prev.clone().requires_grad_()
+    with cell.bound({"ops": logits}):
+        out = cell.step(x_proj, h, h_mask)
+    (g,) = torch.autograd.grad(out.pow(2).sum(), h, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        g.sum().backward()
+    with kernels.backend("autograd"), cell.bound({"ops": logits}):  # the plain code is differentiable twice
+        (g,) = torch.autograd.grad(cell.step(x_proj, h, h_mask).pow(2).sum(), h, create_graph=True)
+    assert torch.autograd.grad(g.sum(), h)[0].shape == h.shape
+
+
+@pytest.mark.parametrize("scope,combination,residual", INTER_CASES)
+@pytest.mark.parametrize("grads", list(PASSES))
+def test_fused_inter_equals_autograd(scope, combination, residual, grads):
+    need_w, need_theta = PASSES[grads]
+    m, n, d = 2, 3, 4
+    cell = MixedInterCell(d, m, n, combination, residual, scope).to(DT)
+    alphas = {k: torch.randn(*shape, dtype=DT) for k, shape in cell.arch_spec().items()}
+    inputs = [torch.randn(3, 2, d, dtype=DT) for _ in range(m)]
+    cell.W.requires_grad_(need_w)
+    results = []
+    for backend in ("eager", "autograd"):
+        al = {k: v.clone().requires_grad_(need_theta) for k, v in alphas.items()}
+        xs = [v.clone().requires_grad_(j == 0) for j, v in enumerate(inputs)]  # input 1: no gradient wanted
+        with kernels.backend(backend), cell.bound(al):
+            out = cell(xs)
+        wrt = xs[:1] + (list(al.values()) if need_theta else []) + ([cell.W] if need_w else [])
+        results.append((out, _grads(out, wrt)))
+    cell.W.requires_grad_(True)
+    _close(results[0][0], results[1][0])
+    for a, b in zip(results[0][1], results[1][1]):
+        _close(a, b)
+
+
+@pytest.mark.parametrize("combination", ["product", "sum", "search"])
+def test_fused_inter_gradcheck(combination):
+    torch.manual_seed(2)
+    m, K, N, d = 2, 3, 4, 3
+    X = torch.randn(m, N, d, dtype=DT, requires_grad=True)
+    W = (0.5 * torch.randn(2, m + K - 1, d, d, dtype=DT)).requires_grad_()
+    theta_in = torch.rand(2, K, m, 4, dtype=DT, requires_grad=True)
+    theta_nodes = [torch.rand(2, k, 4, dtype=DT, requires_grad=True) for k in range(1, K)]
+    comb = torch.rand(2, dtype=DT, requires_grad=True) if combination == "search" else None
+    args = [X, W, theta_in, *([comb] if comb is not None else []), *theta_nodes]
+
+    def fn(X, W, theta_in, *rest):
+        c, nodes = (rest[0], rest[1:]) if comb is not None else (None, rest)
+        return kernels.InterSearchFunction.apply((combination, True), X, W, theta_in, c, *nodes)
+
+    assert torch.autograd.gradcheck(fn, args)
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("grads", list(PASSES))
+def test_fused_model_equals_reference_for_every_pass(mode, grads):
+    """The whole search model, fused path vs the edge-by-edge reference, for each pass of the iteration."""
+    need_w, need_theta = PASSES[grads]
+    kw = dict(mode=mode, ninp=4, nhid=4, steps=3, n_inter=2, m=2, combination="search", dropoute=0.1)
+    fast = build_search_model(20, **kw).to(DT)
+    ref = build_search_model(20, implementation="reference", **kw).to(DT)
+    ref.load_state_dict(fast.state_dict())
+    tokens, targets = torch.randint(0, 20, (5, 3)), torch.randint(0, 20, (5, 3))
+    results = []
+    for model, backend in ((fast, "eager"), (ref, "autograd")):
+        for p in model.weight_parameters():
+            p.requires_grad_(need_w)
+        for p in model.arch_parameters():
+            p.requires_grad_(need_theta)
+        torch.manual_seed(3)
+        with kernels.backend(backend):
+            out = model(tokens, model.init_state(3))
+            loss = lm_loss(out, targets)
+        params = [p for p in model.parameters() if p.requires_grad]
+        results.append((out.output, loss, torch.autograd.grad(loss, params), list(model.buffers())))
+        for p in model.parameters():
+            p.requires_grad_(True)
+    (o_f, l_f, g_f, b_f), (o_r, l_r, g_r, b_r) = results
+    _close(o_f, o_r)
+    _close(l_f, l_r)
+    for a, b in zip(g_f, g_r):
+        _close(a, b)
+    for a, b in zip(b_f, b_r):
+        _close(a.double(), b.double())
+
+
+def test_kernel_backends():
+    assert kernels.get_backend() in kernels.BACKENDS
+    with kernels.backend("autograd"):
+        assert not kernels.fused_enabled()
+        with kernels.backend("eager"):
+            assert kernels.fused_enabled()
+        assert kernels.get_backend() == "autograd"
+    with pytest.raises(ValueError, match="unknown kernel backend"):
+        kernels.set_backend("fastest")
+
+
+@pytest.mark.slow
+def test_compiled_kernels_equal_eager():
+    """torch.compile'd kernels (inductor) against the eager ones, every pass, search and discrete cells."""
+    torch.manual_seed(4)
+    kw = dict(mode="joint", ninp=24, nhid=24, steps=3, n_inter=2, m=2, combination="search")
+    model = build_search_model(30, **kw).to(DT)
+    tokens, targets = torch.randint(0, 30, (4, 8)), torch.randint(0, 30, (4, 8))
+    for need_w, need_theta in PASSES.values():
+        results = []
+        for backend in ("compile", "eager"):
+            for p in model.weight_parameters():
+                p.requires_grad_(need_w)
+            for p in model.arch_parameters():
+                p.requires_grad_(need_theta)
+            torch.manual_seed(5)
+            with kernels.backend(backend):
+                out = model(tokens, model.init_state(8))
+                loss = lm_loss(out, targets)
+            results.append((loss, torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad])))
+        _close(results[0][0], results[1][0], 1e-9)
+        for a, b in zip(results[0][1], results[1][1]):
+            _close(a, b, 1e-9)
+    # float32: the compiled kernels use a rational tanh (3e-7 relative error at most)
+    model = model.float()
+    results = []
+    for backend in ("compile", "eager"):
+        torch.manual_seed(5)
+        with kernels.backend(backend):
+            out = model(tokens, model.init_state(8))
+            loss = lm_loss(out, targets)
+        results.append((out.output, loss, torch.autograd.grad(loss, list(model.parameters()))))
+    for a, b in zip(results[0][:2] + tuple(results[0][2]), results[1][:2] + tuple(results[1][2])):
+        _close(a, b, 1e-5)
+    assert not kernels._state["compile_broken"]

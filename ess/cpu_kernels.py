@@ -1,0 +1,501 @@
+"""Hand-written CPU kernels (C++, ATen's vectorised math) for one step of the two hot cells, float32.
+
+The search cell's step (:func:`ess.kernels.intra_search_forward` / ``_backward``) and the discrete DARTS
+cell's step (:func:`ess.kernels.darts_forward` / ``_backward``) written out in C++: the matmuls go to the
+same BLAS (``at::mm``, ``addmm_`` accumulating in place), everything between two matmuls is one pass over
+the rows (AVX-512/AVX2 vectors of ``at::vec::Vectorized<float>``, threads of ``at::parallel_for``), and the
+whole step is one call from Python. Same equations, same saved tensors, same outputs as the Python kernels
+(float32 rounding apart; the tests hold them together).
+
+Built on first use with ``torch.utils.cpp_extension.load_inline`` (a C++ compiler and ninja are needed; the
+build, ~1 minute, is cached per CPU capability). If it cannot be built, :func:`load` returns ``None`` and
+the cells use the Python kernels (compiled by ``torch.compile`` where they pay). ``ESS_CPU_KERNELS=0``
+turns it off.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from typing import Any
+
+import torch
+
+_SOURCE = r"""
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+#include <cmath>
+#include <vector>
+#include <optional>
+
+using at::Tensor;
+using Vec = at::vec::Vectorized<float>;
+static constexpr int64_t VL = Vec::size();
+
+static inline Vec ld(const float* p, int64_t n) { return n == VL ? Vec::loadu(p) : Vec::loadu(p, n); }
+static inline void st(float* p, const Vec& v, int64_t n) { if (n == VL) v.store(p); else v.store(p, n); }
+// sigmoid(x) = (1 + tanh(x / 2)) / 2 on the rational tanh: no exp, one division (abs error <= 2e-7)
+static inline Vec tanh_r(Vec x);
+static inline Vec sigm(const Vec& x) { const Vec h(0.5f); return at::vec::fmadd(h, tanh_r(x * h), h); }
+static inline Vec pos01(const Vec& x) { return Vec::blendv(Vec(0.f), Vec(1.f), x > Vec(0.f)); }
+// Rational tanh (Eigen's ptanh_float): |error| <= 3e-7 relative
+static inline Vec tanh_r(Vec x) {
+  const Vec c(7.90531110763549805f);
+  x = at::vec::minimum(at::vec::maximum(x, c.neg()), c);
+  const Vec x2 = x * x;
+  Vec p = at::vec::fmadd(x2, Vec(-2.76076847742355e-16f), Vec(2.00018790482477e-13f));
+  p = at::vec::fmadd(p, x2, Vec(-8.60467152213735e-11f));
+  p = at::vec::fmadd(p, x2, Vec(5.12229709037114e-08f));
+  p = at::vec::fmadd(p, x2, Vec(1.48572235717979e-05f));
+  p = at::vec::fmadd(p, x2, Vec(6.37261928875436e-04f));
+  p = at::vec::fmadd(p, x2, Vec(4.89352455891786e-03f));
+  Vec q = at::vec::fmadd(x2, Vec(1.19825839466702e-06f), Vec(1.18534705686654e-04f));
+  q = at::vec::fmadd(q, x2, Vec(2.26843463243900e-03f));
+  q = at::vec::fmadd(q, x2, Vec(4.89352518554385e-03f));
+  return x * p / q;
+}
+static inline int64_t grain(int64_t B, int64_t per_row) {  // rows per task: ~16k elements
+  return std::max<int64_t>(1, 16384 / std::max<int64_t>(per_row, 1));
+}
+
+// ------------------------------------------------------------------------------------------------
+// Normalisation over the batch (affine-free batch norm): mode 0 none, 1 batch statistics, 2 running
+
+static void norm_fwd(const float* u, int64_t B, int64_t d, int64_t mode, float eps, const float* rmean,
+                     const float* rrstd, const float* mask, float* s, float* s_in, float* mean_out, float* var_out,
+                     float* rstd_out) {
+  const int64_t nb = (d + VL - 1) / VL;
+  at::parallel_for(0, nb, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t cb = c0; cb < c1; ++cb) {
+      const int64_t x = cb * VL, n = std::min(VL, d - x);
+      Vec shift(0.f), scale(1.f);
+      if (mode == 1) {
+        Vec sum(0.f);
+        for (int64_t b = 0; b < B; ++b) sum = sum + ld(u + b * d + x, n);
+        const Vec mean = sum / Vec((float)B);
+        Vec sq(0.f);
+        for (int64_t b = 0; b < B; ++b) { const Vec c = ld(u + b * d + x, n) - mean; sq = at::vec::fmadd(c, c, sq); }
+        const Vec var = sq / Vec((float)B);
+        const Vec rstd = Vec(1.f) / (var + Vec(eps)).sqrt();
+        st(mean_out + x, mean, n); st(var_out + x, var, n); st(rstd_out + x, rstd, n);
+        shift = mean; scale = rstd;
+      } else if (mode == 2) {
+        shift = ld(rmean + x, n); scale = ld(rrstd + x, n);
+      }
+      for (int64_t b = 0; b < B; ++b) {
+        const Vec v = mode == 0 ? ld(u + b * d + x, n) : (ld(u + b * d + x, n) - shift) * scale;
+        st(s + b * d + x, v, n);
+        if (mask) st(s_in + b * d + x, v * ld(mask + b * d + x, n), n);
+      }
+    }
+  });
+}
+
+// du from the total gradient ds = acc + gacc * mask (+ g): written into du.
+static void norm_bwd(const float* acc, const float* gacc, const float* mask, const float* g, const float* s,
+                     const float* rstd, int64_t B, int64_t d, int64_t mode, float* du) {
+  const int64_t nb = (d + VL - 1) / VL;
+  at::parallel_for(0, nb, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t cb = c0; cb < c1; ++cb) {
+      const int64_t x = cb * VL, n = std::min(VL, d - x);
+      Vec m1(0.f), m2(0.f);
+      for (int64_t b = 0; b < B; ++b) {
+        const int64_t o = b * d + x;
+        Vec ds = ld(acc + o, n);
+        if (gacc) ds = mask ? at::vec::fmadd(ld(gacc + o, n), ld(mask + o, n), ds) : ds + ld(gacc + o, n);
+        if (g) ds = ds + ld(g + o, n);
+        st(du + o, ds, n);
+        if (mode == 1) { m1 = m1 + ds; m2 = at::vec::fmadd(ds, ld(s + o, n), m2); }
+      }
+      if (mode == 0) continue;
+      const Vec r = ld(rstd + x, n);
+      if (mode == 2) { for (int64_t b = 0; b < B; ++b) st(du + b * d + x, ld(du + b * d + x, n) * r, n); continue; }
+      m1 = m1 / Vec((float)B); m2 = m2 / Vec((float)B);
+      for (int64_t b = 0; b < B; ++b) {
+        const int64_t o = b * d + x;
+        st(du + o, r * (ld(du + o, n) - m1 - ld(s + o, n) * m2), n);
+      }
+    }
+  });
+}
+
+// ------------------------------------------------------------------------------------------------
+// The DARTS search cell
+
+// Node 0: u = h + c (t - h); factors [3, B, d]: du/dc0, du/dh0, du/dh (direct)
+static void node0_rows(const float* CH0, const float* h, int64_t B, int64_t d, float* u, float* F) {
+  at::parallel_for(0, B, grain(B, d), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b)
+      for (int64_t x = 0; x < d; x += VL) {
+        const int64_t n = std::min(VL, d - x);
+        const Vec c = sigm(ld(CH0 + b * 2 * d + x, n)), t = tanh_r(ld(CH0 + b * 2 * d + d + x, n));
+        const Vec hv = ld(h + b * d + x, n), one(1.f);
+        st(u + b * d + x, hv + c * (t - hv), n);
+        if (F) {
+          st(F + b * d + x, c * (one - c) * (t - hv), n);
+          st(F + B * d + b * d + x, c * (one - t * t), n);
+          st(F + 2 * B * d + b * d + x, one - c, n);
+        }
+      }
+  });
+}
+
+// Mixed node over its i predecessors: u = sum_j P s + c (mix - P s); factors into F (stride fstride between
+// the 3 factors, rows of predecessor j at j * B * d).
+static void mixed_rows(const float* CH, const float* S, const float* th, int64_t i, int64_t B, int64_t d, float* u,
+                       float* F, int64_t fstride) {
+  at::parallel_for(0, B, grain(B, i * d), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      for (int64_t x = 0; x < d; x += VL) st(u + b * d + x, Vec(0.f), std::min(VL, d - x));
+      for (int64_t j = 0; j < i; ++j) {
+        const float t0 = th[4 * j], t1 = th[4 * j + 1], t2 = th[4 * j + 2], t3 = th[4 * j + 3];
+        const Vec T0(t0), T1(t1), T2(t2), T3(t3), P(t0 + t1 + t2 + t3), one(1.f);
+        const float* C = CH + (j * B + b) * 2 * d;
+        const float* s = S + (j * B + b) * d;
+        for (int64_t x = 0; x < d; x += VL) {
+          const int64_t n = std::min(VL, d - x);
+          const Vec c = sigm(ld(C + x, n)), H = ld(C + d + x, n);
+          const Vec g = sigm(H), t = tanh_r(H);
+          const Vec mix = T0 * t + T1 * at::vec::maximum(H, Vec(0.f)) + T2 * g + T3 * H;
+          const Vec ps = P * ld(s + x, n);
+          const Vec a = mix - ps;
+          st(u + b * d + x, ld(u + b * d + x, n) + ps + c * a, n);
+          if (F) {
+            const int64_t o = (j * B + b) * d + x;
+            st(F + o, c * (one - c) * a, n);
+            st(F + fstride + o, c * (T0 * (one - t * t) + T1 * pos01(H) + T2 * g * (one - g) + T3), n);
+            st(F + 2 * fstride + o, P * (one - c), n);
+          }
+        }
+      }
+    }
+  });
+}
+
+// Backward rows of a mixed node: dCH = [du F0, du F1], acc[j] += du F2; F recomputed when absent (then
+// dtheta, if asked, is accumulated too: sum du (c f_k + (1 - c) s)).
+static void mixed_rows_bwd(const float* du, const float* CH, const float* S, const float* th, const float* F,
+                           int64_t fstride, int64_t i, int64_t B, int64_t d, float* dCH, float* acc, double* dtheta) {
+  const int nt = at::get_num_threads();
+  std::vector<double> part(dtheta ? (size_t)nt * i * 4 : 0, 0.0);
+  at::parallel_for(0, B, grain(B, i * d), [&](int64_t b0, int64_t b1) {
+    double* mine = dtheta ? part.data() + (size_t)at::get_thread_num() * i * 4 : nullptr;
+    for (int64_t b = b0; b < b1; ++b)
+      for (int64_t j = 0; j < i; ++j) {
+        const float t0 = th[4 * j], t1 = th[4 * j + 1], t2 = th[4 * j + 2], t3 = th[4 * j + 3];
+        const Vec T0(t0), T1(t1), T2(t2), T3(t3), P(t0 + t1 + t2 + t3), one(1.f);
+        Vec a0(0.f), a1(0.f), a2(0.f), a3(0.f), a4(0.f);
+        for (int64_t x = 0; x < d; x += VL) {
+          const int64_t n = std::min(VL, d - x);
+          const int64_t o = (j * B + b) * d + x;
+          const Vec g_u = ld(du + b * d + x, n);
+          Vec f0, f1, f2;
+          if (F) {
+            f0 = ld(F + o, n); f1 = ld(F + fstride + o, n); f2 = ld(F + 2 * fstride + o, n);
+          } else {
+            const float* C = CH + (j * B + b) * 2 * d;
+            const Vec c = sigm(ld(C + x, n)), H = ld(C + d + x, n);
+            const Vec g = sigm(H), t = tanh_r(H), r = at::vec::maximum(H, Vec(0.f));
+            const Vec sv = ld(S + o, n);
+            const Vec mix = T0 * t + T1 * r + T2 * g + T3 * H;
+            const Vec ps = P * sv;
+            f0 = c * (one - c) * (mix - ps);
+            f1 = c * (T0 * (one - t * t) + T1 * pos01(H) + T2 * g * (one - g) + T3);
+            f2 = P * (one - c);
+            if (mine) {
+              const Vec dm = g_u * c;
+              a0 = at::vec::fmadd(dm, t, a0); a1 = at::vec::fmadd(dm, r, a1); a2 = at::vec::fmadd(dm, g, a2);
+              a3 = at::vec::fmadd(dm, H, a3); a4 = at::vec::fmadd(g_u * (one - c), sv, a4);
+            }
+          }
+          float* dC = dCH + (j * B + b) * 2 * d;
+          st(dC + x, g_u * f0, n);
+          st(dC + d + x, g_u * f1, n);
+          st(acc + o, at::vec::fmadd(g_u, f2, ld(acc + o, n)), n);
+        }
+        if (mine) {
+          auto hsum = [](const Vec& v) {
+            float tmp[VL];
+            v.store(tmp);
+            double sum = 0;
+            for (int64_t k = 0; k < VL; ++k) sum += tmp[k];
+            return sum;
+          };
+          const double base = hsum(a4);
+          mine[4 * j] += hsum(a0) + base; mine[4 * j + 1] += hsum(a1) + base;
+          mine[4 * j + 2] += hsum(a2) + base; mine[4 * j + 3] += hsum(a3) + base;
+        }
+      }
+  });
+  if (dtheta)
+    for (int t = 0; t < nt; ++t)
+      for (int64_t k = 0; k < i * 4; ++k) dtheta[k] += part[(size_t)t * i * 4 + k];
+}
+
+static const float* ptr(const std::optional<Tensor>& t) { return t && t->defined() ? t->data_ptr<float>() : nullptr; }
+
+std::vector<Tensor> intra_fwd(const Tensor& xp, const Tensor& h, const std::optional<Tensor>& mask, const Tensor& W0h,
+                              const Tensor& theta, const std::vector<Tensor>& Ws, int64_t mode, double eps,
+                              const std::optional<Tensor>& rmean, const std::optional<Tensor>& rrstd, bool factors) {
+  const int64_t B = h.size(0), d = h.size(1), n = Ws.size(), E = n * (n + 1) / 2;
+  const auto opts = h.options();
+  const float* m = ptr(mask);
+  Tensor h_in = m ? h * *mask : h;
+  Tensor CH0 = at::addmm(xp, h_in, W0h);
+  Tensor S = at::empty({n + 1, B, d}, opts);
+  Tensor S_in = m ? at::empty({n + 1, B, d}, opts) : S;
+  Tensor stats = at::empty({3, n + 1, d}, opts);
+  Tensor CH = at::empty({E, B, 2 * d}, opts);
+  Tensor F0 = factors ? at::empty({3, B, d}, opts) : Tensor();
+  Tensor F = factors ? at::empty({3, E, B, d}, opts) : Tensor();
+  Tensor u = at::empty({B, d}, opts);
+  Tensor thc = theta.contiguous();
+  float* st0 = stats.data_ptr<float>();
+  auto norm = [&](int64_t i) {
+    norm_fwd(u.data_ptr<float>(), B, d, mode, (float)eps, ptr(rmean), ptr(rrstd), m, S[i].data_ptr<float>(),
+             S_in[i].data_ptr<float>(), st0 + i * d, st0 + (n + 1) * d + i * d, st0 + 2 * (n + 1) * d + i * d);
+  };
+  node0_rows(CH0.data_ptr<float>(), h.data_ptr<float>(), B, d, u.data_ptr<float>(),
+             factors ? F0.data_ptr<float>() : nullptr);
+  norm(0);
+  for (int64_t i = 1; i <= n; ++i) {
+    const int64_t off = i * (i - 1) / 2;
+    Tensor CHi = CH.narrow(0, off, i);
+    Tensor CH2 = CHi.view({i * B, 2 * d});
+    at::mm_out(CH2, S_in.narrow(0, 0, i).view({i * B, d}), Ws[i - 1]);
+    mixed_rows(CHi.data_ptr<float>(), S.data_ptr<float>(), thc.data_ptr<float>() + 4 * off, i, B, d,
+               u.data_ptr<float>(), factors ? F.data_ptr<float>() + off * B * d : nullptr, E * B * d);
+    norm(i);
+  }
+  Tensor out = S.narrow(0, 1, n).mean(0);
+  return {out, CH0, CH, F0, F, S, S_in, mode == 1 ? stats : Tensor()};
+}
+
+std::vector<Tensor> intra_bwd(const Tensor& dout, const Tensor& h, const std::optional<Tensor>& mask, const Tensor& W0h,
+                              const Tensor& theta, const std::vector<Tensor>& Ws, const std::optional<Tensor>& CH0,
+                              const std::optional<Tensor>& CH, const std::optional<Tensor>& F0,
+                              const std::optional<Tensor>& F, const Tensor& S, const std::optional<Tensor>& S_in,
+                              const std::optional<Tensor>& rstd, int64_t mode, bool need_w, bool need_theta) {
+  const int64_t B = h.size(0), d = h.size(1), n = Ws.size(), E = n * (n + 1) / 2;
+  const auto opts = h.options();
+  const float* m = ptr(mask);
+  const bool fac = F && F->defined();
+  Tensor acc = at::zeros({n + 1, B, d}, opts);
+  Tensor gacc = m ? at::zeros({n + 1, B, d}, opts) : acc;  // matmul parts, masked when read
+  Tensor g = dout / (double)n;
+  Tensor du = at::empty({B, d}, opts);
+  Tensor dCH = at::empty({E, B, 2 * d}, opts);
+  Tensor dth = at::zeros({E, 4}, opts.dtype(at::kDouble));
+  Tensor thc = theta.contiguous();
+  std::vector<Tensor> dWs(n);
+  const float* r = ptr(rstd);
+  auto rstd_of = [&](int64_t i) { return mode == 1 ? r + i * d : r; };
+  for (int64_t i = n; i >= 1; --i) {
+    const int64_t off = i * (i - 1) / 2;
+    norm_bwd(acc[i].data_ptr<float>(), m ? gacc[i].data_ptr<float>() : nullptr, m, g.data_ptr<float>(),
+             S[i].data_ptr<float>(), rstd_of(i), B, d, mode, du.data_ptr<float>());
+    Tensor dCHi = dCH.narrow(0, off, i);
+    mixed_rows_bwd(du.data_ptr<float>(), fac ? nullptr : CH->narrow(0, off, i).data_ptr<float>(),
+                   S.data_ptr<float>(), thc.data_ptr<float>() + 4 * off,
+                   fac ? F->data_ptr<float>() + off * B * d : nullptr, E * B * d, i, B, d, dCHi.data_ptr<float>(),
+                   acc.data_ptr<float>(), need_theta ? dth.data_ptr<double>() + 4 * off : nullptr);
+    Tensor dCH2 = dCHi.view({i * B, 2 * d});
+    gacc.narrow(0, 0, i).view({i * B, d}).addmm_(dCH2, Ws[i - 1].t());
+    if (need_w) dWs[i - 1] = at::mm(S_in->narrow(0, 0, i).view({i * B, d}).t(), dCH2);
+  }
+  norm_bwd(acc[0].data_ptr<float>(), m ? gacc[0].data_ptr<float>() : nullptr, m, nullptr, S[0].data_ptr<float>(),
+           rstd_of(0), B, d, mode, du.data_ptr<float>());
+  Tensor f0 = fac ? *F0 : at::empty({3, B, d}, opts);
+  if (!fac) {
+    Tensor tmp = at::empty({B, d}, opts);
+    node0_rows(CH0->data_ptr<float>(), h.data_ptr<float>(), B, d, tmp.data_ptr<float>(), f0.data_ptr<float>());
+  }
+  Tensor dCH0 = at::cat({du * f0[0], du * f0[1]}, 1);
+  Tensor dh = du * f0[2];
+  Tensor G0 = at::mm(dCH0, W0h.t());
+  if (m) dh.addcmul_(G0, *mask); else dh.add_(G0);
+  Tensor dW0h = need_w ? at::mm((m ? h * *mask : h).t(), dCH0) : Tensor();
+  std::vector<Tensor> out = {dCH0, dh, dW0h, need_theta ? dth.to(h.scalar_type()) : Tensor()};
+  for (auto& w : dWs) out.push_back(w);
+  return out;
+}
+
+// ------------------------------------------------------------------------------------------------
+// The discrete DARTS cell. op codes: 0 tanh, 1 relu, 2 sigmoid, 3 identity
+
+static inline void act(int64_t op, const Vec& H, Vec& f, Vec& fp) {
+  const Vec one(1.f);
+  switch (op) {
+    case 0: { f = tanh_r(H); fp = one - f * f; break; }
+    case 1: { f = at::vec::maximum(H, Vec(0.f)); fp = pos01(H); break; }
+    case 2: { f = sigm(H); fp = f * (one - f); break; }
+    default: { f = H; fp = one; }
+  }
+}
+
+// s_i = s_p + c (f(h) - s_p); C/H rows at stride ld_ch; factors [3, B, d] at F (stride B*d)
+static void darts_rows(const float* CH, int64_t ldch, const float* sp, int64_t op, int64_t B, int64_t d, float* s,
+                       float* F) {
+  at::parallel_for(0, B, grain(B, d), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b)
+      for (int64_t x = 0; x < d; x += VL) {
+        const int64_t n = std::min(VL, d - x);
+        const Vec c = sigm(ld(CH + b * ldch + x, n)), H = ld(CH + b * ldch + d + x, n), p = ld(sp + b * d + x, n);
+        Vec f, fp;
+        act(op, H, f, fp);
+        st(s + b * d + x, p + c * (f - p), n);
+        if (F) {
+          const Vec one(1.f);
+          st(F + b * d + x, c * (one - c) * (f - p), n);
+          st(F + B * d + b * d + x, c * fp, n);
+          st(F + 2 * B * d + b * d + x, one - c, n);
+        }
+      }
+  });
+}
+
+// dCH (row stride ldch) = [du F0, du F1]; acc_p += du F2
+static void darts_rows_bwd(const float* du, const float* F, int64_t B, int64_t d, float* dCH, int64_t ldch,
+                           float* accp) {
+  at::parallel_for(0, B, grain(B, d), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b)
+      for (int64_t x = 0; x < d; x += VL) {
+        const int64_t n = std::min(VL, d - x), o = b * d + x;
+        const Vec g = ld(du + o, n);
+        st(dCH + b * ldch + x, g * ld(F + o, n), n);
+        st(dCH + b * ldch + d + x, g * ld(F + B * d + o, n), n);
+        st(accp + o, at::vec::fmadd(g, ld(F + 2 * B * d + o, n), ld(accp + o, n)), n);
+      }
+  });
+}
+
+// groups: per group k its source node and its nodes; node i's (group, position) in where_g / where_p.
+std::vector<Tensor> darts_fwd(const Tensor& xp, const Tensor& h, const std::optional<Tensor>& mask, const Tensor& W0h,
+                              const std::vector<Tensor>& Wg, const std::vector<int64_t>& ops,
+                              const std::vector<int64_t>& preds, const std::vector<int64_t>& group_src,
+                              const std::vector<int64_t>& where_g, const std::vector<int64_t>& where_p,
+                              const std::vector<int64_t>& concat, bool factors) {
+  const int64_t B = h.size(0), d = h.size(1), n = ops.size(), ng = group_src.size();
+  const auto opts = h.options();
+  const float* m = ptr(mask);
+  Tensor CH0 = at::addmm(xp, m ? h * *mask : h, W0h);
+  Tensor S = at::empty({n + 1, B, d}, opts);
+  Tensor S_in = at::empty({ng, B, d}, opts);
+  Tensor F = factors ? at::empty({n + 1, 3, B, d}, opts) : Tensor();
+  std::vector<Tensor> CHg(ng);
+  std::vector<int64_t> group_of(n + 1, -1);
+  for (int64_t k = 0; k < ng; ++k) group_of[group_src[k]] = k;
+  node0_rows(CH0.data_ptr<float>(), h.data_ptr<float>(), B, d, S[0].data_ptr<float>(),
+             factors ? F[0].data_ptr<float>() : nullptr);
+  for (int64_t j = 0; j <= n; ++j) {
+    if (j > 0) {
+      const int64_t k = where_g[j], p = where_p[j];
+      const int64_t ldch = CHg[k].size(1);
+      darts_rows(CHg[k].data_ptr<float>() + p * 2 * d, ldch, S[preds[j - 1]].data_ptr<float>(), ops[j - 1], B, d,
+                 S[j].data_ptr<float>(), factors ? F[j].data_ptr<float>() : nullptr);
+    }
+    const int64_t k = group_of[j];
+    if (k >= 0) {
+      Tensor si = S_in[k];
+      if (m) at::mul_out(si, S[j], *mask); else si.copy_(S[j]);  // (si: a view, bound to an lvalue)
+      CHg[k] = at::mm(si, Wg[k]);
+    }
+  }
+  Tensor out = S[concat[0]].clone();
+  for (size_t c = 1; c < concat.size(); ++c) out.add_(S[concat[c]]);
+  out.div_((double)concat.size());
+  std::vector<Tensor> res = {out, CH0, S, S_in, F};
+  for (auto& t : CHg) res.push_back(t);
+  return res;
+}
+
+std::vector<Tensor> darts_bwd(const Tensor& dout, const Tensor& h, const std::optional<Tensor>& mask,
+                              const Tensor& W0h, const std::vector<Tensor>& Wg, const std::vector<Tensor>& CHg,
+                              const Tensor& S_in, const Tensor& F, const std::vector<int64_t>& preds,
+                              const std::vector<int64_t>& group_src, const std::vector<int64_t>& where_g,
+                              const std::vector<int64_t>& where_p, const std::vector<int64_t>& concat, bool need_w) {
+  const int64_t B = h.size(0), d = h.size(1), n = preds.size(), ng = group_src.size();
+  const auto opts = h.options();
+  const float* m = ptr(mask);
+  Tensor acc = at::zeros({n + 1, B, d}, opts);
+  Tensor g = dout / (double)concat.size();
+  for (auto i : concat) acc[i].add_(g);
+  std::vector<Tensor> dCHg(ng), dWg(ng);
+  for (int64_t k = 0; k < ng; ++k) dCHg[k] = at::empty_like(CHg[k]);
+  std::vector<int64_t> group_of(n + 1, -1);
+  for (int64_t k = 0; k < ng; ++k) group_of[group_src[k]] = k;
+  for (int64_t j = n; j >= 0; --j) {
+    const int64_t k = group_of[j];
+    if (k >= 0) {  // every consumer of s_j is done: back through W_g
+      Tensor G = at::mm(dCHg[k], Wg[k].t());
+      if (m) acc[j].addcmul_(G, *mask); else acc[j].add_(G);
+      if (need_w) dWg[k] = at::mm(S_in[k].t(), dCHg[k]);
+    }
+    if (j == 0) break;
+    const int64_t kk = where_g[j], p = where_p[j];
+    darts_rows_bwd(acc[j].data_ptr<float>(), F[j].data_ptr<float>(), B, d, dCHg[kk].data_ptr<float>() + p * 2 * d,
+                   dCHg[kk].size(1), acc[preds[j - 1]].data_ptr<float>());
+  }
+  Tensor du = acc[0];
+  Tensor F0 = F[0];
+  Tensor dCH0 = at::cat({du * F0[0], du * F0[1]}, 1);
+  Tensor dh = du * F0[2];
+  Tensor G0 = at::mm(dCH0, W0h.t());
+  if (m) dh.addcmul_(G0, *mask); else dh.add_(G0);
+  Tensor dW0h = need_w ? at::mm((m ? h * *mask : h).t(), dCH0) : Tensor();
+  std::vector<Tensor> out = {dCH0, dh, dW0h};
+  for (auto& w : dWg) out.push_back(w);
+  return out;
+}
+"""
+
+_FUNCTIONS = ["intra_fwd", "intra_bwd", "darts_fwd", "darts_bwd"]
+_state: dict[str, Any] = {"module": None, "tried": False}
+_lock = threading.Lock()
+
+
+def _flags() -> list[str]:
+    cap = torch.backends.cpu.get_cpu_capability()
+    flags = ["-O3"]
+    if cap == "AVX512":
+        flags += ["-DCPU_CAPABILITY_AVX512", "-DCPU_CAPABILITY=AVX512", "-mavx512f", "-mavx512dq", "-mavx512vl",
+                  "-mavx512bw", "-mfma", "-mavx2"]
+    elif cap == "AVX2":
+        flags += ["-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2", "-mavx2", "-mfma"]
+    return flags
+
+
+def load() -> Any | None:
+    """The compiled module, building it on first call; ``None`` when it cannot be built (reported once)."""
+    if _state["tried"]:
+        return _state["module"]
+    with _lock:
+        if _state["tried"]:
+            return _state["module"]
+        _state["tried"] = True
+        if os.environ.get("ESS_CPU_KERNELS", "1") == "0":
+            return None
+        try:
+            from torch.utils.cpp_extension import load_inline
+
+            cap = torch.backends.cpu.get_cpu_capability().lower()
+            _state["module"] = load_inline(
+                name=f"ess_cpu_kernels_{cap}", cpp_sources=_SOURCE, functions=_FUNCTIONS, extra_cflags=_flags(),
+                extra_ldflags=[], verbose=False)
+        except Exception as err:  # noqa: BLE001 - no compiler, no ninja, a platform without these ISAs
+            warnings.warn(f"ess.cpu_kernels: the C++ kernels could not be built ({type(err).__name__}: "
+                          f"{str(err)[:300]}); using the Python kernels", RuntimeWarning, stacklevel=2)
+    return _state["module"]
+
+
+def usable(*tensors: torch.Tensor) -> bool:
+    """Whether the C++ step applies: float32 contiguous CPU tensors (and the module builds)."""
+    for t in tensors:
+        if t is not None and (t.device.type != "cpu" or t.dtype != torch.float32):
+            return False
+    return load() is not None
+
+
+__all__ = ["load", "usable"]

@@ -1,0 +1,147 @@
+"""The benchmark scripts: their smoke runs check fast vs reference equivalence and print one JSON line;
+the matmul FLOP count they report is the arithmetic the fused path runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from ess import kernels
+from ess.architect import requires_grad
+from ess.cells import build_cell
+from ess.genotype import DARTS_V2
+from ess.model import RNNModel, lm_loss
+from ess.supernet import MODES, build_search_model
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+sys.path.insert(0, str(BENCH))
+import common  # noqa: E402
+import retrain_step  # noqa: E402
+
+
+def _run(script: str) -> dict:
+    proc = subprocess.run([sys.executable, str(BENCH / script), "--smoke-test"], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    result = json.loads(lines[-1])
+    assert sum(line.startswith("{") for line in lines) == 1  # one JSON line
+    assert any(line.startswith("|") for line in lines)  # and a table
+    return result
+
+
+def test_search_step_smoke():
+    out = _run("search_step.py")
+    assert out["bench"] == "search_step" and out["equivalence"] == "passed"
+    assert {(r["mode"], r["order"], r["impl"]) for r in out["rows"]} == {
+        (m, o, i) for m in MODES for o in (1, 2) for i in ("fast", "reference")}
+    for diffs in out["checks"].values():
+        assert max(v for k, v in diffs.items() if not k.startswith("f32.bptt")) <= 1e-5
+    assert all(r["tokens_per_s"] > 0 and r["peak_rss_gb"] > 0 for r in out["rows"])
+    assert out["matmul_flop_per_s"] > 0
+    assert all(r["backend"] == "autograd" for r in out["rows"] if r["impl"] == "reference")
+    assert all(r["backend"] != "autograd" for r in out["rows"] if r["impl"] == "fast")
+
+
+def test_retrain_step_smoke():
+    out = _run("retrain_step.py")
+    assert out["bench"] == "retrain_step" and out["equivalence"] == "passed"
+    assert {r["cell"] for r in out["rows"]} == {"DARTS_V2", "ESS_M3", "lstm"}
+    assert set(out["checks"]) == {"DARTS_V2/16", "ESS_M3/16"}
+    for diffs in out["checks"].values():
+        assert max(diffs.values()) <= 1e-5
+    assert all(r["train_tokens_per_s"] > 0 and r["eval_tokens_per_s"] > 0 for r in out["rows"])
+
+
+def test_search_step_refuses_on_a_mismatch(monkeypatch, capsys):
+    import search_step
+
+    monkeypatch.setattr(search_step, "_pass", _perturbed(search_step._pass))
+    assert search_step.main(["--smoke-test", "--modes", "intra"]) == 1
+    out = capsys.readouterr().out.strip().splitlines()
+    assert json.loads(out[-1])["equivalence"] == "failed"
+    assert not any(line.startswith("|") for line in out)  # no table
+
+
+def _perturbed(fn):
+    def run(model, *args, **kw):
+        outputs, grads = fn(model, *args, **kw)
+        if model.config.implementation == "fast":
+            outputs[0] = outputs[0] + 1e-3
+        return outputs, grads
+    return run
+
+
+# --------------------------------------------------------------------------------------------------
+# The FLOP count against the matmuls the fused path runs
+
+
+def _addmm_flop(_acc, a_shape, b_shape, *_, out_shape=None, **__) -> int:
+    return 2 * a_shape[0] * a_shape[1] * b_shape[1]
+
+
+def _executed(model, grads: str | None, T: int, B: int, backend: str = "eager") -> int:
+    """mm/addmm/addmm_/bmm FLOPs of one pass, as torch's flop counter sees them (in-place ``addmm_``, which the
+    fused kernels use to accumulate, added to its table)."""
+    tokens, targets = torch.randint(0, model.ntoken, (T, B)), torch.randint(0, model.ntoken, (T, B))
+    arch = model.arch_parameters() if hasattr(model, "arch_parameters") else []
+    weights = model.weight_parameters() if hasattr(model, "weight_parameters") else list(model.parameters())
+    counting = FlopCounterMode(display=False, custom_mapping={torch.ops.aten.addmm_: _addmm_flop})
+    with kernels.backend(backend), counting as counter:
+        with requires_grad(weights, grads in ("weights", "both")), requires_grad(arch, grads in ("arch", "both")):
+            out = model(tokens, model.init_state(B))
+            loss = lm_loss(out, targets)  # the decoder runs inside the fused loss (the logits are lazy)
+            if grads:
+                torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad])
+    counts = counter.get_flop_counts()["Global"]
+    return sum(v for k, v in counts.items() if str(k).split(".")[1] in ("mm", "addmm", "addmm_", "bmm"))
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_search_flop_count_is_what_the_fused_path_runs(mode):
+    """The count is the executed weight products; the fused path runs only a few more (uncounted) products:
+    the softmax-weighted sums over (predecessor, op) of the inter cells, done as bmm, the batch-norm
+    running-statistics update, and node 0's input gradient at t = 0 where it reads the initial state."""
+    torch.manual_seed(0)
+    T, B, d, steps, K, m = 4, 3, 48, 3, 2, 2
+    model = build_search_model(30, mode=mode, ninp=d, nhid=d, steps=steps, n_inter=K, m=m)
+    inter_cells = {"intra": 0, "inter": 2, "joint": 2}[mode]
+    mixing = 2 * 2 * (K * 4 * m + sum(4 * k for k in range(1, K))) * d * T * B  # per inter cell and bmm set
+    norm = 2 * 2 * (steps + 1) * d * T if mode != "inter" else 0  # two [steps+1] x [steps+1, d] per step
+    for grads in (None, "arch", "weights", "both"):
+        bmm_sets = 1 + (grads is not None) + (grads in ("arch", "both"))  # forward, dA, dtheta
+        first_step = 2 * 2 * d * d * B if grads and mode == "intra" else 0
+        expected = common.pass_flops(model, T, B, grads) + inter_cells * bmm_sets * mixing + norm + first_step
+        assert _executed(model, grads, T, B) == expected, grads
+
+
+@pytest.mark.parametrize("cell", ["DARTS_V2", "ESS_M3"])
+def test_retrain_flop_count_is_exact(cell):
+    """Exact, but for node 0's input gradient at t = 0 (computed, not counted) when it reads the initial state."""
+    torch.manual_seed(0)
+    model = RNNModel(30, 8, 8, build_cell("ess", 8, 8, retrain_step.GENOTYPES[cell]))
+    first_step = 2 * 2 * 8 * 8 * 3 if cell == "DARTS_V2" else 0
+    assert common.retrain_flops(model, 5, 3, False) == _executed(model, None, 5, 3)
+    assert common.retrain_flops(model, 5, 3, True) + first_step == _executed(model, "weights", 5, 3)
+
+
+def test_flop_count_of_the_darts_search_iteration():
+    """DARTS's search cell at 300: 38 products of 300 x 600 per token and step, plus the 10k decoder."""
+    model = build_search_model(10_000, mode="intra", ninp=300, nhid=300)
+    per_token_fwd = 38 * 2 * 300 * 600 + 2 * 300 * 10_000
+    T, B = 35, 64
+    assert common.pass_flops(model, T, B, None) == per_token_fwd * T * B
+    # first order: forward + dX only (architecture step; the x projection and node 0 at t = 0 need none)
+    # + forward + dW + dX (weight step; node 0's dX at t = 0 reads the initial state)
+    arch = per_token_fwd * T * B + (per_token_fwd - 2 * 2 * 300 * 600) * T * B + 2 * 300 * 600 * (T - 1) * B
+    weights = 2 * per_token_fwd * T * B + (per_token_fwd - 2 * 300 * 600) * T * B + 2 * 300 * 600 * (T - 1) * B
+    assert common.search_iteration_flops(model, T, B, 1) == arch + weights
+    lstm = RNNModel(10_000, 300, 300, build_cell("lstm", 300, 300, None))
+    assert common.pass_flops(lstm, T, B, None) == (16 * 300 * 300 + 2 * 300 * 10_000) * T * B
+    assert DARTS_V2.intra.steps == 8

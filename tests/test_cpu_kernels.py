@@ -1,0 +1,139 @@
+"""The C++ CPU steps (:mod:`ess.cpu_kernels`) against the cells' plain autograd code, in float32.
+
+The Python kernels are held to autograd in float64 (tests/test_supernet.py, tests/test_cells.py); these
+tests hold the C++ build, which the default backend uses on CPU from ``batch * nhid >= CPP_MIN_ELEMENTS``,
+to the same outputs, gradients and batch-norm statistics within the benchmarks' tolerance (1e-5).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from ess import cpu_kernels, kernels
+from ess.cells import DARTSCell
+from ess.genotype import DARTS_V1, DARTS_V2
+from ess.model import lm_loss
+from ess.ops import PRIMITIVES
+from ess.supernet import MixedIntraCell, build_search_model
+
+TOL = 1e-5
+PASSES = {"arch": (False, True), "weights": (True, False), "both": (True, True)}  # (weights, theta) need grad
+
+
+@pytest.fixture(scope="module", autouse=True)
+def built():
+    if cpu_kernels.load() is None:
+        if os.environ.get("CI") == "true":  # CI has a compiler: the build must work there
+            pytest.fail("ess.cpu_kernels could not be built")
+        pytest.skip("no C++ toolchain here: the C++ steps are off and the Python kernels run")
+
+
+def _max_diff(a, b) -> float:
+    """Max abs difference, relative where ``|b| > 1`` (float32 carries ~7 significant digits)."""
+    assert a.shape == b.shape
+    a, b = a.double(), b.double()
+    return ((a - b).abs() / b.abs().clamp(min=1.0)).max().item()
+
+
+def _grads(out, wrt):
+    return torch.autograd.grad(out.pow(2).sum() + out.sum(), wrt)
+
+
+@pytest.mark.parametrize("batchnorm,masked,training", [(True, True, True), (True, False, True), (True, True, False),
+                                                       (False, True, True)])
+@pytest.mark.parametrize("grads", list(PASSES))
+def test_cpp_intra_step_equals_autograd(batchnorm, masked, training, grads):
+    torch.manual_seed(11)
+    need_w, need_theta = PASSES[grads]
+    B, ninp, nhid, steps = 8, 12, 16, 4
+    cell = MixedIntraCell(ninp, nhid, steps=steps, batchnorm=batchnorm).train(training)
+    if batchnorm:
+        with torch.no_grad():
+            cell.bn.running_mean.normal_()
+            cell.bn.running_var.uniform_(0.5, 2.0)
+    logits = torch.randn(steps * (steps + 1) // 2, len(PRIMITIVES))
+    x_proj, h_prev = torch.randn(B, 2 * nhid), torch.randn(B, nhid)
+    mask = torch.bernoulli(torch.full((B, nhid), 0.7)) / 0.7 if masked else None
+    start = {k: v.clone() for k, v in cell.state_dict().items()}
+    results = {}
+    for backend in ("cpp", "autograd"):
+        cell.load_state_dict(start)
+        lg = logits.clone().requires_grad_(need_theta)
+        xp, hp = x_proj.clone().requires_grad_(), h_prev.clone().requires_grad_()
+        weights = [cell.W0, *cell.Ws]
+        for w in weights:
+            w.requires_grad_(need_w)
+        with kernels.backend(backend), cell.bound({"ops": lg}):
+            out = cell.step(xp, hp, mask)
+        wrt = [xp, hp] + ([lg] if need_theta else []) + (weights if need_w else [])
+        results[backend] = (out, _grads(out, wrt), [b.clone() for b in cell.buffers()])
+    for w in [cell.W0, *cell.Ws]:
+        w.requires_grad_(True)
+    (out_c, g_c, b_c), (out_a, g_a, b_a) = results["cpp"], results["autograd"]
+    assert _max_diff(out_c, out_a) <= TOL
+    for a, b in zip(g_c, g_a):
+        assert _max_diff(a, b) <= TOL
+    for a, b in zip(b_c, b_a):
+        assert _max_diff(a, b) <= TOL
+
+
+@pytest.mark.parametrize("genotype", [DARTS_V1, DARTS_V2], ids=["DARTS_V1", "DARTS_V2"])
+@pytest.mark.parametrize("masked", [True, False])
+@pytest.mark.parametrize("need_w", [True, False])
+def test_cpp_darts_step_equals_autograd(genotype, masked, need_w):
+    torch.manual_seed(12)
+    B, ninp, nhid = 8, 12, 16
+    cell = DARTSCell(ninp, nhid, genotype.intra)
+    x_proj, h_prev = torch.randn(B, 2 * nhid), torch.randn(B, nhid)
+    mask = torch.bernoulli(torch.full((B, nhid), 0.7)) / 0.7 if masked else None
+    weights = [cell.W0, *cell.Ws]
+    results = {}
+    for backend in ("cpp", "autograd"):
+        for w in weights:
+            w.requires_grad_(need_w)
+        xp, hp = x_proj.clone().requires_grad_(), h_prev.clone().requires_grad_()
+        with kernels.backend(backend):
+            out = cell.step(xp, hp, mask)
+        results[backend] = (out, _grads(out, [xp, hp] + (weights if need_w else [])))
+    for w in weights:
+        w.requires_grad_(True)
+    assert _max_diff(results["cpp"][0], results["autograd"][0]) <= TOL
+    for a, b in zip(results["cpp"][1], results["autograd"][1]):
+        assert _max_diff(a, b) <= TOL
+
+
+@pytest.mark.parametrize("mode", ["intra", "joint"])
+def test_cpp_search_model_equals_reference(mode):
+    """A whole BPTT segment of the search model, C++ steps vs the edge-by-edge reference, float32."""
+    torch.manual_seed(13)
+    kw = dict(mode=mode, ninp=16, nhid=16, steps=3, n_inter=2, m=2, dropoute=0.0)
+    fast = build_search_model(40, **kw)
+    ref = build_search_model(40, implementation="reference", **kw)
+    ref.load_state_dict(fast.state_dict())
+    tokens, targets = torch.randint(0, 40, (4, 8)), torch.randint(0, 40, (4, 8))
+    results = []
+    for model, backend in ((fast, "cpp"), (ref, "autograd")):
+        torch.manual_seed(14)  # the same dropout masks
+        with kernels.backend(backend):
+            out = model(tokens, model.init_state(8))
+            loss = lm_loss(out, targets)
+        results.append((loss, torch.autograd.grad(loss, list(model.parameters())), list(model.buffers())))
+    (l_c, g_c, b_c), (l_r, g_r, b_r) = results
+    assert _max_diff(l_c, l_r) <= TOL
+    for a, b in zip(g_c, g_r):
+        assert _max_diff(a, b) <= TOL
+    for a, b in zip(b_c, b_r):
+        assert _max_diff(a, b) <= TOL
+
+
+def test_default_backend_uses_cpp_from_the_threshold():
+    """``auto`` picks the C++ steps on CPU in float32 from ``CPP_MIN_ELEMENTS`` (below: the Python kernels)."""
+    small = torch.zeros(2, 8)
+    big = torch.zeros(kernels.CPP_MIN_ELEMENTS // 16, 16)
+    with kernels.backend("auto"):
+        assert kernels._choose(big) == "cpp"
+        assert kernels._choose(small) != "cpp"
+        assert kernels._choose(big.double()) != "cpp"  # float32 only
