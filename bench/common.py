@@ -284,6 +284,14 @@ def batches(ntoken: int, T: int, B: int, data_dir: str | None, split: str, count
     return [(x[k * T: (k + 1) * T], x[k * T + 1: (k + 1) * T + 1]) for k in range(count)], "random"
 
 
+def config_backend(cfg: dict[str, Any]) -> Any:
+    """The kernel backend a timed configuration runs under: ``autograd`` for the reference, else the one
+    asked for (``cfg["backend"]``) or the current one."""
+    from ess import kernels
+
+    return kernels.backend("autograd" if cfg["impl"] == "reference" else cfg.get("backend") or kernels.get_backend())
+
+
 def corpus_info(args: Any, info: dict[str, Any]) -> None:
     """Use PTB's vocabulary when ``args.data_dir`` holds it (``info["data"]`` says which data the run used)."""
     if args.data_dir and (Path(args.data_dir) / "ptb" / "train.txt").is_file():

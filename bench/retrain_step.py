@@ -101,7 +101,7 @@ def check_equivalence(cell: str, size: int, args: argparse.Namespace) -> tuple[d
 
 
 def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    with kernels.backend("autograd" if cfg["impl"] == "reference" else cfg.get("backend") or kernels.get_backend()):
+    with common.config_backend(cfg):
         return _run_config(cfg)
 
 

@@ -129,7 +129,7 @@ def check_equivalence(mode: str, batch: int, args: argparse.Namespace) -> tuple[
 
 
 def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    with kernels.backend("autograd" if cfg["impl"] == "reference" else cfg.get("backend") or kernels.get_backend()):
+    with common.config_backend(cfg):
         return _run_config(cfg)
 
 
