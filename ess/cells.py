@@ -69,25 +69,28 @@ class DARTSCell(nn.Module):
 
     # ---- fused path (ess.kernels): one autograd node per step, weights of a source node concatenated
 
-    def _fused_weights(self) -> tuple[Tensor, list[Tensor]]:
-        return self.W0[self.ninp:], self.plan.group_weights(list(self.Ws))
+    def _fused_weights(self) -> tuple[Tensor, list[Tensor], kernels.SequenceGrads | None]:
+        return self.W0[self.ninp:], self.plan.group_weights(list(self.Ws)), None
 
     @contextlib.contextmanager
     def sequence(self) -> Iterator[None]:
-        """Prepare the step's weights once for a whole sequence (the concatenations are autograd nodes)."""
-        self._sequence_weights = self._fused_weights() if kernels.fused_enabled() else None
+        """Steps of one sequence: the weights prepared once (the concatenations are autograd nodes), and
+        the weight gradients multiplied out once over all steps (:class:`ess.kernels.SequenceGrads`)."""
+        if kernels.fused_enabled():
+            W0h, Wg, _ = self._fused_weights()
+            self._sequence_weights = (W0h, Wg, kernels.SequenceGrads())
         try:
             yield
         finally:
             self._sequence_weights = None
 
-    _sequence_weights: tuple[Tensor, list[Tensor]] | None = None
+    _sequence_weights: tuple[Tensor, list[Tensor], kernels.SequenceGrads | None] | None = None
 
     def step(self, x_proj: Tensor, h_prev: Tensor, h_mask: Tensor | None = None) -> Tensor:
         if not kernels.fused_enabled():
             return self.step_autograd(x_proj, h_prev, h_mask)
-        W0h, Wg = self._sequence_weights or self._fused_weights()
-        return kernels.DartsStep.apply(self.plan, x_proj, h_prev, h_mask, W0h, *Wg)
+        W0h, Wg, grads = self._sequence_weights or self._fused_weights()
+        return kernels.apply_step(kernels.DartsStep, self.plan, grads, x_proj, h_prev, h_mask, W0h, *Wg)
 
     def step_autograd(self, x_proj: Tensor, h_prev: Tensor, h_mask: Tensor | None = None) -> Tensor:
         """The step in plain autograd ops (differentiable twice)."""
@@ -195,14 +198,16 @@ class ESSCell(nn.Module):
         x_hat, new_x_prev = self.input_sequence(x, x_prev)
         if x_mask is not None:
             x_hat = x_hat * x_mask
-        x_proj = self.intra.input_projection(x_hat)
+        # unbind, not x_proj[t]: one backward node stacking the steps' gradients, where T selects would
+        # each scatter into a zero [T, B, 2 nhid] tensor and add it up
+        x_steps = self.intra.input_projection(x_hat).unbind(0)
         hs = list(h_queue.unbind(0))
         outputs = []
         sequence = getattr(self.intra, "sequence", contextlib.nullcontext)
         with sequence():
-            for t in range(x.size(0)):
+            for x_t in x_steps:
                 h_hat = self.history(hs)
-                h = self.intra.step(x_proj[t], h_hat, h_mask)
+                h = self.intra.step(x_t, h_hat, h_mask)
                 outputs.append(h)
                 hs = [h] + hs[:-1]
         return torch.stack(outputs), (torch.stack(hs), new_x_prev)

@@ -415,7 +415,8 @@ std::vector<Tensor> darts_bwd(const Tensor& dout, const Tensor& h, const std::op
                               const Tensor& W0h, const std::vector<Tensor>& Wg, const std::vector<Tensor>& CHg,
                               const Tensor& S_in, const Tensor& F, const std::vector<int64_t>& preds,
                               const std::vector<int64_t>& group_src, const std::vector<int64_t>& where_g,
-                              const std::vector<int64_t>& where_p, const std::vector<int64_t>& concat, bool need_w) {
+                              const std::vector<int64_t>& where_p, const std::vector<int64_t>& concat, bool need_w,
+                              bool keep_dch) {
   const int64_t B = h.size(0), d = h.size(1), n = preds.size(), ng = group_src.size();
   const auto opts = h.options();
   const float* m = ptr(mask);
@@ -447,11 +448,298 @@ std::vector<Tensor> darts_bwd(const Tensor& dout, const Tensor& h, const std::op
   Tensor dW0h = need_w ? at::mm((m ? h * *mask : h).t(), dCH0) : Tensor();
   std::vector<Tensor> out = {dCH0, dh, dW0h};
   for (auto& w : dWg) out.push_back(w);
+  if (keep_dch)  // the caller multiplies the weight gradients out over a whole sequence
+    for (auto& t : dCHg) out.push_back(t);
   return out;
+}
+// ------------------------------------------------------------------------------------------------
+// The ESS inter search cell (ess.kernels.inter_search_forward / _backward). Layouts: X [m, N, d];
+// P [2, m, N, d] the inputs' projections; AB [K, 2, N, d] the branches (a, b) of node k; Pn [K-1, 2, N, d]
+// node k's projections; NODES [K, N, d]. theta_in [2, K, m, 4]; theta_nodes[k-1] [2, k, 4]. Op order in
+// the last dim of every theta: tanh, relu, sigmoid, identity. comb: (product, sum) weights, code 2.
+
+static constexpr int64_t MAX_NODES = 16;
+
+static inline Vec relu_v(const Vec& p) { return at::vec::maximum(p, Vec(0.f)); }
+static inline Vec mix4(const float* th, const Vec& t, const Vec& r, const Vec& g, const Vec& p, const Vec& acc) {
+  return at::vec::fmadd(Vec(th[0]), t, at::vec::fmadd(Vec(th[1]), r, at::vec::fmadd(Vec(th[2]), g,
+                        at::vec::fmadd(Vec(th[3]), p, acc))));
+}
+static inline Vec slope4(const Vec& p, const Vec& d0, const Vec& d1, const Vec& d2, const Vec& d3) {
+  const Vec one(1.f), t = tanh_r(p), g = sigm(p);
+  return d0 * (one - t * t) + d1 * pos01(p) + d2 * g * (one - g) + d3;
+}
+static inline Vec combine(int64_t code, const float* cw, const Vec& a, const Vec& b) {
+  if (code == 0) return a * b;
+  if (code == 1) return a + b;
+  return Vec(cw[0]) * (a * b) + Vec(cw[1]) * (a + b);
+}
+static double hsum(const Vec& v) {
+  float tmp[VL];
+  v.store(tmp);
+  double sum = 0;
+  for (int64_t k = 0; k < VL; ++k) sum += tmp[k];
+  return sum;
+}
+
+struct InterShape {
+  int64_t m, K, N, d, code;
+  bool residual;
+  const float* cw;
+  int64_t Nd() const { return N * d; }
+};
+
+// out = mean_k NODES[k] (+ X[0]) for the rows' element o (node K-1's value given: not yet in memory)
+static inline void inter_out(const InterShape& S, const float* NODES, const Vec& last, const float* X0, float* out,
+                             int64_t o, int64_t n) {
+  Vec sum = last;
+  for (int64_t k = 0; k + 1 < S.K; ++k) sum = sum + ld(NODES + k * S.Nd() + o, n);
+  sum = sum / Vec((float)S.K);
+  if (S.residual) sum = sum + ld(X0 + o, n);
+  st(out + o, sum, n);
+}
+
+// Level 0: every node's input part, a_k / b_k = sum_j sum_op theta_in op(P[side, j]), and node 0.
+static void inter_fwd_level0(const InterShape& S, const float* P, const float* thi, float* AB, float* NODES,
+                             const float* X0, float* out) {
+  const int64_t m = S.m, K = S.K, Nd = S.Nd(), d = S.d;
+  at::parallel_for(0, S.N, grain(S.N, 2 * m * d), [&](int64_t b0, int64_t b1) {
+    Vec acc[2][MAX_NODES];
+    for (int64_t b = b0; b < b1; ++b)
+      for (int64_t x = 0; x < d; x += VL) {
+        const int64_t n = std::min(VL, d - x), o = b * d + x;
+        for (int64_t s = 0; s < 2; ++s) {
+          for (int64_t k = 0; k < K; ++k) acc[s][k] = Vec(0.f);
+          for (int64_t j = 0; j < m; ++j) {
+            const Vec p = ld(P + (s * m + j) * Nd + o, n);
+            const Vec t = tanh_r(p), r = relu_v(p), g = sigm(p);
+            for (int64_t k = 0; k < K; ++k) acc[s][k] = mix4(thi + ((s * K + k) * m + j) * 4, t, r, g, p, acc[s][k]);
+          }
+          for (int64_t k = 0; k < K; ++k) st(AB + (k * 2 + s) * Nd + o, acc[s][k], n);
+        }
+        const Vec node = combine(S.code, S.cw, acc[0][0], acc[1][0]);
+        st(NODES + o, node, n);
+        if (K == 1) inter_out(S, NODES, node, X0, out, o, n);
+      }
+  });
+}
+
+// Level k >= 1: node k-1's projections Pn[k-1] feed every later node's branches; then node k.
+static void inter_fwd_level(const InterShape& S, int64_t k, const float* Pnk, const std::vector<const float*>& thn,
+                            float* AB, float* NODES, const float* X0, float* out) {
+  const int64_t K = S.K, Nd = S.Nd(), d = S.d;
+  at::parallel_for(0, S.N, grain(S.N, 2 * (K - k + 1) * d), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b)
+      for (int64_t x = 0; x < d; x += VL) {
+        const int64_t n = std::min(VL, d - x), o = b * d + x;
+        Vec ab[2];
+        for (int64_t s = 0; s < 2; ++s) {
+          const Vec p = ld(Pnk + s * Nd + o, n);
+          const Vec t = tanh_r(p), r = relu_v(p), g = sigm(p);
+          for (int64_t kk = k; kk < K; ++kk) {
+            float* dst = AB + (kk * 2 + s) * Nd + o;
+            const Vec v = mix4(thn[kk - 1] + (s * kk + k - 1) * 4, t, r, g, p, ld(dst, n));
+            st(dst, v, n);
+            if (kk == k) ab[s] = v;
+          }
+        }
+        const Vec node = combine(S.code, S.cw, ab[0], ab[1]);
+        st(NODES + k * Nd + o, node, n);
+        if (k == K - 1) inter_out(S, NODES, node, X0, out, o, n);
+      }
+  });
+}
+
+std::vector<Tensor> inter_fwd(const Tensor& X, const Tensor& W, const Tensor& theta_in,
+                              const std::vector<Tensor>& theta_nodes, const std::optional<Tensor>& comb,
+                              int64_t code, bool residual) {
+  const int64_t m = X.size(0), N = X.size(1), d = X.size(2), K = theta_in.size(1);
+  const auto opts = X.options();
+  Tensor cwc = comb && comb->defined() ? comb->contiguous() : Tensor();
+  const InterShape S{m, K, N, d, code, residual, cwc.defined() ? cwc.data_ptr<float>() : nullptr};
+  Tensor P = at::matmul(X.unsqueeze(0), W.narrow(1, 0, m));  // [2, m, N, d]
+  Tensor AB = at::empty({K, 2, N, d}, opts);
+  Tensor Pn = at::empty({std::max<int64_t>(K - 1, 0), 2, N, d}, opts);
+  Tensor NODES = at::empty({K, N, d}, opts);
+  Tensor out = at::empty({N, d}, opts);
+  std::vector<const float*> thn;
+  for (auto& t : theta_nodes) thn.push_back(t.data_ptr<float>());
+  inter_fwd_level0(S, P.data_ptr<float>(), theta_in.data_ptr<float>(), AB.data_ptr<float>(), NODES.data_ptr<float>(),
+                   X.data_ptr<float>(), out.data_ptr<float>());
+  for (int64_t k = 1; k < K; ++k) {
+    Tensor pk = Pn[k - 1];
+    for (int64_t s = 0; s < 2; ++s) {
+      Tensor dst = pk[s];
+      at::mm_out(dst, NODES[k - 1], W[s][m + k - 1]);
+    }
+    inter_fwd_level(S, k, pk.data_ptr<float>(), thn, AB.data_ptr<float>(), NODES.data_ptr<float>(),
+                    X.data_ptr<float>(), out.data_ptr<float>());
+  }
+  return {out, P, AB, Pn, NODES};
+}
+
+// Backward of level k: dAB[k] from dnode_k; node k's theta_nodes gradient (over the projections of nodes
+// < k); then back through what level k read: dPn[k-1] (k >= 1: every consumer of node k-1 is done) or,
+// at k = 0, dP and theta_in's gradient. part: this thread's partial sums (double), [dth | dcomb(2)].
+static void inter_bwd_level(const InterShape& S, int64_t k, const float* dn, const float* AB, const float* P,
+                            const float* Pn, const float* thi, const std::vector<const float*>& thn, float* dAB,
+                            float* dPn, float* dP, bool need_theta, std::vector<double>& partials, int64_t width) {
+  const int64_t m = S.m, K = S.K, Nd = S.Nd(), d = S.d;
+  const bool search = S.code == 2;
+  const Vec one(1.f);
+  at::parallel_for(0, S.N, grain(S.N, 2 * (k == 0 ? m : K) * d), [&](int64_t b0, int64_t b1) {
+    double* mine = partials.data() + (size_t)at::get_thread_num() * width;
+    // 1. dAB[k] (and dcomb)
+    Vec c0(0.f), c1(0.f);
+    for (int64_t b = b0; b < b1; ++b)
+      for (int64_t x = 0; x < d; x += VL) {
+        const int64_t n = std::min(VL, d - x), o = b * d + x;
+        const Vec g = ld(dn + o, n), a = ld(AB + (k * 2) * Nd + o, n), bb = ld(AB + (k * 2 + 1) * Nd + o, n);
+        Vec da, db;
+        if (S.code == 0) { da = g * bb; db = g * a; }
+        else if (S.code == 1) { da = g; db = g; }
+        else {
+          const Vec wp(S.cw[0]), ws(S.cw[1]);
+          da = g * at::vec::fmadd(wp, bb, ws); db = g * at::vec::fmadd(wp, a, ws);
+          c0 = at::vec::fmadd(g, a * bb, c0); c1 = at::vec::fmadd(g, a + bb, c1);
+        }
+        st(dAB + (k * 2) * Nd + o, da, n);
+        st(dAB + (k * 2 + 1) * Nd + o, db, n);
+      }
+    if (search) { mine[width - 2] += hsum(c0); mine[width - 1] += hsum(c1); }
+    // 2. theta_nodes[k-1]: sum dAB[k][s] op(Pn[kk][s]) over the rows, kk < k
+    if (need_theta && k >= 1)
+      for (int64_t s = 0; s < 2; ++s)
+        for (int64_t kk = 0; kk < k; ++kk) {
+          Vec a0(0.f), a1(0.f), a2(0.f), a3(0.f);
+          for (int64_t b = b0; b < b1; ++b)
+            for (int64_t x = 0; x < d; x += VL) {
+              const int64_t n = std::min(VL, d - x), o = b * d + x;
+              const Vec g = ld(dAB + (k * 2 + s) * Nd + o, n), p = ld(Pn + (kk * 2 + s) * Nd + o, n);
+              a0 = at::vec::fmadd(g, tanh_r(p), a0); a1 = at::vec::fmadd(g, relu_v(p), a1);
+              a2 = at::vec::fmadd(g, sigm(p), a2); a3 = at::vec::fmadd(g, p, a3);
+            }
+          double* dst = mine + (s * k + kk) * 4;
+          dst[0] += hsum(a0); dst[1] += hsum(a1); dst[2] += hsum(a2); dst[3] += hsum(a3);
+        }
+    // 3. back through node k-1's projections: dPn[k-1][s] = slope(sum_{kk >= k} theta dAB[kk][s])
+    if (k >= 1)
+      for (int64_t s = 0; s < 2; ++s)
+        for (int64_t b = b0; b < b1; ++b)
+          for (int64_t x = 0; x < d; x += VL) {
+            const int64_t n = std::min(VL, d - x), o = b * d + x;
+            Vec d0(0.f), d1(0.f), d2(0.f), d3(0.f);
+            for (int64_t kk = k; kk < K; ++kk) {
+              const float* th = thn[kk - 1] + (s * kk + k - 1) * 4;
+              const Vec g = ld(dAB + (kk * 2 + s) * Nd + o, n);
+              d0 = at::vec::fmadd(Vec(th[0]), g, d0); d1 = at::vec::fmadd(Vec(th[1]), g, d1);
+              d2 = at::vec::fmadd(Vec(th[2]), g, d2); d3 = at::vec::fmadd(Vec(th[3]), g, d3);
+            }
+            st(dPn + ((k - 1) * 2 + s) * Nd + o, slope4(ld(Pn + ((k - 1) * 2 + s) * Nd + o, n), d0, d1, d2, d3), n);
+          }
+    // 4. level 0: dP[s, j] and theta_in's gradient
+    if (k == 0)
+      for (int64_t s = 0; s < 2; ++s)
+        for (int64_t j = 0; j < m; ++j) {
+          Vec acc[MAX_NODES][4];
+          if (need_theta)
+            for (int64_t kk = 0; kk < K; ++kk) for (int q = 0; q < 4; ++q) acc[kk][q] = Vec(0.f);
+          for (int64_t b = b0; b < b1; ++b)
+            for (int64_t x = 0; x < d; x += VL) {
+              const int64_t n = std::min(VL, d - x), o = b * d + x;
+              const Vec p = ld(P + (s * m + j) * Nd + o, n);
+              const Vec t = tanh_r(p), r = relu_v(p), g = sigm(p);
+              Vec d0(0.f), d1(0.f), d2(0.f), d3(0.f);
+              for (int64_t kk = 0; kk < K; ++kk) {
+                const float* th = thi + ((s * K + kk) * m + j) * 4;
+                const Vec gk = ld(dAB + (kk * 2 + s) * Nd + o, n);
+                d0 = at::vec::fmadd(Vec(th[0]), gk, d0); d1 = at::vec::fmadd(Vec(th[1]), gk, d1);
+                d2 = at::vec::fmadd(Vec(th[2]), gk, d2); d3 = at::vec::fmadd(Vec(th[3]), gk, d3);
+                if (need_theta) {
+                  acc[kk][0] = at::vec::fmadd(gk, t, acc[kk][0]); acc[kk][1] = at::vec::fmadd(gk, r, acc[kk][1]);
+                  acc[kk][2] = at::vec::fmadd(gk, g, acc[kk][2]); acc[kk][3] = at::vec::fmadd(gk, p, acc[kk][3]);
+                }
+              }
+              st(dP + (s * m + j) * Nd + o,
+                 d0 * (one - t * t) + d1 * pos01(p) + d2 * g * (one - g) + d3, n);
+            }
+          if (need_theta)
+            for (int64_t kk = 0; kk < K; ++kk)
+              for (int q = 0; q < 4; ++q) mine[((s * K + kk) * m + j) * 4 + q] += hsum(acc[kk][q]);
+        }
+  });
+}
+
+std::vector<Tensor> inter_bwd(const Tensor& dout, const Tensor& X, const Tensor& W, const Tensor& theta_in,
+                              const std::vector<Tensor>& theta_nodes, const std::optional<Tensor>& comb,
+                              int64_t code, bool residual, const Tensor& P, const Tensor& AB, const Tensor& Pn,
+                              const Tensor& NODES, bool need_x, bool need_w, bool need_theta) {
+  const int64_t m = X.size(0), N = X.size(1), d = X.size(2), K = theta_in.size(1);
+  const auto opts = X.options();
+  Tensor cwc = comb && comb->defined() ? comb->contiguous() : Tensor();
+  const InterShape S{m, K, N, d, code, residual, cwc.defined() ? cwc.data_ptr<float>() : nullptr};
+  const int nt = at::get_num_threads();
+  Tensor g = dout / (double)K;
+  Tensor dAB = at::empty({K, 2, N, d}, opts);
+  Tensor dPn = at::empty({std::max<int64_t>(K - 1, 0), 2, N, d}, opts);
+  Tensor dP = at::empty({2, m, N, d}, opts);
+  Tensor dW = need_w ? at::zeros_like(W) : Tensor();
+  std::vector<const float*> thn;
+  for (auto& t : theta_nodes) thn.push_back(t.data_ptr<float>());
+  std::vector<Tensor> dthn(std::max<int64_t>(K - 1, 0));
+  Tensor dthi;
+  double dcomb[2] = {0, 0};
+  for (int64_t k = K - 1; k >= 0; --k) {
+    Tensor dn = g;
+    if (k < K - 1) {  // node k feeds the later nodes through its projections Pn[k]
+      dn = at::addmm(g, dPn[k][0], W[0][m + k].t());
+      dn.addmm_(dPn[k][1], W[1][m + k].t());
+      if (need_w)
+        for (int64_t s = 0; s < 2; ++s) {
+          Tensor dst = dW[s][m + k];
+          at::mm_out(dst, NODES[k].t(), dPn[k][s]);
+        }
+    }
+    const int64_t nth = k == 0 ? 2 * K * m * 4 : 2 * k * 4, width = nth + 2;
+    std::vector<double> partials((size_t)nt * width, 0.0);
+    inter_bwd_level(S, k, dn.contiguous().data_ptr<float>(), AB.data_ptr<float>(), P.data_ptr<float>(),
+                    Pn.data_ptr<float>(), theta_in.data_ptr<float>(), thn, dAB.data_ptr<float>(),
+                    dPn.data_ptr<float>(), dP.data_ptr<float>(), need_theta, partials, width);
+    std::vector<double> total(width, 0.0);
+    for (int t = 0; t < nt; ++t)
+      for (int64_t q = 0; q < width; ++q) total[q] += partials[(size_t)t * width + q];
+    dcomb[0] += total[nth]; dcomb[1] += total[nth + 1];
+    if (need_theta) {
+      Tensor dst = at::empty({nth}, opts.dtype(at::kDouble));
+      std::copy(total.begin(), total.begin() + nth, dst.data_ptr<double>());
+      if (k == 0) dthi = dst.view({2, K, m, 4}).to(X.scalar_type());
+      else dthn[k - 1] = dst.view({2, k, 4}).to(X.scalar_type());
+    }
+  }
+  Tensor dX;
+  if (need_x) {
+    dX = at::empty({m, N, d}, opts);
+    for (int64_t j = 0; j < m; ++j) {
+      Tensor dst = dX[j];
+      at::mm_out(dst, dP[0][j], W[0][j].t());
+      dst.addmm_(dP[1][j], W[1][j].t());
+    }
+    if (residual) dX[0].add_(dout);
+  }
+  if (need_w)
+    for (int64_t s = 0; s < 2; ++s)
+      for (int64_t j = 0; j < m; ++j) {
+        Tensor dst = dW[s][j];
+        at::mm_out(dst, X[j].t(), dP[s][j]);
+      }
+  Tensor dc = cwc.defined() ? at::tensor({dcomb[0], dcomb[1]}, opts.dtype(at::kDouble)).to(X.scalar_type()) : Tensor();
+  std::vector<Tensor> res = {dX, dW, dthi, dc};
+  for (auto& t : dthn) res.push_back(t);
+  return res;
 }
 """
 
-_FUNCTIONS = ["intra_fwd", "intra_bwd", "darts_fwd", "darts_bwd"]
+_FUNCTIONS = ["intra_fwd", "intra_bwd", "darts_fwd", "darts_bwd", "inter_fwd", "inter_bwd"]
 _state: dict[str, Any] = {"module": None, "tried": False}
 _lock = threading.Lock()
 

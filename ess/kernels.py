@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -166,6 +167,26 @@ def _raise_recompile_limit() -> None:
 
 # --------------------------------------------------------------------------------------------------
 # Batch norm (affine-free, as DARTS's search cell), forward and backward
+
+
+_grad_mode = threading.local()
+
+
+def apply_step(fn: type[torch.autograd.Function], *args: Any) -> Any:
+    """``fn.apply(*args)``, telling its forward whether grad mode is on (see :func:`_needed`)."""
+    _grad_mode.enabled = torch.is_grad_enabled()
+    return fn.apply(*args)
+
+
+def _needed(ctx: Any) -> tuple[bool, ...]:
+    """``ctx.needs_input_grad``, all ``False`` when applied under ``torch.no_grad`` (evaluation).
+
+    A Function's ``needs_input_grad`` follows the inputs' ``requires_grad`` even in no-grad mode, where no
+    backward can come: the forward would keep local derivatives for nothing.
+    """
+    if getattr(_grad_mode, "enabled", True):
+        return ctx.needs_input_grad
+    return (False,) * len(ctx.needs_input_grad)
 
 
 @dataclass(frozen=True)
@@ -427,7 +448,7 @@ class IntraSearchStep(torch.autograd.Function):
                 theta: Tensor, *Ws: Tensor) -> Tensor:
         rmean, rrstd = running_params(bn, spec)
         impl = _choose(h)
-        need = ctx.needs_input_grad
+        need = _needed(ctx)
         need_theta, grad = need[6], any(need)
         factors = grad and not need_theta
         keep_s_in = any(need[7:]) or need[5]
@@ -625,15 +646,51 @@ _darts_fwd = Kernel(darts_forward)
 _darts_bwd = Kernel(darts_backward)
 
 
+class SequenceGrads:
+    """The weight gradients of one sequence's steps, multiplied out once over all the steps' rows.
+
+    Per step, ``dW = inputs^T dpre`` has inner dimension ``B`` (a thin product), and autograd then adds up
+    ``T`` full-size ``dW``. Steps run under a cell's ``sequence()`` hand their ``(inputs, dpre)`` here
+    instead, and step 0's backward (autograd runs it last: every later step reads ``h_0`` through the
+    recurrence) returns ``sum_t inputs_t^T dpre_t`` as one product of inner dimension ``T B`` per weight.
+    """
+
+    def __init__(self) -> None:
+        self._steps = 0
+        self._parts: list[tuple[Sequence[Tensor], Sequence[Tensor]]] = []
+
+    def register(self) -> int:
+        """A new step's index in the sequence (0 for the first)."""
+        self._steps += 1
+        return self._steps - 1
+
+    def add(self, index: int, inputs: Sequence[Tensor], dpre: Sequence[Tensor]) -> list[Tensor] | None:
+        """Keep one step's factors; at step 0, return every weight's gradient summed over the kept steps."""
+        self._parts.append((inputs, dpre))
+        if index != 0:
+            return None
+        parts, self._parts = self._parts, []
+        return [torch.cat([p[0][q] for p in parts]).t() @ torch.cat([p[1][q] for p in parts])
+                for q in range(len(inputs))]
+
+
 class DartsStep(torch.autograd.Function):
-    """``h_t`` of a discrete DARTS cell; ``apply(plan, x_proj, h, mask, W0h, *Wg)`` (see :func:`darts_forward`)."""
+    """``h_t`` of a discrete DARTS cell; ``apply(plan, grads, x_proj, h, mask, W0h, *Wg)``.
+
+    See :func:`darts_forward`. ``grads``: the sequence's :class:`SequenceGrads` (the C++ step then defers
+    its weight gradients to it), or ``None`` (each step returns its own).
+    """
 
     @staticmethod
-    def forward(ctx, plan: DartsPlan, xp: Tensor, h: Tensor, mask: Tensor | None, W0h: Tensor,
-                *Wg: Tensor) -> Tensor:
+    def forward(ctx, plan: DartsPlan, grads: SequenceGrads | None, xp: Tensor, h: Tensor, mask: Tensor | None,
+                W0h: Tensor, *Wg: Tensor) -> Tensor:
         impl = _choose(h)
-        grad = any(ctx.needs_input_grad)
+        need = _needed(ctx)
+        grad = any(need)
         ctx.plan, ctx.impl = plan, impl
+        ctx.seq = grads if impl == "cpp" and (need[5] or any(need[6:])) else None
+        if ctx.seq is not None:
+            ctx.index = ctx.seq.register()
         if impl == "cpp":
             from ess import cpu_kernels
 
@@ -655,16 +712,21 @@ class DartsStep(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dout: Tensor):
         need = ctx.needs_input_grad
-        need_w = need[4] or any(need[5:])
+        need_w = need[5] or any(need[6:])
         if ctx.impl == "cpp":
             from ess import cpu_kernels
 
             n_g = ctx.counts
             h, mask, W0h, S_in, F, *rest = ctx.saved_tensors
             _, preds, src, where_g, where_p, concat = ctx.plan.codes()
+            defer = ctx.seq is not None
             dxp, dh, dW0h, *dWg = cpu_kernels.load().darts_bwd(
                 dout.contiguous(), h, mask, W0h, list(rest[:n_g]), list(rest[n_g:]), S_in, F, preds, src, where_g,
-                where_p, concat, need_w)
+                where_p, concat, need_w and not defer, defer)
+            if defer:
+                h_in = h if mask is None else h * mask
+                total = ctx.seq.add(ctx.index, [h_in, *S_in.unbind(0)], [dxp, *dWg[n_g:]])
+                dW0h, *dWg = total if total is not None else [None] * (n_g + 1)
         else:
             n_g, n_s = ctx.counts
             h, mask, W0h, CH0, *rest = ctx.saved_tensors
@@ -672,8 +734,8 @@ class DartsStep(torch.autograd.Function):
             states, states_in = rest[2 * n_g: 2 * n_g + n_s], rest[2 * n_g + n_s:]
             dxp, dh, dW0h, dWg = _darts_bwd(ctx.impl, dout.contiguous(), h, mask, W0h, list(Wg), CH0, list(CHg),
                                             list(states), list(states_in), ctx.plan, need_w)
-        return (None, dxp if need[1] else None, dh if need[2] else None, None, dW0h if need[4] else None,
-                *[dW if nd else None for dW, nd in zip(dWg, need[5:])])
+        return (None, None, dxp if need[2] else None, dh if need[3] else None, None, dW0h if need[5] else None,
+                *[dW if nd else None for dW, nd in zip(dWg, need[6:])])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -793,21 +855,40 @@ _inter_search_fwd = Kernel(inter_search_forward)
 _inter_search_bwd = Kernel(inter_search_backward)
 
 
+_COMBINATION_CODE = {"product": 0, "sum": 1, "search": 2}
+CPP_MAX_INTER_NODES = 16  # the C++ inter step keeps one register block per node
+
+
 class InterSearchFunction(torch.autograd.Function):
     """The inter search cell on stacked inputs; ``apply(config, X, W, theta_in, comb, *theta_nodes)``.
 
-    ``config = (combination, residual)``; see :func:`inter_search_forward`.
+    ``config = (combination, residual)``; see :func:`inter_search_forward`. Runs the C++ step
+    (:mod:`ess.cpu_kernels`: every op-weighted sum over (source, op) fused into one pass per node level,
+    no ``[2, m, 4, N, d]`` activations) where :func:`_choose` picks it, else the Python kernels.
     """
 
     @staticmethod
     def forward(ctx, config: tuple[str, bool], X: Tensor, W: Tensor, theta_in: Tensor, comb: Tensor | None,
                 *theta_nodes: Tensor) -> Tensor:
         combination, residual = config
-        use_compile = _wants_compile(X.size(1), X.size(2), X.device)
-        out, P, ab, Pn, nodes = _inter_search_fwd(use_compile, X, W, theta_in, list(theta_nodes), comb, combination,
-                                                  residual)
-        ctx.config, ctx.use_compile, ctx.K = config, use_compile, theta_in.size(1)
-        ctx.save_for_backward(X, W, theta_in, comb, P, *theta_nodes, *ab, *Pn, *nodes)
+        K = theta_in.size(1)
+        impl = _choose(X[0])
+        if impl == "cpp" and K > CPP_MAX_INTER_NODES:
+            impl = "compile" if _wants_compile(X.size(1), X.size(2), X.device) else "eager"
+        if impl == "cpp":
+            from ess import cpu_kernels
+
+            theta_nodes = tuple(t.contiguous() for t in theta_nodes)
+            out, P, AB, Pn, nodes = cpu_kernels.load().inter_fwd(
+                X.contiguous(), W, theta_in.contiguous(), list(theta_nodes), comb, _COMBINATION_CODE[combination],
+                residual)
+            kept = [AB, Pn, nodes]
+        else:
+            out, P, ab, Pn_l, nodes_l = _inter_search_fwd(impl, X, W, theta_in, list(theta_nodes), comb, combination,
+                                                          residual)
+            kept = [*ab, *Pn_l, *nodes_l]
+        ctx.config, ctx.impl, ctx.K = config, impl, K
+        ctx.save_for_backward(X, W, theta_in, comb, P, *theta_nodes, *kept)
         return out
 
     @staticmethod
@@ -815,15 +896,23 @@ class InterSearchFunction(torch.autograd.Function):
     def backward(ctx, dout: Tensor):
         K = ctx.K
         X, W, theta_in, comb, P, *rest = ctx.saved_tensors
-        theta_nodes, rest = rest[: K - 1], rest[K - 1:]
-        ab, Pn, nodes = rest[:K], rest[K: 2 * K - 1], rest[2 * K - 1:]
+        theta_nodes, kept = rest[: K - 1], rest[K - 1:]
         need = ctx.needs_input_grad
         need_theta = need[3] or need[4] or any(need[5:])
-        dX, dW, dth_in, dth_nodes, dcomb = _inter_search_bwd(
-            ctx.use_compile, dout.contiguous(), X, W, theta_in, list(theta_nodes), comb, *ctx.config, P, list(ab),
-            list(Pn), list(nodes), need[1], need[2], need_theta)
-        return (None, dX, dW, dth_in if need[3] else None, dcomb if need[4] else None,
-                *[t if nd else None for t, nd in zip(dth_nodes, need[5:])])
+        if ctx.impl == "cpp":
+            from ess import cpu_kernels
+
+            combination, residual = ctx.config
+            dX, dW, dth_in, dcomb, *dth_nodes = cpu_kernels.load().inter_bwd(
+                dout.contiguous(), X.contiguous(), W, theta_in.contiguous(), list(theta_nodes), comb,
+                _COMBINATION_CODE[combination], residual, P, *kept, need[1], need[2], need_theta)
+        else:
+            ab, Pn, nodes = kept[:K], kept[K: 2 * K - 1], kept[2 * K - 1:]
+            dX, dW, dth_in, dth_nodes, dcomb = _inter_search_bwd(
+                ctx.impl, dout.contiguous(), X, W, theta_in, list(theta_nodes), comb, *ctx.config, P, list(ab),
+                list(Pn), list(nodes), need[1], need[2], need_theta)
+        return (None, dX if need[1] else None, dW if need[2] else None, dth_in if need[3] else None,
+                dcomb if need[4] else None, *[t if nd else None for t, nd in zip(dth_nodes, need[5:])])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -831,6 +920,37 @@ class InterSearchFunction(torch.autograd.Function):
 
 
 CE_CHUNK_BYTES = 24 << 20  # logits of one chunk of rows (below glibc's 32 MB mmap threshold: no page faults)
+
+
+def _linear_cross_entropy_sums(x: Tensor, W: Tensor, b: Tensor | None, y: Tensor, need_x: bool, need_W: bool,
+                               need_b: bool) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+    """``(mean loss, dx, dW, db)``, the gradients of the summed loss (``None`` where not asked)."""
+    N, V = x.size(0), W.size(0)
+    dx = torch.empty_like(x) if need_x else None
+    dWt = W.new_zeros(W.size(1), V) if need_W else None  # dW^T: x^T probs runs faster than probs^T x
+    db = torch.zeros_like(b) if need_b and b is not None else None
+    rows = max(1, CE_CHUNK_BYTES // (V * x.element_size()))
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    Wt = W.t()
+    for r0 in range(0, N, rows):
+        xc, yc = x[r0: r0 + rows], y[r0: r0 + rows]
+        logits = torch.addmm(b, xc, Wt) if b is not None else xc @ Wt
+        target = logits.gather(1, yc[:, None]).squeeze(1)
+        top = logits.amax(1, keepdim=True)
+        probs = logits.sub_(top).exp_()
+        norm = probs.sum(1, keepdim=True)
+        total += (top.squeeze(1) + norm.squeeze(1).log() - target).sum(dtype=torch.float64)
+        if dx is None and dWt is None and db is None:
+            continue
+        probs.div_(norm)
+        probs[torch.arange(yc.size(0), device=yc.device), yc] -= 1  # d(sum of losses)/dlogits
+        if dx is not None:
+            torch.mm(probs, W, out=dx[r0: r0 + rows])
+        if dWt is not None:
+            dWt.addmm_(xc.t(), probs)
+        if db is not None:
+            db += probs.sum(0)
+    return (total / N).to(x.dtype), dx, None if dWt is None else dWt.t(), db
 
 
 class LinearCrossEntropy(torch.autograd.Function):
@@ -844,35 +964,10 @@ class LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, W: Tensor, b: Tensor | None, y: Tensor) -> Tensor:
-        N, V = x.size(0), W.size(0)
-        need_x, need_W, need_b = ctx.needs_input_grad[:3]
-        dx = torch.empty_like(x) if need_x else None
-        dWt = W.new_zeros(W.size(1), V) if need_W else None  # dW^T: x^T probs runs faster than probs^T x
-        db = torch.zeros_like(b) if need_b and b is not None else None
-        rows = max(1, CE_CHUNK_BYTES // (V * x.element_size()))
-        total = torch.zeros((), dtype=torch.float64, device=x.device)
-        Wt = W.t()
-        for r0 in range(0, N, rows):
-            xc, yc = x[r0: r0 + rows], y[r0: r0 + rows]
-            logits = torch.addmm(b, xc, Wt) if b is not None else xc @ Wt
-            target = logits.gather(1, yc[:, None]).squeeze(1)
-            top = logits.amax(1, keepdim=True)
-            probs = logits.sub_(top).exp_()
-            norm = probs.sum(1, keepdim=True)
-            total += (top.squeeze(1) + norm.squeeze(1).log() - target).sum(dtype=torch.float64)
-            if dx is None and dWt is None and db is None:
-                continue
-            probs.div_(norm)
-            probs[torch.arange(yc.size(0), device=yc.device), yc] -= 1  # d(sum of losses)/dlogits
-            if dx is not None:
-                torch.mm(probs, W, out=dx[r0: r0 + rows])
-            if dWt is not None:
-                dWt.addmm_(xc.t(), probs)
-            if db is not None:
-                db += probs.sum(0)
-        ctx.N = N
-        ctx.save_for_backward(dx, None if dWt is None else dWt.t(), db)
-        return (total / N).to(x.dtype)
+        loss, dx, dW, db = _linear_cross_entropy_sums(x, W, b, y, *ctx.needs_input_grad[:3])
+        ctx.N = x.size(0)
+        ctx.save_for_backward(dx, dW, db)
+        return loss
 
     @staticmethod
     @once_differentiable
@@ -885,14 +980,39 @@ class LinearCrossEntropy(torch.autograd.Function):
 
 def linear_cross_entropy(x: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor) -> Tensor:
     """Mean ``cross_entropy(x @ weight.T + bias, targets)`` over the rows of ``x`` ``[N, d]``, fused
-    (:class:`LinearCrossEntropy`)."""
+    (:class:`LinearCrossEntropy`). Without gradients (evaluation, ``torch.no_grad``) only the loss is computed:
+    a Function's ``needs_input_grad`` follows ``requires_grad``, not the grad mode."""
+    if not torch.is_grad_enabled():
+        return _linear_cross_entropy_sums(x, weight, bias, targets, False, False, False)[0]
     return LinearCrossEntropy.apply(x, weight, bias, targets)
 
 
 __all__ = [
-    "BACKENDS", "CE_CHUNK_BYTES", "COMPILE_MIN_ELEMENTS", "CPP_MIN_ELEMENTS", "DartsPlan", "DartsStep",
-    "InterSearchFunction", "IntraSearchStep", "Kernel", "LinearCrossEntropy", "NormSpec", "backend", "darts_backward",
-    "darts_forward", "fused_enabled", "get_backend", "inter_search_backward", "inter_search_forward",
-    "intra_search_backward", "intra_search_forward", "linear_cross_entropy", "norm_spec", "set_backend",
-    "tune_cpu_allocator", "update_running_stats",
+    "BACKENDS",
+    "CE_CHUNK_BYTES",
+    "COMPILE_MIN_ELEMENTS",
+    "CPP_MIN_ELEMENTS",
+    "DartsPlan",
+    "DartsStep",
+    "InterSearchFunction",
+    "IntraSearchStep",
+    "Kernel",
+    "LinearCrossEntropy",
+    "NormSpec",
+    "SequenceGrads",
+    "apply_step",
+    "backend",
+    "darts_backward",
+    "darts_forward",
+    "fused_enabled",
+    "get_backend",
+    "inter_search_backward",
+    "inter_search_forward",
+    "intra_search_backward",
+    "intra_search_forward",
+    "linear_cross_entropy",
+    "norm_spec",
+    "set_backend",
+    "tune_cpu_allocator",
+    "update_running_stats",
 ]

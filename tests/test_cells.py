@@ -266,7 +266,7 @@ def test_fused_darts_step_gradcheck():
     mask = torch.rand(2, 3, dtype=torch.float64) + 0.5
     W0h = cell.W0[3:].detach().clone().requires_grad_()
     Wg = [w.detach().clone().requires_grad_() for w in plan.group_weights(list(cell.Ws))]
-    assert torch.autograd.gradcheck(lambda a, b, c, *ws: kernels.DartsStep.apply(plan, a, b, mask, c, *ws),
+    assert torch.autograd.gradcheck(lambda a, b, c, *ws: kernels.DartsStep.apply(plan, None, a, b, mask, c, *ws),
                                     (x, h, W0h, *Wg))
 
 

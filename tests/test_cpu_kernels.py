@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from ess import cpu_kernels, kernels
-from ess.cells import DARTSCell
+from ess.cells import DARTSCell, build_cell
 from ess.genotype import DARTS_V1, DARTS_V2
 from ess.model import lm_loss
 from ess.ops import PRIMITIVES
-from ess.supernet import MixedIntraCell, build_search_model
+from ess.supernet import MixedInterCell, MixedIntraCell, build_search_model
 
 TOL = 1e-5
 PASSES = {"arch": (False, True), "weights": (True, False), "both": (True, True)}  # (weights, theta) need grad
@@ -105,7 +105,61 @@ def test_cpp_darts_step_equals_autograd(genotype, masked, need_w):
         assert _max_diff(a, b) <= TOL
 
 
-@pytest.mark.parametrize("mode", ["intra", "joint"])
+@pytest.mark.parametrize("loss_steps", ["all", "first_three"])
+@pytest.mark.parametrize("masked", [True, False])
+def test_sequence_weight_gradients_equal_autograd(loss_steps, masked):
+    """Under ``DARTSCell.sequence`` the C++ steps hand their weight factors to one ``SequenceGrads`` and step 0
+    returns the whole sequence's dW: equal to per-step autograd, also when the loss reads only early steps
+    and when the graph is walked twice (``retain_graph``)."""
+    torch.manual_seed(16)
+    cell = build_cell("ess", 12, 12, DARTS_V2, dropouth=0.3 if masked else 0.0).train()
+    x = torch.randn(7, 5, 12)
+    results = {}
+    for backend in ("cpp", "autograd"):
+        torch.manual_seed(17)  # the same masks
+        with kernels.backend(backend):
+            out, _ = cell(x, cell.init_state(5))
+        used = out if loss_steps == "all" else out[:3]
+        loss = used.pow(2).sum() + used.sum()
+        params = list(cell.parameters())
+        once = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        twice = torch.autograd.grad(loss, params, allow_unused=True)
+        results[backend] = (once, twice)
+    for run in range(2):
+        for a, b in zip(results["cpp"][run], results["autograd"][run]):
+            assert (a is None) == (b is None)
+            if a is not None:
+                assert _max_diff(a, b) <= TOL
+
+
+@pytest.mark.parametrize("combination", ["product", "sum", "search"])
+@pytest.mark.parametrize("residual", [True, False])
+@pytest.mark.parametrize("m,n_nodes", [(3, 3), (1, 1), (2, 4)])
+@pytest.mark.parametrize("grads", list(PASSES))
+def test_cpp_inter_cell_equals_autograd(combination, residual, m, n_nodes, grads):
+    """The fused inter DAG in C++ (every (source, op) sum in the node passes) vs its plain autograd code."""
+    torch.manual_seed(15)
+    need_w, need_theta = PASSES[grads]
+    N, dim = 10, 20  # rows not a multiple of the threads' blocks, width not of the vector length
+    cell = MixedInterCell(dim, m=m, n_nodes=n_nodes, combination=combination, residual=residual)
+    alphas = {k: torch.randn(*shape) for k, shape in cell.arch_spec().items()}
+    inputs = [torch.randn(N, dim) for _ in range(m)]
+    results = {}
+    for backend in ("cpp", "autograd"):
+        al = {k: v.clone().requires_grad_(need_theta) for k, v in alphas.items()}
+        xs = [v.clone().requires_grad_() for v in inputs]
+        cell.W.requires_grad_(need_w)
+        with kernels.backend(backend), cell.bound(al):
+            out = cell(xs)
+        wrt = xs + (list(al.values()) if need_theta else []) + ([cell.W] if need_w else [])
+        results[backend] = (out, _grads(out, wrt))
+    cell.W.requires_grad_(True)
+    assert _max_diff(results["cpp"][0], results["autograd"][0]) <= TOL
+    for a, b in zip(results["cpp"][1], results["autograd"][1]):
+        assert _max_diff(a, b) <= TOL
+
+
+@pytest.mark.parametrize("mode", ["intra", "inter", "joint"])
 def test_cpp_search_model_equals_reference(mode):
     """A whole BPTT segment of the search model, C++ steps vs the edge-by-edge reference, float32."""
     torch.manual_seed(13)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from ess import kernels
 from ess.cells import build_cell
@@ -109,6 +110,17 @@ def test_linear_cross_entropy_computes_only_the_gradients_asked():
     assert dx is None and db is None and dW.shape == W.shape
     with torch.no_grad():
         assert not kernels.linear_cross_entropy(x, W, None, torch.randint(0, 6, (4,))).requires_grad
+
+
+def test_linear_cross_entropy_in_evaluation_makes_only_the_logits():
+    """Under no_grad (evaluation) the loss is the plain one and no gradient product is computed, although the
+    inputs require gradients (a Function's ``needs_input_grad`` would say they do)."""
+    x, W = torch.randn(4, 3, requires_grad=True), torch.randn(6, 3, requires_grad=True)
+    y = torch.randint(0, 6, (4,))
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        loss = kernels.linear_cross_entropy(x, W, None, y)
+    assert counter.get_total_flops() == 2 * 4 * 3 * 6  # x W^T only (dx would add as much again)
+    torch.testing.assert_close(loss, F.cross_entropy(x.detach() @ W.detach().t(), y))
 
 
 def test_lm_loss_never_makes_the_logits_but_they_are_there_on_demand():
