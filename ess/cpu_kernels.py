@@ -1,7 +1,8 @@
-"""Hand-written CPU kernels (C++, ATen's vectorised math) for one step of the two hot cells, float32.
+"""Hand-written CPU kernels (C++, ATen's vectorised math) for one step of the hot cells, float32.
 
-The search cell's step (:func:`ess.kernels.intra_search_forward` / ``_backward``) and the discrete DARTS
-cell's step (:func:`ess.kernels.darts_forward` / ``_backward``) written out in C++: the matmuls go to the
+The search cell's step (:func:`ess.kernels.intra_search_forward` / ``_backward``), the discrete DARTS
+cell's step (:func:`ess.kernels.darts_forward` / ``_backward``) and the inter search DAG
+(:func:`ess.kernels.inter_search_forward` / ``_backward``) written out in C++: the matmuls go to the
 same BLAS (``at::mm``, ``addmm_`` accumulating in place), everything between two matmuls is one pass over
 the rows (AVX-512/AVX2 vectors of ``at::vec::Vectorized<float>``, threads of ``at::parallel_for``), and the
 whole step is one call from Python. Same equations, same saved tensors, same outputs as the Python kernels
