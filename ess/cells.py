@@ -56,7 +56,7 @@ class DARTSCell(nn.Module):
         self.W0 = _uniform(ninp + nhid, 2 * nhid)
         self.Ws = nn.ParameterList([_uniform(nhid, 2 * nhid) for _ in genotype.recurrent])
         self._activations = [activation(e.op) for e in genotype.recurrent]
-        self.plan = kernels.DartsPlan.of(genotype)
+        self.plan = kernels.DartsPlan.of(genotype, kernels.darts_group_size(nhid))
 
     def input_projection(self, x: Tensor) -> Tensor:
         """``x W_0[:ninp]`` for every time step at once: ``[T, B, ninp] -> [T, B, 2 nhid]``."""

@@ -386,8 +386,8 @@ std::vector<Tensor> darts_fwd(const Tensor& xp, const Tensor& h, const std::opti
   Tensor S_in = at::empty({ng, B, d}, opts);
   Tensor F = factors ? at::empty({n + 1, 3, B, d}, opts) : Tensor();
   std::vector<Tensor> CHg(ng);
-  std::vector<int64_t> group_of(n + 1, -1);
-  for (int64_t k = 0; k < ng; ++k) group_of[group_src[k]] = k;
+  std::vector<std::vector<int64_t>> groups_of(n + 1);  // the groups fed by each node (a source may feed several)
+  for (int64_t k = 0; k < ng; ++k) groups_of[group_src[k]].push_back(k);
   node0_rows(CH0.data_ptr<float>(), h.data_ptr<float>(), B, d, S[0].data_ptr<float>(),
              factors ? F[0].data_ptr<float>() : nullptr);
   for (int64_t j = 0; j <= n; ++j) {
@@ -397,8 +397,7 @@ std::vector<Tensor> darts_fwd(const Tensor& xp, const Tensor& h, const std::opti
       darts_rows(CHg[k].data_ptr<float>() + p * 2 * d, ldch, S[preds[j - 1]].data_ptr<float>(), ops[j - 1], B, d,
                  S[j].data_ptr<float>(), factors ? F[j].data_ptr<float>() : nullptr);
     }
-    const int64_t k = group_of[j];
-    if (k >= 0) {
+    for (const int64_t k : groups_of[j]) {
       Tensor si = S_in[k];
       if (m) at::mul_out(si, S[j], *mask); else si.copy_(S[j]);  // (si: a view, bound to an lvalue)
       CHg[k] = at::mm(si, Wg[k]);
@@ -426,11 +425,10 @@ std::vector<Tensor> darts_bwd(const Tensor& dout, const Tensor& h, const std::op
   for (auto i : concat) acc[i].add_(g);
   std::vector<Tensor> dCHg(ng), dWg(ng);
   for (int64_t k = 0; k < ng; ++k) dCHg[k] = at::empty_like(CHg[k]);
-  std::vector<int64_t> group_of(n + 1, -1);
-  for (int64_t k = 0; k < ng; ++k) group_of[group_src[k]] = k;
+  std::vector<std::vector<int64_t>> groups_of(n + 1);
+  for (int64_t k = 0; k < ng; ++k) groups_of[group_src[k]].push_back(k);
   for (int64_t j = n; j >= 0; --j) {
-    const int64_t k = group_of[j];
-    if (k >= 0) {  // every consumer of s_j is done: back through W_g
+    for (const int64_t k : groups_of[j]) {  // every consumer of s_j is done: back through W_g
       Tensor G = at::mm(dCHg[k], Wg[k].t());
       if (m) acc[j].addcmul_(G, *mask); else acc[j].add_(G);
       if (need_w) dWg[k] = at::mm(S_in[k].t(), dCHg[k]);

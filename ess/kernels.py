@@ -520,12 +520,23 @@ def _act_grad(name: str, H: Tensor) -> tuple[Tensor, Tensor]:
     return H, torch.ones_like(H)
 
 
+DARTS_GROUP_COLUMNS = 2_048  # widest concatenated weight of a DARTS node group (CPU, 64-256 rows: measured)
+
+
+def darts_group_size(nhid: int) -> int:
+    """How many nodes fed by one source share a matmul: their concatenated weight ``[nhid, 2 nhid k]`` stays
+    within ``DARTS_GROUP_COLUMNS`` columns. Wider products with 64 rows run slower than the separate ones on
+    CPU (850-d, 3 nodes: 90 vs 115 GFLOP/s; bench notes in BENCHMARKS.md); narrower ones save calls."""
+    return max(1, DARTS_GROUP_COLUMNS // (2 * nhid))
+
+
 @dataclass(frozen=True)
 class DartsPlan:
     """Static structure of a discrete DARTS cell: node ``i``'s op and predecessor, grouped by source.
 
-    ``groups[k] = (j, (i1, i2, ...))``: the nodes fed by ``s_j``, whose ``W_i`` are concatenated so that
-    ``s_j`` goes through all of them in one matmul; ``concat``: the nodes averaged into the output.
+    ``groups[k] = (j, (i1, i2, ...))``: nodes fed by ``s_j``, whose ``W_i`` are concatenated so that
+    ``s_j`` goes through all of them in one matmul (at most ``max_group`` nodes per group: a source feeding
+    more has several groups); ``concat``: the nodes averaged into the output.
     """
 
     ops: tuple[str, ...]
@@ -534,12 +545,15 @@ class DartsPlan:
     concat: tuple[int, ...]
 
     @classmethod
-    def of(cls, genotype) -> DartsPlan:
+    def of(cls, genotype, max_group: int | None = None) -> DartsPlan:
         ops = tuple(e.op for e in genotype.recurrent)
         preds = tuple(e.pred for e in genotype.recurrent)
-        groups = tuple((j, tuple(i + 1 for i, p in enumerate(preds) if p == j))
-                       for j in range(len(preds) + 1) if j in preds)
-        return cls(ops, preds, groups, tuple(genotype.concat))
+        groups = []
+        for j in range(len(preds) + 1):
+            fed = tuple(i + 1 for i, p in enumerate(preds) if p == j)
+            size = max_group or len(fed) or 1
+            groups += [(j, fed[c: c + size]) for c in range(0, len(fed), size)]
+        return cls(ops, preds, tuple(groups), tuple(genotype.concat))
 
     def codes(self) -> tuple[list[int], list[int], list[int], list[int], list[int], list[int]]:
         """The plan as integer lists for :mod:`ess.cpu_kernels`: ops (tanh 0, relu 1, sigmoid 2, identity 3),
@@ -561,6 +575,14 @@ class DartsPlan:
                 for _, nodes in self.groups]
 
 
+def _groups_of(plan: DartsPlan) -> dict[int, list[int]]:
+    """Source node -> the indices of the groups it feeds (groups are in source order)."""
+    out: dict[int, list[int]] = {}
+    for k, (j, _) in enumerate(plan.groups):
+        out.setdefault(j, []).append(k)
+    return out
+
+
 def darts_forward(xp: Tensor, h: Tensor, mask: Tensor | None, W0h: Tensor, Wg: Sequence[Tensor], plan: DartsPlan):
     """One step of the discrete cell: ``(out, CH0, CHg, states, states_in)`` (``CHg[k]`` ``[B, |group| 2d]``)."""
     B, d = h.shape
@@ -571,7 +593,7 @@ def darts_forward(xp: Tensor, h: Tensor, mask: Tensor | None, W0h: Tensor, Wg: S
     states_in: list[Tensor] = []
     where: dict[int, tuple[int, int]] = {}  # node -> (group, position)
     CHg: list[Tensor] = []
-    group_of = {j: k for k, (j, _) in enumerate(plan.groups)}
+    groups_of = _groups_of(plan)
     for j in range(n + 1):
         if j > 0:
             k, pos = where[j]
@@ -579,8 +601,7 @@ def darts_forward(xp: Tensor, h: Tensor, mask: Tensor | None, W0h: Tensor, Wg: S
             c = torch.sigmoid(CH[:, :d])
             s_prev = states[plan.preds[j - 1]]
             states.append(s_prev + c * (_ACT_FWD[plan.ops[j - 1]](CH[:, d:]) - s_prev))
-        if j in group_of:
-            k = group_of[j]
+        for k in groups_of.get(j, ()):
             s_in = states[j] if mask is None else states[j] * mask
             states_in.append(s_in)
             CHg.append(s_in @ Wg[k])
@@ -604,11 +625,10 @@ def darts_backward(dout: Tensor, h: Tensor, mask: Tensor | None, W0h: Tensor, Wg
         ds[i] = g if ds[i] is None else ds[i] + g
     dCH: dict[int, Tensor] = {}
     dWg: list[Tensor | None] = [None] * len(plan.groups)
-    group_of = {j: k for k, (j, _) in enumerate(plan.groups)}
+    groups_of = _groups_of(plan)
     where = {i: (k, pos) for k, (_, nodes) in enumerate(plan.groups) for pos, i in enumerate(nodes)}
     for j in range(n, -1, -1):
-        if j in group_of:  # every consumer of s_j (all > j) is done: back through W_g
-            k = group_of[j]
+        for k in groups_of.get(j, ()):  # every consumer of s_j (all > j) is done: back through W_g
             nodes = plan.groups[k][1]
             dG = dCH[nodes[0]] if len(nodes) == 1 else torch.cat([dCH[i] for i in nodes], 1)
             G = dG @ Wg[k].t()
@@ -992,6 +1012,7 @@ __all__ = [
     "CE_CHUNK_BYTES",
     "COMPILE_MIN_ELEMENTS",
     "CPP_MIN_ELEMENTS",
+    "DARTS_GROUP_COLUMNS",
     "DartsPlan",
     "DartsStep",
     "InterSearchFunction",
@@ -1004,6 +1025,7 @@ __all__ = [
     "backend",
     "darts_backward",
     "darts_forward",
+    "darts_group_size",
     "fused_enabled",
     "get_backend",
     "inter_search_backward",

@@ -227,9 +227,11 @@ def test_variational_masks_are_shared_over_time():
 @pytest.mark.parametrize("genotype", [DARTS_V2, ENAS], ids=["DARTS_V2", "ENAS"])
 @pytest.mark.parametrize("masked", [True, False])
 @pytest.mark.parametrize("need_w", [True, False])
-def test_fused_darts_step_equals_autograd(genotype, masked, need_w):
+@pytest.mark.parametrize("max_group", [None, 1, 2])
+def test_fused_darts_step_equals_autograd(genotype, masked, need_w, max_group):
     torch.manual_seed(9)
     cell = DARTSCell(5, 4, genotype.intra).double()
+    cell.plan = DartsPlan.of(genotype.intra, max_group)
     x = torch.randn(6, 8, dtype=torch.float64)  # x_proj: [B, 2 nhid]
     h = torch.randn(6, 4, dtype=torch.float64)
     mask = torch.bernoulli(torch.full((6, 4), 0.7, dtype=torch.float64)) / 0.7 if masked else None
@@ -255,6 +257,18 @@ def test_darts_plan_groups_nodes_by_source():
     # DARTS_V2: preds 0, 1, 1, 1, 2, 5, 3, 5 -> s_1 feeds nodes 2, 3, 4; s_5 feeds 6 and 8
     assert plan.groups == ((0, (1,)), (1, (2, 3, 4)), (2, (5,)), (3, (7,)), (5, (6, 8)))
     assert plan.concat == DARTS_V2.intra.concat
+    capped = DartsPlan.of(DARTS_V2.intra, max_group=2)  # a source feeding more nodes gets several groups
+    assert capped.groups == ((0, (1,)), (1, (2, 3)), (1, (4,)), (2, (5,)), (3, (7,)), (5, (6, 8)))
+    single = DartsPlan.of(DARTS_V2.intra, max_group=1).groups
+    assert [nodes for _, nodes in single] == [(1,), (2,), (3,), (4,), (5,), (7,), (6,), (8,)]
+    assert [j for j, _ in single] == [0, 1, 1, 1, 2, 3, 5, 5]
+
+
+@pytest.mark.parametrize("nhid,max_group", [(300, 3), (850, 1), (512, 2), (4, 256)])
+def test_darts_cell_groups_within_the_column_budget(nhid, max_group):
+    assert kernels.darts_group_size(nhid) == max_group
+    cell = DARTSCell(8, nhid, DARTS_V2.intra)
+    assert all(len(nodes) <= max_group for _, nodes in cell.plan.groups)
 
 
 def test_fused_darts_step_gradcheck():

@@ -15,6 +15,7 @@ import torch
 from ess import cpu_kernels, kernels
 from ess.cells import DARTSCell, build_cell
 from ess.genotype import DARTS_V1, DARTS_V2
+from ess.kernels import DartsPlan
 from ess.model import lm_loss
 from ess.ops import PRIMITIVES
 from ess.supernet import MixedInterCell, MixedIntraCell, build_search_model
@@ -83,10 +84,12 @@ def test_cpp_intra_step_equals_autograd(batchnorm, masked, training, grads):
 @pytest.mark.parametrize("genotype", [DARTS_V1, DARTS_V2], ids=["DARTS_V1", "DARTS_V2"])
 @pytest.mark.parametrize("masked", [True, False])
 @pytest.mark.parametrize("need_w", [True, False])
-def test_cpp_darts_step_equals_autograd(genotype, masked, need_w):
+@pytest.mark.parametrize("max_group", [None, 1, 2])
+def test_cpp_darts_step_equals_autograd(genotype, masked, need_w, max_group):
     torch.manual_seed(12)
     B, ninp, nhid = 8, 12, 16
     cell = DARTSCell(ninp, nhid, genotype.intra)
+    cell.plan = DartsPlan.of(genotype.intra, max_group)  # a source feeding more nodes than that: several groups
     x_proj, h_prev = torch.randn(B, 2 * nhid), torch.randn(B, nhid)
     mask = torch.bernoulli(torch.full((B, nhid), 0.7)) / 0.7 if masked else None
     weights = [cell.W0, *cell.Ws]
