@@ -278,8 +278,7 @@ std::vector<Tensor> intra_bwd(const Tensor& dout, const Tensor& h, const std::op
                               const Tensor& theta, const std::vector<Tensor>& Ws, const std::optional<Tensor>& CH0,
                               const std::optional<Tensor>& CH, const std::optional<Tensor>& F0,
                               const std::optional<Tensor>& F, const Tensor& S, const std::optional<Tensor>& S_in,
-                              const std::optional<Tensor>& rstd, int64_t mode, bool need_w, bool need_theta,
-                              bool keep_dch) {
+                              const std::optional<Tensor>& rstd, int64_t mode, bool need_w, bool need_theta) {
   const int64_t B = h.size(0), d = h.size(1), n = Ws.size(), E = n * (n + 1) / 2;
   const auto opts = h.options();
   const float* m = ptr(mask);
@@ -321,7 +320,6 @@ std::vector<Tensor> intra_bwd(const Tensor& dout, const Tensor& h, const std::op
   Tensor dW0h = need_w ? at::mm((m ? h * *mask : h).t(), dCH0) : Tensor();
   std::vector<Tensor> out = {dCH0, dh, dW0h, need_theta ? dth.to(h.scalar_type()) : Tensor()};
   for (auto& w : dWs) out.push_back(w);
-  if (keep_dch) out.push_back(dCH);  // the caller multiplies the weight gradients out over a whole sequence
   return out;
 }
 

@@ -436,29 +436,22 @@ _intra_search_bwd = Kernel(intra_search_backward)
 class IntraSearchStep(torch.autograd.Function):
     """``h_t`` of the search cell from ``(x_proj_t, h^_{t-1})``; see :func:`intra_search_forward`.
 
-    ``apply(bn, spec, grads, x_proj, h, mask, W0h, theta, *Ws)``: ``bn`` the cell's norm module (its running
-    statistics are updated in place in training), ``grads`` the sequence's :class:`SequenceGrads` (the C++
-    step then defers its weight gradients to it) or ``None``, ``theta`` ``[n (n+1)/2, 4]`` the non-zero op
-    weights of every edge. What the forward keeps depends on the gradients asked for: the pre-activations
-    ``CH`` when ``theta`` needs one (the architecture step), else the local derivatives (the weight step);
-    the masked states ``S_in`` only when the weights need gradients; nothing without gradients (evaluation).
+    ``apply(bn, spec, x_proj, h, mask, W0h, theta, *Ws)``: ``bn`` the cell's norm module (its running
+    statistics are updated in place in training), ``theta`` ``[n (n+1)/2, 4]`` the non-zero op weights of
+    every edge. What the forward keeps depends on the gradients asked for: the pre-activations ``CH`` when
+    ``theta`` needs one (the architecture step), else the local derivatives (the weight step); the masked
+    states ``S_in`` only when the weights need gradients; nothing without gradients (evaluation).
     """
 
-    XP, H, W0H, THETA, WS = 3, 4, 6, 7, 8  # positions in apply's arguments (needs_input_grad)
-
     @staticmethod
-    def forward(ctx, bn: nn.Module, spec: NormSpec, grads: SequenceGrads | None, xp: Tensor, h: Tensor,
-                mask: Tensor | None, W0h: Tensor, theta: Tensor, *Ws: Tensor) -> Tensor:
+    def forward(ctx, bn: nn.Module, spec: NormSpec, xp: Tensor, h: Tensor, mask: Tensor | None, W0h: Tensor,
+                theta: Tensor, *Ws: Tensor) -> Tensor:
         rmean, rrstd = running_params(bn, spec)
         impl = _choose(h)
         need = _needed(ctx)
-        I = IntraSearchStep  # noqa: E741 - the index constants
-        need_theta, grad = need[I.THETA], any(need)
+        need_theta, grad = need[6], any(need)
         factors = grad and not need_theta
-        need_w = any(need[I.WS:]) or need[I.W0H]
-        ctx.seq = grads if impl == "cpp" and need_w else None
-        if ctx.seq is not None:
-            ctx.index = ctx.seq.register()
+        keep_s_in = any(need[7:]) or need[5]
         if impl == "cpp":
             from ess import cpu_kernels
 
@@ -475,7 +468,7 @@ class IntraSearchStep(torch.autograd.Function):
         rstd = stats[2] if stats is not None else rrstd
         ctx.spec, ctx.impl, ctx.n, ctx.factors = spec, impl, len(Ws), factors
         if grad:
-            ctx.save_for_backward(h, mask, W0h, theta, S, S_in if need_w else None, rstd, *Ws, *kept)
+            ctx.save_for_backward(h, mask, W0h, theta, S, S_in if keep_s_in else None, rstd, *Ws, *kept)
         return out
 
     @staticmethod
@@ -485,34 +478,22 @@ class IntraSearchStep(torch.autograd.Function):
         h, mask, W0h, theta, S, S_in, rstd, *rest = ctx.saved_tensors
         Ws, kept = rest[:n], rest[n:]
         need = ctx.needs_input_grad
-        I = IntraSearchStep  # noqa: E741
-        need_w = any(need[I.WS:]) or need[I.W0H]
+        need_w = any(need[7:]) or need[5]
         if ctx.impl == "cpp":
             from ess import cpu_kernels
 
             F0, F, CH0, CH = (*kept, None, None) if ctx.factors else (None, None, *kept)
-            defer = ctx.seq is not None
             dxp, dh, dW0h, dtheta, *dWs = cpu_kernels.load().intra_bwd(
                 dout.contiguous(), h, mask, W0h, theta, list(Ws), CH0, CH, F0, F, S, S_in, rstd,
-                _NORM_CODE[ctx.spec.mode], need_w and not defer, need[I.THETA], defer)
-            if defer:
-                B, d = h.shape
-                dCH, offsets = dWs[n], _offsets(n)
-                inputs = [h if mask is None else h * mask]
-                dpre = [dxp]
-                for i in range(1, n + 1):
-                    inputs.append(S_in[:i].reshape(i * B, d))
-                    dpre.append(dCH[offsets[i]: offsets[i] + i].reshape(i * B, 2 * d))
-                total = ctx.seq.add(ctx.index, inputs, dpre)
-                dW0h, *dWs = total if total is not None else [None] * (n + 1)
+                _NORM_CODE[ctx.spec.mode], need_w, need[6])
         else:
             F, CH0, CHs = (list(kept), None, []) if ctx.factors else ([None] * (n + 1), kept[0], list(kept[1:]))
             dxp, dh, dW0h, dtheta, dWs = _intra_search_bwd(
                 ctx.impl, dout.contiguous(), h, mask, W0h, theta, list(Ws), CH0, CHs, F, S, S_in, rstd,
-                ctx.spec.mode, need_w, need[I.THETA])
-        return (None, None, None, dxp if need[I.XP] else None, dh if need[I.H] else None, None,
-                dW0h if need[I.W0H] else None, dtheta if need[I.THETA] else None,
-                *[dW if nd else None for dW, nd in zip(dWs, need[I.WS:])])
+                ctx.spec.mode, need_w, need[6])
+        return (None, None, dxp if need[2] else None, dh if need[3] else None, None,
+                dW0h if need[5] else None, dtheta if need[6] else None,
+                *[dW if nd else None for dW, nd in zip(dWs, need[7:])])
 
 
 _NORM_CODE = {"none": 0, "batch": 1, "running": 2}

@@ -159,20 +159,8 @@ class MixedIntraCell(ArchBound, nn.Module):
         spec = kernels.norm_spec(self.bn) if kernels.fused_enabled() else None
         if spec is None or (spec.mode == "batch" and h_prev.size(0) < 2):  # BatchNorm1d raises on one row
             return self.step_autograd(x_proj, h_prev, h_mask)
-        return kernels.apply_step(kernels.IntraSearchStep, self.bn, spec, self._sequence_grads, x_proj, h_prev,
-                                  h_mask, self.W0[self.ninp:], theta, *self.Ws)
-
-    _sequence_grads: kernels.SequenceGrads | None = None
-
-    @contextlib.contextmanager
-    def sequence(self) -> Iterator[None]:
-        """Steps of one sequence: their weight gradients multiplied out once over all steps
-        (:class:`ess.kernels.SequenceGrads`)."""
-        self._sequence_grads = kernels.SequenceGrads() if kernels.fused_enabled() else None
-        try:
-            yield
-        finally:
-            self._sequence_grads = None
+        return kernels.apply_step(kernels.IntraSearchStep, self.bn, spec, x_proj, h_prev, h_mask,
+                                  self.W0[self.ninp:], theta, *self.Ws)
 
     def step_autograd(self, x_proj: Tensor, h_prev: Tensor, h_mask: Tensor | None = None) -> Tensor:
         """The step in plain autograd ops, vectorised over each node's predecessors (differentiable twice)."""

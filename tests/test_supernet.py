@@ -501,7 +501,7 @@ def test_fused_intra_step_gradcheck():
     inputs = [t.clone().requires_grad_() for t in inputs]
 
     def fn(xp, h, W0h, th, *Ws):
-        return kernels.IntraSearchStep.apply(cell.bn, spec, None, xp, h, h_mask, W0h, th, *Ws)
+        return kernels.IntraSearchStep.apply(cell.bn, spec, xp, h, h_mask, W0h, th, *Ws)
 
     assert torch.autograd.gradcheck(fn, inputs)
     for keep in range(len(inputs)):  # one input at a time: the forward keeps only what that gradient needs
