@@ -8,7 +8,12 @@ node's edges in one elementwise pass, batch norm fused in), and its backward is 
 * only the gradients autograd asks for are computed (``ctx.needs_input_grad``): the architecture step of
   the search (weights frozen) does no weight-gradient matmul, the weight step no architecture reduction;
 * the elementwise work between two matmuls is one pure function per step direction, run eagerly or
-  compiled by ``torch.compile`` (inductor), which fuses it into a few vectorised loops.
+  compiled by ``torch.compile`` (inductor), which fuses it into a few vectorised loops (or, on CPU in
+  float32, one C++ pass: :mod:`ess.cpu_kernels`);
+* under ``torch.no_grad`` (evaluation) nothing is kept for a backward: steps are applied through
+  :func:`apply_step`, and :func:`linear_cross_entropy` computes the loss alone;
+* the DARTS step's weight gradients are multiplied out once per sequence (:class:`SequenceGrads`): one
+  product of inner dimension ``T B`` per weight instead of ``T`` thin ones added up by autograd.
 
 The cells keep their plain autograd formulation (``step_autograd``) and :mod:`ess.supernet_reference`
 keeps the edge-by-edge oracle; the tests hold all three to the same outputs and gradients.
