@@ -12,10 +12,11 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ess import kernels
+from ess import cpu_kernels, kernels
 from ess.architect import requires_grad
 from ess.cells import build_cell
 from ess.genotype import DARTS_V2
+from ess.kernels import DartsPlan
 from ess.model import RNNModel, lm_loss
 from ess.supernet import MODES, build_search_model
 
@@ -57,6 +58,32 @@ def test_retrain_step_smoke():
     for diffs in out["checks"].values():
         assert max(diffs.values()) <= 1e-5
     assert all(r["train_tokens_per_s"] > 0 and r["eval_tokens_per_s"] > 0 for r in out["rows"])
+
+
+def test_retrain_variants_smoke():
+    out = _run("retrain_variants.py")
+    assert out["bench"] == "retrain_variants" and out["equivalence"] == "passed"
+    assert max(out["checks"].values()) <= 1e-5
+    assert {r["variant"] for r in out["rows"]} == {"per_step_weight_grads", "all_nodes_grouped"}
+    for r in out["rows"]:
+        assert all(r[f"{w}_{k}_tokens_per_s"] > 0 for w in ("default", r["variant"]) for k in ("train", "eval"))
+
+
+def test_retrain_variants_change_only_the_speed():
+    """Each variant (per-step weight gradients, all nodes of a source in one product) gives the default's
+    gradients, at a width where the default caps the groups (so the plans really differ)."""
+    import retrain_variants
+
+    model = retrain_step.build("DARTS_V2", 16, 40, 0)
+    model.cell.intra.plan = DartsPlan.of(DARTS_V2.intra, 1)  # one node per group: all_nodes_grouped differs
+    x, y = torch.randint(0, 40, (4, 3)), torch.randint(0, 40, (4, 3))
+    with kernels.backend("cpp" if cpu_kernels.load() is not None else "auto"):  # SequenceGrads: C++ steps
+        base = retrain_variants._gradients(model, x, y)
+        for variant in retrain_variants.VARIANTS.values():
+            with variant(model.cell.intra):
+                assert common.max_abs_diff(retrain_variants._gradients(model, x, y), base) <= 1e-5
+    assert model.cell.intra.plan == DartsPlan.of(DARTS_V2.intra, 1)  # restored
+    assert "sequence" not in vars(model.cell.intra)
 
 
 def test_search_step_refuses_on_a_mismatch(monkeypatch, capsys):
