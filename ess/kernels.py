@@ -178,9 +178,15 @@ _grad_mode = threading.local()
 
 
 def apply_step(fn: type[torch.autograd.Function], *args: Any) -> Any:
-    """``fn.apply(*args)``, telling its forward whether grad mode is on (see :func:`_needed`)."""
+    """``fn.apply(*args)``, telling its forward whether grad mode is on (see :func:`_needed`).
+
+    The flag holds for this call only: a direct ``fn.apply`` afterwards sees the default (keep what the
+    inputs' ``requires_grad`` asks for)."""
     _grad_mode.enabled = torch.is_grad_enabled()
-    return fn.apply(*args)
+    try:
+        return fn.apply(*args)
+    finally:
+        _grad_mode.enabled = True
 
 
 def _needed(ctx: Any) -> tuple[bool, ...]:
@@ -530,8 +536,9 @@ DARTS_GROUP_COLUMNS = 2_048  # widest concatenated weight of a DARTS node group 
 
 def darts_group_size(nhid: int) -> int:
     """How many nodes fed by one source share a matmul: their concatenated weight ``[nhid, 2 nhid k]`` stays
-    within ``DARTS_GROUP_COLUMNS`` columns. Wider products with 64 rows run slower than the separate ones on
-    CPU (850-d, 3 nodes: 90 vs 115 GFLOP/s; bench notes in BENCHMARKS.md); narrower ones save calls."""
+    within ``DARTS_GROUP_COLUMNS`` columns. Wider products with 64 rows ran slower than the separate ones on
+    CPU when timed alone (850-d, 3 nodes: 90 vs 115 GFLOP/s); inside the cell the difference is within this
+    machine's noise (``bench/retrain_variants.py``, BENCHMARKS.md); narrower groups save calls."""
     return max(1, DARTS_GROUP_COLUMNS // (2 * nhid))
 
 

@@ -123,6 +123,22 @@ def test_linear_cross_entropy_in_evaluation_makes_only_the_logits():
     torch.testing.assert_close(loss, F.cross_entropy(x.detach() @ W.detach().t(), y))
 
 
+def test_a_no_grad_step_does_not_leak_into_a_later_direct_apply():
+    """``apply_step`` under no_grad tells that one call to keep nothing; a later ``DartsStep.apply`` with
+    gradients (no ``apply_step``) still keeps what its backward needs."""
+    torch.manual_seed(5)
+    cell = build_cell("ess", 4, 4, DARTS_V2).intra.double()
+    x, h = torch.randn(3, 8, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    W0h, Wg = cell.W0[4:], cell.plan.group_weights(list(cell.Ws))
+    with torch.no_grad():
+        kernels.apply_step(kernels.DartsStep, cell.plan, None, x, h, None, W0h, *Wg)
+    out = kernels.DartsStep.apply(cell.plan, None, x, h, None, W0h, *Wg)
+    (dh,) = torch.autograd.grad(out.sum(), [h])
+    with kernels.backend("autograd"):
+        (expected,) = torch.autograd.grad(cell.step(x, h).sum(), [h])
+    torch.testing.assert_close(dh, expected, rtol=0, atol=1e-12)
+
+
 def test_lm_loss_never_makes_the_logits_but_they_are_there_on_demand():
     torch.manual_seed(2)
     model = _model().double().train()
