@@ -7,7 +7,7 @@
   95% Student-t confidence interval by default) and every seed as a dot;
 * :func:`op_heatmap_figure`: the share of each op in the derived genotypes, arms x (part, op);
 * :func:`entropy_figure`: architecture-weight entropy and the share of parameter-free ops over epochs;
-* :func:`genotype_picture`: the best genotype drawn by :func:`ess.genotype.draw.draw_genotype`.
+* :func:`genotype_picture`: the best genotype drawn by :func:`ess.space.draw.draw_genotype`.
 """
 
 from __future__ import annotations
@@ -207,9 +207,9 @@ def entropy_figure(frame: pd.DataFrame, by: Sequence[str] = ARM, *, band: str = 
 
 
 def genotype_picture(genotype: Any, base: str | Path, title: str | None = None) -> list[Path]:
-    """Draw a genotype (object or JSON) as ``base.png`` and ``base.svg`` (:func:`ess.genotype.draw.draw_genotype`)."""
+    """Draw a genotype (object or JSON) as ``base.png`` and ``base.svg`` (:func:`ess.space.draw.draw_genotype`)."""
     from analysis.stats import parse_genotype
-    from ess.genotype.draw import draw_genotype
+    from ess.space.draw import draw_genotype
 
     parsed = parse_genotype(genotype) if isinstance(genotype, str) else genotype
     if parsed is None:

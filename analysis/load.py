@@ -101,7 +101,7 @@ def canonical_genotype(text: Any) -> str | None:
         return None
     if not text.startswith("{"):
         try:
-            from ess.genotype import BUILTINS
+            from ess.space.genotype import BUILTINS
 
             if text in BUILTINS:
                 return BUILTINS[text].to_json(None)
@@ -109,7 +109,7 @@ def canonical_genotype(text: Any) -> str | None:
             pass
         return text
     try:
-        from ess.genotype import parse_genotype_json
+        from ess.space.genotype import parse_genotype_json
 
         return parse_genotype_json(text, "genotype").to_json(None)
     except Exception:

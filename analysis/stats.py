@@ -368,9 +368,9 @@ def compare_arms(summary: pd.DataFrame, value: str = "final_valid_ppl", by: Sequ
 
 
 def parse_genotype(text: Any) -> Any:
-    """An :class:`ess.genotype.ESSGenotype` from JSON text or a built-in name; None when it is not one."""
+    """An :class:`ess.space.ESSGenotype` from JSON text or a built-in name; None when it is not one."""
     from ess.errors import ESSError
-    from ess.genotype import BUILTINS, parse_genotype_json
+    from ess.space.genotype import BUILTINS, parse_genotype_json
 
     if _is_missing(text) or not str(text).strip():
         return None
@@ -458,7 +458,7 @@ def op_frequencies(summary: pd.DataFrame, by: Sequence[str] = ARM) -> pd.DataFra
     arm's trials), ``share`` (count over the part's edges in the arm: each (arm, part) sums to 1) and
     ``trials``. Every op that can be chosen is listed, with 0 when it never was.
     """
-    from ess.ops import PRIMITIVES, ZERO
+    from ess.space.ops import PRIMITIVES, ZERO
 
     by = _check_by(summary, by)
     edges = _edge_table(summary, by)
@@ -508,10 +508,10 @@ def rank_genotypes(summary: pd.DataFrame, value: str = "final_valid_ppl", *, hig
     """The distinct final genotypes ranked by their mean ``value`` over the trials that derived them.
 
     Columns: ``rank``, ``mean``, ``best``, ``n`` (trials), ``arms`` and ``runs`` that found it,
-    ``param_free_share`` (of its edges, :func:`ess.derive.parameter_free_share`), ``describe`` (the
+    ``param_free_share`` (of its edges, :func:`ess.space.derive.parameter_free_share`), ``describe`` (the
     compact form) and ``genotype`` (JSON). Lower is better unless ``higher_is_better``.
     """
-    from ess.derive import parameter_free_share
+    from ess.space.derive import parameter_free_share
 
     by = [k for k in by if k in summary.columns]
     rows = present(summary, value, strict=strict, what="the genotype ranking")

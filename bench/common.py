@@ -36,10 +36,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as `python bench/x.py` from a checkout
     sys.path.insert(0, str(ROOT))
 
-from ess.cells import DARTSCell, ESSCell, InterCell, LSTMCell  # noqa: E402
-from ess.model import RNNModel  # noqa: E402
+from ess.models.cells import DARTSCell, ESSCell, InterCell, LSTMCell  # noqa: E402
+from ess.models.lm import RNNModel  # noqa: E402
 from ess.supernet import MixedInterCell, MixedIntraCell  # noqa: E402
-from ess.supernet_reference import ReferenceMixedInterCell, ReferenceMixedIntraCell  # noqa: E402
+from ess.supernet.reference import ReferenceMixedInterCell, ReferenceMixedIntraCell  # noqa: E402
 
 TOLERANCE = 1e-5  # max abs difference of fast vs reference outputs and gradients (float32)
 
@@ -89,7 +89,7 @@ def _inter_products(cell: Any, prefix: str, inputs_arch: bool, recurrent: bool) 
 
 
 def model_products(model: RNNModel) -> list[Product]:
-    """The weight products of one token and time step of ``model`` (an :class:`ess.model.RNNModel`)."""
+    """The weight products of one token and time step of ``model`` (an :class:`ess.models.lm.RNNModel`)."""
     cell = model.cell
     d, V = model.nhid, model.ntoken
     decoder = Product("decoder", 2 * d * V, True)

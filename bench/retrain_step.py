@@ -37,9 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from ess import kernels  # noqa: E402
-from ess.cells import build_cell  # noqa: E402
-from ess.genotype import DARTS_V2, Edge, ESSGenotype, InterGenotype, InterNode  # noqa: E402
-from ess.model import RNNModel, lm_loss, regularisation  # noqa: E402
+from ess.models.cells import build_cell  # noqa: E402
+from ess.models.lm import RNNModel, lm_loss, regularisation  # noqa: E402
+from ess.space.genotype import DARTS_V2, Edge, ESSGenotype, InterGenotype, InterNode  # noqa: E402
 
 # ess.train.TrainConfig defaults
 LR, CLIP, WDECAY, ALPHA, BETA = 20.0, 0.25, 8e-7, 0.0, 1e-3

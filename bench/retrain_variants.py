@@ -33,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import retrain_step  # noqa: E402
 
-from ess.cells import DARTSCell  # noqa: E402
 from ess.kernels import DartsPlan  # noqa: E402
-from ess.model import RNNModel, lm_loss, regularisation  # noqa: E402
+from ess.models.cells import DARTSCell  # noqa: E402
+from ess.models.lm import RNNModel, lm_loss, regularisation  # noqa: E402
 
 
 @contextlib.contextmanager

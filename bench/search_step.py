@@ -1,7 +1,7 @@
 """Tokens/s, peak memory and achieved FLOP/s of the full search iteration, fast path vs plain reference.
 
 One iteration is exactly :meth:`ess.search.Searcher.train_epoch`'s: the architecture step (first or second
-order, :class:`ess.architect.Architect`) on a validation batch, then the weight step (SGD, clipping) on a
+order, :class:`ess.search.architect.Architect`) on a validation batch, then the weight step (SGD, clipping) on a
 training batch, each ``bptt x batch`` tokens; tokens/s counts the training tokens. ``fast`` is the default
 implementation (fused kernels, compiled where they pay), ``reference`` the plain edge-by-edge oracle
 (``implementation='reference'`` and the ``autograd`` kernel backend for the discrete cells).
@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from ess import kernels  # noqa: E402
-from ess.architect import Architect, requires_grad  # noqa: E402
-from ess.model import lm_loss, regularisation  # noqa: E402
+from ess.models.lm import lm_loss, regularisation  # noqa: E402
+from ess.search.architect import Architect, requires_grad  # noqa: E402
 from ess.supernet import MODES, SearchModel, build_search_model  # noqa: E402
 
 # The search defaults (ess.search.SearchConfig)

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from ess.data import get_batch
-from ess.model import lm_loss
+from ess.models.lm import lm_loss
 
 
 @torch.no_grad()

@@ -1,7 +1,7 @@
 """Fused forward/backward kernels of the recurrent cells: the fast path's arithmetic, written out by hand.
 
 One time step of the DARTS search cell (:class:`ess.supernet.MixedIntraCell`) and of the discrete DARTS
-cell (:class:`ess.cells.DARTSCell`) is one :class:`torch.autograd.Function` here: its forward computes
+cell (:class:`ess.models.cells.DARTSCell`) is one :class:`torch.autograd.Function` here: its forward computes
 the step with no autograd graph (one matmul per node over all its predecessors stacked, all ops of a
 node's edges in one elementwise pass, batch norm fused in), and its backward is written by hand:
 
@@ -15,7 +15,7 @@ node's edges in one elementwise pass, batch norm fused in), and its backward is 
 * the DARTS step's weight gradients are multiplied out once per sequence (:class:`SequenceGrads`): one
   product of inner dimension ``T B`` per weight instead of ``T`` thin ones added up by autograd.
 
-The cells keep their plain autograd formulation (``step_autograd``) and :mod:`ess.supernet_reference`
+The cells keep their plain autograd formulation (``step_autograd``) and :mod:`ess.supernet.reference`
 keeps the edge-by-edge oracle; the tests hold all three to the same outputs and gradients.
 
 Backends (:func:`set_backend`, :func:`backend`, or ``$ESS_KERNELS``):
@@ -355,7 +355,7 @@ def _mixed_theta_grad(du: Tensor, CH: Tensor, S: Tensor, d: int) -> Tensor:
 
 
 def _offsets(n: int) -> list[int]:
-    """Row of edge ``(i, 0)`` in the ``[n (n+1) / 2, .]`` edge tables (:func:`ess.derive.intra_offset`)."""
+    """Row of edge ``(i, 0)`` in the ``[n (n+1) / 2, .]`` edge tables (:func:`ess.space.derive.intra_offset`)."""
     return [i * (i - 1) // 2 for i in range(n + 2)]
 
 

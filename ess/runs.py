@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from ess.checkpoint import atomic_write_text
 from ess.config import add_config_arguments, config_from_mapping, load_yaml, resolve_config
 from ess.errors import CheckpointError, ConfigError
-from ess.genotype import ESSGenotype
+from ess.space.genotype import ESSGenotype
 
 C = TypeVar("C")
 

@@ -26,7 +26,6 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ess.cells import build_cell, detach_state
 from ess.checkpoint import (
     atomic_write_text,
     capture_rng_state,
@@ -46,11 +45,12 @@ from ess.config import (
 from ess.data import BPTTIterator, batchify, load_corpus
 from ess.errors import CheckpointError
 from ess.evaluation import evaluate
-from ess.genotype import load_genotype, save_genotype
 from ess.guard import HELP_LR_FACTOR, HELP_MAX_PPL, HELP_MAX_ROLLBACKS, Diverged, DivergenceGuard, ppl_bound
-from ess.model import RNNModel, lm_loss, regularisation
+from ess.models.cells import build_cell, detach_state
+from ess.models.lm import RNNModel, lm_loss, regularisation
 from ess.runs import EpochReport, OnEpoch, check_resumable, ignore_report, parse_run_args, print_report, write_metrics
 from ess.runtime import perplexity, pick_device, set_threads
+from ess.space.genotype import load_genotype, save_genotype
 
 
 def _help(text: str) -> Any:

@@ -728,7 +728,7 @@ def _end_diverged(trial: _Trial, err: DivergenceError) -> None:
 
 
 def _load_genotype_text(text: str):
-    from ess.genotype import parse_genotype_json
+    from ess.space.genotype import parse_genotype_json
 
     return parse_genotype_json(text, "trial genotype")
 
@@ -1352,7 +1352,7 @@ def run_hparam_search(job: JobConfig, *, resume: bool = False, callbacks: Sequen
 
 def _retrain_sources(job: JobConfig, exp: Experiment) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
     """``{label: genotype (built-in name or JSON text)}`` from ``job.genotypes`` or an MLflow experiment."""
-    from ess.genotype import BUILTINS, load_genotype
+    from ess.space.genotype import BUILTINS, load_genotype
 
     genotypes: dict[str, str] = {}
     info: dict[str, dict[str, Any]] = {}
@@ -1417,7 +1417,7 @@ def run_retrain(job: JobConfig, *, resume: bool = False, callbacks: Sequence[Any
 
 def _transfer_sources(job: JobConfig) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
     """``{label: lstm | built-in name | genotype JSON text}`` from ``job.cells``."""
-    from ess.genotype import BUILTINS, load_genotype
+    from ess.space.genotype import BUILTINS, load_genotype
 
     cells: dict[str, str] = {}
     info: dict[str, dict[str, Any]] = {}

@@ -39,9 +39,9 @@ from analysis import (  # noqa: E402
 )
 from analysis.errors import AnalysisError  # noqa: E402
 from analysis.stats import bootstrap_test, cohens_d, hedges_g, holm, welch_t_test  # noqa: E402
-from ess.derive import parameter_free_share  # noqa: E402
 from ess.errors import ESSError  # noqa: E402
-from ess.genotype import ESSGenotype, InterGenotype, IntraGenotype  # noqa: E402
+from ess.space.derive import parameter_free_share  # noqa: E402
+from ess.space.genotype import ESSGenotype, InterGenotype, IntraGenotype  # noqa: E402
 from ess.tracking import (  # noqa: E402
     PHASE_TAG,
     config_tags,

@@ -13,11 +13,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ess import cpu_kernels, kernels
-from ess.architect import requires_grad
-from ess.cells import build_cell
-from ess.genotype import DARTS_V2
 from ess.kernels import DartsPlan
-from ess.model import RNNModel, lm_loss
+from ess.models.cells import build_cell
+from ess.models.lm import RNNModel, lm_loss
+from ess.search.architect import requires_grad
+from ess.space.genotype import DARTS_V2
 from ess.supernet import MODES, build_search_model
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"

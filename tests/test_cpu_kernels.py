@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from ess import cpu_kernels, kernels
-from ess.cells import DARTSCell, build_cell
-from ess.genotype import DARTS_V1, DARTS_V2
 from ess.kernels import DartsPlan
-from ess.model import lm_loss
-from ess.ops import PRIMITIVES
+from ess.models.cells import DARTSCell, build_cell
+from ess.models.lm import lm_loss
+from ess.space.genotype import DARTS_V1, DARTS_V2
+from ess.space.ops import PRIMITIVES
 from ess.supernet import MixedInterCell, MixedIntraCell, build_search_model
 
 TOL = 1e-5

@@ -14,8 +14,8 @@ import torch
 
 from ess.checkpoint import load_checkpoint
 from ess.errors import CheckpointError, ConfigError
-from ess.genotype import DARTS_V2, Edge, ESSGenotype, InterGenotype, InterNode
 from ess.runs import EpochReport
+from ess.space.genotype import DARTS_V2, Edge, ESSGenotype, InterGenotype, InterNode
 from ess.tagging.metrics import span_f1
 from ess.tagging.model import BiRNN, CharCNN, reverse_index
 from ess.transfer import PRESETS, TIMING_KEYS, Transfer, TransferConfig, transfer

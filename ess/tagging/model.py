@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ess.cells import build_cell
-from ess.genotype import ESSGenotype
+from ess.models.cells import build_cell
+from ess.space.genotype import ESSGenotype
 from ess.tagging.crf import CRF
 from ess.tagging.vocab import Batch
 

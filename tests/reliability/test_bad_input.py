@@ -47,7 +47,8 @@ from ess.data import (
 )
 from ess.data.corpus import SPLITS
 from ess.errors import ConfigError, DataError, ESSError, GenotypeError
-from ess.genotype import (
+from ess.search import SearchConfig
+from ess.space.genotype import (
     DARTS_V2,
     Edge,
     ESSGenotype,
@@ -57,8 +58,7 @@ from ess.genotype import (
     load_genotype,
     parse_genotype_json,
 )
-from ess.ops import PRIMITIVES
-from ess.search import SearchConfig
+from ess.space.ops import PRIMITIVES
 from ess.tagging.conll import TASKS, parse_conll, read_conll
 from ess.tagging.embeddings import read_glove
 from ess.tagging.schemes import is_valid_tag
@@ -995,9 +995,10 @@ BAD_VALUES = ["-1", "0", "-0", "1.5", "nan", "inf", "-inf", "1e999", "9" * 30, "
 
 
 def _entry_points():
-    from ess import search, train, transfer
+    from ess import train, transfer
+    from ess.search.cli import main as search_main
 
-    return {"search": (search.main, SearchConfig), "train": (train.main, TrainConfig),
+    return {"search": (search_main, SearchConfig), "train": (train.main, TrainConfig),
             "transfer": (transfer.main, TransferConfig)}
 
 
@@ -1087,9 +1088,9 @@ def test_cli_hand_cases(tmp_path, prog, argv, pattern):
 
 
 def test_cli_bad_input_to_the_small_tools(tmp_path):
-    """``python -m ess.genotype validate`` and ``python -m ess.data verify`` on bad files: one line each."""
+    """``python -m ess.space validate`` and ``python -m ess.data verify`` on bad files: one line each."""
     from ess.data.__main__ import main as data_main
-    from ess.genotype.__main__ import main as genotype_main
+    from ess.space.__main__ import main as genotype_main
 
     bad = tmp_path / "bad.json"
     bad.write_bytes(b"{\"intra\": 3}\n")

@@ -16,15 +16,15 @@ import math
 import pytest
 import torch
 
-import ess.search
+import ess.search.loop
 import ess.train
 import ess.transfer
-from ess.architect import Architect
 from ess.checkpoint import CheckpointFallbackWarning, load_checkpoint, previous_path
 from ess.errors import DivergenceError
-from ess.genotype import load_genotype
 from ess.search import PRESETS as SEARCH_PRESETS
 from ess.search import SearchConfig, search
+from ess.search.architect import Architect
+from ess.space.genotype import load_genotype
 from ess.tagging.model import Tagger
 from ess.train import SMOKE_TEST, TrainConfig, Trainer, train
 from ess.transfer import PRESETS as TRANSFER_PRESETS
@@ -67,7 +67,7 @@ def _stable(rows):
 @requires_ptb
 @pytest.mark.parametrize("at, back_to", [(3, 0), (BATCHES_PER_EPOCH + 5, 1)])
 def test_search_rolls_back_on_a_nan_loss_and_finishes(tmp_path, monkeypatch, capfd, at, back_to):
-    _poison(monkeypatch, ess.search, "lm_loss", at)
+    _poison(monkeypatch, ess.search.loop, "lm_loss", at)
     result = search(dataclasses.replace(SEARCH, run_dir=str(tmp_path)))
     assert [r["epoch"] for r in result.rows] == [1, 2, 3]
     assert [r["rollbacks"] for r in result.rows] == [0] * back_to + [1] * (3 - back_to)
@@ -87,7 +87,7 @@ def test_search_rolls_back_on_a_nan_loss_and_finishes(tmp_path, monkeypatch, cap
 @requires_ptb
 def test_search_gives_up_after_max_rollbacks_and_keeps_the_finished_epochs(tmp_path, monkeypatch, capfd):
     cfg = dataclasses.replace(SEARCH, run_dir=str(tmp_path), max_rollbacks=2)
-    _poison(monkeypatch, ess.search, "lm_loss", BATCHES_PER_EPOCH + 5, forever=True)
+    _poison(monkeypatch, ess.search.loop, "lm_loss", BATCHES_PER_EPOCH + 5, forever=True)
     with pytest.raises(DivergenceError, match=r"^search diverged: non-finite search loss \(nan\) at epoch 2, "
                                               r"batch \d+; gave up after 2 rollbacks \(learning rate x0\.25\)$"):
         search(cfg)

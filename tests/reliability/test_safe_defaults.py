@@ -27,8 +27,8 @@ from ess.checkpoint import load_checkpoint, save_checkpoint
 from ess.config import config_from_mapping, load_yaml, parse_yaml
 from ess.data import CORPORA, SPLITS, CorpusSpec, DownloadSpec, download_corpus, register_corpus, unregister_corpus
 from ess.errors import CheckpointError, ConfigError, DataError, GenotypeError
-from ess.genotype import load_genotype
 from ess.search import SearchConfig
+from ess.space.genotype import load_genotype
 from ess.tracking import ui_command, ui_hint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -180,7 +180,7 @@ def test_yaml_python_tags_are_rejected_and_not_run(tmp_path, tag):
 
 
 def test_yaml_os_system_tag_in_a_config_gives_one_line_cli_error(tmp_path):
-    from ess.search import main
+    from ess.search.cli import main
 
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.yaml"

@@ -41,8 +41,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from ess.cells import State, detach_state
-from ess.model import LMOutput, lm_loss, regularisation
+from ess.models.cells import State, detach_state
+from ess.models.lm import LMOutput, lm_loss, regularisation
 
 Batch = tuple[Tensor, Tensor]  # (tokens [T, B], next-token targets [T, B])
 

@@ -1,4 +1,4 @@
-"""Derivation of discrete genotypes from hand-built weight tables (ess.derive)."""
+"""Derivation of discrete genotypes from hand-built weight tables (ess.space.derive)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ess import derive
-from ess.genotype import (
+from ess.space import derive
+from ess.space.genotype import (
     DARTS_V1,
     DARTS_V2,
     ENAS,
@@ -21,7 +21,7 @@ from ess.genotype import (
     InterNode,
     IntraGenotype,
 )
-from ess.ops import PRIMITIVES
+from ess.space.ops import PRIMITIVES
 
 N = 0  # column of the zero op
 assert PRIMITIVES == ("none", "tanh", "relu", "sigmoid", "identity")

@@ -1,7 +1,7 @@
-"""The differentiable ESS search (``python -m ess.search``): bilevel optimisation of the supernet.
+"""The differentiable ESS search (``python -m ess.search``; the loop): bilevel optimisation of the supernet.
 
 Each iteration takes one architecture step on a validation batch (Adam, first or second order, see
-:mod:`ess.architect`) and then one weight step on a training batch (SGD, learning rate scaled by
+:mod:`ess.search.architect`) and then one weight step on a training batch (SGD, learning rate scaled by
 ``seq_len / bptt``, clipping), as DARTS does (reference.md section 3). After each epoch: valid
 perplexity, the derived genotype (JSON and picture), the architecture-weight tables, their entropy,
 the share of parameter-free ops in the genotype (the collapse signal), tokens/s, and an atomic
@@ -13,13 +13,12 @@ Tune) can wrap it without this module knowing about it.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +26,6 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ess.architect import Architect, requires_grad
-from ess.cells import detach_state
 from ess.checkpoint import (
     atomic_write_text,
     capture_rng_state,
@@ -37,122 +34,31 @@ from ess.checkpoint import (
     save_checkpoint,
     seed_everything,
 )
-from ess.cli import run_main
-from ess.config import check, check_genotype, config_to_dict, save_config
+from ess.config import config_to_dict, save_config
 from ess.data import BPTTIterator, batchify, get_batch, load_corpus
-from ess.derive import parameter_free_share
 from ess.errors import CheckpointError
 from ess.evaluation import evaluate
-from ess.genotype import ESSGenotype, load_genotype, save_genotype
 from ess.guard import (
-    HELP_LR_FACTOR,
-    HELP_MAX_PPL,
-    HELP_MAX_ROLLBACKS,
     Diverged,
     DivergenceGuard,
     last_good_state,
     ppl_bound,
 )
-from ess.model import lm_loss, regularisation
+from ess.models.cells import detach_state
+from ess.models.lm import lm_loss, regularisation
 from ess.runs import (
     EpochReport,
     OnEpoch,
     check_resumable,
     ignore_report,
-    parse_run_args,
-    print_report,
     write_metrics,
 )
 from ess.runtime import perplexity, pick_device, set_threads
-from ess.supernet import IMPLEMENTATIONS, INTER_COMBINATIONS, MODES, SOFTMAX_SCOPES, SearchModel, build_search_model
-
-
-@dataclass(frozen=True)
-class SearchConfig:
-    """Search config; defaults are the DARTS recurrent search values (reference.md section 3)."""
-
-    mode: str = field(default="joint", metadata={"help": f"what is searched: {', '.join(MODES)}"})
-    dataset: str = field(default="ptb", metadata={"help": "registered corpus"})
-    data_dir: str | None = field(default=None, metadata={"help": "else $ESS_DATA_DIR, else ./data"})
-    emsize: int = field(default=300, metadata={"help": "embedding size (tied: equals nhid)"})
-    nhid: int = field(default=300, metadata={"help": "hidden size"})
-    steps: int = field(default=8, metadata={"help": "intra-cell nodes"})
-    n_inter: int = field(default=3, metadata={"help": "nodes of each inter cell"})
-    m: int = field(default=3, metadata={"help": "inter-cell window: h_{t-1..t-m}, x_{t..t-m+1}"})
-    combination: str = field(default="product", metadata={"help": "inter node: product, sum or search"})
-    residual: bool = field(default=True, metadata={"help": "inter output = newest input + mean(nodes)"})
-    softmax_scope: str = field(default="node", metadata={"help": "inter softmax: node (I-DARTS) or edge (DARTS)"})
-    intra_genotype: str = field(default="DARTS_V2", metadata={"help": "fixed intra cell in inter mode"})
-    batchnorm: bool = field(default=True, metadata={"help": "affine-free batch norm on intra nodes"})
-    implementation: str = field(default="fast", metadata={"help": f"{' or '.join(IMPLEMENTATIONS)}"})
-    order: int = field(default=1, metadata={"help": "1: first-order, 2: second-order (unrolled) gradient"})
-    lr: float = field(default=20.0, metadata={"help": "weight SGD learning rate (scaled by seq_len / bptt)"})
-    clip: float = field(default=0.25, metadata={"help": "gradient norm clipping"})
-    wdecay: float = field(default=5e-7, metadata={"help": "weight decay of the network weights"})
-    arch_lr: float = field(default=3e-3, metadata={"help": "Adam learning rate of the architecture"})
-    arch_wdecay: float = field(default=1e-3, metadata={"help": "weight decay of the architecture"})
-    epochs: int = field(default=50, metadata={"help": "number of epochs"})
-    batch_size: int = field(default=256, metadata={"help": "training and architecture batch size"})
-    eval_batch_size: int = field(default=10, metadata={"help": "validation batch size"})
-    bptt: int = field(default=35, metadata={"help": "mean sequence length"})
-    max_seq_len_delta: int = field(default=20, metadata={"help": "longest sequence is bptt + this"})
-    dropout: float = field(default=0.75, metadata={"help": "locked dropout on the cell output"})
-    dropouth: float = field(default=0.25, metadata={"help": "variational dropout on h and node inputs"})
-    dropoutx: float = field(default=0.75, metadata={"help": "variational dropout on x"})
-    dropouti: float = field(default=0.2, metadata={"help": "locked dropout on the embeddings"})
-    dropoute: float = field(default=0.0, metadata={"help": "word dropout"})
-    alpha: float = field(default=0.0, metadata={"help": "AR coefficient"})
-    beta: float = field(default=1e-3, metadata={"help": "TAR coefficient"})
-    seed: int = field(default=3, metadata={"help": "fixes initialisation, data order and dropout"})
-    max_rollbacks: int = field(default=3, metadata={"help": HELP_MAX_ROLLBACKS})
-    rollback_lr_factor: float = field(default=0.5, metadata={"help": HELP_LR_FACTOR})
-    max_ppl: float = field(default=0.0, metadata={"help": HELP_MAX_PPL})
-    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda[:N]"})
-    threads: int = field(default=0, metadata={"help": "CPU threads (0: torch default)"})
-    max_train_tokens: int = field(default=0, metadata={"help": "use only the first N training tokens (0: all)"})
-    max_eval_tokens: int = field(default=0, metadata={"help": "use only the first N valid tokens (0: all)"})
-    draw: bool = field(default=True, metadata={"help": "draw the genotype picture each epoch"})
-    run_dir: str = field(default="runs/search", metadata={"help": "checkpoints, genotypes, metrics go here"})
-    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
-
-    def __post_init__(self) -> None:
-        for name in ("emsize", "nhid", "steps", "n_inter", "m", "epochs", "batch_size", "eval_batch_size", "bptt"):
-            check(getattr(self, name) > 0, name, f"must be positive, got {getattr(self, name)}")
-        for name in ("dropout", "dropouth", "dropoutx", "dropouti", "dropoute"):
-            check(0.0 <= getattr(self, name) < 1.0, name, f"must be in [0, 1), got {getattr(self, name)}")
-        for name in ("lr", "clip", "wdecay", "arch_lr", "arch_wdecay", "alpha", "beta", "max_seq_len_delta",
-                     "max_train_tokens", "max_eval_tokens", "threads", "max_rollbacks", "max_ppl"):
-            check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
-        check(0.0 < self.rollback_lr_factor <= 1.0, "rollback_lr_factor",
-              f"must be in (0, 1], got {self.rollback_lr_factor}")
-        check(self.mode in MODES, "mode", f"unknown mode {self.mode!r} (known: {', '.join(MODES)})")
-        check(self.order in (1, 2), "order", f"must be 1 or 2, got {self.order}")
-        check(self.emsize == self.nhid, "emsize", f"tied weights need emsize == nhid ({self.emsize} != {self.nhid})")
-        check(self.combination in INTER_COMBINATIONS, "combination",
-              f"unknown combination {self.combination!r} (known: {', '.join(INTER_COMBINATIONS)})")
-        check(self.softmax_scope in SOFTMAX_SCOPES, "softmax_scope",
-              f"unknown softmax_scope {self.softmax_scope!r} (known: {', '.join(SOFTMAX_SCOPES)})")
-        check(self.implementation in IMPLEMENTATIONS, "implementation",
-              f"unknown implementation {self.implementation!r} (known: {', '.join(IMPLEMENTATIONS)})")
-        check(self.combination != "search" or MODES[self.mode].searches_inter, "combination",
-              f"'search' searches the inter-cell combination weights, but mode {self.mode!r} fixes the inter "
-              "cells to the identity (use product or sum, or mode inter or joint)")
-        if not MODES[self.mode].searches_intra:
-            check_genotype(self.intra_genotype, "intra_genotype")
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # Under a minute on 2 CPU cores: tiny sizes on a slice of PTB.
-    "smoke": dict(emsize=32, nhid=32, steps=4, n_inter=2, m=2, batch_size=16, epochs=2, max_train_tokens=12_000,
-                  max_eval_tokens=3_000, progress=False, run_dir="runs/search-smoke"),
-    # A real but small joint search on a 2-core laptop (minutes, not hours). At 64 units and batch 32,
-    # lr 20 turned back up by epoch 3 (valid ppl 3674, 2472, 2625 on 40k tokens) where lr 10 kept falling
-    # (4331, 2848, 2185).
-    "cpu-small": dict(emsize=64, nhid=64, batch_size=32, epochs=4, lr=10.0, max_train_tokens=100_000,
-                      max_eval_tokens=20_000, run_dir="runs/search-cpu-small"),
-    # The DARTS/ESS search sizes.
-    "paper": dict(emsize=300, nhid=300, batch_size=256, epochs=50),
-}
+from ess.search.architect import Architect, requires_grad
+from ess.search.config import SearchConfig
+from ess.space.derive import parameter_free_share
+from ess.space.genotype import ESSGenotype, load_genotype, save_genotype
+from ess.supernet.model import SearchModel, build_search_model
 
 # Fields that define the supernet and the data: they must match when resuming.
 _RESUME_FIXED = ("mode", "dataset", "emsize", "nhid", "steps", "n_inter", "m", "combination", "residual",
@@ -330,7 +236,7 @@ class Searcher:
         save_genotype(genotype, self.run_dir / "genotype.json")
         atomic_write_text(self.run_dir / "arch_weights.json", weights)
         if self.cfg.draw:
-            from ess.genotype.draw import draw_genotype
+            from ess.space.draw import draw_genotype
 
             paths["picture"] = draw_genotype(genotype, self.run_dir / "genotypes" / f"{tag}.png",
                                              title=f"{self.cfg.mode} search, epoch {self.epoch}")[0]
@@ -364,7 +270,7 @@ class Searcher:
             on_epoch(EpochReport(self.epoch, row, self.run_dir, self.checkpoint_path, genotype, artifacts))
         genotype = self.model.genotype()
         if self.cfg.draw:
-            from ess.genotype.draw import draw_genotype
+            from ess.space.draw import draw_genotype
 
             draw_genotype(genotype, self.run_dir / "genotype", title=f"{self.cfg.mode} search")
         return SearchResult(genotype, self.rows, self.run_dir)
@@ -378,25 +284,3 @@ def search(cfg: SearchConfig, *, resume: bool = False, on_epoch: OnEpoch = ignor
         searcher.resume()
     save_config(cfg, searcher.run_dir / "config.yaml")
     return searcher.fit(on_epoch)
-
-
-def parse_args(argv: list[str] | None = None) -> tuple[SearchConfig, argparse.Namespace]:
-    return parse_run_args(SearchConfig, argv, prog="python -m ess.search", description=__doc__.split("\n\n")[0],
-                          smoke=PRESETS["smoke"], presets=PRESETS)
-
-
-@run_main
-def main(argv: list[str] | None = None) -> int:
-    cfg, args = parse_args(argv)
-    start = time.perf_counter()
-    result = search(cfg, resume=args.resume, on_epoch=print_report)
-    print(json.dumps({"genotype": result.genotype.to_dict(), "describe": result.genotype.describe(),
-                      "seconds": round(time.perf_counter() - start, 1), "run_dir": str(result.run_dir)}), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-
-
-__all__ = ["PRESETS", "SearchConfig", "SearchResult", "Searcher", "build_model", "search"]

@@ -1,11 +1,14 @@
-"""Genotypes of ESS: see :mod:`ess.genotype.types`; drawing in :mod:`ess.genotype.draw`.
+"""The ESS search space: candidate ops (:mod:`~ess.space.ops`), genotypes (:mod:`~ess.space.genotype`),
+derivation from architecture weights (:mod:`~ess.space.derive`), pictures (:mod:`~ess.space.draw`).
+
+The genotype types are re-exported here.
 
 ``draw_genotype`` is imported lazily so that importing the genotypes does not import matplotlib.
 """
 
 from typing import Any
 
-from ess.genotype.types import (
+from ess.space.genotype import (
     BUILTINS,
     COMBINATIONS,
     DARTS_V1,
@@ -32,7 +35,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "draw_genotype":
-        from ess.genotype.draw import draw_genotype
+        from ess.space.draw import draw_genotype
 
         return draw_genotype
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,7 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ess.errors import ESSError, GenotypeError
-from ess.genotype import (
+from ess.space.__main__ import main as cli_main
+from ess.space.draw import draw_genotype, output_paths, render_genotype
+from ess.space.genotype import (
     BUILTINS,
     DARTS_V1,
     DARTS_V2,
@@ -31,11 +33,9 @@ from ess.genotype import (
     parse_genotype_json,
     save_genotype,
 )
-from ess.genotype.__main__ import main as cli_main
-from ess.genotype.draw import draw_genotype, output_paths, render_genotype
-from ess.ops import PRIMITIVES
+from ess.space.ops import PRIMITIVES
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _inter(combination: str = "product", residual: bool = True) -> InterGenotype:
@@ -472,7 +472,7 @@ def test_render_identity_m3_and_single_node() -> None:
 
 
 def _run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ess.genotype", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "ess.space", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=120)
 
 

@@ -1,10 +1,10 @@
-"""Derivation of a discrete :class:`~ess.genotype.ESSGenotype` from architecture weights.
+"""Derivation of a discrete :class:`~ess.space.ESSGenotype` from architecture weights.
 
 Everything here is a pure function over plain weight tables (nested lists of floats, NumPy arrays or
-tensors whose columns follow :data:`ess.ops.PRIMITIVES`), so tests and analysis notebooks can build
+tensors whose columns follow :data:`ess.space.ops.PRIMITIVES`), so tests and analysis notebooks can build
 tables by hand, and a search log written as JSON can be re-derived without a model.
 
-Row layouts (shared by the search cells in :mod:`ess.supernet` and :mod:`ess.supernet_reference`):
+Row layouts (shared by the search cells in :mod:`ess.supernet` and :mod:`ess.supernet.reference`):
 
 * intra cell (DARTS, reference.md section 3): one row per edge ``(i, j)``, node ``i = 1..steps``
   outer, predecessor ``j = 0..i-1`` inner (:func:`intra_rows`); ``steps (steps + 1) / 2`` rows.
@@ -31,8 +31,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ess.genotype import COMBINATIONS, Edge, ESSGenotype, InterGenotype, InterNode, IntraGenotype
-from ess.ops import OPS, PRIMITIVES, ZERO
+from ess.space.genotype import COMBINATIONS, Edge, ESSGenotype, InterGenotype, InterNode, IntraGenotype
+from ess.space.ops import OPS, PRIMITIVES, ZERO
 
 FORMAT = "ess-arch-weights/1"
 BRANCHES: tuple[str, ...] = ("a", "b")

@@ -8,12 +8,13 @@ import json
 import pytest
 import torch
 
-from ess import derive, kernels
-from ess.cells import DARTSCell, ESSCell, InterCell
+from ess import kernels
 from ess.errors import ConfigError
-from ess.genotype import DARTS_V2, IDENTITY_INTER, Edge, InterGenotype, InterNode, IntraGenotype
-from ess.model import RNNModel, lm_loss
-from ess.ops import PRIMITIVES
+from ess.models.cells import DARTSCell, ESSCell, InterCell
+from ess.models.lm import RNNModel, lm_loss
+from ess.space import derive
+from ess.space.genotype import DARTS_V2, IDENTITY_INTER, Edge, InterGenotype, InterNode, IntraGenotype
+from ess.space.ops import PRIMITIVES
 from ess.supernet import (
     MODES,
     MixedInterCell,
@@ -21,7 +22,7 @@ from ess.supernet import (
     SearchModel,
     build_search_model,
 )
-from ess.supernet_reference import ReferenceMixedInterCell, ReferenceMixedIntraCell
+from ess.supernet.reference import ReferenceMixedInterCell, ReferenceMixedIntraCell
 
 DT = torch.float64
 ACTS = {"tanh": torch.tanh, "relu": torch.relu, "sigmoid": torch.sigmoid, "identity": lambda v: v}

@@ -1,4 +1,4 @@
-"""Command line for genotypes: ``python -m ess.genotype {show,list,validate,export}``.
+"""Command line for genotypes: ``python -m ess.space {show,list,validate,export}``.
 
 * ``show FILE_OR_NAME [--out cell.png] [--title T]``: print the one-line description and, with
   ``--out``, draw the cells (``.png``, ``.svg``, or no suffix for both) and print the written paths.
@@ -17,11 +17,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ess.cli import run_main
-from ess.genotype.types import BUILTINS, load_genotype, save_genotype
+from ess.space.genotype import BUILTINS, load_genotype, save_genotype
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ess.genotype", description="Inspect, check, draw and export "
+    parser = argparse.ArgumentParser(prog="python -m ess.space", description="Inspect, check, draw and export "
                                      "ESS genotypes (JSON files or the built-ins " + ", ".join(BUILTINS) + ").")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     show = commands.add_parser("show", help="describe a genotype and optionally draw it")
@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
 def _show(args: argparse.Namespace) -> int:
     genotype = load_genotype(args.genotype)
     if args.out:
-        from ess.genotype.draw import draw_genotype, output_paths  # matplotlib is only needed to draw
+        from ess.space.draw import draw_genotype, output_paths  # matplotlib is only needed to draw
 
         output_paths(Path(args.out), None)  # a bad suffix fails before anything is printed
     print(genotype.describe())

@@ -8,9 +8,18 @@ import pytest
 import torch
 
 from ess import kernels
-from ess.cells import CELLS, DARTSCell, InterCell, build_cell
-from ess.genotype import DARTS_V2, ENAS, IDENTITY_INTER, Edge, ESSGenotype, InterGenotype, InterNode, IntraGenotype
 from ess.kernels import DartsPlan
+from ess.models.cells import CELLS, DARTSCell, InterCell, build_cell
+from ess.space.genotype import (
+    DARTS_V2,
+    ENAS,
+    IDENTITY_INTER,
+    Edge,
+    ESSGenotype,
+    InterGenotype,
+    InterNode,
+    IntraGenotype,
+)
 
 ACT = {"tanh": math.tanh, "relu": lambda v: max(v, 0.0), "sigmoid": lambda v: 1 / (1 + math.exp(-v)),
        "identity": lambda v: v}

@@ -1,4 +1,4 @@
-"""Draw an :class:`~ess.genotype.types.ESSGenotype` as one figure, with matplotlib alone (no graphviz).
+"""Draw an :class:`~ess.space.genotype.ESSGenotype` as one figure, with matplotlib alone (no graphviz).
 
 The figure has three panels: the intra cell pi on top (inputs ``x^_t`` and ``h^_{t-1}`` feed node 0,
 the nodes are laid out as a tree by depth, the ``concat`` nodes feed ``h_t`` through a mean), and the
@@ -33,8 +33,8 @@ from matplotlib.transforms import Bbox
 
 from ess.checkpoint import atomic_write_bytes
 from ess.errors import ESSError, GenotypeError
-from ess.genotype.types import ESSGenotype, InterGenotype, IntraGenotype
-from ess.ops import PRIMITIVES, ZERO
+from ess.space.genotype import ESSGenotype, InterGenotype, IntraGenotype
+from ess.space.ops import PRIMITIVES, ZERO
 
 FORMATS: tuple[str, ...] = ("png", "svg")
 DPI = 150

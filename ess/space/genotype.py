@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ess.errors import GenotypeError
-from ess.ops import OPS, PRIMITIVES, ZERO
+from ess.space.ops import OPS, PRIMITIVES, ZERO
 
 COMBINATIONS: tuple[str, ...] = ("product", "sum")
 _REPR_LIMIT = 60

@@ -1,4 +1,4 @@
-"""The bilevel architecture step (ess.architect): exactness of the second-order gradient, invariants."""
+"""The bilevel architecture step (ess.search.architect): exactness of the second-order gradient, invariants."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import torch
 from torch.func import functional_call
 
 from ess import kernels
-from ess.architect import Architect, MaskReplay
-from ess.cells import build_ess_cell
-from ess.genotype import DARTS_V2
-from ess.model import RNNModel, lm_loss, regularisation
+from ess.models.cells import build_ess_cell
+from ess.models.lm import RNNModel, lm_loss, regularisation
+from ess.search.architect import Architect, MaskReplay
+from ess.space.genotype import DARTS_V2
 from ess.supernet import MODES, build_search_model
 
 DT = torch.float64

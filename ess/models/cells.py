@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ess import kernels
-from ess.genotype import ESSGenotype, InterGenotype, IntraGenotype
-from ess.ops import activation
+from ess.space.genotype import ESSGenotype, InterGenotype, IntraGenotype
+from ess.space.ops import activation
 
 INIT_RANGE = 0.04  # DARTS: uniform(-0.04, 0.04) for every recurrent weight matrix
 

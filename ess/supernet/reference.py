@@ -14,10 +14,10 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from ess import derive
-from ess.genotype import COMBINATIONS
-from ess.ops import OPS, PRIMITIVES, ZERO
-from ess.supernet import ArchBound, InterWeights, _uniform, check_inter_args
+from ess.space import derive
+from ess.space.genotype import COMBINATIONS
+from ess.space.ops import OPS, PRIMITIVES, ZERO
+from ess.supernet.base import ArchBound, InterWeights, _uniform, check_inter_args
 
 
 class ReferenceMixedIntraCell(ArchBound, nn.Module):

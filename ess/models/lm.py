@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ess import kernels
-from ess.cells import State, detach_state
+from ess.models.cells import State, detach_state
 
 
 def locked_dropout(x: Tensor, dropout: float, training: bool) -> Tensor:

@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from ess import kernels
-from ess.cells import build_cell
-from ess.genotype import DARTS_V2
-from ess.model import RNNModel, embedded_dropout, lm_loss, locked_dropout, regularisation
+from ess.models.cells import build_cell
+from ess.models.lm import RNNModel, embedded_dropout, lm_loss, locked_dropout, regularisation
+from ess.space.genotype import DARTS_V2
 
 
 def _model(ntoken=50, size=8, **kw) -> RNNModel:

@@ -14,8 +14,8 @@ import torch
 from ess.checkpoint import load_checkpoint
 from ess.errors import CheckpointError, ConfigError
 from ess.evaluation import evaluate
-from ess.genotype import DARTS_V2, ESSGenotype, load_genotype
 from ess.search import PRESETS, SearchConfig, Searcher, search
+from ess.space.genotype import DARTS_V2, ESSGenotype, load_genotype
 from ess.supernet import MODES
 
 from conftest import requires_ptb

@@ -1,0 +1,1 @@
+"""The discrete models: a genotype's recurrent cell inside the language model (retraining, transfer)."""

@@ -1,0 +1,99 @@
+"""The search config: one frozen dataclass with the DARTS defaults, plus named presets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ess.config import check, check_genotype
+from ess.guard import HELP_LR_FACTOR, HELP_MAX_PPL, HELP_MAX_ROLLBACKS
+from ess.supernet.base import INTER_COMBINATIONS, SOFTMAX_SCOPES
+from ess.supernet.model import IMPLEMENTATIONS, MODES
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Search config; defaults are the DARTS recurrent search values (reference.md section 3)."""
+
+    mode: str = field(default="joint", metadata={"help": f"what is searched: {', '.join(MODES)}"})
+    dataset: str = field(default="ptb", metadata={"help": "registered corpus"})
+    data_dir: str | None = field(default=None, metadata={"help": "else $ESS_DATA_DIR, else ./data"})
+    emsize: int = field(default=300, metadata={"help": "embedding size (tied: equals nhid)"})
+    nhid: int = field(default=300, metadata={"help": "hidden size"})
+    steps: int = field(default=8, metadata={"help": "intra-cell nodes"})
+    n_inter: int = field(default=3, metadata={"help": "nodes of each inter cell"})
+    m: int = field(default=3, metadata={"help": "inter-cell window: h_{t-1..t-m}, x_{t..t-m+1}"})
+    combination: str = field(default="product", metadata={"help": "inter node: product, sum or search"})
+    residual: bool = field(default=True, metadata={"help": "inter output = newest input + mean(nodes)"})
+    softmax_scope: str = field(default="node", metadata={"help": "inter softmax: node (I-DARTS) or edge (DARTS)"})
+    intra_genotype: str = field(default="DARTS_V2", metadata={"help": "fixed intra cell in inter mode"})
+    batchnorm: bool = field(default=True, metadata={"help": "affine-free batch norm on intra nodes"})
+    implementation: str = field(default="fast", metadata={"help": f"{' or '.join(IMPLEMENTATIONS)}"})
+    order: int = field(default=1, metadata={"help": "1: first-order, 2: second-order (unrolled) gradient"})
+    lr: float = field(default=20.0, metadata={"help": "weight SGD learning rate (scaled by seq_len / bptt)"})
+    clip: float = field(default=0.25, metadata={"help": "gradient norm clipping"})
+    wdecay: float = field(default=5e-7, metadata={"help": "weight decay of the network weights"})
+    arch_lr: float = field(default=3e-3, metadata={"help": "Adam learning rate of the architecture"})
+    arch_wdecay: float = field(default=1e-3, metadata={"help": "weight decay of the architecture"})
+    epochs: int = field(default=50, metadata={"help": "number of epochs"})
+    batch_size: int = field(default=256, metadata={"help": "training and architecture batch size"})
+    eval_batch_size: int = field(default=10, metadata={"help": "validation batch size"})
+    bptt: int = field(default=35, metadata={"help": "mean sequence length"})
+    max_seq_len_delta: int = field(default=20, metadata={"help": "longest sequence is bptt + this"})
+    dropout: float = field(default=0.75, metadata={"help": "locked dropout on the cell output"})
+    dropouth: float = field(default=0.25, metadata={"help": "variational dropout on h and node inputs"})
+    dropoutx: float = field(default=0.75, metadata={"help": "variational dropout on x"})
+    dropouti: float = field(default=0.2, metadata={"help": "locked dropout on the embeddings"})
+    dropoute: float = field(default=0.0, metadata={"help": "word dropout"})
+    alpha: float = field(default=0.0, metadata={"help": "AR coefficient"})
+    beta: float = field(default=1e-3, metadata={"help": "TAR coefficient"})
+    seed: int = field(default=3, metadata={"help": "fixes initialisation, data order and dropout"})
+    max_rollbacks: int = field(default=3, metadata={"help": HELP_MAX_ROLLBACKS})
+    rollback_lr_factor: float = field(default=0.5, metadata={"help": HELP_LR_FACTOR})
+    max_ppl: float = field(default=0.0, metadata={"help": HELP_MAX_PPL})
+    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda[:N]"})
+    threads: int = field(default=0, metadata={"help": "CPU threads (0: torch default)"})
+    max_train_tokens: int = field(default=0, metadata={"help": "use only the first N training tokens (0: all)"})
+    max_eval_tokens: int = field(default=0, metadata={"help": "use only the first N valid tokens (0: all)"})
+    draw: bool = field(default=True, metadata={"help": "draw the genotype picture each epoch"})
+    run_dir: str = field(default="runs/search", metadata={"help": "checkpoints, genotypes, metrics go here"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def __post_init__(self) -> None:
+        for name in ("emsize", "nhid", "steps", "n_inter", "m", "epochs", "batch_size", "eval_batch_size", "bptt"):
+            check(getattr(self, name) > 0, name, f"must be positive, got {getattr(self, name)}")
+        for name in ("dropout", "dropouth", "dropoutx", "dropouti", "dropoute"):
+            check(0.0 <= getattr(self, name) < 1.0, name, f"must be in [0, 1), got {getattr(self, name)}")
+        for name in ("lr", "clip", "wdecay", "arch_lr", "arch_wdecay", "alpha", "beta", "max_seq_len_delta",
+                     "max_train_tokens", "max_eval_tokens", "threads", "max_rollbacks", "max_ppl"):
+            check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
+        check(0.0 < self.rollback_lr_factor <= 1.0, "rollback_lr_factor",
+              f"must be in (0, 1], got {self.rollback_lr_factor}")
+        check(self.mode in MODES, "mode", f"unknown mode {self.mode!r} (known: {', '.join(MODES)})")
+        check(self.order in (1, 2), "order", f"must be 1 or 2, got {self.order}")
+        check(self.emsize == self.nhid, "emsize", f"tied weights need emsize == nhid ({self.emsize} != {self.nhid})")
+        check(self.combination in INTER_COMBINATIONS, "combination",
+              f"unknown combination {self.combination!r} (known: {', '.join(INTER_COMBINATIONS)})")
+        check(self.softmax_scope in SOFTMAX_SCOPES, "softmax_scope",
+              f"unknown softmax_scope {self.softmax_scope!r} (known: {', '.join(SOFTMAX_SCOPES)})")
+        check(self.implementation in IMPLEMENTATIONS, "implementation",
+              f"unknown implementation {self.implementation!r} (known: {', '.join(IMPLEMENTATIONS)})")
+        check(self.combination != "search" or MODES[self.mode].searches_inter, "combination",
+              f"'search' searches the inter-cell combination weights, but mode {self.mode!r} fixes the inter "
+              "cells to the identity (use product or sum, or mode inter or joint)")
+        if not MODES[self.mode].searches_intra:
+            check_genotype(self.intra_genotype, "intra_genotype")
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Under a minute on 2 CPU cores: tiny sizes on a slice of PTB.
+    "smoke": dict(emsize=32, nhid=32, steps=4, n_inter=2, m=2, batch_size=16, epochs=2, max_train_tokens=12_000,
+                  max_eval_tokens=3_000, progress=False, run_dir="runs/search-smoke"),
+    # A real but small joint search on a 2-core laptop (minutes, not hours). At 64 units and batch 32,
+    # lr 20 turned back up by epoch 3 (valid ppl 3674, 2472, 2625 on 40k tokens) where lr 10 kept falling
+    # (4331, 2848, 2185).
+    "cpu-small": dict(emsize=64, nhid=64, batch_size=32, epochs=4, lr=10.0, max_train_tokens=100_000,
+                      max_eval_tokens=20_000, run_dir="runs/search-cpu-small"),
+    # The DARTS/ESS search sizes.
+    "paper": dict(emsize=300, nhid=300, batch_size=256, epochs=50),
+}

@@ -1,0 +1,305 @@
+"""The search model: modes, implementations and the supernet config around :class:`ess.models.cells.ESSCell`."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ess.config import check
+from ess.models.cells import DARTSCell, ESSCell, InterCell, State
+from ess.models.lm import LMOutput, RNNModel
+from ess.space import derive
+from ess.space.genotype import DARTS_V2, IDENTITY_INTER, ESSGenotype, IntraGenotype
+from ess.space.ops import PRIMITIVES
+from ess.supernet.base import INTER_COMBINATIONS, SOFTMAX_SCOPES, ArchBound
+from ess.supernet.cells import MixedInterCell, MixedIntraCell
+
+# --------------------------------------------------------------------------------------------------
+# Modes and implementations (registries)
+
+
+@dataclass(frozen=True)
+class Implementation:
+    """A pair of search-cell classes with the same parameters and arch-weight layout."""
+
+    intra: type[nn.Module]
+    inter: type[nn.Module]
+
+
+def _fast() -> Implementation:
+    return Implementation(MixedIntraCell, MixedInterCell)
+
+
+def _reference() -> Implementation:
+    from ess.supernet.reference import ReferenceMixedInterCell, ReferenceMixedIntraCell
+
+    return Implementation(ReferenceMixedIntraCell, ReferenceMixedInterCell)
+
+
+IMPLEMENTATIONS: dict[str, Callable[[], Implementation]] = {"fast": _fast, "reference": _reference}
+
+
+def _searched_intra(cfg: SupernetConfig, impl: Implementation) -> nn.Module:
+    return impl.intra(cfg.ninp, cfg.nhid, cfg.steps, cfg.batchnorm)
+
+
+def _fixed_intra(cfg: SupernetConfig, impl: Implementation) -> nn.Module:
+    return DARTSCell(cfg.ninp, cfg.nhid, cfg.intra_genotype)
+
+
+def _searched_inter(cfg: SupernetConfig, impl: Implementation, dim: int) -> nn.Module:
+    return impl.inter(dim, cfg.m, cfg.n_inter, cfg.combination, cfg.residual, cfg.softmax_scope)
+
+
+def _identity_inter(cfg: SupernetConfig, impl: Implementation, dim: int) -> nn.Module:
+    return InterCell(dim, IDENTITY_INTER)
+
+
+# Builders by "is this part searched?"
+_INTRA_BUILDERS: dict[bool, Callable[[SupernetConfig, Implementation], nn.Module]] = {
+    True: _searched_intra, False: _fixed_intra}
+_INTER_BUILDERS: dict[bool, Callable[[SupernetConfig, Implementation, int], nn.Module]] = {
+    True: _searched_inter, False: _identity_inter}
+
+
+@dataclass(frozen=True)
+class SearchMode:
+    """What is searched. A part that is not searched is fixed: the intra cell to the given genotype,
+    the inter cells to the identity (``InterCell(dim, IDENTITY_INTER)``)."""
+
+    name: str
+    searches_intra: bool
+    searches_inter: bool
+    description: str
+
+    def build_intra(self, cfg: SupernetConfig, impl: Implementation) -> nn.Module:
+        return _INTRA_BUILDERS[self.searches_intra](cfg, impl)
+
+    def build_inter(self, cfg: SupernetConfig, impl: Implementation, dim: int) -> nn.Module:
+        return _INTER_BUILDERS[self.searches_inter](cfg, impl, dim)
+
+
+MODES: dict[str, SearchMode] = {mode.name: mode for mode in (
+    SearchMode("intra", True, False, "intra cell searched, inter cells fixed to identity: exactly the DARTS search"),
+    SearchMode("inter", False, True, "intra cell fixed to a given genotype (default DARTS_V2), inter cells searched"),
+    SearchMode("joint", True, True, "intra and inter cells searched at once (ESS joint learning)"),
+)}
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _fraction(value: float) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value < 1.0
+
+
+@dataclass(frozen=True)
+class SupernetConfig:
+    """Everything that defines a search model; validated on construction (ConfigError naming the field).
+
+    ``steps`` is used when the intra cell is searched, ``n_inter``/``m``/``combination``/``residual``/
+    ``softmax_scope`` when the inter cells are, ``intra_genotype`` when the intra cell is fixed.
+    """
+
+    ntoken: int
+    mode: str = "joint"
+    ninp: int = 300
+    nhid: int = 300
+    steps: int = 8
+    n_inter: int = 3
+    m: int = 3
+    combination: str = "product"
+    residual: bool = True
+    softmax_scope: str = "node"
+    intra_genotype: IntraGenotype = field(default=DARTS_V2.intra)
+    dropout: float = 0.75
+    dropouth: float = 0.25
+    dropoutx: float = 0.75
+    dropouti: float = 0.2
+    dropoute: float = 0.0
+    batchnorm: bool = True
+    implementation: str = "fast"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.intra_genotype, ESSGenotype):
+            object.__setattr__(self, "intra_genotype", self.intra_genotype.intra)
+        check(self.mode in MODES, "mode", f"unknown {self.mode!r} (known: {', '.join(MODES)})")
+        check(self.implementation in IMPLEMENTATIONS, "implementation",
+              f"unknown {self.implementation!r} (known: {', '.join(IMPLEMENTATIONS)})")
+        mode = MODES[self.mode]
+        counts = ("ntoken", "ninp", "nhid", "m", *(("steps",) if mode.searches_intra else ()),
+                  *(("n_inter",) if mode.searches_inter else ()))
+        for name in counts:
+            value = getattr(self, name)
+            check(_count(value), name, f"expected an integer >= 1, got {value!r}")
+        check(self.ninp == self.nhid, "nhid", f"tied weights need ninp == nhid (got {self.ninp} and {self.nhid})")
+        check(self.combination in INTER_COMBINATIONS, "combination",
+              f"unknown {self.combination!r} (known: {', '.join(INTER_COMBINATIONS)})")
+        check(self.softmax_scope in SOFTMAX_SCOPES, "softmax_scope",
+              f"unknown {self.softmax_scope!r} (known: {', '.join(SOFTMAX_SCOPES)})")
+        check(isinstance(self.residual, bool), "residual", f"expected true or false, got {self.residual!r}")
+        check(isinstance(self.intra_genotype, IntraGenotype), "intra_genotype",
+              f"expected an IntraGenotype or ESSGenotype, got {type(self.intra_genotype).__name__}")
+        for name in ("dropout", "dropouth", "dropoutx", "dropouti", "dropoute"):
+            check(_fraction(getattr(self, name)), name, f"expected a number in [0, 1), got {getattr(self, name)!r}")
+        check(isinstance(self.batchnorm, bool), "batchnorm", f"expected true or false, got {self.batchnorm!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["intra_genotype"] = derive.intra_to_dict(self.intra_genotype)
+        return out
+
+
+# --------------------------------------------------------------------------------------------------
+# The search model
+
+
+_PART_OF_CELL = {"intra": "intra", "history": "history", "input": "inputs"}  # arch part -> ESSCell attribute
+
+
+class SearchModel(RNNModel):
+    """The ESS search model: a :class:`~ess.models.lm.RNNModel` whose :class:`~ess.models.cells.ESSCell`
+    holds search cells.
+
+    Architecture logits are registered parameters in ``self.alphas`` (``intra``, ``history``,
+    ``history_combination``, ``input``, ``input_combination``; only the searched parts of the mode),
+    initialised ``1e-3 * randn`` as DARTS (which also breaks the symmetry of a node's two branches).
+    Every forward pass binds their softmaxes to the search cells.
+    """
+
+    def __init__(self, config: SupernetConfig):
+        impl = IMPLEMENTATIONS[config.implementation]()
+        mode = MODES[config.mode]
+        cell = ESSCell(config.ninp, config.nhid, mode.build_intra(config, impl),
+                       mode.build_inter(config, impl, config.nhid), mode.build_inter(config, impl, config.ninp),
+                       dropoutx=config.dropoutx, dropouth=config.dropouth)
+        super().__init__(config.ntoken, config.ninp, config.nhid, cell, dropout=config.dropout,
+                         dropouti=config.dropouti, dropoute=config.dropoute)
+        self.config, self.mode = config, mode
+        self.alphas = nn.ParameterDict()
+        for part, module in self.searched_parts().items():
+            for key, shape in module.arch_spec().items():
+                self.alphas[self._alpha_name(part, key)] = nn.Parameter(1e-3 * torch.randn(*shape))
+
+    # ---- structure
+
+    @staticmethod
+    def _alpha_name(part: str, key: str) -> str:
+        return part if key == "ops" else f"{part}_{key}"
+
+    def parts(self) -> dict[str, nn.Module]:
+        """The three parts of the cell: ``intra`` (pi), ``history`` (f over h), ``input`` (g over x)."""
+        return {part: getattr(self.cell, attr) for part, attr in _PART_OF_CELL.items()}
+
+    def searched_parts(self) -> dict[str, nn.Module]:
+        return {part: module for part, module in self.parts().items() if isinstance(module, ArchBound)}
+
+    def part_logits(self, part: str) -> dict[str, Tensor]:
+        module = self.searched_parts()[part]
+        return {key: self.alphas[self._alpha_name(part, key)] for key in module.arch_spec()}
+
+    # ---- parameters
+
+    def named_arch_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(f"alphas.{name}", p) for name, p in self.alphas.items()]
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        """The architecture logits of the searched parts (one Adam optimises them all)."""
+        return list(self.alphas.values())
+
+    def named_weight_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """Every other parameter (the tied embedding/decoder once), in ``named_parameters`` order."""
+        arch = {id(p) for p in self.alphas.values()}
+        return [(n, p) for n, p in self.named_parameters() if id(p) not in arch]
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        return [p for _, p in self.named_weight_parameters()]
+
+    # ---- forward
+
+    @contextlib.contextmanager
+    def bound_architecture(self) -> Iterator[None]:
+        """Bind the softmaxed architecture weights to the search cells for the block."""
+        parts = self.searched_parts()
+        try:
+            for part, module in parts.items():
+                module.bind(self.part_logits(part))
+            yield
+        finally:
+            for module in parts.values():
+                module.bind(None)
+
+    def forward(self, tokens: Tensor, state: State) -> LMOutput:
+        with self.bound_architecture():
+            return super().forward(tokens, state)
+
+    # ---- architecture read-outs
+
+    @torch.no_grad()
+    def arch_weights(self) -> dict[str, Any]:
+        """JSON-serialisable softmax tables of every searched part, with row/column labels.
+
+        ``intra``: edges ``"i<-j"`` x ops; ``history``/``input``: each branch's ``(j, op)`` table and the
+        combination weights; parts fixed in this mode carry their genotype. See :mod:`ess.space.derive`.
+        """
+        out: dict[str, Any] = {"format": derive.FORMAT, "mode": self.mode.name, "columns": list(PRIMITIVES)}
+        searched = self.searched_parts()
+        for part, module in self.parts().items():
+            if part not in searched:
+                out[part] = derive.fixed_part(module.genotype)
+            elif part == "intra":
+                out[part] = derive.intra_table(module.arch_probabilities(self.part_logits(part)), module.steps)
+            else:
+                w = module.arch_probabilities(self.part_logits(part))
+                out[part] = derive.inter_table(w.branches, module.m, module.softmax_scope, module.combination,
+                                               module.residual, w.combination)
+        return out
+
+    def genotype(self) -> ESSGenotype:
+        """The discrete architecture (rules in :mod:`ess.space.derive`)."""
+        return derive.derive_genotype(self.arch_weights())
+
+    def arch_entropy(self) -> float:
+        """Mean entropy (nats) of the softmax distributions of the searched parts."""
+        return derive.arch_entropy(self.arch_weights())
+
+    # ---- copies
+
+    def new(self, copy_weights: bool = False) -> SearchModel:
+        """A model of the same config and architecture logits (DARTS's ``new``), same device and dtype.
+
+        Network weights are freshly initialised unless ``copy_weights``. (:class:`ess.search.architect.Architect`
+        does its unrolled step functionally, with ``torch.func.functional_call``, and needs no copy.)
+        """
+        ref = self.encoder.weight
+        fresh = type(self)(self.config).to(device=ref.device, dtype=ref.dtype)
+        if copy_weights:
+            fresh.load_state_dict(self.state_dict())
+        else:
+            with torch.no_grad():
+                for dst, src in zip(fresh.arch_parameters(), self.arch_parameters()):
+                    dst.copy_(src)
+        return fresh
+
+
+def build_search_model(ntoken: int, *, mode: str, ninp: int = 300, nhid: int = 300, steps: int = 8, n_inter: int = 3,
+                       m: int = 3, combination: str = "product", residual: bool = True, softmax_scope: str = "node",
+                       intra_genotype: ESSGenotype | IntraGenotype = DARTS_V2, dropout: float = 0.75,
+                       dropouth: float = 0.25, dropoutx: float = 0.75, dropouti: float = 0.2, dropoute: float = 0.0,
+                       batchnorm: bool = True, implementation: str = "fast") -> SearchModel:
+    """Build and validate a :class:`SearchModel` (``ConfigError`` naming the first bad argument).
+
+    ``mode``: ``intra`` (DARTS), ``inter`` (intra fixed to ``intra_genotype``) or ``joint``;
+    ``implementation``: ``fast`` (vectorised) or ``reference`` (edge by edge, :mod:`ess.supernet.reference`).
+    """
+    return SearchModel(SupernetConfig(
+        ntoken=ntoken, mode=mode, ninp=ninp, nhid=nhid, steps=steps, n_inter=n_inter, m=m, combination=combination,
+        residual=residual, softmax_scope=softmax_scope, intra_genotype=intra_genotype, dropout=dropout,
+        dropouth=dropouth, dropoutx=dropoutx, dropouti=dropouti, dropoute=dropoute, batchnorm=batchnorm,
+        implementation=implementation))
