@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 
+from ess.kernels.activations import KERNEL_OPS
+
 SOURCE = Path(__file__).resolve().parent / "csrc" / "ess_cpu.cpp"
 FUNCTIONS = ("intra_fwd", "intra_bwd", "darts_fwd", "darts_bwd", "inter_fwd", "inter_bwd")
 
@@ -94,6 +96,9 @@ def build(verbose: bool = False) -> Any:
     missing = [name for name in FUNCTIONS if not hasattr(module, name)]
     if missing:
         raise RuntimeError(f"{library_path()} lacks {', '.join(missing)}")
+    if tuple(getattr(module, "KERNEL_OPS", ())) != KERNEL_OPS:
+        raise RuntimeError(f"{SOURCE.name} computes the ops {tuple(getattr(module, 'KERNEL_OPS', ()))}, "
+                           f"ess.kernels expects {KERNEL_OPS}")
     return module
 
 

@@ -66,6 +66,27 @@ def test_a_cached_module_loads_silently(fresh, capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_the_built_module_computes_the_ops_in_kernel_ops_order():
+    require_cpp()
+    module = cpu.load()
+    assert tuple(module.KERNEL_OPS) == kernels.KERNEL_OPS
+    assert all(hasattr(module, name) for name in cpu.FUNCTIONS)
+
+
+def test_a_module_with_another_op_order_is_refused_in_one_line(fresh, monkeypatch, capsys):
+    class Permuted:
+        KERNEL_OPS = ("relu", "tanh", "sigmoid", "identity")
+
+    for name in cpu.FUNCTIONS:
+        setattr(Permuted, name, None)
+    monkeypatch.setattr(cpu, "is_built", lambda: True)
+    monkeypatch.setattr("torch.utils.cpp_extension.load", lambda **kw: Permuted)
+    assert cpu.load() is None
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "ess_cpu.cpp computes the ops ('relu', 'tanh', 'sigmoid', 'identity')" in line
+    assert line.endswith("using the Python kernels (to see why: python -m ess.kernels build)")
+
+
 def test_the_module_is_cached_per_cpu_capability():
     capability = torch.backends.cpu.get_cpu_capability().lower()
     assert cpu.module_name().endswith(capability)

@@ -1,3 +1,11 @@
+// The C++ CPU kernels of ess (float32): one call per step of the DARTS search cell (intra_fwd / intra_bwd),
+// of the discrete DARTS cell (darts_fwd / darts_bwd) and of the ESS inter search DAG (inter_fwd / inter_bwd).
+// The same equations, saved tensors and outputs as the Python kernels in ess/kernels/{intra,darts,inter}.py,
+// which document them; built by ess/kernels/cpu.py (python -m ess.kernels build).
+//
+// Op columns everywhere (theta's last dim, the DARTS op codes): tanh, relu, sigmoid, identity. KERNEL_OPS
+// below publishes that order; the loader refuses a module whose order differs from ess.kernels.KERNEL_OPS.
+
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
@@ -97,9 +105,9 @@ static void norm_bwd(const float* acc, const float* gacc, const float* mask, con
 }
 
 // ------------------------------------------------------------------------------------------------
-// The DARTS search cell
+// The DARTS search cell (ess/kernels/intra.py: intra_search_forward / _backward)
 
-// Node 0: u = h + c (t - h); factors [3, B, d]: du/dc0, du/dh0, du/dh (direct)
+// Node 0 (shared with the discrete cell): u = h + c (t - h); factors [3, B, d]: du/dc0, du/dh0, du/dh (direct)
 static void node0_rows(const float* CH0, const float* h, int64_t B, int64_t d, float* u, float* F) {
   at::parallel_for(0, B, grain(B, d), [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b)
@@ -298,7 +306,7 @@ std::vector<Tensor> intra_bwd(const Tensor& dout, const Tensor& h, const std::op
 }
 
 // ------------------------------------------------------------------------------------------------
-// The discrete DARTS cell. op codes: 0 tanh, 1 relu, 2 sigmoid, 3 identity
+// The discrete DARTS cell (ess/kernels/darts.py). op codes: 0 tanh, 1 relu, 2 sigmoid, 3 identity
 
 static inline void act(int64_t op, const Vec& H, Vec& f, Vec& fp) {
   const Vec one(1.f);
@@ -426,7 +434,7 @@ std::vector<Tensor> darts_bwd(const Tensor& dout, const Tensor& h, const std::op
   return out;
 }
 // ------------------------------------------------------------------------------------------------
-// The ESS inter search cell (ess.kernels.inter_search_forward / _backward). Layouts: X [m, N, d];
+// The ESS inter search cell (ess/kernels/inter.py: inter_search_forward / _backward). Layouts: X [m, N, d];
 // P [2, m, N, d] the inputs' projections; AB [K, 2, N, d] the branches (a, b) of node k; Pn [K-1, 2, N, d]
 // node k's projections; NODES [K, N, d]. theta_in [2, K, m, 4]; theta_nodes[k-1] [2, k, 4]. Op order in
 // the last dim of every theta: tanh, relu, sigmoid, identity. comb: (product, sum) weights, code 2.
@@ -712,10 +720,11 @@ std::vector<Tensor> inter_bwd(const Tensor& dout, const Tensor& X, const Tensor&
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-m.def("intra_fwd", torch::wrap_pybind_function(intra_fwd), "intra_fwd");
-m.def("intra_bwd", torch::wrap_pybind_function(intra_bwd), "intra_bwd");
-m.def("darts_fwd", torch::wrap_pybind_function(darts_fwd), "darts_fwd");
-m.def("darts_bwd", torch::wrap_pybind_function(darts_bwd), "darts_bwd");
-m.def("inter_fwd", torch::wrap_pybind_function(inter_fwd), "inter_fwd");
-m.def("inter_bwd", torch::wrap_pybind_function(inter_bwd), "inter_bwd");
+  m.attr("KERNEL_OPS") = pybind11::make_tuple("tanh", "relu", "sigmoid", "identity");
+  m.def("intra_fwd", torch::wrap_pybind_function(intra_fwd), "intra_fwd");
+  m.def("intra_bwd", torch::wrap_pybind_function(intra_bwd), "intra_bwd");
+  m.def("darts_fwd", torch::wrap_pybind_function(darts_fwd), "darts_fwd");
+  m.def("darts_bwd", torch::wrap_pybind_function(darts_bwd), "darts_bwd");
+  m.def("inter_fwd", torch::wrap_pybind_function(inter_fwd), "inter_fwd");
+  m.def("inter_bwd", torch::wrap_pybind_function(inter_bwd), "inter_bwd");
 }
