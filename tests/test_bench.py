@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ess import cpu_kernels, kernels
+from ess import kernels
 from ess.kernels import DartsPlan
 from ess.models.cells import build_cell
 from ess.models.lm import RNNModel, lm_loss
@@ -77,7 +77,7 @@ def test_retrain_variants_change_only_the_speed():
     model = retrain_step.build("DARTS_V2", 16, 40, 0)
     model.cell.intra.plan = DartsPlan.of(DARTS_V2.intra, 1)  # one node per group: all_nodes_grouped differs
     x, y = torch.randint(0, 40, (4, 3)), torch.randint(0, 40, (4, 3))
-    with kernels.backend("cpp" if cpu_kernels.load() is not None else "auto"):  # SequenceGrads: C++ steps
+    with kernels.backend("cpp" if kernels.cpu.load() is not None else "auto"):  # SequenceGrads: C++ steps
         base = retrain_variants._gradients(model, x, y)
         for variant in retrain_variants.VARIANTS.values():
             with variant(model.cell.intra):

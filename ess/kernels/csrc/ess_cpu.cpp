@@ -1,29 +1,11 @@
-"""Hand-written CPU kernels (C++, ATen's vectorised math) for one step of the hot cells, float32.
+// The C++ CPU kernels of ess (float32): one call per step of the DARTS search cell (intra_fwd / intra_bwd),
+// of the discrete DARTS cell (darts_fwd / darts_bwd) and of the ESS inter search DAG (inter_fwd / inter_bwd).
+// The same equations, saved tensors and outputs as the Python kernels in ess/kernels/{intra,darts,inter}.py,
+// which document them; built by ess/kernels/cpu.py (python -m ess.kernels build).
+//
+// Op columns everywhere (theta's last dim, the DARTS op codes): tanh, relu, sigmoid, identity. KERNEL_OPS
+// below publishes that order; the loader refuses a module whose order differs from ess.kernels.KERNEL_OPS.
 
-The search cell's step (:func:`ess.kernels.intra_search_forward` / ``_backward``), the discrete DARTS
-cell's step (:func:`ess.kernels.darts_forward` / ``_backward``) and the inter search DAG
-(:func:`ess.kernels.inter_search_forward` / ``_backward``) written out in C++: the matmuls go to the
-same BLAS (``at::mm``, ``addmm_`` accumulating in place), everything between two matmuls is one pass over
-the rows (AVX-512/AVX2 vectors of ``at::vec::Vectorized<float>``, threads of ``at::parallel_for``), and the
-whole step is one call from Python. Same equations, same saved tensors, same outputs as the Python kernels
-(float32 rounding apart; the tests hold them together).
-
-Built on first use with ``torch.utils.cpp_extension.load_inline`` (a C++ compiler and ninja are needed; the
-build, ~1 minute, is cached per CPU capability). If it cannot be built, :func:`load` returns ``None`` and
-the cells use the Python kernels (compiled by ``torch.compile`` where they pay). ``ESS_CPU_KERNELS=0``
-turns it off.
-"""
-
-from __future__ import annotations
-
-import os
-import threading
-import warnings
-from typing import Any
-
-import torch
-
-_SOURCE = r"""
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
@@ -123,9 +105,9 @@ static void norm_bwd(const float* acc, const float* gacc, const float* mask, con
 }
 
 // ------------------------------------------------------------------------------------------------
-// The DARTS search cell
+// The DARTS search cell (ess/kernels/intra.py: intra_search_forward / _backward)
 
-// Node 0: u = h + c (t - h); factors [3, B, d]: du/dc0, du/dh0, du/dh (direct)
+// Node 0 (shared with the discrete cell): u = h + c (t - h); factors [3, B, d]: du/dc0, du/dh0, du/dh (direct)
 static void node0_rows(const float* CH0, const float* h, int64_t B, int64_t d, float* u, float* F) {
   at::parallel_for(0, B, grain(B, d), [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b)
@@ -324,7 +306,7 @@ std::vector<Tensor> intra_bwd(const Tensor& dout, const Tensor& h, const std::op
 }
 
 // ------------------------------------------------------------------------------------------------
-// The discrete DARTS cell. op codes: 0 tanh, 1 relu, 2 sigmoid, 3 identity
+// The discrete DARTS cell (ess/kernels/darts.py). op codes: 0 tanh, 1 relu, 2 sigmoid, 3 identity
 
 static inline void act(int64_t op, const Vec& H, Vec& f, Vec& fp) {
   const Vec one(1.f);
@@ -452,7 +434,7 @@ std::vector<Tensor> darts_bwd(const Tensor& dout, const Tensor& h, const std::op
   return out;
 }
 // ------------------------------------------------------------------------------------------------
-// The ESS inter search cell (ess.kernels.inter_search_forward / _backward). Layouts: X [m, N, d];
+// The ESS inter search cell (ess/kernels/inter.py: inter_search_forward / _backward). Layouts: X [m, N, d];
 // P [2, m, N, d] the inputs' projections; AB [K, 2, N, d] the branches (a, b) of node k; Pn [K-1, 2, N, d]
 // node k's projections; NODES [K, N, d]. theta_in [2, K, m, 4]; theta_nodes[k-1] [2, k, 4]. Op order in
 // the last dim of every theta: tanh, relu, sigmoid, identity. comb: (product, sum) weights, code 2.
@@ -736,53 +718,13 @@ std::vector<Tensor> inter_bwd(const Tensor& dout, const Tensor& X, const Tensor&
   for (auto& t : dthn) res.push_back(t);
   return res;
 }
-"""
 
-_FUNCTIONS = ["intra_fwd", "intra_bwd", "darts_fwd", "darts_bwd", "inter_fwd", "inter_bwd"]
-_state: dict[str, Any] = {"module": None, "tried": False}
-_lock = threading.Lock()
-
-
-def _flags() -> list[str]:
-    cap = torch.backends.cpu.get_cpu_capability()
-    flags = ["-O3"]
-    if cap == "AVX512":
-        flags += ["-DCPU_CAPABILITY_AVX512", "-DCPU_CAPABILITY=AVX512", "-mavx512f", "-mavx512dq", "-mavx512vl",
-                  "-mavx512bw", "-mfma", "-mavx2"]
-    elif cap == "AVX2":
-        flags += ["-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2", "-mavx2", "-mfma"]
-    return flags
-
-
-def load() -> Any | None:
-    """The compiled module, building it on first call; ``None`` when it cannot be built (reported once)."""
-    if _state["tried"]:
-        return _state["module"]
-    with _lock:
-        if _state["tried"]:
-            return _state["module"]
-        _state["tried"] = True
-        if os.environ.get("ESS_CPU_KERNELS", "1") == "0":
-            return None
-        try:
-            from torch.utils.cpp_extension import load_inline
-
-            cap = torch.backends.cpu.get_cpu_capability().lower()
-            _state["module"] = load_inline(
-                name=f"ess_cpu_kernels_{cap}", cpp_sources=_SOURCE, functions=_FUNCTIONS, extra_cflags=_flags(),
-                extra_ldflags=[], verbose=False)
-        except Exception as err:  # noqa: BLE001 - no compiler, no ninja, a platform without these ISAs
-            warnings.warn(f"ess.cpu_kernels: the C++ kernels could not be built ({type(err).__name__}: "
-                          f"{str(err)[:300]}); using the Python kernels", RuntimeWarning, stacklevel=2)
-    return _state["module"]
-
-
-def usable(*tensors: torch.Tensor) -> bool:
-    """Whether the C++ step applies: float32 contiguous CPU tensors (and the module builds)."""
-    for t in tensors:
-        if t is not None and (t.device.type != "cpu" or t.dtype != torch.float32):
-            return False
-    return load() is not None
-
-
-__all__ = ["load", "usable"]
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.attr("KERNEL_OPS") = pybind11::make_tuple("tanh", "relu", "sigmoid", "identity");
+  m.def("intra_fwd", torch::wrap_pybind_function(intra_fwd), "intra_fwd");
+  m.def("intra_bwd", torch::wrap_pybind_function(intra_bwd), "intra_bwd");
+  m.def("darts_fwd", torch::wrap_pybind_function(darts_fwd), "darts_fwd");
+  m.def("darts_bwd", torch::wrap_pybind_function(darts_bwd), "darts_bwd");
+  m.def("inter_fwd", torch::wrap_pybind_function(inter_fwd), "inter_fwd");
+  m.def("inter_bwd", torch::wrap_pybind_function(inter_bwd), "inter_bwd");
+}

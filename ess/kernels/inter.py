@@ -1,0 +1,170 @@
+"""The ESS inter search cell (:class:`ess.supernet.MixedInterCell`) over any number of rows, as one autograd node."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from ess.kernels import cpu
+from ess.kernels.activations import stacked, stacked_slope
+from ess.kernels.policy import Kernel, Needs, _choose, _wants_compile
+
+
+def inter_search_forward(X: Tensor, W: Tensor, theta_in: Tensor, theta_nodes: Sequence[Tensor], comb: Tensor | None,
+                         combination: str, residual: bool):
+    """The inter search DAG over ``m`` inputs ``X`` ``[m, N, d]``. Returns ``(out, P, ab, Pn, nodes)``.
+
+    ``W`` ``[2, m + K - 1, d, d]``; ``theta_in`` ``[2, K, m, 4]`` weights of the inputs' non-zero ops for each
+    side and node, ``theta_nodes[k-1]`` ``[2, k, 4]`` those of node ``k``'s node sources; ``comb`` the
+    (product, sum) weights when the combination is searched. ``P`` ``[2, m, N, d]`` the inputs' projections,
+    ``ab[k]`` ``[2, N, d]`` node ``k``'s branches, ``Pn[k]`` ``[2, N, d]`` node ``k``'s projections.
+    """
+    m, N, d = X.shape
+    K = theta_in.size(1)
+    P = torch.matmul(X.unsqueeze(0), W[:, :m])  # [2, m, N, d]: s_j W^side_j
+    base = torch.bmm(theta_in.reshape(2, K, m * 4), stacked(P).reshape(2, m * 4, N * d)).view(2, K, N, d)
+    ab: list[Tensor] = []
+    Pn: list[Tensor] = []
+    An: list[Tensor] = []
+    nodes: list[Tensor] = []
+    for k in range(K):
+        branches = base[:, k]
+        if k:
+            src = torch.stack(An, 1).reshape(2, k * 4, N * d)
+            branches = branches + torch.bmm(theta_nodes[k - 1].reshape(2, 1, k * 4), src).view(2, N, d)
+        a, b = branches[0], branches[1]
+        if combination == "product":
+            node = a * b
+        elif combination == "sum":
+            node = a + b
+        else:
+            node = comb[0] * (a * b) + comb[1] * (a + b)
+        ab.append(branches)
+        nodes.append(node)
+        if k < K - 1:
+            p = torch.matmul(node.unsqueeze(0), W[:, m + k])  # [2, N, d]
+            Pn.append(p)
+            An.append(stacked(p))
+    out = torch.stack(nodes).mean(0)
+    if residual:
+        out = out + X[0]
+    return out, P, ab, Pn, nodes
+
+
+def inter_search_backward(dout: Tensor, X: Tensor, W: Tensor, theta_in: Tensor, theta_nodes: Sequence[Tensor],
+                          comb: Tensor | None, combination: str, residual: bool, P: Tensor, ab: Sequence[Tensor],
+                          Pn: Sequence[Tensor], nodes: Sequence[Tensor], need_x: bool, need_w: bool,
+                          need_theta: bool):
+    """Gradients of :func:`inter_search_forward`: ``(dX, dW, dtheta_in, dtheta_nodes, dcomb)``."""
+    m, N, d = X.shape
+    K = theta_in.size(1)
+    g = dout / K
+    An = [stacked(p) for p in Pn]  # [2, 4, N, d] each
+    dAn: list[Tensor | None] = [None] * len(Pn)
+    dnodes: list[Tensor] = [g] * K
+    dbase: list[Tensor] = [g] * K  # placeholders, all set below
+    dW = torch.zeros_like(W) if need_w else None
+    dtheta_nodes: list[Tensor | None] = [None] * (K - 1)
+    dcomb = torch.zeros(2, dtype=X.dtype, device=X.device) if comb is not None else None
+    for k in range(K - 1, -1, -1):
+        dnode = dnodes[k]
+        if k < K - 1:  # back through node k's projections (read by nodes > k, done already)
+            dPk = stacked_slope(Pn[k], dAn[k].view(2, 4, N, d))  # [2, N, d]
+            dnode = dnode + (torch.matmul(dPk, W[:, m + k].transpose(-1, -2))).sum(0)
+            if dW is not None:
+                dW[:, m + k] = torch.matmul(nodes[k].t().unsqueeze(0), dPk)
+        a, b = ab[k][0], ab[k][1]
+        if combination == "product":
+            da, db = dnode * b, dnode * a
+        elif combination == "sum":
+            da, db = dnode, dnode
+        else:
+            da, db = dnode * (comb[0] * b + comb[1]), dnode * (comb[0] * a + comb[1])
+            dcomb = dcomb + torch.stack([(dnode * a * b).sum(), (dnode * (a + b)).sum()])
+        dab = torch.stack([da, db])  # [2, N, d]
+        dbase[k] = dab
+        if k:
+            flat = dab.reshape(2, 1, N * d)
+            if need_theta:
+                src = torch.stack(An[:k], 1).reshape(2, k * 4, N * d)
+                dtheta_nodes[k - 1] = torch.bmm(flat, src.transpose(1, 2)).view(2, k, 4)
+            dsrc = torch.bmm(theta_nodes[k - 1].reshape(2, k * 4, 1), flat).view(2, k, 4 * N * d)
+            for kk in range(k):
+                dAn[kk] = dsrc[:, kk] if dAn[kk] is None else dAn[kk] + dsrc[:, kk]
+    db_all = torch.stack(dbase, 1).reshape(2, K, N * d)
+    A = stacked(P).reshape(2, m * 4, N * d)
+    dtheta_in = torch.bmm(db_all, A.transpose(1, 2)).view(2, K, m, 4) if need_theta else None
+    dA = torch.bmm(theta_in.reshape(2, K, m * 4).transpose(1, 2), db_all).view(2, m, 4, N, d)
+    dP = stacked_slope(P, dA)  # [2, m, N, d]
+    dX = None
+    if need_x:
+        dX = torch.matmul(dP, W[:, :m].transpose(-1, -2)).sum(0)
+        if residual:
+            dX[0] += dout
+    if dW is not None:
+        dW[:, :m] = torch.matmul(X.transpose(1, 2).unsqueeze(0), dP)
+    return dX, dW, dtheta_in, dtheta_nodes, dcomb
+
+
+_inter_search_fwd = Kernel(inter_search_forward)
+_inter_search_bwd = Kernel(inter_search_backward)
+
+
+_COMBINATION_CODE = {"product": 0, "sum": 1, "search": 2}
+CPP_MAX_INTER_NODES = 16  # the C++ inter step keeps one register block per node
+
+
+class InterSearchFunction(torch.autograd.Function):
+    """The inter search cell on stacked inputs; ``apply(config, X, W, theta_in, comb, *theta_nodes)``.
+
+    ``config = (combination, residual)``; see :func:`inter_search_forward`. Runs the C++ step
+    (:mod:`ess.kernels.cpu`: every op-weighted sum over (source, op) fused into one pass per node level,
+    no ``[2, m, 4, N, d]`` activations) where the policy picks it, else the Python kernels.
+    """
+
+    ARGS = "config X W theta_in comb *theta_nodes"
+
+    @staticmethod
+    def forward(ctx, config: tuple[str, bool], X: Tensor, W: Tensor, theta_in: Tensor, comb: Tensor | None,
+                *theta_nodes: Tensor) -> Tensor:
+        combination, residual = config
+        K = theta_in.size(1)
+        impl = _choose(X[0])
+        if impl == "cpp" and K > CPP_MAX_INTER_NODES:
+            impl = "compile" if _wants_compile(X.size(1), X.size(2), X.device) else "eager"
+        if impl == "cpp":
+            theta_nodes = tuple(t.contiguous() for t in theta_nodes)
+            out, P, AB, Pn, nodes = cpu.load().inter_fwd(
+                X.contiguous(), W, theta_in.contiguous(), list(theta_nodes), comb, _COMBINATION_CODE[combination],
+                residual)
+            kept = [AB, Pn, nodes]
+        else:
+            out, P, ab, Pn_l, nodes_l = _inter_search_fwd(impl, X, W, theta_in, list(theta_nodes), comb, combination,
+                                                          residual)
+            kept = [*ab, *Pn_l, *nodes_l]
+        ctx.config, ctx.impl, ctx.K = config, impl, K
+        ctx.save_for_backward(X, W, theta_in, comb, P, *theta_nodes, *kept)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dout: Tensor):
+        K = ctx.K
+        X, W, theta_in, comb, P, *rest = ctx.saved_tensors
+        theta_nodes, kept = rest[: K - 1], rest[K - 1:]
+        need = Needs(InterSearchFunction.ARGS, ctx.needs_input_grad)
+        need_theta = need.theta_in or need.comb or any(need.theta_nodes)
+        if ctx.impl == "cpp":
+            combination, residual = ctx.config
+            dX, dW, dth_in, dcomb, *dth_nodes = cpu.load().inter_bwd(
+                dout.contiguous(), X.contiguous(), W, theta_in.contiguous(), list(theta_nodes), comb,
+                _COMBINATION_CODE[combination], residual, P, *kept, need.X, need.W, need_theta)
+        else:
+            ab, Pn, nodes = kept[:K], kept[K: 2 * K - 1], kept[2 * K - 1:]
+            dX, dW, dth_in, dth_nodes, dcomb = _inter_search_bwd(
+                ctx.impl, dout.contiguous(), X, W, theta_in, list(theta_nodes), comb, *ctx.config, P, list(ab),
+                list(Pn), list(nodes), need.X, need.W, need_theta)
+        return need.only(X=dX, W=dW, theta_in=dth_in, comb=dcomb, theta_nodes=dth_nodes)
