@@ -2,7 +2,7 @@
 
 Two sources, one shape:
 
-* :func:`load_mlflow`: the MLflow store the Tune jobs log to (:mod:`ess.tracking`). ``experiment``
+* :func:`load_mlflow`: the MLflow store the Tune jobs log to (:mod:`ess.adapters.mlflow`). ``experiment``
   is an MLflow experiment (``ess-ablation``: every trial run in it) or the name of one Tune
   experiment (``ablation-smoke-20250101-120000``: the trial runs nested under its parent run).
 * :func:`load_ray_results`: Ray Tune's result folders, for jobs run without MLflow. Each trial
@@ -22,7 +22,7 @@ Both return the *flat* frame: one row per trial, stage and epoch with
   genotype retrained; ``timestamp`` (seconds since the epoch) of the row;
 * per trial, repeated on its rows: ``wall_seconds``, ``final_genotype``, ``start_time``;
 * the resolved config as ``config.<key>`` columns (``config.search.lr``, ``config.retrain.epochs``),
-  the names :func:`ess.tracking.flat_params` gives the MLflow params.
+  the names :func:`ess.adapters.mlflow.flat_params` gives the MLflow params.
 
 :func:`trial_summary` turns it into one row per trial: final and best search valid perplexity,
 retrain valid and test perplexity when the trial was retrained, search time and parameters.
@@ -53,7 +53,7 @@ from analysis.errors import (
     EmptyExperimentError,
     UnknownExperimentError,
 )
-from ess.tracking import (
+from ess.adapters.mlflow import (
     CONFIG_TAGS,
     DEFAULT_STORAGE,
     NAME_TAG,

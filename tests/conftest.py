@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 from pathlib import Path
 
@@ -45,9 +46,18 @@ def local_ray():
 
 def tiny_job(tmp_path, **changes):
     """The smoke joint-search job at :data:`TINY_SEARCH` sizes, stored under ``tmp_path``."""
-    from ess.tune import job_base
+    from ess.adapters.ray.config import job_base
 
     job = job_base("joint_search", "smoke")
     changes = {"storage_path": str(tmp_path / "tune"), "data_dir": DATA_DIR or "",
                "search": {**job.search, **TINY_SEARCH}, "system_metrics": False, "verbose": 0, **changes}
     return dataclasses.replace(job, **changes)
+
+
+def load_job(name: str):
+    """The module of ``tune_jobs/<name>.py`` (a script, not a package: loaded from its file)."""
+    path = Path(__file__).resolve().parent.parent / "tune_jobs" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"tune_jobs_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,9 +1,9 @@
 """analysis/: loading MLflow and Ray Tune runs, per-arm statistics checked against hand computation.
 
-The MLflow store is a real SQLite store filled through ess.tracking's own functions (parent run,
+The MLflow store is a real SQLite store filled through ess.adapters.mlflow's own functions (parent run,
 nested trial runs, per-epoch metrics with step = epoch, genotype artifacts, config tags and params),
-shaped the way ess.tune's trainables log, with metric values chosen so that every statistic can be
-computed by hand below.
+shaped the way the Tune trainables (ess.adapters.ray.trainables) log, with metric values chosen so that
+every statistic can be computed by hand below.
 """
 
 from __future__ import annotations
@@ -39,10 +39,7 @@ from analysis import (  # noqa: E402
 )
 from analysis.errors import AnalysisError  # noqa: E402
 from analysis.stats import bootstrap_test, cohens_d, hedges_g, holm, welch_t_test  # noqa: E402
-from ess.errors import ESSError  # noqa: E402
-from ess.space.derive import parameter_free_share  # noqa: E402
-from ess.space.genotype import ESSGenotype, InterGenotype, IntraGenotype  # noqa: E402
-from ess.tracking import (  # noqa: E402
+from ess.adapters.mlflow import (  # noqa: E402
     PHASE_TAG,
     config_tags,
     flat_params,
@@ -50,6 +47,9 @@ from ess.tracking import (  # noqa: E402
     start_parent_run,
     start_trial_run,
 )
+from ess.errors import ESSError  # noqa: E402
+from ess.space.derive import parameter_free_share  # noqa: E402
+from ess.space.genotype import ESSGenotype, InterGenotype, IntraGenotype  # noqa: E402
 
 EXPERIMENT = "ess-ablation"
 TUNE_NAME = "abl-test"
@@ -73,7 +73,7 @@ TRIALS = {
 
 def log_trial(uri, experiment_id, parent, trial_id, *, mode, seed, valid, test=None, genotype=INTRA_A,
               status="FINISHED", tune_name=TUNE_NAME, metrics=True):
-    """One trial run as ess.tune.search_trainable logs it (search, then retrain when ``test``)."""
+    """One trial run as ess.adapters.ray.trainables.search_trainable logs it (search, then retrain when ``test``)."""
     search = {"mode": mode, "seed": seed, "steps": 3, "n_inter": 2, "m": 2, "dataset": "ptb", "lr": 20.0,
               "epochs": len(valid)}
     label = f"{mode}_s{seed}_n3-2-2"

@@ -18,11 +18,12 @@ from pathlib import Path
 import pytest
 from ray import tune
 
-from ess.tune import Experiment, ray_session, search_stage
+from ess.adapters.ray.experiment import Experiment, ray_session
 
-from conftest import DATA_DIR, TINY_SEARCH, requires_ptb, tiny_job
+from conftest import DATA_DIR, TINY_SEARCH, load_job, requires_ptb, tiny_job
 
 ROOT = Path(__file__).resolve().parents[2]
+search_stage = load_job("joint_search").search_stage   # the job's own Tuner, on the variants given here
 pytestmark = [requires_ptb, pytest.mark.slow]
 
 
@@ -71,8 +72,8 @@ def test_killed_worker_restarts_from_checkpoint_with_the_same_genotype(tmp_path,
     variant = dict(mode="joint", seed=5, steps=3, n_inter=2, m=2)
     with ray_session(job):
         exp = Experiment("joint_search", job)
-        rows = search_stage(exp, job, "search", [{**variant, "label": "killed"}, {**variant, "label": "clean"}],
-                            train=None, callbacks=[KillAfterFirstCheckpoint(str(log))])
+        rows = search_stage(exp, job, [{**variant, "label": "killed"}, {**variant, "label": "clean"}],
+                            callbacks=[KillAfterFirstCheckpoint(str(log))])
     events = [json.loads(line) for line in log.read_text().splitlines()]
     killed = [e for e in events if e["label"] == "killed"]
     kill = next(i for i, e in enumerate(killed) if e["event"] == "kill")
@@ -140,8 +141,8 @@ def test_trials_of_a_lost_worker_node_finish_on_the_remaining_node(tmp_path):
         log = tmp_path / "events.jsonl"
         variant = dict(mode="joint", seed=5, steps=3, n_inter=2, m=2)
         exp = Experiment("joint_search", job)
-        rows = search_stage(exp, job, "search", [{**variant, "label": "a"}, {**variant, "label": "b"}],
-                            train=None, callbacks=[RemoveNodeAfterFirstResult(worker.node_id, str(log))])
+        rows = search_stage(exp, job, [{**variant, "label": "a"}, {**variant, "label": "b"}],
+                            callbacks=[RemoveNodeAfterFirstResult(worker.node_id, str(log))])
     finally:
         _LIVE.clear()
         ray.shutdown()
@@ -211,8 +212,7 @@ def test_a_diverging_trial_fails_with_its_reason_and_logs_no_genotype(tmp_path, 
     variant = dict(mode="joint", seed=5, steps=3, n_inter=2, m=2)
     exp = Experiment("joint_search", job)
     # an unreachable perplexity bound: every epoch of "bad" fails the check, however it trains
-    rows = search_stage(exp, job, "search", [{**variant, "label": "bad", "max_ppl": 1.0},
-                                             {**variant, "label": "good"}], train=None)
+    rows = search_stage(exp, job, [{**variant, "label": "bad", "max_ppl": 1.0}, {**variant, "label": "good"}])
     by_label = {r["variant"]["label"]: r for r in rows}
     bad, good = by_label["bad"], by_label["good"]
     assert good["error"] is None and good["metrics"]["epoch"] == 2

@@ -1,12 +1,12 @@
 """Tracking outages: a real ``mlflow server`` is killed in the middle of a real ESS search and restarted.
 
-The search is driven the way the Tune trainable drives it (``ess.tune._Trial.run_search``): each
+The search is driven the way the Tune trainable drives it (``ess.adapters.ray.trainables.run_search``): each
 epoch's metrics, genotype and architecture-weight files are logged to a nested trial run under a
-parent run through :func:`ess.tracking.start_trial_run`. The server (a subprocess on 127.0.0.1, a
+parent run through :func:`ess.adapters.mlflow.start_trial_run`. The server (a subprocess on 127.0.0.1, a
 SQLite backend, proxied artifacts) is SIGKILLed after epoch 1 has been logged; the search goes on.
 
 - restarted before the last epoch: the tracker notices at its next log call and uploads the spool;
-- still down when the run ends: ``python -m ess.tracking sync`` uploads it afterwards (twice: the
+- still down when the run ends: ``python -m ess.adapters.mlflow sync`` uploads it afterwards (twice: the
   second time there is nothing left).
 
 Each test checks that every finished epoch's metrics (every key, every step) and genotype files are
@@ -29,8 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from ess.search import PRESETS, SearchConfig, search
-from ess.tracking import (
+from ess.adapters.mlflow import (
     PARENT_TAG,
     flat_params,
     get_or_create_experiment,
@@ -39,6 +38,7 @@ from ess.tracking import (
     start_trial_run,
     sync,
 )
+from ess.search import PRESETS, SearchConfig, search
 
 from conftest import requires_ptb
 
@@ -137,7 +137,7 @@ def server(server_root, monkeypatch):
 
 
 def run_search(tmp_path: Path, server: Server, experiment: str, *, restart_after: int | None):
-    """A real search logged like ``ess.tune``'s trainable; the server dies after epoch 1's records."""
+    """A real search logged like the Tune trainable; the server dies after epoch 1's records."""
     spool = tmp_path / "spool"
     cfg = dataclasses.replace(CFG, run_dir=str(tmp_path / "search"))
     search_dir = Path(cfg.run_dir)
@@ -236,7 +236,7 @@ def test_server_down_until_after_the_run_then_sync_uploads_everything(server, tm
     assert sync(spool, echo=said.append) == 2                      # still down: both files stay, untouched
     assert len(said) == 2 and all("is unreachable" in x for x in said) and len(list(spool.glob("*.jsonl"))) == 2
     server.start()
-    up = subprocess.run([sys.executable, "-m", "ess.tracking", "sync", "--spool", str(spool)],
+    up = subprocess.run([sys.executable, "-m", "ess.adapters.mlflow", "sync", "--spool", str(spool)],
                         capture_output=True, text=True, timeout=120)
     assert up.returncode == 0, up.stderr
     assert "joint_s3: uploaded 17 records" in up.stdout and "outage: uploaded 2 records" in up.stdout, up.stdout

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DATA_DIR
+from conftest import DATA_DIR, load_job
 
 HAS_CONLL2003 = bool(DATA_DIR) and all((Path(DATA_DIR) / "conll2003" / f"{s}.txt").is_file()
                                        for s in ("train", "valid", "test"))
@@ -20,7 +20,8 @@ def test_transfer_smoke_job_compares_cells_in_mlflow(tmp_path, capsys, monkeypat
     import ray
     from mlflow import MlflowClient
 
-    from ess.tune import job_base, job_main, transfer_variants
+    from ess.adapters.ray.config import job_base
+    from ess.adapters.ray.grid import transfer_variants
 
     monkeypatch.setenv("ESS_DATA_DIR", DATA_DIR)
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -30,7 +31,7 @@ def test_transfer_smoke_job_compares_cells_in_mlflow(tmp_path, capsys, monkeypat
     argv = ["--smoke-test", "--storage-path", str(tmp_path / "tune"), "--tracking-uri", store, "--name", "tt",
             "--data-dir", DATA_DIR, "--num-cpus", "2", "--no-system-metrics"]
     try:
-        assert job_main("transfer", argv) == 0
+        assert load_job("transfer").main(argv) == 0
     finally:
         ray.shutdown()
         os.environ.pop("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", None)

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DATA_DIR, requires_ptb
+from conftest import DATA_DIR, load_job, requires_ptb
 
 pytestmark = [requires_ptb, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _client(store: str):
@@ -112,8 +112,6 @@ def local_ray():
 
 @pytest.fixture(scope="module")
 def joint(local_ray, tmp_path_factory):
-    from ess.tune import job_main
-
     tmp = tmp_path_factory.mktemp("joint")
     store = f"sqlite:///{tmp / 'mlflow.db'}"
     argv = ["--smoke-test", "--storage-path", str(tmp / "tune"), "--tracking-uri", store, "--name", "smoke",
@@ -121,7 +119,7 @@ def joint(local_ray, tmp_path_factory):
     start = time.perf_counter()
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        rc = job_main("joint_search", argv)
+        rc = load_job("joint_search").main(argv)
     return {"rc": rc, "tmp": tmp, "store": store, "seconds": time.perf_counter() - start, "out": out.getvalue()}
 
 
@@ -171,13 +169,11 @@ def test_joint_search_smoke(joint):
 
 def test_retrain_job_takes_the_best_runs_of_an_experiment(joint, capsys):
     """retrain.py with --source-experiment (the joint smoke's MLflow store) and a built-in genotype."""
-    from ess.tune import job_main
-
     tmp, store = joint["tmp"], joint["store"]
     argv = ["--smoke-test", "--storage-path", str(tmp / "tune"), "--tracking-uri", store, "--name", "re",
             "--data-dir", DATA_DIR, "--source-experiment", "ess-joint_search", "--source-run", "smoke",
             "--top-k", "1", "--genotypes", "DARTS_V2"]
-    assert job_main("retrain", argv) == 0
+    assert load_job("retrain").main(argv) == 0
     summary = json.loads((tmp / "tune" / "re" / "summary.json").read_text())
     labels = {r["label"] for r in summary["retrained"]}
     joint_best = min(json.loads((tmp / "tune" / "smoke" / "summary.json").read_text())["searched"],
@@ -190,11 +186,9 @@ def test_retrain_job_takes_the_best_runs_of_an_experiment(joint, capsys):
 
 
 def test_ablation_smoke(local_ray, tmp_path, capsys):
-    from ess.tune import job_main
-
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     start = time.perf_counter()
-    rc = job_main("ablation", ["--smoke-test", "--storage-path", str(tmp_path / "tune"), "--tracking-uri", store,
+    rc = load_job("ablation").main(["--smoke-test", "--storage-path", str(tmp_path / "tune"), "--tracking-uri", store,
                                "--name", "abl", "--data-dir", DATA_DIR])
     seconds = time.perf_counter() - start
     assert rc == 0

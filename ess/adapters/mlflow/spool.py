@@ -1,12 +1,12 @@
 """The local spool that keeps MLflow records while the tracking server cannot be reached.
 
-:class:`ess.tracking.MLflowTracker` logs straight to MLflow while the server answers. When a call
+:class:`ess.adapters.mlflow.tracker.MLflowTracker` logs straight to MLflow while the server answers. When a call
 fails because the server is unreachable (connection refused or reset, timeout, 5xx after MLflow's own
 retries, a locked or vanished SQLite file), that record and every later one of the run are appended
 to a spool file instead, each line fsynced before the log call returns, so that nothing a finished
 epoch logged can be lost; training goes on. The spool is replayed in order when the server answers
 again (checked at a later log call, at most every ``ESS_TRACKING_RETRY_S`` seconds, and at
-``finish``), or by ``python -m ess.tracking sync``.
+``finish``), or by ``python -m ess.adapters.mlflow sync``.
 
 Layout, one run per file, under the spool directory (``$ESS_TRACKING_SPOOL``, else the directory the
 caller names, else ``~/.local/state/ess/mlflow-spool``)::
@@ -37,35 +37,29 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import uuid
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ess.adapters.mlflow.client import (
+    PARENT_TAG,
+    connect,
+    find_runs,
+    get_or_create_experiment,
+    is_unreachable,
+    restarts,
+    set_http_defaults,
+    short_reason,
+)
 from ess.checkpoint import fsync_dir
 
 SPOOL_ENV = "ESS_TRACKING_SPOOL"
-RETRY_ENV = "ESS_TRACKING_RETRY_S"
-DEFAULT_RETRY_S = 15.0
-PROBE_TIMEOUT_S = 3.0
 LOCAL_TAG = "ess.local_id"
 PENDING = "spool:"
 FORMAT_VERSION = 1
-#: what the tracker sets for its own HTTP calls when the user has not: MLflow's defaults (7 retries,
-#: backoff factor 2, 120 s timeout) make one call to a dead server hang for minutes
-HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
-
-_UNREACHABLE_TEXT = ("max retries exceeded", "connection refused", "connection reset", "connection aborted",
-                     "timed out", "timeout exception", "temporarily unavailable", "service unavailable",
-                     "bad gateway", "gateway time", "name or service not known", "failed to establish",
-                     "remote end closed", "remotedisconnected", "database is locked", "database is busy",
-                     "unable to open database", "disk i/o error", "no route to host", "network is unreachable")
-
-
 class SpoolDeferred(Exception):
     """A spooled run cannot be resolved yet (its parent run or experiment is itself still spooled)."""
 
@@ -85,25 +79,6 @@ def default_spool_dir(near: str | os.PathLike | None = None) -> Path:
     return Path(state).expanduser().resolve() / "ess" / "mlflow-spool"
 
 
-def retry_interval() -> float:
-    """Seconds between two reachability checks while a run is spooling (``$ESS_TRACKING_RETRY_S``)."""
-    try:
-        return max(0.0, float(os.environ.get(RETRY_ENV, DEFAULT_RETRY_S)))
-    except ValueError:
-        return DEFAULT_RETRY_S
-
-
-def is_http(uri: str | None) -> bool:
-    return bool(uri) and str(uri).startswith(("http://", "https://"))
-
-
-def set_http_defaults(uri: str | None) -> None:
-    """Short MLflow HTTP retries and timeout for this process, unless the user set them."""
-    if is_http(uri):
-        for key, value in HTTP_DEFAULTS.items():
-            os.environ.setdefault(key, value)
-
-
 def new_local_id() -> str:
     return uuid.uuid4().hex
 
@@ -114,82 +89,6 @@ def is_pending(ref: str | None) -> bool:
 
 def pending_ref(local_id: str) -> str:
     return f"{PENDING}{local_id}"
-
-
-def _chain(err: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    todo = [err]
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen or len(seen) > 20:
-            continue
-        seen.add(id(e))
-        yield e
-        todo += [e.__cause__, e.__context__]
-
-
-def is_unreachable(err: BaseException) -> bool:
-    """True when ``err`` says the store could not be reached (not that it refused the record)."""
-    try:
-        import requests
-
-        request_errors: tuple[type, ...] = (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
-                                            requests.exceptions.RetryError)
-    except ImportError:  # pragma: no cover - requests comes with mlflow
-        request_errors = ()
-    chain = list(_chain(err))
-    for e in chain:   # the server answered and refused the request (4xx): not an outage, whatever it says
-        if type(e).__name__ == "RestException" and _http_status(e) < 500:
-            return False
-    for e in chain:
-        if isinstance(e, (ConnectionError, TimeoutError, socket.timeout, *request_errors)):
-            return True
-    text = " ".join(str(e).lower() for e in chain)
-    return any(s in text for s in _UNREACHABLE_TEXT)
-
-
-def _http_status(err: BaseException) -> int:
-    try:
-        return int(err.get_http_status_code())  # type: ignore[attr-defined]
-    except Exception:
-        return 500
-
-
-def short_reason(err: BaseException | str | None) -> str:
-    """A few words for the one-line message: 'connection refused', 'timed out' or the error's start."""
-    if err is None:
-        return "unreachable"
-    if isinstance(err, str):
-        return err
-    text = " ".join(str(e).lower() for e in _chain(err))
-    for words in ("connection refused", "timed out", "connection reset", "name or service not known",
-                  "database is locked", "service unavailable", "bad gateway"):
-        if words in text:
-            return words
-    first = (str(err).splitlines() or [type(err).__name__])[0]
-    return first[:120]
-
-
-def probe(uri: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
-    """A cheap reachability check: ``GET <uri>/health`` for a server (no retries); True otherwise.
-
-    Any answer below 500 counts as reachable (a proxy may not route /health): the replay decides.
-    """
-    if not is_http(uri):
-        return True
-    import requests
-
-    insecure = os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() in ("true", "1")
-    verify: bool | str = False if insecure else (os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or True)
-    try:
-        response = requests.get(uri.rstrip("/") + "/health", timeout=(timeout, timeout), verify=verify)
-    except requests.exceptions.SSLError:   # something answers; MLflow's own client may know better
-        return True
-    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout):
-        return False
-    except Exception:
-        return True
-    return response.status_code < 500
 
 
 def _fsync_tree(path: Path) -> None:
@@ -428,8 +327,6 @@ def _replace_table(client: Any, run_id: str, frame: Any, artifact_file: str) -> 
 
 
 def _find(uri: str, experiment_id: str, tags: Mapping[str, str]) -> str | None:
-    from ess.tracking import find_runs
-
     found = find_runs(uri, experiment_id, tags, order_by=["attributes.start_time DESC"])
     return found[0].info.run_id if found else None
 
@@ -454,12 +351,10 @@ def resolve_ref(ref: str, client: Any, uri: str, spool_dir: Path, experiment_id:
 def _reattach(client: Any, run_id: str, tags: Mapping[str, str], count_restarts: bool) -> None:
     from mlflow.entities import RunTag
 
-    from ess.tracking import _restarts
-
     client.update_run(run_id, status="RUNNING")
     items = {k: v for k, v in tags.items() if k != LOCAL_TAG}
     if count_restarts:
-        items["ess.restarts"] = str(_restarts(client, run_id) + 1)
+        items["ess.restarts"] = str(restarts(client, run_id) + 1)
     client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in items.items()])
 
 
@@ -474,8 +369,6 @@ def resolve_run(client: Any, uri: str, header: Mapping[str, Any], spool: Spool, 
     if not create:
         raise SpoolDeferred(f"{spool.path}: neither a run id nor how to create the run")
     from mlflow.entities import Param
-
-    from ess.tracking import PARENT_TAG, get_or_create_experiment
 
     tags = {k: str(v) for k, v in (create.get("tags") or {}).items()}
     experiment_id = create.get("experiment_id") or None
@@ -581,9 +474,59 @@ class _EmptyHistory(dict):
         return True
 
 
+# --------------------------------------------------------------------------------------------------
+# Uploading what is left
+
+
+def sync(spool_dir: str | os.PathLike | None = None, tracking_uri: str | None = None,
+         echo: Callable[[str], None] = print) -> int:
+    """Upload every spool file under ``spool_dir`` (idempotent); returns how many files are left."""
+    directory = Path(spool_dir).expanduser().resolve() if spool_dir else default_spool_dir()
+    files = spool_files(directory)
+    if not files:
+        echo(f"nothing to upload in {directory}")
+        return 0
+
+    def waits_for_parent(path: Path) -> bool:  # parents first: their children name them by spool id
+        state = Spool.from_path(path).read()
+        create = (state.header.get("create") if state else None) or {}
+        return is_pending((create.get("tags") or {}).get(PARENT_TAG))
+
+    left = 0
+    for path in sorted(files, key=waits_for_parent):
+        spool = Spool.from_path(path)
+        state = spool.read()
+        if state is None:       # uploaded meanwhile (as the parent of another run, or by its tracker)
+            continue
+        uri = tracking_uri or state.header.get("uri")
+        label = state.header.get("label") or spool.local_id
+        if not uri:
+            echo(f"{path}: no tracking URI in the spool; pass --tracking-uri")
+            left += 1
+            continue
+        set_http_defaults(uri)
+        try:
+            result = replay(spool, connect(uri), uri=uri, spool_dir=directory)
+        except SpoolDeferred as err:
+            echo(f"{label}: not uploaded yet: {err}")
+            left += 1
+            continue
+        except Exception as err:
+            if not is_unreachable(err):
+                raise
+            echo(f"{label}: MLflow at {uri} is unreachable ({short_reason(err)}); {len(state.pending)} records "
+                 f"stay in {path}")
+            left += 1
+            continue
+        detail = ", ".join(f"{n} {what}" for what, n in sorted(result.counts.items())) or "nothing new"
+        extra = f"; {result.skipped} metric values were there already" if result.skipped else ""
+        extra += f"; {len(result.rejected)} refused by MLflow" if result.rejected else ""
+        echo(f"{label}: uploaded {result.uploaded} records to run {result.run_id} at {uri} ({detail}{extra})")
+    return left
+
+
 __all__ = [
-    "HTTP_DEFAULTS", "LOCAL_TAG", "PENDING", "RETRY_ENV", "SPOOL_ENV", "ReplayResult", "Spool", "SpoolDeferred",
-    "SpoolState", "apply_record", "default_spool_dir", "is_pending", "is_unreachable", "new_local_id",
-    "pending_ref", "probe", "record_kind", "replay", "resolve_ref", "resolve_run", "retry_interval",
-    "set_http_defaults", "short_reason", "spool_files",
+    "LOCAL_TAG", "PENDING", "SPOOL_ENV", "ReplayResult", "Spool", "SpoolDeferred", "SpoolState", "apply_record",
+    "default_spool_dir", "is_pending", "new_local_id", "pending_ref", "record_kind", "replay", "resolve_ref",
+    "resolve_run", "spool_files", "sync",
 ]

@@ -1,0 +1,107 @@
+"""What varies between trials: the grids of variants, the hparam space, the names trials get."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ess.adapters.ray.config import (
+    DEFAULT_SPACE,
+    INTER_KNOBS,
+    INTRA_KNOBS,
+    JobConfig,
+    search_config_dict,
+)
+from ess.errors import ConfigError
+
+
+def transfer_variants(job: JobConfig, cells: Sequence[str]) -> list[dict[str, Any]]:
+    """The grid task x cell x seed, one dict per trial (``cell_label`` names a cell of the job spec)."""
+    return [{"task": task, "cell_label": cell, "seed": seed} for task in job.tasks for cell in cells
+            for seed in job.seeds]
+
+
+def search_variants(job: JobConfig, modes: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """The grid mode x seed x node counts, one dict per trial.
+
+    Counts a mode does not use collapse (intra mode fixes the inter cells to the identity, so
+    ``n_inter`` and ``m`` do not matter; inter mode fixes the intra cell, so ``steps`` does not),
+    which keeps the grid from running identical trials.
+    """
+    from ess.supernet import MODES
+
+    base = search_config_dict(job)
+    variants, seen = [], set()
+    for mode in modes or job.modes:
+        searched = MODES[mode]
+        for seed in job.seeds:
+            for steps in job.steps or (base["steps"],):
+                for n_inter in job.n_inter or (base["n_inter"],):
+                    for m in job.m or (base["m"],):
+                        v = {"mode": mode, "seed": seed, "steps": steps, "n_inter": n_inter, "m": m}
+                        if not searched.searches_inter:
+                            v["n_inter"], v["m"] = (job.n_inter or (base["n_inter"],))[0], (job.m or (base["m"],))[0]
+                        if not searched.searches_intra:
+                            v["steps"] = (job.steps or (base["steps"],))[0]
+                        key = tuple(sorted(v.items()))
+                        if key not in seen:
+                            seen.add(key)
+                            variants.append(v)
+    return variants
+
+
+def variant_label(v: Mapping[str, Any]) -> str:
+    if "genotype_label" in v:
+        return f"retrain_{v['genotype_label']}"
+    if "cell_label" in v:
+        return f"{v.get('task')}_{v['cell_label']}_s{v.get('seed')}"
+    parts = [str(v.get("mode", "search")), f"s{v.get('seed')}"]
+    if "steps" in v:
+        parts.append(f"n{v['steps']}-{v.get('n_inter')}-{v.get('m')}")
+    if v.get("label"):
+        parts.append(str(v["label"]))
+    return "_".join(parts)
+
+
+def trial_name(trial: Any) -> str:
+    """Tune trial names from the variant (``joint_s3_n8-3-3``) instead of the whole dict."""
+    variant = trial.config.get("variant")
+    if isinstance(variant, Mapping):
+        return f"{variant_label(variant)}_{trial.trial_id}"
+    return f"{trial.trainable_name}_{trial.trial_id}"
+
+
+def tune_space(job: JobConfig) -> dict[str, Any]:
+    """``job.space`` (or :data:`DEFAULT_SPACE` less the knobs the first mode fixes) as Tune distributions."""
+    from ray import tune
+
+    from ess.search import SearchConfig
+    from ess.supernet import MODES
+
+    fields = {f.name for f in dataclasses.fields(SearchConfig)}
+    out = {}
+    searched = MODES[job.modes[0]]   # hparam_search runs the first mode
+    default = {k: v for k, v in DEFAULT_SPACE.items()   # no knobs the mode fixes (m, n_inter in intra mode)
+               if (searched.searches_inter or k not in INTER_KNOBS)
+               and (searched.searches_intra or k not in INTRA_KNOBS)}
+    for name, spec in (job.space or default).items():
+        if name not in fields:
+            raise ConfigError(f"space: {name!r} is not a SearchConfig field")
+        if not isinstance(spec, (list, tuple)) or not spec:
+            raise ConfigError(f"space: {name}: expected [distribution, args...], got {spec!r}")
+        kind, args = spec[0], list(spec[1:])
+        try:
+            if kind == "choice":
+                out[name] = tune.choice(list(args[0]))
+            elif kind in ("uniform", "loguniform", "randint", "quniform"):
+                out[name] = getattr(tune, kind)(*args)
+            else:
+                raise ConfigError(f"space: {name}: unknown distribution {kind!r} "
+                                  "(choice, uniform, loguniform, randint, quniform)")
+        except (TypeError, ValueError, IndexError) as err:
+            raise ConfigError(f"space: {name}: bad arguments {args!r} ({err})") from None
+    return out
+
+
+__all__ = ["search_variants", "transfer_variants", "trial_name", "tune_space", "variant_label"]
