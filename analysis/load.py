@@ -90,7 +90,7 @@ _LIST_LIMIT = 20
 def canonical_genotype(text: Any) -> str | None:
     """Genotype JSON in one canonical compact form (so equal genotypes compare equal); None if empty.
 
-    Text that is not a valid genotype is returned unchanged (a built-in name stays a name).
+    Text that is not a genotype reference (:func:`ess.space.genotype.load_genotype`) is returned unchanged.
     """
     if text is None or (isinstance(text, float) and math.isnan(text)):
         return None
@@ -99,19 +99,10 @@ def canonical_genotype(text: Any) -> str | None:
     text = str(text).strip()
     if not text:
         return None
-    if not text.startswith("{"):
-        try:
-            from ess.space.genotype import BUILTINS
-
-            if text in BUILTINS:
-                return BUILTINS[text].to_json(None)
-        except Exception:
-            pass
-        return text
     try:
-        from ess.space.genotype import parse_genotype_json
+        from ess.space.genotype import load_genotype
 
-        return parse_genotype_json(text, "genotype").to_json(None)
+        return load_genotype(text).to_json(None)
     except Exception:
         return text
 

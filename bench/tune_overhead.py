@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ess.adapters.mlflow import get_or_create_experiment, resolve_tracking_uri
-from ess.adapters.ray.config import JOB_PRESETS, job_base, search_config_dict
+from ess.adapters.ray.config import JOB_PRESETS, job_base
 from ess.adapters.ray.trainables import search_trainable
 from ess.adapters.ray.trial import RUN_DIR
 from ess.config import config_from_mapping, config_to_dict
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     from ess.data import resolve_data_dir
 
     job = job_base("joint_search", args.preset)
-    search = search_config_dict(job, str(resolve_data_dir(None).resolve()))
+    search = config_to_dict(dataclasses.replace(job, data_dir=str(resolve_data_dir(None).resolve())).search)
     uri = resolve_tracking_uri(args.tracking_uri, args.workdir)
     report = measure(search, repeats=args.repeats, tracking_uri=uri, workdir=args.workdir)
     print(json.dumps(report["mean"] | {"ratio_in_trial": report["ratio_in_trial"], "ratio_fit": report["ratio_fit"],

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import os
 from pathlib import Path
 
 import pytest
 import torch
+
+from ess.search import PRESETS as SEARCH_PRESETS
 
 DATA_DIR = os.environ.get("ESS_DATA_DIR")
 
@@ -30,9 +31,8 @@ def _few_threads():
 
 # -- Ray Tune jobs at toy sizes (shared by the orchestration and fault tests) -------------------------
 
-#: a search small enough for a trial to take seconds on 2 cores
-TINY_SEARCH = dict(emsize=16, nhid=16, steps=3, n_inter=2, m=2, batch_size=8, max_train_tokens=4000,
-                   max_eval_tokens=1200, epochs=2, draw=False)
+#: SearchConfig's smoke preset (a trial takes seconds on 2 cores), without the pictures
+TINY_SEARCH = {**SEARCH_PRESETS["smoke"], "draw": False}
 
 
 @pytest.fixture
@@ -46,12 +46,12 @@ def local_ray():
 
 def tiny_job(tmp_path, **changes):
     """The smoke joint-search job at :data:`TINY_SEARCH` sizes, stored under ``tmp_path``."""
-    from ess.adapters.ray.config import job_base
+    from ess.adapters.ray.config import JobConfig, job_base
+    from ess.config import config_from_mapping
 
-    job = job_base("joint_search", "smoke")
-    changes = {"storage_path": str(tmp_path / "tune"), "data_dir": DATA_DIR or "",
-               "search": {**job.search, **TINY_SEARCH}, "system_metrics": False, "verbose": 0, **changes}
-    return dataclasses.replace(job, **changes)
+    changes = {"storage_path": str(tmp_path / "tune"), "data_dir": DATA_DIR or "", "system_metrics": False,
+               "verbose": 0, **changes, "search": {**TINY_SEARCH, **changes.get("search", {})}}
+    return config_from_mapping(JobConfig, changes, "tiny_job", base=job_base("joint_search", "smoke"))
 
 
 def load_job(name: str):

@@ -19,7 +19,7 @@ import pandas as pd
 from ray import tune
 
 from ess.adapters.ray import jobs
-from ess.adapters.ray.config import JobConfig, search_config_dict, train_config_dict
+from ess.adapters.ray.config import JobConfig
 from ess.adapters.ray.grid import search_variants
 from ess.adapters.ray.trainables import search_trainable
 from ess.adapters.ray.trial import RETRAIN_METRIC, SEARCH_METRIC
@@ -30,12 +30,12 @@ ARM = ("mode", "seed", "steps", "n_inter", "m")
 def run(job: JobConfig, *, resume: bool = False, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """One stage: every variant a search trial that (``job.retrain``) goes on to retrain its genotype."""
     with jobs.experiment("ablation", job, resume=resume) as exp:
+        job = exp.job
         variants = search_variants(job)
         trainable = exp.with_resources(search_trainable)
-        train = train_config_dict(job, exp.data_dir) if job.retrain else None
         tuner = exp.restored("ablation", trainable) or tune.Tuner(
             trainable,
-            param_space={"ess": exp.spec(search=search_config_dict(job, exp.data_dir), train=train),
+            param_space={"ess": exp.spec(search=job.search, train=job.train if job.retrain else None),
                          "variant": tune.grid_search(variants)},
             tune_config=exp.tune_config(),
             run_config=exp.run_config("ablation", callbacks))

@@ -22,8 +22,8 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from ess.adapters.ray import jobs
-from ess.adapters.ray.config import JobConfig, search_config_dict
-from ess.adapters.ray.grid import search_variants, tune_space
+from ess.adapters.ray.config import JobConfig
+from ess.adapters.ray.grid import search_variants, trial_config, tune_space
 from ess.adapters.ray.storage import is_uri
 from ess.adapters.ray.trainables import search_trainable
 from ess.adapters.ray.trial import SEARCH_METRIC
@@ -45,22 +45,22 @@ def optuna_storage_url(exp_root: str, job: JobConfig) -> str:
 def run(job: JobConfig, *, resume: bool = False, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """``num_samples`` trials of one mode, seed and node counts; Optuna samples the space, ASHA stops the worst."""
     with jobs.experiment("hparam_search", job, resume=resume) as exp:
+        job = exp.job
         storage_url = optuna_storage_url(exp.root, job)
         study_name = job.study_name or job.name
-        search_spec = search_config_dict(job, exp.data_dir)
         variant = search_variants(job)[0]   # one mode, seed and node counts; the space varies the rest
         space = tune_space(job)
+        search = trial_config(job.search, {k: v for k, v in variant.items() if k not in space}, "hparam_search")
         searcher = OptunaSearch(metric=SEARCH_METRIC, mode="min", seed=variant["seed"], study_name=study_name,
                                 storage=optuna.storages.RDBStorage(storage_url),
                                 sampler=optuna.samplers.TPESampler(seed=variant["seed"]))
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=search_spec["epochs"],
-                                  grace_period=min(job.grace_period, search_spec["epochs"]),
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=search.epochs,
+                                  grace_period=min(job.grace_period, search.epochs),
                                   reduction_factor=job.reduction_factor)
-        fixed = {k: v for k, v in variant.items() if k not in space}
         trainable = exp.with_resources(search_trainable)
         tuner = exp.restored("hparam", trainable) or tune.Tuner(
             trainable,
-            param_space={"ess": exp.spec(search={**search_spec, **fixed}, train=None), **space},
+            param_space={"ess": exp.spec(search=search), **space},
             tune_config=exp.tune_config(search_alg=searcher, scheduler=scheduler, metric=SEARCH_METRIC, mode="min",
                                         num_samples=job.num_samples),
             run_config=exp.run_config("hparam", callbacks))

@@ -19,11 +19,12 @@ from typing import Any
 from ray import tune
 
 from ess.adapters.ray import jobs
-from ess.adapters.ray.config import JobConfig, search_config_dict, train_config_dict
+from ess.adapters.ray.config import JobConfig
 from ess.adapters.ray.experiment import Experiment
 from ess.adapters.ray.grid import search_variants
 from ess.adapters.ray.trainables import retrain_trainable, search_trainable
 from ess.adapters.ray.trial import RETRAIN_METRIC, SEARCH_METRIC
+from ess.space.genotype import ESSGenotype, load_genotype
 
 
 def search_stage(exp: Experiment, job: JobConfig, variants: list[dict[str, Any]], *,
@@ -32,22 +33,21 @@ def search_stage(exp: Experiment, job: JobConfig, variants: list[dict[str, Any]]
     trainable = exp.with_resources(search_trainable)
     tuner = exp.restored("search", trainable) or tune.Tuner(
         trainable,
-        param_space={"ess": exp.spec(search=search_config_dict(job, exp.data_dir), train=None),
+        param_space={"ess": exp.spec(search=job.search),
                      "variant": tune.grid_search(variants)},
         tune_config=exp.tune_config(),
         run_config=exp.run_config("search", callbacks))
     return jobs.rows(exp.fit(tuner, "search", expected=len(variants)))
 
 
-def retrain_stage(exp: Experiment, job: JobConfig, genotypes: dict[str, str], info: dict[str, dict[str, Any]],
+def retrain_stage(exp: Experiment, job: JobConfig, genotypes: dict[str, ESSGenotype], info: dict[str, dict[str, Any]],
                   *, callbacks: Sequence[Any] = ()) -> list[dict[str, Any]]:
     """Stage 2: one retrain trial per chosen genotype."""
     trainable = exp.with_resources(retrain_trainable)
     variants = [{"genotype_label": label} for label in genotypes]
     tuner = exp.restored("retrain", trainable) or tune.Tuner(
         trainable,
-        param_space={"ess": exp.spec(train=train_config_dict(job, exp.data_dir), genotypes=genotypes,
-                                     genotype_info=info),
+        param_space={"ess": exp.spec(train=job.train, genotypes=genotypes, genotype_info=info),
                      "variant": tune.grid_search(variants)},
         tune_config=exp.tune_config(),
         run_config=exp.run_config("retrain", callbacks))
@@ -57,6 +57,7 @@ def retrain_stage(exp: Experiment, job: JobConfig, genotypes: dict[str, str], in
 def run(job: JobConfig, *, resume: bool = False, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Search over ``job.seeds`` (and node counts), then retrain the ``top_k`` best genotypes."""
     with jobs.experiment("joint_search", job, resume=resume) as exp:
+        job = exp.job
         found = jobs.succeeded(search_stage(exp, job, search_variants(job), callbacks=callbacks), "search")
         searched = [{"label": r["label"], **r["variant"], "valid_ppl": r["metrics"].get(SEARCH_METRIC),
                      "node_id": r["node_id"], "epochs": r["metrics"].get("epoch"),
@@ -67,7 +68,7 @@ def run(job: JobConfig, *, resume: bool = False, callbacks: Sequence[Any] = ()) 
         best, retrained = searched[0], []
         if job.retrain:
             chosen = searched[:job.top_k]
-            genotypes = {c["label"]: c["genotype"] for c in chosen}
+            genotypes = {c["label"]: load_genotype(c["genotype"]) for c in chosen}
             info = {c["label"]: {"seed": c.get("seed"), "mode": c.get("mode"), "search_valid_ppl": c["valid_ppl"],
                                  "search_run_id": c["mlflow_run_id"]} for c in chosen}
             done = jobs.succeeded(retrain_stage(exp, job, genotypes, info, callbacks=callbacks), "retrain")

@@ -15,29 +15,29 @@ from typing import Any
 from ray import tune
 
 from ess.adapters.ray import jobs
-from ess.adapters.ray.config import JobConfig, train_config_dict
+from ess.adapters.ray.config import JobConfig
 from ess.adapters.ray.experiment import Experiment
 from ess.adapters.ray.trainables import retrain_trainable
 from ess.adapters.ray.trial import RETRAIN_METRIC, SEARCH_METRIC
 from ess.errors import ConfigError
-from ess.space.genotype import BUILTINS, load_genotype
+from ess.space.genotype import ESSGenotype, builtin_name, load_genotype
 
 
-def sources(job: JobConfig, exp: Experiment) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
-    """``{label: genotype (built-in name or JSON text)}`` from ``job.genotypes`` or an MLflow experiment."""
-    genotypes: dict[str, str] = {}
+def sources(job: JobConfig, exp: Experiment) -> tuple[dict[str, ESSGenotype | str], dict[str, dict[str, Any]]]:
+    """``{label: built-in name | ESSGenotype}`` from ``job.genotypes`` or the best runs of an MLflow experiment."""
+    genotypes: dict[str, ESSGenotype | str] = {}
     info: dict[str, dict[str, Any]] = {}
     for item in job.genotypes:
-        if item in BUILTINS:
-            genotypes[item] = item
-            info[item] = {"source": "built-in"}
+        name = builtin_name(item)
+        if name is not None:
+            genotypes[name] = name
+            info[name] = {"source": "built-in"}
         else:
             path = Path(item).expanduser()
-            genotype = load_genotype(path)   # GenotypeError names the file
             label = path.stem
             while label in genotypes:
                 label += "_"
-            genotypes[label] = genotype.to_json(None)
+            genotypes[label] = load_genotype(path)   # GenotypeError names the file
             info[label] = {"source": str(path.resolve())}
     if job.source_experiment:
         from ess.adapters.mlflow import best_runs, download_artifact
@@ -49,11 +49,9 @@ def sources(job: JobConfig, exp: Experiment) -> tuple[dict[str, str], dict[str, 
             label = run.info.run_name or run.info.run_id[:8]
             while label in genotypes:
                 label += "_"
-            text = run.data.tags.get("ess.genotype")
-            if not text:
-                local = download_artifact(exp.uri, run.info.run_id, "genotype.json", Path(exp.root) / "sources" / label)
-                text = load_genotype(local).to_json(None)
-            genotypes[label] = text
+            ref = run.data.tags.get("ess.genotype") or \
+                download_artifact(exp.uri, run.info.run_id, "genotype.json", Path(exp.root) / "sources" / label)
+            genotypes[label] = load_genotype(ref)
             info[label] = {"source": f"mlflow:{run.info.run_id}",
                            "search_valid_ppl": run.data.metrics.get(SEARCH_METRIC)}
     if not genotypes:
@@ -61,15 +59,20 @@ def sources(job: JobConfig, exp: Experiment) -> tuple[dict[str, str], dict[str, 
     return genotypes, info
 
 
-def retrain_stage(exp: Experiment, job: JobConfig, genotypes: dict[str, str], info: dict[str, dict[str, Any]],
+def as_text(ref: ESSGenotype | str) -> str:
+    """A genotype as a summary shows it: a built-in's name, else compact JSON."""
+    return ref if isinstance(ref, str) else ref.to_json(None)
+
+
+def retrain_stage(exp: Experiment, job: JobConfig, genotypes: dict[str, ESSGenotype | str],
+                  info: dict[str, dict[str, Any]],
                   *, callbacks: Sequence[Any] = ()) -> list[dict[str, Any]]:
     """One retrain trial per genotype."""
     trainable = exp.with_resources(retrain_trainable)
     variants = [{"genotype_label": label} for label in genotypes]
     tuner = exp.restored("retrain", trainable) or tune.Tuner(
         trainable,
-        param_space={"ess": exp.spec(train=train_config_dict(job, exp.data_dir), genotypes=genotypes,
-                                     genotype_info=info),
+        param_space={"ess": exp.spec(train=job.train, genotypes=genotypes, genotype_info=info),
                      "variant": tune.grid_search(variants)},
         tune_config=exp.tune_config(),
         run_config=exp.run_config("retrain", callbacks))
@@ -79,13 +82,14 @@ def retrain_stage(exp: Experiment, job: JobConfig, genotypes: dict[str, str], in
 def run(job: JobConfig, *, resume: bool = False, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Retrain every source genotype; the best is the lowest validation perplexity."""
     with jobs.experiment("retrain", job, resume=resume) as exp:
+        job = exp.job
         genotypes, info = sources(job, exp)
         done = jobs.succeeded(retrain_stage(exp, job, genotypes, info, callbacks=callbacks), "retrain")
         out = sorted(({"label": r["variant"]["genotype_label"],
                        "retrain_valid_ppl": r["metrics"].get(RETRAIN_METRIC),
                        "retrain_test_ppl": r["metrics"].get("retrain/test/ppl"), "checkpoint": r["checkpoint"],
                        "mlflow_run_id": r["metrics"].get("mlflow_run_id"),
-                       "genotype": genotypes[r["variant"]["genotype_label"]],
+                       "genotype": as_text(genotypes[r["variant"]["genotype_label"]]),
                        "artifacts": jobs.artifact_files(r["checkpoint"], "retrain")} for r in done),
                      key=lambda r: jobs.finite(r["retrain_valid_ppl"]))
         best_valid_ppl = jobs.finite(out[0]["retrain_valid_ppl"])

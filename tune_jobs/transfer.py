@@ -18,25 +18,26 @@ import pandas as pd
 from ray import tune
 
 from ess.adapters.ray import jobs
-from ess.adapters.ray.config import JobConfig, transfer_config_dict
+from ess.adapters.ray.config import JobConfig
 from ess.adapters.ray.grid import transfer_variants
 from ess.adapters.ray.trainables import transfer_trainable
-from ess.space.genotype import BUILTINS, load_genotype
+from ess.space.genotype import ESSGenotype, builtin_name, load_genotype
 
 
-def sources(job: JobConfig) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
-    """``{label: lstm | built-in name | genotype JSON text}`` from ``job.cells``."""
-    cells: dict[str, str] = {}
+def sources(job: JobConfig) -> tuple[dict[str, ESSGenotype | str], dict[str, dict[str, Any]]]:
+    """``{label: "lstm" | built-in name | ESSGenotype (of a file)}`` from ``job.cells``."""
+    cells: dict[str, ESSGenotype | str] = {}
     info: dict[str, dict[str, Any]] = {}
     for item in job.cells:
-        if item.lower() == "lstm" or item in BUILTINS:
-            label, text, source = ("lstm" if item.lower() == "lstm" else item), item, "built-in"
+        name = "lstm" if item.lower() == "lstm" else builtin_name(item)
+        if name is not None:
+            label, ref, source = name, name, "built-in"
         else:
             path = Path(item).expanduser()
-            text, label, source = load_genotype(path).to_json(None), path.stem, str(path.resolve())
+            ref, label, source = load_genotype(path), path.stem, str(path.resolve())
         while label in cells:
             label += "_"
-        cells[label] = text
+        cells[label] = ref
         info[label] = {"source": source}
     return cells, info
 
@@ -46,13 +47,13 @@ def run(job: JobConfig, *, resume: bool = False, callbacks: Sequence[Any] = ()) 
     jobs.ensure_tasks(job.tasks, job.data_dir or None)
     cells, info = sources(job)
     with jobs.experiment("transfer", job, resume=resume, corpus=False) as exp:
+        job = exp.job
         exp.parent.set_tags({"cells": ",".join(cells), "tasks": ",".join(job.tasks)})
         variants = transfer_variants(job, list(cells))
         trainable = exp.with_resources(transfer_trainable)
         tuner = exp.restored("transfer", trainable) or tune.Tuner(
             trainable,
-            param_space={"ess": exp.spec(transfer=transfer_config_dict(job, exp.data_dir), cells=cells,
-                                         cell_info=info),
+            param_space={"ess": exp.spec(transfer=job.transfer, cells=cells, cell_info=info),
                          "variant": tune.grid_search(variants)},
             tune_config=exp.tune_config(),
             run_config=exp.run_config("transfer", callbacks))

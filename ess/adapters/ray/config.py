@@ -1,4 +1,13 @@
-"""The job config: one frozen JobConfig, its presets, the command line that resolves it."""
+"""The job config: one frozen JobConfig with typed nested run configs, its presets, its command line.
+
+Layers, each merged over the last: code defaults <- the job's defaults (:data:`JOB_DEFAULTS`) <- the
+preset (:data:`JOB_PRESETS`, ``--smoke-test`` = ``smoke``, then :data:`JOB_PRESET_EXTRAS`) <- ``--config
+FILE.yaml`` <- flags. ``search``, ``train`` and ``transfer`` are nested configs (:class:`SearchConfig`,
+:class:`TrainConfig`, :class:`TransferConfig`): a layer merges ``{lr: 10}`` (YAML) or ``"lr=10 epochs=3"``
+(``--search``) into them field by field, and ``preset: NAME`` names one of their own presets. The job
+sets what is the job's to set (dataset, data directory, run directory, threads, task); every rule that
+ties fields together is checked here, once, when a JobConfig is made.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +15,8 @@ import argparse
 import dataclasses
 import math
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-
-import yaml
 
 from ess.adapters.ray.storage import exists, join, read_text, storage_root
 from ess.adapters.ray.trial import RUN_DIR
@@ -18,37 +24,29 @@ from ess.config import (
     add_config_arguments,
     check,
     config_from_mapping,
-    config_to_dict,
-    load_yaml,
+    parse_overrides,
+    parse_yaml,
     resolve_config,
 )
 from ess.errors import ConfigError
+from ess.search.config import SearchConfig
+from ess.supernet import MODES
+from ess.tagging.conll import TASKS
+from ess.train import TrainConfig
+from ess.transfer import TransferConfig
 
 JOBS = ("joint_search", "ablation", "hparam_search", "retrain", "transfer")
-OVERRIDES = ("search", "train", "transfer")   # the dict fields of JobConfig: layers merge into them
+INTER_KNOBS = ("n_inter", "m", "combination", "softmax_scope", "residual")   # used only when inter cells are searched
+INTRA_KNOBS = ("steps",)                                                    # used only when the intra cell is
+SPACE_KINDS = {"choice": 1, "uniform": 2, "loguniform": 2, "randint": 2, "quniform": 3}
 
 
-def _kv_mapping(value: Any, where: str) -> dict[str, Any]:
-    """A mapping from YAML, or ``"key=value key=value"`` (commas work too) from the command line."""
-    if value is None:
-        return {}
-    if isinstance(value, Mapping):
-        return {str(k).replace("-", "_"): v for k, v in value.items()}
-    if isinstance(value, str):
-        out: dict[str, Any] = {}
-        items = []
-        for chunk in value.split():  # commas separate items too, unless inside [...] or {...}
-            items += [chunk] if any(c in chunk for c in "[{") else [c for c in chunk.split(",") if c]
-        for item in items:
-            if "=" not in item:
-                raise ConfigError(f"{where}: expected key=value items, got {item!r}")
-            key, raw = item.split("=", 1)
-            try:
-                out[key.strip().replace("-", "_")] = yaml.safe_load(raw) if raw != "" else ""
-            except (yaml.YAMLError, ValueError, RecursionError):  # ValueError: a 5000-digit integer
-                out[key.strip().replace("-", "_")] = raw
-        return out
-    raise ConfigError(f"{where}: expected a mapping or key=value items, got {value!r}")
+def _derived(name: str, cfg: Any, **changes: Any) -> Any:
+    """``cfg`` with ``changes``, validated by its class; its error names the JobConfig field."""
+    try:
+        return dataclasses.replace(cfg, **changes)
+    except ConfigError as err:
+        raise ConfigError(f"{name}: {err}") from None
 
 
 @dataclass(frozen=True)
@@ -66,14 +64,15 @@ class JobConfig:
     data_dir: str = field(default="", metadata={"help": "else $ESS_DATA_DIR, else ./data (same path on every node)"})
     seeds: tuple[int, ...] = field(default=(3, 4), metadata={"help": "search seeds, e.g. 3,4,5"})
     modes: tuple[str, ...] = field(default=("joint",), metadata={"help": "search modes: intra, inter, joint"})
-    steps: tuple[int, ...] = field(default=(), metadata={"help": "intra-cell node counts (empty: the preset's)"})
-    n_inter: tuple[int, ...] = field(default=(), metadata={"help": "inter-cell node counts (empty: the preset's)"})
-    m: tuple[int, ...] = field(default=(), metadata={"help": "inter-cell windows (empty: the preset's)"})
-    search_preset: str = field(default="cpu-small", metadata={"help": "ess.search preset under the search overrides"})
-    search: dict = field(default_factory=dict, metadata={"help": "SearchConfig overrides, 'lr=10 epochs=3'"})
+    steps: tuple[int, ...] = field(default=(), metadata={"help": "intra-cell node counts (empty: search.steps)"})
+    n_inter: tuple[int, ...] = field(default=(), metadata={"help": "inter-cell node counts (empty: search.n_inter)"})
+    m: tuple[int, ...] = field(default=(), metadata={"help": "inter-cell windows (empty: search.m)"})
+    search: SearchConfig = field(default_factory=SearchConfig, metadata={
+        "help": "the search every trial starts from (mode, seed, node counts: the grid above), e.g. 'lr=10 epochs=3'"})
     retrain: bool = field(default=True, metadata={"help": "retrain the searched genotype(s)"})
     top_k: int = field(default=2, metadata={"help": "joint_search: retrain the k best genotypes"})
-    train: dict = field(default_factory=dict, metadata={"help": "TrainConfig overrides, 'epochs=3 nhid=128'"})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={
+        "help": "the retraining of every trial (the genotype is the trial's), e.g. 'epochs=3 nhid=128'"})
     genotypes: tuple[str, ...] = field(default=(), metadata={"help": "retrain: built-in names or JSON files"})
     source_experiment: str = field(default="", metadata={"help": "retrain: MLflow experiment to take the best of"})
     source_run: str = field(default="", metadata={"help": "retrain: only the trials of this parent run (name)"})
@@ -81,8 +80,8 @@ class JobConfig:
         "help": "transfer: cells to compare: lstm, built-in genotypes or JSON files"})
     tasks: tuple[str, ...] = field(default=("conll2003",), metadata={
         "help": "transfer: tagging tasks (conll2003, wnut17, conll2000)"})
-    transfer_preset: str = field(default="short", metadata={"help": "ess.transfer preset under the transfer overrides"})
-    transfer: dict = field(default_factory=dict, metadata={"help": "TransferConfig overrides, 'epochs=3 nhid=64'"})
+    transfer: TransferConfig = field(default_factory=TransferConfig, metadata={
+        "help": "the tagger of every transfer trial (task, cell, seed: the grid), e.g. 'epochs=3 nhid=64'"})
     num_samples: int = field(default=8, metadata={"help": "hparam_search: Optuna trials"})
     grace_period: int = field(default=1, metadata={"help": "hparam_search: ASHA grace period (epochs)"})
     reduction_factor: float = field(default=2.0, metadata={"help": "hparam_search: ASHA reduction factor"})
@@ -101,10 +100,7 @@ class JobConfig:
     verbose: int = field(default=1, metadata={"help": "Tune console output: 0 silent, 1 status, 2 per result"})
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "search", _kv_mapping(self.search, "search"))
-        object.__setattr__(self, "train", _kv_mapping(self.train, "train"))
-        object.__setattr__(self, "space", _kv_mapping(self.space, "space"))
-        object.__setattr__(self, "transfer", _kv_mapping(self.transfer, "transfer"))
+        object.__setattr__(self, "space", parse_overrides(self.space, "space"))
         for name in ("top_k", "num_samples", "grace_period", "keep_checkpoints", "checkpoint_every"):
             check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         for name in ("num_cpus", "max_concurrent_trials", "max_failures", "verbose"):
@@ -119,21 +115,24 @@ class JobConfig:
         check(len(self.modes) > 0, "modes", "give at least one mode")
         check(len(self.cells) > 0, "cells", "give at least one cell")
         check(len(self.tasks) > 0, "tasks", "give at least one task")
-        from ess.supernet import MODES
-
         for mode in self.modes:
             check(mode in MODES, "modes", f"unknown mode {mode!r} (known: {', '.join(MODES)})")
+        for task in self.tasks:
+            check(task in TASKS, "tasks", f"unknown task {task!r} (known: {', '.join(TASKS)})")
         for name in ("steps", "n_inter", "m"):
             for v in getattr(self, name):
                 check(v >= 1, name, f"node counts must be >= 1, got {v}")
         check(self.name == "" or ("/" not in self.name and self.name not in (".", "..")), "name",
               f"must be a plain directory name, got {self.name!r}")
-        _check_modes_and_space(self)
-
-
-INTER_KNOBS = ("n_inter", "m", "combination", "softmax_scope", "residual")   # used only when inter cells are searched
-INTRA_KNOBS = ("steps",)                                                    # used only when the intra cell is
-SPACE_KINDS = {"choice": 1, "uniform": 2, "loguniform": 2, "randint": 2, "quniform": 3}
+        # what the job sets in every run it starts
+        common = {"data_dir": self.data_dir or None, "progress": False, "threads": max(1, int(self.cpus_per_trial))}
+        object.__setattr__(self, "search", _derived("search", self.search, dataset=self.dataset,
+                                                    run_dir=f"{RUN_DIR}/search", **common))
+        object.__setattr__(self, "train", _derived("train", self.train, dataset=self.dataset,
+                                                   run_dir=f"{RUN_DIR}/retrain", **common))
+        object.__setattr__(self, "transfer", _derived("transfer", self.transfer, task=self.tasks[0],
+                                                      run_dir=f"{RUN_DIR}/transfer", **common))
+        _check_grid_and_space(self)
 
 
 def _check_space_entry(name: str, spec: Any) -> None:
@@ -164,12 +163,13 @@ def _check_space_entry(name: str, spec: Any) -> None:
         raise ConfigError(f"{where}: quniform needs q > 0, got {args[2]!r}")
 
 
-def _check_modes_and_space(job: JobConfig) -> None:
-    """What the modes do not search cannot be varied: no inter-cell knobs for intra-only jobs (and the
-    reverse), and the hparam space is well-formed. One-line ConfigErrors before Ray starts."""
-    from ess.search import SearchConfig
-    from ess.supernet import MODES
 
+def _check_grid_and_space(job: JobConfig) -> None:
+    """Every mode of the grid gives a valid search (SearchConfig's own rules: ``combination``, the fixed
+    intra cell ...); what the modes do not search cannot be varied (no inter-cell knobs for intra-only
+    jobs, and the reverse); the hparam space is well-formed."""
+    for mode in job.modes:
+        _derived("search", job.search, mode=mode)
     inter = any(MODES[mode].searches_inter for mode in job.modes)
     intra = any(MODES[mode].searches_intra for mode in job.modes)
     modes = "/".join(job.modes)
@@ -183,9 +183,6 @@ def _check_modes_and_space(job: JobConfig) -> None:
             if name in job.space:
                 raise ConfigError(f"space: {name}: mode {modes} does not search the {part}; drop {name} from the "
                                   "space or add a mode that searches them")
-    if job.search.get("combination") == "search" and not all(MODES[mode].searches_inter for mode in job.modes):
-        raise ConfigError(f"search.combination: 'search' searches the inter-cell combination, but mode {modes} "
-                          "fixes the inter cells of some trials to the identity (use product or sum)")
     fields = {f.name for f in dataclasses.fields(SearchConfig)}
     for name, spec in job.space.items():
         if name not in fields:
@@ -193,26 +190,19 @@ def _check_modes_and_space(job: JobConfig) -> None:
         _check_space_entry(name, spec)
 
 
-#: presets shared by every job; ``smoke`` is what ``--smoke-test`` selects
+#: presets shared by every job (``smoke`` is what ``--smoke-test`` selects); each names the presets of
+#: the nested configs rather than restating their sizes
 JOB_PRESETS: dict[str, dict[str, Any]] = {
-    # Seconds per trial: a tiny supernet on a slice of PTB, one-epoch retrain of the same size.
-    "smoke": dict(seeds=(1, 2), search_preset="smoke", top_k=1, num_samples=4, keep_checkpoints=1,
-                  system_metrics_interval=1.0, verbose=0,
-                  search=dict(emsize=16, nhid=16, steps=3, n_inter=2, m=2, batch_size=8, max_train_tokens=4000,
-                              max_eval_tokens=1200, epochs=2, draw=True),
-                  train=dict(emsize=16, nhid=16, batch_size=8, epochs=1, max_train_tokens=4000,
-                             max_eval_tokens=1200, lr=20.0),
-                  transfer_preset="smoke", transfer=dict(epochs=2, max_train_sentences=300, max_eval_sentences=150)),
+    # Seconds per trial: the smoke presets of the search, the retraining and the tagger.
+    "smoke": dict(seeds=(1, 2), top_k=1, num_samples=4, keep_checkpoints=1, system_metrics_interval=1.0, verbose=0,
+                  search={"preset": "smoke"}, train={"preset": "smoke"}, transfer={"preset": "smoke"}),
     # The default: a real joint search plus a short retrain, ~15 minutes on a 2-core laptop.
-    "cpu-small": dict(seeds=(3, 4), search_preset="cpu-small", top_k=2, num_samples=8, cpus_per_trial=1.0,
-                      search=dict(epochs=4), transfer_preset="short",
-                      train=dict(emsize=128, nhid=128, batch_size=32, epochs=3, max_train_tokens=200_000,
-                                 max_eval_tokens=20_000)),
-    # The DARTS/ESS sizes: search at 300 units, batch 256, 50 epochs; retrain at 850 (DARTS recipe).
-    "paper": dict(seeds=(1, 2, 3, 4), search_preset="paper", top_k=4, num_samples=32, cpus_per_trial=4.0,
-                  gpus_per_trial=1.0, max_failures=3, keep_checkpoints=2,
-                  search=dict(emsize=300, nhid=300, batch_size=256, epochs=50), transfer_preset="full",
-                  train=dict(emsize=850, nhid=850, batch_size=64, epochs=300)),
+    "cpu-small": dict(seeds=(3, 4), top_k=2, num_samples=8, cpus_per_trial=1.0,
+                      search={"preset": "cpu-small"}, train={"preset": "cpu-small"}, transfer={"preset": "short"}),
+    # The DARTS/ESS sizes: search at 300 units, batch 256, 50 epochs; retrain at 850.
+    "paper": dict(seeds=(1, 2, 3, 4), top_k=4, num_samples=32, cpus_per_trial=4.0, gpus_per_trial=1.0,
+                  max_failures=3, keep_checkpoints=2,
+                  search={"preset": "paper"}, train={"preset": "paper"}, transfer={"preset": "full"}),
 }
 
 #: each job's own defaults, applied before the preset
@@ -224,13 +214,11 @@ JOB_DEFAULTS: dict[str, dict[str, Any]] = {
     "transfer": dict(retrain=False, seeds=(1, 2, 3)),
 }
 
-#: per job and preset, applied after the preset
+#: per job and preset, applied after the preset (nested configs merge)
 JOB_PRESET_EXTRAS: dict[tuple[str, str], dict[str, Any]] = {
     ("ablation", "smoke"): dict(seeds=(1,)),
-    ("hparam_search", "smoke"): dict(seeds=(1,), search=dict(emsize=16, nhid=16, steps=3, n_inter=2, m=2,
-                                                             batch_size=8, max_train_tokens=4000,
-                                                             max_eval_tokens=1200, epochs=2, draw=False)),
-    ("hparam_search", "cpu-small"): dict(seeds=(3,), search=dict(epochs=3, max_train_tokens=50_000)),
+    ("hparam_search", "smoke"): dict(seeds=(1,), search={"draw": False}),
+    ("hparam_search", "cpu-small"): dict(seeds=(3,), search={"epochs": 3, "max_train_tokens": 50_000}),
     ("retrain", "smoke"): dict(genotypes=("DARTS_V2",)),
     ("transfer", "smoke"): dict(seeds=(1,)),
     ("transfer", "cpu-small"): dict(seeds=(1, 2, 3)),
@@ -261,21 +249,8 @@ def job_base(job: str, preset: str | None) -> JobConfig:
         cfg = config_from_mapping(JobConfig, JOB_PRESETS[preset], f"--preset {preset}", base=cfg)
         extra = JOB_PRESET_EXTRAS.get((job, preset))
         if extra:
-            merged = dict(extra)
-            for key in OVERRIDES:  # overrides of overrides merge rather than replace
-                if key in extra:
-                    merged[key] = {**getattr(cfg, key), **extra[key]}
-            cfg = config_from_mapping(JobConfig, merged, f"--preset {preset} ({job})", base=cfg)
+            cfg = config_from_mapping(JobConfig, extra, f"--preset {preset} ({job})", base=cfg)
     return cfg
-
-
-def _merge_dicts(cfg: JobConfig, data: Mapping[str, Any], source: str) -> JobConfig:
-    """Apply a mapping, merging (not replacing) the search/train/transfer override dicts."""
-    data = dict(data)
-    for key in OVERRIDES:
-        if key in data:
-            data[key] = {**getattr(cfg, key), **_kv_mapping(data[key], f"{source}: {key}")}
-    return config_from_mapping(JobConfig, data, source, base=cfg)
 
 
 def parse_job_args(job: str, argv: list[str] | None = None,
@@ -290,6 +265,7 @@ def parse_job_args(job: str, argv: list[str] | None = None,
     add_config_arguments(parser, JobConfig)
     args = parser.parse_args(argv)
     storage = getattr(args, "storage_path", None) or JobConfig.__dataclass_fields__["storage_path"].default
+    preset = "smoke" if args.smoke_test else (args.preset or "cpu-small")
     if args.resume:
         name = getattr(args, "name", "")
         if not name:
@@ -297,78 +273,21 @@ def parse_job_args(job: str, argv: list[str] | None = None,
         saved = join(storage_root(storage), name, "job.yaml")
         if not exists(saved):
             raise ConfigError(f"{saved}: no saved job config to resume from")
-        data = yaml.safe_load(read_text(saved)) or {}
+        data = parse_yaml(read_text(saved), saved) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{saved}: expected a mapping of config keys, got {type(data).__name__}")
         data.pop("job", None)
         base = config_from_mapping(JobConfig, data, saved)
     else:
-        preset = "smoke" if args.smoke_test else (args.preset or "cpu-small")
         base = job_base(job, preset)
-    if getattr(args, "config", None):
-        base = _merge_dicts(base, load_yaml(args.config), str(args.config))
-        args.config = None
-    names = {f.name for f in dataclasses.fields(JobConfig)}
-    given = {k: v for k, v in vars(args).items() if k in names}
-    for key in OVERRIDES:  # flags merge into the preset's overrides too
-        if key in given:
-            given[key] = {**getattr(base, key), **_kv_mapping(given[key], f"--{key}")}
-    cfg = resolve_config(JobConfig, argparse.Namespace(**{k: v for k, v in given.items()
-                                                         if k not in OVERRIDES}), base=base)
-    if any(k in given for k in OVERRIDES):
-        cfg = dataclasses.replace(cfg, **{k: given[k] for k in OVERRIDES if k in given})
+    cfg = resolve_config(JobConfig, args, base=base)
     if not cfg.name:
-        preset = "smoke" if args.smoke_test else (args.preset or "cpu-small")
         cfg = dataclasses.replace(cfg, name=f"{job}-{preset}-{time.strftime('%Y%m%d-%H%M%S')}")
     if job == "retrain" and not cfg.genotypes and not cfg.source_experiment:
         raise ConfigError("genotypes: nothing to retrain; give --genotypes NAME_OR_FILE,... or --source-experiment")
-    search_config_dict(cfg)   # one-line errors for bad overrides now, not inside a trial
-    train_config_dict(cfg)
-    if job == "transfer":
-        transfer_config_dict(cfg)
     return cfg, args
 
 
-# -- derived configs ---------------------------------------------------------------------------------
-
-
-def search_config_dict(job: JobConfig, data_dir: str | None = None) -> dict[str, Any]:
-    """The SearchConfig every search trial starts from (validated): preset <- ``job.search``."""
-    from ess.search import PRESETS, SearchConfig
-
-    if job.search_preset not in PRESETS:
-        raise ConfigError(f"search_preset: unknown {job.search_preset!r} (known: {', '.join(PRESETS)})")
-    base = {**PRESETS[job.search_preset], **job.search, "dataset": job.dataset, "progress": False,
-            "run_dir": f"{RUN_DIR}/search", "threads": max(1, int(job.cpus_per_trial))}
-    if data_dir is not None:
-        base["data_dir"] = data_dir
-    cfg = config_from_mapping(SearchConfig, base, "search (job preset and overrides)")
-    return config_to_dict(cfg)
-
-
-def train_config_dict(job: JobConfig, data_dir: str | None = None) -> dict[str, Any]:
-    """The TrainConfig every retrain starts from (validated; the genotype is set per trial)."""
-    from ess.train import TrainConfig
-
-    base = {**job.train, "dataset": job.dataset, "progress": False, "run_dir": f"{RUN_DIR}/retrain",
-            "threads": max(1, int(job.cpus_per_trial))}
-    if data_dir is not None:
-        base["data_dir"] = data_dir
-    return config_to_dict(config_from_mapping(TrainConfig, base, "train (job preset and overrides)"))
-
-
-def transfer_config_dict(job: JobConfig, data_dir: str | None = None) -> dict[str, Any]:
-    """The TransferConfig every transfer trial starts from (validated; task, cell, seed set per trial)."""
-    from ess.transfer import PRESETS, TransferConfig
-
-    if job.transfer_preset not in PRESETS:
-        raise ConfigError(f"transfer_preset: unknown {job.transfer_preset!r} (known: {', '.join(PRESETS)})")
-    base = {**PRESETS[job.transfer_preset], **job.transfer, "progress": False, "run_dir": f"{RUN_DIR}/transfer",
-            "threads": max(1, int(job.cpus_per_trial)), "task": job.tasks[0]}
-    if data_dir is not None:
-        base["data_dir"] = data_dir
-    return config_to_dict(config_from_mapping(TransferConfig, base, "transfer (job preset and overrides)"))
-
-
 __all__ = [
-    "DEFAULT_SPACE", "JOBS", "JOB_PRESETS", "JobConfig", "job_base", "parse_job_args", "search_config_dict",
-    "train_config_dict", "transfer_config_dict",
+    "DEFAULT_SPACE", "INTER_KNOBS", "INTRA_KNOBS", "JOBS", "JOB_PRESETS", "JobConfig", "job_base", "parse_job_args",
 ]

@@ -6,6 +6,7 @@ FAILED (or KILLED, when interrupted) exactly once.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -170,6 +171,10 @@ class Experiment:
     def __init__(self, job_kind: str, job: JobConfig, *, resume: bool = False):
         from ess.adapters.mlflow import flat_params, resolve_tracking_uri, start_parent_run
 
+        # the one resolved JobConfig: saved as job.yaml, logged as params, sent to every trial
+        self.data_dir = str(Path(job.data_dir).expanduser().resolve()) if job.data_dir else \
+            str(_resolve_data_dir())
+        job = dataclasses.replace(job, data_dir=self.data_dir)
         self.kind, self.job, self.resume = job_kind, job, resume
         self.storage = storage_root(job.storage_path)
         self.root = join(self.storage, job.name)
@@ -181,8 +186,6 @@ class Experiment:
                               "or choose another --name")
         if not resume:
             write_text(saved, yaml.safe_dump({"job": job_kind, **config_to_dict(job)}, sort_keys=False))
-        self.data_dir = str(Path(job.data_dir).expanduser().resolve()) if job.data_dir else \
-            str(_resolve_data_dir())
         self.uri = resolve_tracking_uri(job.tracking_uri, job.storage_path if not is_uri(self.storage) else
                                         self.storage)
         self.mlflow_experiment = job.experiment or f"ess-{job_kind}"
@@ -212,10 +215,13 @@ class Experiment:
                 "system_metrics_interval": self.job.system_metrics_interval,
                 "experiment_name": self.mlflow_experiment, "spool_dir": self.spool_dir}
 
-    def spec(self, **extra: Any) -> dict[str, Any]:
-        """``config['ess']`` of every trial of a stage: the job, tracking, and the stage's ``extra``."""
+    def spec(self, *, search: Any = None, train: Any = None, transfer: Any = None, **extra: Any) -> dict[str, Any]:
+        """``config['ess']`` of every trial of a stage: the run configs it uses (typed here, plain mappings
+        across the Ray boundary), tracking, and the stage's ``extra`` (genotypes, cells ...)."""
+        configs = {"search": search, "train": train, "transfer": transfer}
         return {"job": self.kind, "experiment_name": self.job.name, "tracking": self.tracking_spec(),
-                "checkpoint_every": self.job.checkpoint_every, **extra}
+                "checkpoint_every": self.job.checkpoint_every,
+                **{k: None if v is None else config_to_dict(v) for k, v in configs.items()}, **extra}
 
     def resources(self) -> dict[str, float]:
         res = {"cpu": self.job.cpus_per_trial}

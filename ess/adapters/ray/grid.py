@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
-from ess.adapters.ray.config import (
-    DEFAULT_SPACE,
-    INTER_KNOBS,
-    INTRA_KNOBS,
-    JobConfig,
-    search_config_dict,
-)
-from ess.errors import ConfigError
+from ess.adapters.ray.config import DEFAULT_SPACE, INTER_KNOBS, INTRA_KNOBS, JobConfig
+from ess.config import config_from_mapping
+from ess.supernet import MODES
+
+C = TypeVar("C")
+
+
+def trial_config(base: C, variant: Mapping[str, Any], source: str) -> C:
+    """``base`` (a run config) with the variant's values of its own fields: the one place a trial's
+    grid values or tuned samples become its typed config."""
+    names = {f.name for f in dataclasses.fields(base)}
+    return config_from_mapping(type(base), {k: v for k, v in variant.items() if k in names}, source, base=base)
 
 
 def transfer_variants(job: JobConfig, cells: Sequence[str]) -> list[dict[str, Any]]:
@@ -29,9 +33,7 @@ def search_variants(job: JobConfig, modes: Sequence[str] | None = None) -> list[
     ``n_inter`` and ``m`` do not matter; inter mode fixes the intra cell, so ``steps`` does not),
     which keeps the grid from running identical trials.
     """
-    from ess.supernet import MODES
-
-    base = search_config_dict(job)
+    base = {"steps": job.search.steps, "n_inter": job.search.n_inter, "m": job.search.m}
     variants, seen = [], set()
     for mode in modes or job.modes:
         searched = MODES[mode]
@@ -73,35 +75,16 @@ def trial_name(trial: Any) -> str:
 
 
 def tune_space(job: JobConfig) -> dict[str, Any]:
-    """``job.space`` (or :data:`DEFAULT_SPACE` less the knobs the first mode fixes) as Tune distributions."""
+    """``job.space`` (checked by JobConfig), or :data:`DEFAULT_SPACE` less the knobs the first mode fixes,
+    as Tune distributions."""
     from ray import tune
 
-    from ess.search import SearchConfig
-    from ess.supernet import MODES
-
-    fields = {f.name for f in dataclasses.fields(SearchConfig)}
-    out = {}
     searched = MODES[job.modes[0]]   # hparam_search runs the first mode
     default = {k: v for k, v in DEFAULT_SPACE.items()   # no knobs the mode fixes (m, n_inter in intra mode)
                if (searched.searches_inter or k not in INTER_KNOBS)
                and (searched.searches_intra or k not in INTRA_KNOBS)}
-    for name, spec in (job.space or default).items():
-        if name not in fields:
-            raise ConfigError(f"space: {name!r} is not a SearchConfig field")
-        if not isinstance(spec, (list, tuple)) or not spec:
-            raise ConfigError(f"space: {name}: expected [distribution, args...], got {spec!r}")
-        kind, args = spec[0], list(spec[1:])
-        try:
-            if kind == "choice":
-                out[name] = tune.choice(list(args[0]))
-            elif kind in ("uniform", "loguniform", "randint", "quniform"):
-                out[name] = getattr(tune, kind)(*args)
-            else:
-                raise ConfigError(f"space: {name}: unknown distribution {kind!r} "
-                                  "(choice, uniform, loguniform, randint, quniform)")
-        except (TypeError, ValueError, IndexError) as err:
-            raise ConfigError(f"space: {name}: bad arguments {args!r} ({err})") from None
-    return out
+    return {name: tune.choice(list(spec[1])) if spec[0] == "choice" else getattr(tune, spec[0])(*spec[1:])
+            for name, spec in (job.space or default).items()}
 
 
-__all__ = ["search_variants", "transfer_variants", "trial_name", "tune_space", "variant_label"]
+__all__ = ["search_variants", "transfer_variants", "trial_config", "trial_name", "tune_space", "variant_label"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -133,18 +132,16 @@ def artifact_files(checkpoint: str | None, sub: str) -> dict[str, str]:
 # The console
 
 
-def describe(genotype_json: str | None) -> str:
-    """A genotype of a summary in a few lines (a name or unreadable text stays as it is)."""
-    if not genotype_json:
-        return "(none)"
-    if not genotype_json.lstrip().startswith("{"):
-        return genotype_json
-    from ess.space.genotype import parse_genotype_json
+def describe(genotype: str | None) -> str:
+    """A genotype of a summary (a built-in name or JSON text) in a few lines; other text stays as it is."""
+    from ess.space.genotype import load_genotype
 
+    if not genotype:
+        return "(none)"
     try:
-        return parse_genotype_json(genotype_json, "summary genotype").describe()
+        return load_genotype(genotype).describe()
     except ESSError:
-        return genotype_json
+        return genotype
 
 
 def print_best(summary: Summary, out=None) -> None:
@@ -153,10 +150,12 @@ def print_best(summary: Summary, out=None) -> None:
     best = summary.get("best")
     if not best:
         return
+    from ess.space.genotype import builtin_name
+
     w(f"best genotype: {best['label']}")
     w("  " + describe(best.get("genotype")).replace("\n", "\n  "))
-    if best.get("genotype", "").lstrip().startswith("{"):
-        w("  " + json.dumps(json.loads(best["genotype"])))
+    if best.get("genotype") and not builtin_name(best["genotype"]):
+        w("  " + best["genotype"])
     ppl = [f"search valid ppl {best['valid_ppl']:.2f}" if best.get("valid_ppl") is not None else None,
            f"retrain valid ppl {best['retrain_valid_ppl']:.2f}" if best.get("retrain_valid_ppl") else None,
            f"retrain test ppl {best['retrain_test_ppl']:.2f}" if best.get("retrain_test_ppl") else None]

@@ -1,8 +1,11 @@
 """The Tune function trainables: a search (then its retrain), a retrain, a transfer run.
 
-``config['ess']`` holds the static spec of the experiment (configs, tracking); the rest of the
-config (``variant`` from a grid, or tuned top-level keys from a searcher) overrides fields of the
-trial's config. Each epoch reports one flat row and the run directory as the checkpoint.
+``config['ess']`` holds the static spec of the experiment: the run configs as plain mappings (each
+crosses the Ray boundary once and is rebuilt here, once, into its typed config), genotypes as
+:class:`~ess.space.ESSGenotype` objects or built-in names, tracking. The rest of the config
+(``variant`` from a grid, or tuned top-level keys from a searcher) overrides fields of the trial's
+config (:func:`~ess.adapters.ray.grid.trial_config`). Each epoch reports one flat row and the run
+directory as the checkpoint; MLflow params are logged from the same typed configs.
 """
 
 from __future__ import annotations
@@ -10,30 +13,43 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from ess.adapters.ray.grid import variant_label
+from ess.adapters.ray.grid import trial_config, variant_label
 from ess.adapters.ray.trial import Trial
-from ess.checkpoint import atomic_write_text
-from ess.config import config_from_mapping
+from ess.config import config_from_mapping, config_to_dict
 from ess.errors import ConfigError
 from ess.runs import EpochReport
+from ess.search.config import SearchConfig
+from ess.space.genotype import ESSGenotype, builtin_name, load_genotype, save_genotype
+from ess.train import TrainConfig
+from ess.transfer import TransferConfig
+
+C = TypeVar("C")
 
 
-def _load_genotype_text(text: str):
-    from ess.space.genotype import parse_genotype_json
+def typed(trial: Trial, key: str, cls: type[C], *, variant: bool = True) -> C:
+    """The trial's ``cls`` config: rebuilt from the spec's mapping, then (``variant``) the trial's own values."""
+    cfg = config_from_mapping(cls, trial.spec[key], f"trial {trial.trial_name}: {key}")
+    return trial_config(cfg, trial.variant(), f"trial {trial.trial_name}") if variant else cfg
 
-    return parse_genotype_json(text, "trial genotype")
+
+def genotype_ref(trial: Trial, ref: ESSGenotype | str, name: str) -> str:
+    """A genotype as a run config names it: a built-in's name, else a file written once in the run directory."""
+    builtin = builtin_name(ref)
+    if builtin is not None:
+        return builtin
+    path = trial.run / name
+    if not path.exists():
+        save_genotype(load_genotype(ref), path)
+    return str(path)
 
 
-def run_search(trial: Trial, *, last_phase: bool = True) -> tuple[Any, dict[str, Any]]:
+def run_search(trial: Trial, cfg: SearchConfig, *, last_phase: bool = True) -> tuple[Any, dict[str, Any]]:
     """The search phase; returns the result and its last row (the final search metrics and genotype)."""
-    from ess.search import SearchConfig, search
+    from ess.search import search
     from ess.space.derive import arch_weight_rows
 
-    fields = {f.name for f in dataclasses.fields(SearchConfig)}
-    values = {**trial.spec["search"], **{k: v for k, v in trial.variant().items() if k in fields}}
-    cfg = config_from_mapping(SearchConfig, values, f"trial {trial.trial_name}")
     search_dir = Path(cfg.run_dir)
     tracker = trial.tracker
     last: dict[str, Any] = {}
@@ -63,16 +79,10 @@ def run_search(trial: Trial, *, last_phase: bool = True) -> tuple[Any, dict[str,
     return result, last
 
 
-def run_retrain(trial: Trial, genotype: str, *, prefix: str = "retrain/") -> dict[str, Any]:
-    """The retraining phase of ``genotype`` (a built-in name or a file); returns the final row."""
-    from ess.train import TrainConfig, train
+def run_retrain(trial: Trial, cfg: TrainConfig, *, prefix: str = "retrain/") -> dict[str, Any]:
+    """The retraining phase; returns the final row."""
+    from ess.train import train
 
-    values = dict(trial.spec["train"])
-    values["genotype"] = genotype
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    if trial.phase == "retrain":  # a retrain-only trial: its variant may set TrainConfig fields (seed ...)
-        values.update({k: v for k, v in trial.variant().items() if k in fields and k != "genotype"})
-    cfg = config_from_mapping(TrainConfig, values, f"trial {trial.trial_name}")
     train_dir = Path(cfg.run_dir)
     tracker = trial.tracker
 
@@ -99,21 +109,22 @@ def search_trainable(config: dict[str, Any]) -> None:
     from ess.adapters.mlflow import config_tags, flat_params
     from ess.supernet import MODES
 
-    trial = Trial(config, "search+retrain" if config["ess"].get("train") else "search")
+    retrain = bool(config["ess"].get("train"))
+    trial = Trial(config, "search+retrain" if retrain else "search")
     variant = trial.variant()
-    search_values = {**config["ess"]["search"], **{k: v for k, v in variant.items() if k in config["ess"]["search"]}}
-    params = {**flat_params(search_values, "search."), **flat_params(config["ess"].get("train") or {}, "retrain.")}
-    tags = {**config_tags(search_values), **{f"variant.{k}": v for k, v in variant.items()
-                                             if k not in search_values}}
-    mode = MODES.get(str(search_values.get("mode")))
-    if mode is not None and not mode.searches_intra:   # its ``steps`` tag is moot: the intra cell is fixed
-        tags["ess.fixed_intra"] = search_values.get("intra_genotype")
-    trial.open_tracker(variant_label({**search_values, **variant}), tags, params)
+    search = typed(trial, "search", SearchConfig)
+    train = typed(trial, "train", TrainConfig, variant=False) if retrain else None
+    values = config_to_dict(search)
+    params = {**flat_params(values, "search."), **(flat_params(config_to_dict(train), "retrain.") if train else {})}
+    tags = {**config_tags(values), **{f"variant.{k}": v for k, v in variant.items() if k not in values}}
+    if not MODES[search.mode].searches_intra:   # its ``steps`` tag is moot: the intra cell is fixed
+        tags["ess.fixed_intra"] = search.intra_genotype
+    trial.open_tracker(variant_label({**values, **variant}), tags, params)
     with trial.running():
-        result, last = run_search(trial, last_phase=not config["ess"].get("train"))
-        if config["ess"].get("train") and not trial.stopped:
+        result, last = run_search(trial, search, last_phase=not retrain)
+        if train is not None and not trial.stopped:
             trial.carry = dict(last)   # every retrain row repeats the final search row (metric columns line up)
-            final = run_retrain(trial, str(trial.run / "search" / "genotype.json"))
+            final = run_retrain(trial, dataclasses.replace(train, genotype=str(trial.run / "search" / "genotype.json")))
             trial.report({**final, "final": 1})
 
 
@@ -124,57 +135,41 @@ def retrain_trainable(config: dict[str, Any]) -> None:
     trial = Trial(config, "retrain")
     variant = trial.variant()
     label = str(variant.get("genotype_label"))
-    source = (config["ess"].get("genotypes") or {}).get(label)
-    if source is None:
+    ref = (config["ess"].get("genotypes") or {}).get(label)
+    if ref is None:
         raise ConfigError(f"trial {trial.trial_name}: no genotype {label!r} in the job spec")
     info = config["ess"].get("genotype_info", {}).get(label, {})
-    if source.lstrip().startswith("{"):
-        genotype_file = trial.run / "genotype.json"
-        if not genotype_file.exists():
-            atomic_write_text(genotype_file, _load_genotype_text(source).to_json() + "\n")
-        genotype = str(genotype_file)
-    else:
-        genotype = source   # a built-in name
-    train_values = {**config["ess"]["train"], "genotype": genotype}
-    params = flat_params(train_values, "retrain.")
-    tags = {**config_tags({k: v for k, v in train_values.items() if k != "genotype"}), "genotype": label,
+    train = dataclasses.replace(typed(trial, "train", TrainConfig), genotype=genotype_ref(trial, ref, "genotype.json"))
+    values = config_to_dict(train)
+    tags = {**config_tags({k: v for k, v in values.items() if k != "genotype"}), "genotype": label,
             **{f"source.{k}": v for k, v in info.items()}}
-    trial.open_tracker(variant_label(variant), tags, params)
+    trial.open_tracker(variant_label(variant), tags, flat_params(values, "retrain."))
     with trial.running():
-        trial.carry = {"genotype": _load_genotype_text(source).to_json(None) if source.lstrip().startswith("{")
-                       else source, "genotype_label": label}
-        final = run_retrain(trial, genotype)
+        trial.carry = {"genotype": builtin_name(ref) or load_genotype(ref).to_json(None), "genotype_label": label}
+        final = run_retrain(trial, train)
         trial.report({**final, "final": 1})
 
 
 def transfer_trainable(config: dict[str, Any]) -> None:
     """Train a tagger with one cell on one task and seed (:func:`ess.transfer.transfer`).
 
-    ``variant`` holds ``task``, ``cell_label`` (a key of ``ess.cells``: ``lstm``, a built-in name or
-    genotype JSON text) and ``seed``. Each epoch reports the epoch row (``train/loss``, ``dev/f1`` ...);
-    the last row adds the best-dev model's ``test/...`` scores.
+    ``variant`` holds ``task``, ``cell_label`` (a key of ``ess.cells``: ``lstm``, a built-in name or an
+    :class:`~ess.space.ESSGenotype`) and ``seed``. Each epoch reports the epoch row (``train/loss``,
+    ``dev/f1`` ...); the last row adds the best-dev model's ``test/...`` scores.
     """
     from ess.adapters.mlflow import flat_params, numeric_metrics
-    from ess.transfer import TransferConfig, transfer
+    from ess.transfer import transfer
 
     trial = Trial(config, "transfer")   # restores the latest checkpoint into the run directory first
     variant = trial.variant()
     label = str(variant.get("cell_label"))
-    source = (config["ess"].get("cells") or {}).get(label)
-    if source is None:
+    ref = (config["ess"].get("cells") or {}).get(label)
+    if ref is None:
         raise ConfigError(f"trial {trial.trial_name}: no cell {label!r} in the job spec")
-    if source.lstrip().startswith("{"):
-        genotype_file = trial.run / "cell_genotype.json"
-        if not genotype_file.exists():
-            atomic_write_text(genotype_file, _load_genotype_text(source).to_json() + "\n")
-        cell = str(genotype_file)
-    else:
-        cell = source   # lstm or a built-in name
-    fields = {f.name for f in dataclasses.fields(TransferConfig)}
-    values = {**config["ess"]["transfer"], **{k: v for k, v in variant.items() if k in fields}, "cell": cell}
-    cfg = config_from_mapping(TransferConfig, values, f"trial {trial.trial_name}")
+    cell = "lstm" if ref == "lstm" else genotype_ref(trial, ref, "cell_genotype.json")
+    cfg = dataclasses.replace(typed(trial, "transfer", TransferConfig), cell=cell)
     run_dir = Path(cfg.run_dir)
-    params = flat_params({k: v for k, v in values.items() if k != "cell"}, "transfer.")
+    params = flat_params({k: v for k, v in config_to_dict(cfg).items() if k != "cell"}, "transfer.")
     tags = {"task": cfg.task, "cell": label, "seed": str(cfg.seed),
             **{f"source.{k}": v for k, v in (config["ess"].get("cell_info", {}).get(label) or {}).items()}}
     trial.open_tracker(variant_label(variant), tags, params)
@@ -197,4 +192,5 @@ def transfer_trainable(config: dict[str, Any]) -> None:
         trial.report({**final_row, "final": 1})
 
 
-__all__ = ["retrain_trainable", "run_retrain", "run_search", "search_trainable", "transfer_trainable"]
+__all__ = ["genotype_ref", "retrain_trainable", "run_retrain", "run_search", "search_trainable", "transfer_trainable",
+           "typed"]

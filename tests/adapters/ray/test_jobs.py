@@ -157,7 +157,8 @@ def test_joint_search_smoke(joint):
         if importlib.util.find_spec("psutil"):                                                # system metrics
             assert "system/cpu_utilization_percentage" in run.data.metrics
     rid = retrain[0].info.run_id
-    assert _history(store, rid, "retrain/valid/ppl") == [1] and "retrain/test/ppl" in retrain[0].data.metrics
+    assert _history(store, rid, "retrain/valid/ppl") == [1, 2]   # TrainConfig smoke: 2 epochs
+    assert "retrain/test/ppl" in retrain[0].data.metrics
     assert "model/best.pt" in _artifacts(store, rid, "model")
     assert {"summary.json", "job.yaml", "best_genotype.json"} <= _artifacts(store, parent.info.run_id)
 
@@ -207,7 +208,7 @@ def test_ablation_smoke(local_ray, tmp_path, capsys):
     for c in children:
         assert c.info.status == "FINISHED" and c.data.tags["ess.phase"] == "search+retrain"
         assert _history(store, c.info.run_id, "valid/ppl") == [1, 2]
-        assert _history(store, c.info.run_id, "retrain/valid/ppl") == [1]
+        assert _history(store, c.info.run_id, "retrain/valid/ppl") == [1, 2]   # TrainConfig smoke: 2 epochs
         assert {"genotypes/epoch_001.json", "genotypes/epoch_002.png"} <= _artifacts(store, c.info.run_id, "genotypes")
         assert {"model/checkpoint.pt", "model/best.pt"} <= _artifacts(store, c.info.run_id, "model")
         assert {"steps", "n_inter", "m", "seed", "dataset"} <= set(c.data.tags)
