@@ -22,10 +22,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ess.adapters.mlflow import get_or_create_experiment, resolve_tracking_uri
-from ess.adapters.ray.config import JOB_PRESETS, job_base
+from ess.adapters.mlflow import resolve_tracking_uri
+from ess.adapters.ray.config import JOB_PRESETS, RUN_DIR, job_base
+from ess.adapters.ray.tracking import ExperimentRuns, TrialRuns
 from ess.adapters.ray.trainables import search_trainable
-from ess.adapters.ray.trial import RUN_DIR
 from ess.config import config_from_mapping, config_to_dict
 from ess.errors import ESSError
 
@@ -51,15 +51,18 @@ def measure(search: Mapping[str, Any], *, repeats: int = 1, tracking_uri: str | 
             start = time.perf_counter()
             run_search(dataclasses.replace(cfg, run_dir=str(root / f"direct{i}")))
             out["direct"].append(time.perf_counter() - start)
-            spec = {"job": "bench", "experiment_name": "bench", "checkpoint_every": 1,
-                    "search": {**config_to_dict(cfg), "run_dir": f"{RUN_DIR}/search"}, "train": None,
-                    "tracking": {"uri": tracking_uri, "experiment_id": None, "parent_run_id": None,
-                                 "system_metrics": tracking_uri is not None, "system_metrics_interval": 10.0}}
-            if tracking_uri is not None:
-                spec["tracking"]["experiment_id"] = get_or_create_experiment(tracking_uri, "ess-bench")
+            spec = {"job": "bench", "experiment_name": f"bench{i}", "mlflow_experiment": "ess-bench",
+                    "checkpoint_every": 1, "system_metrics": tracking_uri is not None, "system_metrics_interval": 10.0,
+                    "search": {**config_to_dict(cfg), "run_dir": f"{RUN_DIR}/search"}, "train": None}
+            callbacks = []
+            if tracking_uri is not None:   # the driver shows the trial in MLflow, as the jobs do
+                runs = ExperimentRuns(tracking_uri, "ess-bench", f"bench{i}", str(root / f"bench{i}"))
+                runs.open_parent(tags={"job": "bench"}, params={}, resume=False)
+                callbacks = [TrialRuns(tracking_uri, "ess-bench", f"bench{i}", str(root / f"bench{i}"))]
             start = time.perf_counter()
             tuner = tune.Tuner(tune.with_resources(search_trainable, {"cpu": cfg.threads}), param_space={"ess": spec},
-                               run_config=tune.RunConfig(name=f"tune{i}", storage_path=str(root), verbose=0))
+                               run_config=tune.RunConfig(name=f"tune{i}", storage_path=str(root), verbose=0,
+                                                         callbacks=callbacks))
             result = tuner.fit()[0]
             out["tune_fit"].append(time.perf_counter() - start)
             if result.error is not None:

@@ -61,3 +61,37 @@ def load_job(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def fake_record(root, epochs=(1, 2), *, trial_id="t_00000", experiment="exp", mlflow_experiment="ess-test",
+                final=False, system=()):
+    """A trial's run directory as a search trial writes it (``ess.adapters.mlflow.record``), by hand:
+    ``valid/ppl`` = 100 / epoch, genotype files per epoch, ``system`` rows, and (``final``) its weights."""
+    import json
+
+    import yaml
+
+    from ess.space.genotype import DARTS_V2
+
+    root = Path(root)
+    search = root / "search"
+    for sub in ("genotypes", "arch_weights"):
+        (search / sub).mkdir(parents=True, exist_ok=True)
+    (root / "trial.json").write_text(json.dumps({
+        "trial_id": trial_id, "trial_name": f"joint_s1_{trial_id}", "experiment": experiment,
+        "mlflow_experiment": mlflow_experiment, "phase": "search", "run_name": "joint_s1",
+        "tags": {"mode": "joint", "seed": "1", "ess.phase": "search"}, "started": 0.0}))
+    (search / "config.yaml").write_text(yaml.safe_dump({"mode": "joint", "lr": 20.0, "seeds": [1, 2]}))
+    (search / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "valid/ppl": 100.0 / e, "genotype": "x"})
+                                                  + "\n" for e in epochs))
+    weights = {"intra": {"searched": True, "columns": ["none", "tanh"], "rows": ["1<-0"], "weights": [[0.3, 0.7]]}}
+    for e in epochs:
+        (search / "genotypes" / f"epoch_{e:03d}.json").write_text(json.dumps({"epoch": e}) + "\n")
+        (search / "arch_weights" / f"epoch_{e:03d}.json").write_text(json.dumps(weights) + "\n")
+    (search / "arch_weights.json").write_text(json.dumps(weights) + "\n")
+    (search / "genotype.json").write_text(DARTS_V2.to_json() + "\n")
+    if final:
+        (search / "checkpoint.pt").write_bytes(b"weights")
+    if system:
+        (root / "system_metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in system))
+    return root

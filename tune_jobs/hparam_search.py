@@ -74,7 +74,7 @@ def run(job: JobConfig, *, resume: bool = False, callbacks: Sequence[Any] = ()) 
                    "best_genotype": best["metrics"].get("genotype"), "best_checkpoint": best["checkpoint"],
                    "trials": len(results), "optuna_storage": storage_url, "study_name": study_name,
                    "optuna_trials": len(study.trials), "dashboard": f"optuna-dashboard {storage_url}"}
-        exp.parent.log_params({f"best.{k}": v for k, v in summary["best_config"].items()})
+        exp.log_params({f"best.{k}": v for k, v in summary["best_config"].items()})
         return exp.finish(summary)
 
 

@@ -84,7 +84,7 @@ def run(job: JobConfig, *, resume: bool = False, callbacks: Sequence[Any] = ()) 
                                   **{f"retrain/{k}": v for k, v in retrained[0]["artifacts"].items()}}}
         summary = {"best": best, "searched": searched, "retrained": retrained,
                    "best_valid_ppl": jobs.finite(best.get("retrain_valid_ppl", best["valid_ppl"]))}
-        exp.parent.set_tags({"ess.genotype": best["genotype"], "best_trial": best["label"]})
+        exp.set_tags({"ess.genotype": best["genotype"], "best_trial": best["label"]})
         return exp.finish(summary, {"best_genotype.json": json.dumps(json.loads(best["genotype"]), indent=2) + "\n"})
 
 

@@ -48,7 +48,7 @@ def run(job: JobConfig, *, resume: bool = False, callbacks: Sequence[Any] = ()) 
     cells, info = sources(job)
     with jobs.experiment("transfer", job, resume=resume, corpus=False) as exp:
         job = exp.job
-        exp.parent.set_tags({"cells": ",".join(cells), "tasks": ",".join(job.tasks)})
+        exp.set_tags({"cells": ",".join(cells), "tasks": ",".join(job.tasks)})
         variants = transfer_variants(job, list(cells))
         trainable = exp.with_resources(transfer_trainable)
         tuner = exp.restored("transfer", trainable) or tune.Tuner(
@@ -73,7 +73,7 @@ def run(job: JobConfig, *, resume: bool = False, callbacks: Sequence[Any] = ()) 
               + grouped.to_string(index=False, float_format=lambda v: f"{v:.4f}"), flush=True)
         by_cell = grouped.to_dict(orient="records")
         best = by_cell[0]
-        exp.parent.set_tags({"best_cell": str(best["cell"])})
+        exp.set_tags({"best_cell": str(best["cell"])})
         summary = {"trials": table, "by_cell": by_cell, "best_cell": best["cell"],
                    "best_dev_f1_mean": float(best["dev_f1_mean"]), "failed_trials": len(results) - len(done)}
         return exp.finish(summary, {"transfer.csv": frame.to_csv(index=False),

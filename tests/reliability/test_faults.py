@@ -33,6 +33,21 @@ def _epochs_in_mlflow(store: str, run_id: str, key: str = "valid/ppl") -> set[in
     return {m.step for m in MlflowClient(store).get_metric_history(run_id, key)}
 
 
+def _points_written_twice(store: str, experiment: str) -> dict[str, list[tuple[str, int]]]:
+    """Per run of the experiment, the (key, step) pairs MLflow holds more than once (none, whatever restarts)."""
+    from collections import Counter
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(store)
+    twice = {}
+    for run in client.search_runs([client.get_experiment_by_name(experiment).experiment_id]):
+        counts = Counter((key, m.step) for key in run.data.metrics for m in client.get_metric_history(run.info.run_id,
+                                                                                                      key))
+        twice[run.info.run_name] = sorted(k for k, n in counts.items() if n > 1)
+    return {name: pairs for name, pairs in twice.items() if pairs}
+
+
 # -- a SIGKILLed trial worker ----------------------------------------------------------------------------
 
 
@@ -93,8 +108,9 @@ def test_killed_worker_restarts_from_checkpoint_with_the_same_genotype(tmp_path,
     run = client.get_run(k["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["ess.restarts"] == "1"
     assert {m.step for m in client.get_metric_history(run.info.run_id, "valid/ppl")} == {1, 2, 3}
-    children = client.search_runs([exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = "
-                                                                     f"'{exp.parent.run_id}'")
+    experiment_id = client.get_experiment_by_name(exp.mlflow_experiment).experiment_id
+    children = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = "
+                                                                 f"'{exp.parent_run_id}'")
     assert len(children) == 2
 
 
@@ -187,6 +203,15 @@ def test_a_killed_driver_resumes_with_tuner_restore_and_loses_nothing(tmp_path):
         output = proc.communicate(timeout=60)[0]
     assert progressed, output[-3000:]
     assert not (storage / "drv" / "summary.json").exists()
+    from mlflow import MlflowClient
+
+    client = MlflowClient(store)
+    killed = client.search_runs([client.get_experiment_by_name("ess-joint_search").experiment_id])
+    assert killed and {r.info.status for r in killed} == {"RUNNING"}      # what a killed driver leaves
+    # the next start of any job on this host marks them KILLED (gap: they stayed RUNNING until a resume)
+    other = Experiment("joint_search", tiny_job(tmp_path, name="next", tracking_uri=store))
+    assert {client.get_run(r.info.run_id).info.status for r in killed} == {"KILLED"}
+    other.runs.log_parent(status="FINISHED")
     done = subprocess.run(_job_cmd(storage, store, "--resume"), cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
@@ -198,6 +223,10 @@ def test_a_killed_driver_resumes_with_tuner_restore_and_loses_nothing(tmp_path):
     for result in (storage / "drv" / "search").glob("*/result.json"):
         epochs = [json.loads(line)["epoch"] for line in result.read_text().splitlines()]
         assert sorted(set(epochs)) == [1, 2, 3]
+    # each metric point once per (key, step), though the epoch after the last saved state ran twice (gap)
+    assert _points_written_twice(store, "ess-joint_search") == {}
+    assert {r.info.status for r in client.search_runs([client.get_experiment_by_name("ess-joint_search")
+                                                       .experiment_id]) if r.info.run_name != "next"} == {"FINISHED"}
 
 
 # -- a diverging trial -----------------------------------------------------------------------------------

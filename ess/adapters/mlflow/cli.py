@@ -1,4 +1,4 @@
-"""The ``python -m ess.adapters.mlflow`` command: open the UI, list runs, upload what a spool kept."""
+"""The ``python -m ess.adapters.mlflow`` command: open the UI, list runs, sync a record, close a dead driver's runs."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import os
 import shlex
 import sys
+from pathlib import Path
 
 from ess.adapters.mlflow.client import (
     DEFAULT_STORAGE,
@@ -18,7 +19,6 @@ from ess.adapters.mlflow.client import (
     sqlite_path,
     ui_command,
 )
-from ess.adapters.mlflow.spool import sync
 from ess.cli import run_main
 from ess.errors import ConfigError
 
@@ -37,11 +37,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     runs.add_argument("--tracking-uri", default="")
     runs.add_argument("--storage-path", default=DEFAULT_STORAGE)
     runs.add_argument("--metric", default="valid/ppl")
-    upload = sub.add_parser("sync", help="upload what runs spooled while the MLflow server was unreachable")
-    upload.add_argument("--spool", default="", help="spool directory (else $ESS_TRACKING_SPOOL, else "
-                                                    "~/.local/state/ess/mlflow-spool)")
-    upload.add_argument("--tracking-uri", default="",
-                        help="upload there instead of the store each run was logging to")
+    sync = sub.add_parser("sync", help="bring MLflow up to date with an experiment directory (or one trial's run "
+                                       "directory): each metric point and file once, safe to repeat")
+    sync.add_argument("directory", help="<storage>/<name> of a job (job.yaml), or a trial's run/checkpoint directory")
+    sync.add_argument("--tracking-uri", default="", help="else the job's, else $MLFLOW_TRACKING_URI, else the "
+                                                         "SQLite file next to the experiment")
+    close = sub.add_parser("close", help="mark the RUNNING runs of an experiment whose driver is gone KILLED")
+    close.add_argument("directory", help="<storage>/<name> of the job (job.yaml)")
+    close.add_argument("--tracking-uri", default="")
     return parser.parse_args(argv)
 
 
@@ -49,11 +52,21 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     if args.command == "sync":
-        override = resolve_tracking_uri(args.tracking_uri, DEFAULT_STORAGE) if args.tracking_uri else None
-        left = sync(args.spool or None, override)
-        if left:
-            print(f"error: {left} spool file(s) could not be uploaded yet; run this again later", file=sys.stderr)
-        return 1 if left else 0
+        from ess.adapters.ray.resync import sync_directory
+
+        if sync_directory(args.directory, args.tracking_uri or None):
+            return 0
+        print("error: MLflow is unreachable; nothing was lost (the record is the directory): run this again later",
+              file=sys.stderr)
+        return 1
+    if args.command == "close":
+        from ess.adapters.mlflow.runs import close_stale
+        from ess.adapters.ray.resync import experiment_of
+
+        uri, experiment, name = experiment_of(Path(args.directory).expanduser().resolve(), args.tracking_uri or None)
+        closed = close_stale(uri, experiment, name=name, force=True)
+        print(f"{name}: " + ("its RUNNING runs are marked KILLED" if closed else "no RUNNING parent run"))
+        return 0
     uri = resolve_tracking_uri(args.tracking_uri, args.storage_path)
     if uri is None:
         raise ConfigError("tracking_uri: tracking is off (MLFLOW_TRACKING_URI=none)")

@@ -35,9 +35,10 @@ RETRY_ENV = "ESS_TRACKING_RETRY_S"
 DEFAULT_RETRY_S = 15.0
 PROBE_TIMEOUT_S = 3.0
 #: what ess sets for its own HTTP calls when the user has not: MLflow's defaults (7 retries,
-#: backoff factor 2, 120 s timeout) make one call to a dead server hang for minutes
+#: backoff factor 2, 120 s timeout) make one call to a dead server hang for minutes; and no "View run"
+#: line on stdout for every run closed
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 
 _UNREACHABLE_TEXT = ("max retries exceeded", "connection refused", "connection reset", "connection aborted",
                      "timed out", "timeout exception", "temporarily unavailable", "service unavailable",

@@ -40,7 +40,7 @@ class Phase:
     params: str          # prefix of its config's params
     metrics: str         # prefix of its metric keys
     folder: str | None   # MLflow folder of its plain files (None: the run's root)
-    files: tuple[str, ...]
+    files: tuple[str, ...]   # logged when the trial has ended (their per-epoch content is in the metrics)
     model: str           # its weights, logged under model/ when the trial has ended
     skip_params: tuple[str, ...] = ()
     skip_final: tuple[str, ...] = ()
@@ -65,7 +65,7 @@ class File:
 
     path: Path
     folder: str | None
-    final: bool = False      # large (weights): logged once the trial has ended
+    final: bool = False      # logged once the trial has ended (weights, the final files)
     kept: bool = False       # named by its epoch: never changes once written
 
     @property
@@ -151,9 +151,12 @@ class RunRecord:
             if phase.name == "search":
                 for sub in EPOCH_FOLDERS:
                     out += [File(p, sub, kept=True) for p in sorted((folder / sub).glob("epoch_*"))]
-            out += [File(folder / name, phase.folder) for name in phase.files if (folder / name).is_file()]
+                if (folder / "arch_weights.json").is_file():   # the latest weights, each epoch
+                    out.append(File(folder / "arch_weights.json", None))
+            out += [File(folder / name, phase.folder, final=True) for name in phase.files
+                    if (folder / name).is_file() and name != "arch_weights.json"]
             if phase.name == "transfer" and (folder / "predictions" / "test.txt").is_file():
-                out.append(File(folder / "predictions" / "test.txt", "transfer/predictions"))
+                out.append(File(folder / "predictions" / "test.txt", "transfer/predictions", final=True))
             if (folder / phase.model).is_file():
                 out.append(File(folder / phase.model, "model", final=True))
         return out

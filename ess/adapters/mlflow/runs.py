@@ -1,10 +1,15 @@
-"""The MLflow runs of an experiment: its parent run, one nested run per trial, the best of them."""
+"""The MLflow runs of an experiment: its parent run, one nested run per trial, the best of them.
+
+Runs are found again by their tags (the parent by ``ess.role=parent`` + ``ess.experiment``; a trial
+by ``ess.trial_id`` under its parent), so creating one is safe to repeat: after a restart, a resume,
+or from a record when the store was down while the experiment ran.
+"""
 
 from __future__ import annotations
 
 import os
+import socket
 import sys
-import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,151 +25,91 @@ from ess.adapters.mlflow.client import (
     find_runs,
     get_or_create_experiment,
     is_unreachable,
-    restarts,
     retry,
-    set_http_defaults,
     short_reason,
 )
-from ess.adapters.mlflow.spool import (
-    LOCAL_TAG,
-    SpoolDeferred,
-    default_spool_dir,
-    is_pending,
-    new_local_id,
-    resolve_ref,
-)
-from ess.adapters.mlflow.tracker import MLflowTracker, Tracker
 from ess.errors import ConfigError
 
-
-def _deferrable(err: BaseException) -> bool:
-    """The server (or a spooled parent run) is not there yet: spool instead of failing."""
-    return isinstance(err, SpoolDeferred) or is_unreachable(err)
+DRIVER_TAG = "ess.driver"
 
 
-def start_parent_run(uri: str | None, experiment: str, name: str, *, tags: Mapping[str, Any] | None = None,
-                     params: Mapping[str, Any] | None = None, resume: bool = False,
-                     spool_dir: str | os.PathLike | None = None) -> Tracker:
-    """The experiment's parent run (a no-op tracker when ``uri`` is None).
+def driver_id() -> str:
+    """``host:pid:start`` of this process: tells a live driver from a dead one with the same pid."""
+    import psutil
 
-    With ``resume``, the parent run of the same experiment name is reopened, so a resumed Tune
-    experiment keeps one parent run; otherwise a new one is created. When the store cannot be
-    reached the tracker spools (see :class:`MLflowTracker`) and the run is created, or found again,
-    when the spool is uploaded; ``spool_dir``: where (default ``$ESS_TRACKING_SPOOL``, else
-    ``~/.local/state/ess/mlflow-spool``).
-    """
-    if uri is None:
-        return Tracker()
-    set_http_defaults(uri)
-    local_id = new_local_id()
-    all_tags = commit_tags({ROLE_TAG: "parent", NAME_TAG: name,
-                             **{k: str(v) for k, v in (tags or {}).items() if v is not None}})
-    experiment_id = None
+    return f"{socket.gethostname()}:{os.getpid()}:{int(psutil.Process().create_time())}"
+
+
+def _driver_alive(driver: str) -> bool | None:
+    """Whether the driver a tag names still runs; None when it ran on another host (unknowable here)."""
+    import psutil
+
+    host, _, rest = driver.partition(":")
+    pid, _, start = rest.partition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
     try:
-        experiment_id = get_or_create_experiment(uri, experiment)
-        client = connect(uri)
-        run_id = None
-        if resume:
-            found = find_runs(uri, experiment_id, {ROLE_TAG: "parent", NAME_TAG: name},
-                              order_by=["attributes.start_time DESC"])
-            if found:
-                run_id = found[0].info.run_id
-                retry(lambda: client.update_run(run_id, status="RUNNING"), "update_run")
-        if run_id is None:
-            run = retry(lambda: client.create_run(experiment_id, run_name=name,
-                                                   tags={**all_tags, LOCAL_TAG: local_id}), "create_run")
-            tracker = MLflowTracker(uri, run.info.run_id, spool_dir=spool_dir, local_id=local_id, label=name,
-                                    experiment_id=experiment_id)
-            if params:
-                tracker.log_params(params)
-            return tracker
-    except Exception as err:
-        if not _deferrable(err):
-            raise
-        create = {"experiment_id": experiment_id, "experiment_name": experiment, "run_name": name, "tags": all_tags,
-                  "params": {str(k): str(v)[:6000] for k, v in (params or {}).items()},
-                  "find": {ROLE_TAG: "parent", NAME_TAG: name} if resume else {},
-                  "start_time": int(time.time() * 1000)}
-        return MLflowTracker(uri, None, spool_dir=spool_dir, create=create, local_id=local_id, label=name,
-                             unreachable=err)
-    tracker = MLflowTracker(uri, run_id, spool_dir=spool_dir, local_id=local_id, label=name,
-                            experiment_id=experiment_id)
-    tracker.set_tags(all_tags)
-    return tracker
+        return int(psutil.Process(int(pid)).create_time()) == int(start or 0)
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        return False
 
 
-def start_trial_run(uri: str | None, experiment_id: str | None, parent_run_id: str | None, trial_id: str, *,
-                    run_name: str, tags: Mapping[str, Any] | None = None, params: Mapping[str, Any] | None = None,
-                    run_id: str | None = None, system_metrics: bool = True,
-                    system_metrics_interval: float = 10.0, experiment_name: str | None = None,
-                    spool_dir: str | os.PathLike | None = None) -> Tracker:
-    """The nested run of one trial; a restarted trial gets its old run back.
+def _newest(uri: str, experiment_id: str, tags: Mapping[str, str]) -> Any | None:
+    found = find_runs(uri, experiment_id, tags, order_by=["attributes.start_time DESC"])
+    return found[0] if found else None
 
-    The run is found by ``run_id`` (kept in the trial checkpoint) or by the trial id tag under the
-    same parent; params are logged only when the run is new (MLflow params cannot change). When the
-    store cannot be reached the run is created (or found again the same way) when the spool is
-    uploaded; ``parent_run_id`` and ``run_id`` may be ``spool:<local_id>`` placeholders of runs that
-    were spooled themselves. ``experiment_name`` is used when ``experiment_id`` is not known (the
-    driver could not reach the server either).
+
+def find_parent(uri: str, experiment: str, name: str) -> str | None:
+    """The newest parent run of experiment ``name`` in MLflow experiment ``experiment``, if any."""
+    exp = retry(lambda: connect(uri).get_experiment_by_name(experiment), "get_experiment")
+    run = _newest(uri, exp.experiment_id, {ROLE_TAG: "parent", NAME_TAG: name}) if exp is not None else None
+    return run.info.run_id if run is not None else None
+
+
+def start_parent_run(uri: str, experiment: str, name: str, *, tags: Mapping[str, Any] | None = None,
+                     params: Mapping[str, Any] | None = None, resume: bool = False) -> str:
+    """The experiment's parent run, RUNNING and tagged with this driver: reopened when resuming, else new."""
+    from mlflow.entities import Param, RunTag
+
+    client = connect(uri)
+    experiment_id = get_or_create_experiment(uri, experiment)
+    all_tags = commit_tags({ROLE_TAG: "parent", NAME_TAG: name, DRIVER_TAG: driver_id(),
+                            **{k: str(v) for k, v in (tags or {}).items() if v is not None}})
+    found = _newest(uri, experiment_id, {ROLE_TAG: "parent", NAME_TAG: name}) if resume else None
+    if found is not None:
+        run_id = found.info.run_id
+        retry(lambda: client.update_run(run_id, status="RUNNING"), "update_run")
+        retry(lambda: client.log_batch(run_id, tags=[RunTag(k, v) for k, v in all_tags.items()]), "log_batch")
+        return run_id
+    run_id = retry(lambda: client.create_run(experiment_id, run_name=name, tags=all_tags), "create_run").info.run_id
+    items = [Param(str(k), str(v)[:6000]) for k, v in (params or {}).items()]
+    for start in range(0, len(items), 100):
+        retry(lambda start=start: client.log_batch(run_id, params=items[start:start + 100]), "log_batch")
+    return run_id
+
+
+def trial_run(uri: str, parent_run_id: str, trial_id: str, *, run_name: str,
+              tags: Mapping[str, Any] | None = None) -> tuple[str, bool]:
+    """The nested run of one trial under ``parent_run_id``, found by its trial id or created; ``(run id, found)``.
+
+    A run found again is set RUNNING (the trial is running again).
     """
-    if uri is None:
-        return Tracker()
-    set_http_defaults(uri)
-    local_id = new_local_id()
-    label = run_name or trial_id
-    all_tags = {TRIAL_TAG: trial_id, **{k: str(v) for k, v in (tags or {}).items() if v is not None}}
-    if parent_run_id:
-        all_tags[PARENT_TAG] = parent_run_id
-    commit_tags(all_tags)
-    opts = dict(system_metrics=system_metrics, system_metrics_interval=system_metrics_interval,
-                spool_dir=spool_dir, local_id=local_id, label=label)
-    try:
-        client = connect(uri)
-        spool_root = default_spool_dir(spool_dir)
-        if not experiment_id:
-            if not experiment_name:
-                raise SpoolDeferred("the MLflow experiment is not known yet")
-            experiment_id = get_or_create_experiment(uri, experiment_name)
-        if is_pending(parent_run_id):
-            parent_run_id = resolve_ref(parent_run_id, client, uri, spool_root, experiment_id)
-            all_tags[PARENT_TAG] = parent_run_id
-        if is_pending(run_id):
-            try:
-                run_id = resolve_ref(run_id, client, uri, spool_root, experiment_id)
-            except SpoolDeferred:
-                run_id = None
-        if run_id is None:
-            search = {TRIAL_TAG: trial_id, **({PARENT_TAG: parent_run_id} if parent_run_id else {})}
-            found = find_runs(uri, experiment_id, search, order_by=["attributes.start_time DESC"])
-            run_id = found[0].info.run_id if found else None
-        resumed = run_id is not None
-        if resumed:
-            retry(lambda: client.update_run(run_id, status="RUNNING"), "update_run")
-        else:
-            run = retry(lambda: client.create_run(experiment_id, run_name=run_name,
-                                                   tags={**all_tags, LOCAL_TAG: local_id}), "create_run")
-            run_id = run.info.run_id
-        restart_count = restarts(client, run_id) if resumed else 0
-    except Exception as err:
-        if not _deferrable(err):
-            raise
-        find = {TRIAL_TAG: trial_id, **({PARENT_TAG: parent_run_id} if parent_run_id else {})}
-        create = {"experiment_id": experiment_id or None, "experiment_name": experiment_name, "run_name": run_name,
-                  "tags": all_tags, "params": {str(k): str(v)[:6000] for k, v in (params or {}).items()},
-                  "run_ref": run_id, "count_restarts": True, "find": find, "start_time": int(time.time() * 1000)}
-        return MLflowTracker(uri, None, create=create, unreachable=err, **opts)
-    tracker = MLflowTracker(uri, run_id, resume_system_metrics=resumed, experiment_id=experiment_id, **opts)
-    if resumed:
-        tracker.set_tags({**all_tags, "ess.restarts": restart_count + 1})
-    elif params:
-        tracker.log_params(params)
-    return tracker
+    client = connect(uri)
+    experiment_id = retry(lambda: client.get_run(parent_run_id), "get_run").info.experiment_id
+    found = _newest(uri, experiment_id, {TRIAL_TAG: trial_id, PARENT_TAG: parent_run_id})
+    if found is not None:
+        if found.info.status != "RUNNING":
+            retry(lambda: client.update_run(found.info.run_id, status="RUNNING"), "update_run")
+        return found.info.run_id, True
+    all_tags = commit_tags({TRIAL_TAG: trial_id, PARENT_TAG: parent_run_id,
+                            **{k: str(v) for k, v in (tags or {}).items() if v is not None}})
+    run = retry(lambda: client.create_run(experiment_id, run_name=run_name, tags=all_tags), "create_run")
+    return run.info.run_id, False
 
 
 def close_run(uri: str | None, run_id: str | None, status: str = "FINISHED") -> bool:
-    """Mark ``run_id`` ``status`` if it is still RUNNING; quietly False when the store cannot be reached
-    or the run is a ``spool:`` placeholder (its own tracker, or ``sync``, sets the status)."""
-    if uri is None or not run_id or is_pending(run_id):
+    """Mark ``run_id`` ``status`` if it is still RUNNING; quietly False when the store cannot be reached."""
+    if uri is None or not run_id:
         return False
     client = connect(uri)
     try:
@@ -178,21 +123,15 @@ def close_run(uri: str | None, run_id: str | None, status: str = "FINISHED") -> 
         raise
 
 
-def close_open_children(uri: str | None, experiment: str, parent_run_id: str | None, status: str = "KILLED") -> int:
-    """Mark the parent's nested runs still RUNNING (trials interrupted with the driver) as ``status``.
-
-    Returns 0 without raising when the store cannot be reached (the trials' spools keep their status).
-    """
-    if uri is None or parent_run_id is None or is_pending(parent_run_id):
+def close_open_children(uri: str | None, parent_run_id: str | None, status: str = "KILLED") -> int:
+    """Mark the parent's nested runs still RUNNING (trials stopped with the driver) ``status``; how many."""
+    if uri is None or parent_run_id is None:
         return 0
     client = connect(uri)
     try:
-        exp = client.get_experiment_by_name(experiment)
-        if exp is None:
-            return 0
-        runs = find_runs(uri, exp.experiment_id, {PARENT_TAG: parent_run_id})
+        experiment_id = client.get_run(parent_run_id).info.experiment_id
         n = 0
-        for run in runs:
+        for run in find_runs(uri, experiment_id, {PARENT_TAG: parent_run_id}):
             if run.info.status == "RUNNING":
                 retry(lambda run=run: client.set_terminated(run.info.run_id, status), "set_terminated")
                 n += 1
@@ -205,27 +144,49 @@ def close_open_children(uri: str | None, experiment: str, parent_run_id: str | N
         return 0
 
 
+def close_stale(uri: str, experiment: str, *, name: str | None = None, force: bool = False) -> list[str]:
+    """Parent runs left RUNNING by a driver that is gone, marked KILLED with their RUNNING trial runs.
+
+    A parent qualifies when its ``ess.driver`` tag names a process of this host that no longer runs;
+    with ``force`` (a named experiment whose driver is known to be gone, e.g. on a lost head node),
+    whatever its driver. Returns the names of the experiments closed.
+    """
+    client = connect(uri)
+    exp = retry(lambda: client.get_experiment_by_name(experiment), "get_experiment")
+    if exp is None:
+        return []
+    closed = []
+    tags = {ROLE_TAG: "parent", **({NAME_TAG: name} if name else {})}
+    for run in find_runs(uri, exp.experiment_id, tags):
+        if run.info.status != "RUNNING":
+            continue
+        alive = _driver_alive(run.data.tags.get(DRIVER_TAG, ""))
+        if alive or (alive is None and not force):
+            continue
+        close_open_children(uri, run.info.run_id, "KILLED")
+        retry(lambda run=run: client.set_terminated(run.info.run_id, "KILLED"), "set_terminated")
+        closed.append(run.data.tags.get(NAME_TAG, run.info.run_id))
+    return closed
+
+
 def child_runs(uri: str, experiment: str, parent_run_id: str) -> list[Any]:
     """The nested runs of a parent run."""
-    client = connect(uri)
-    exp = client.get_experiment_by_name(experiment)
+    exp = connect(uri).get_experiment_by_name(experiment)
     return [] if exp is None else find_runs(uri, exp.experiment_id, {PARENT_TAG: parent_run_id})
 
 
 def best_runs(uri: str, experiment: str, *, metric: str = "valid/ppl", k: int = 1,
               phases: Iterable[str] = ("search",), parent_name: str | None = None) -> list[Any]:
     """The ``k`` finished trial runs of ``experiment`` (optionally of one parent) with the lowest ``metric``."""
-    client = connect(uri)
-    exp = client.get_experiment_by_name(experiment)
+    exp = connect(uri).get_experiment_by_name(experiment)
     if exp is None:
         raise ConfigError(f"source_experiment: no MLflow experiment {experiment!r} in {uri}")
     extra: dict[str, str] = {}
     if parent_name:
-        parents = find_runs(uri, exp.experiment_id, {ROLE_TAG: "parent", NAME_TAG: parent_name},
-                            order_by=["attributes.start_time DESC"])
-        if not parents:
+        parent = _newest(uri, exp.experiment_id, {ROLE_TAG: "parent", NAME_TAG: parent_name})
+        if parent is None:
             raise ConfigError(f"source_run: no parent run named {parent_name!r} in experiment {experiment!r}")
-        extra[PARENT_TAG] = parents[0].info.run_id
+        extra[PARENT_TAG] = parent.info.run_id
     runs = []
     for phase in phases:
         runs += [r for r in find_runs(uri, exp.experiment_id, {PHASE_TAG: phase, **extra})
@@ -245,6 +206,6 @@ def download_artifact(uri: str, run_id: str, artifact_path: str, dst: str | os.P
 
 
 __all__ = [
-    "best_runs", "child_runs", "close_open_children", "close_run", "download_artifact", "start_parent_run",
-    "start_trial_run",
+    "DRIVER_TAG", "best_runs", "child_runs", "close_open_children", "close_run", "close_stale", "download_artifact",
+    "driver_id", "find_parent", "start_parent_run", "trial_run",
 ]

@@ -1,4 +1,4 @@
-"""System metrics sampled into a run directory: MLflow's CPU, memory, disk, network (and GPU) monitors.
+"""System metrics sampled into a run directory by MLflow's own monitors (CPU, memory, disk, network, GPU).
 
 The samples go to ``system_metrics.jsonl`` in the run directory, not to MLflow, so they are kept
 while the store is down and shown with the rest of the record. Their step is the number of sampling

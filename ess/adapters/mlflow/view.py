@@ -1,4 +1,4 @@
-"""One MLflow run kept as a view of a run directory: every metric point and every file logged once.
+"""One MLflow run kept as a view of a run directory: each metric point, each file, logged once.
 
 :meth:`RunView.sync` compares the record (:class:`~ess.adapters.mlflow.record.RunRecord`) with what
 the run already holds and sends only the difference, so it is safe to repeat: after a restart, a

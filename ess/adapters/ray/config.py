@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ess.adapters.ray.storage import exists, join, read_text, storage_root
-from ess.adapters.ray.trial import RUN_DIR
 from ess.config import (
     add_config_arguments,
     check,
@@ -36,6 +35,7 @@ from ess.train import TrainConfig
 from ess.transfer import TransferConfig
 
 JOBS = ("joint_search", "ablation", "hparam_search", "retrain", "transfer")
+RUN_DIR = "run"   # a trial's run directory, inside its working directory; each of its checkpoints is a copy
 INTER_KNOBS = ("n_inter", "m", "combination", "softmax_scope", "residual")   # used only when inter cells are searched
 INTRA_KNOBS = ("steps",)                                                    # used only when the intra cell is
 SPACE_KINDS = {"choice": 1, "uniform": 2, "loguniform": 2, "randint": 2, "quniform": 3}
@@ -289,5 +289,6 @@ def parse_job_args(job: str, argv: list[str] | None = None,
 
 
 __all__ = [
-    "DEFAULT_SPACE", "INTER_KNOBS", "INTRA_KNOBS", "JOBS", "JOB_PRESETS", "JobConfig", "job_base", "parse_job_args",
+    "DEFAULT_SPACE", "INTER_KNOBS", "INTRA_KNOBS", "JOBS", "JOB_PRESETS", "RUN_DIR", "JobConfig", "job_base",
+    "parse_job_args",
 ]

@@ -1,4 +1,4 @@
-"""The driver's side of a job: the Ray session, the experiment directory, its parent run, its Tuners.
+"""The driver's side of a job: the Ray session, the experiment directory, its Tuners, its MLflow view.
 
 An :class:`Experiment` is a context manager: a job that raises inside it ends its parent run
 FAILED (or KILLED, when interrupted) exactly once.
@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from ray.tune import Callback
 
 from ess.adapters.ray.config import JobConfig
 from ess.adapters.ray.grid import trial_name
 from ess.adapters.ray.storage import exists, filesystem, is_uri, join, storage_root, write_text
+from ess.adapters.ray.tracking import ExperimentRuns, TrialRuns
 from ess.config import config_to_dict
 from ess.errors import ConfigError, ESSError
 
@@ -73,58 +73,6 @@ def check_resources(job: JobConfig) -> None:
                           f"{have.get('CPU', 0):g} CPUs")
 
 
-def reachable_uri(uri: str | None, cluster: bool = False) -> str | None:
-    """A ``localhost`` MLflow server URI as trials on other nodes must see it: the driver node's IP.
-
-    Rewritten on a cluster (``--address``: workers may join later, autoscaled) or when Ray already
-    has several nodes; a purely local run keeps ``127.0.0.1`` (a server bound there is not
-    reachable on the external address).
-    """
-    if uri is None or not uri.startswith(("http://", "https://")):
-        return uri
-    import ray
-
-    try:
-        multi = len([n for n in ray.nodes() if n.get("Alive")]) > 1
-    except Exception:
-        multi = False
-    if not (cluster or multi):
-        return uri
-    ip = ray.util.get_node_ip_address()
-    for host in ("127.0.0.1", "localhost", "0.0.0.0"):
-        uri = uri.replace(f"://{host}:", f"://{ip}:").replace(f"://{host}/", f"://{ip}/")
-    return uri
-
-
-class TrialRunStatus(Callback):
-    """A Tune callback closing a trial's MLflow run when Tune ends the trial (driver side).
-
-    Needed for trials that never return normally: stopped early by ASHA, or failed for good after
-    ``max_failures`` restarts (a killed worker cannot close its own run). Picklable: Tune keeps it
-    in ``tuner.pkl`` for ``Tuner.restore``.
-    """
-
-    def __init__(self, uri: str | None):
-        self.uri = uri
-
-    def _close(self, trial: Any, status: str) -> None:
-        run_id = (getattr(trial, "last_result", None) or {}).get("mlflow_run_id")
-        if not self.uri or not run_id:
-            return
-        try:
-            from ess.adapters.mlflow import close_run
-
-            close_run(self.uri, run_id, status)   # quiet while the server is down: the trial's spool has it
-        except Exception as err:  # tracking never stops the experiment
-            print(f"warning: could not close MLflow run {run_id}: {err}", file=sys.stderr)
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._close(trial, "FINISHED")
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._close(trial, "FAILED")
-
-
 def unfinished_trials(path: str) -> int:
     """Trials the saved experiment state does not hold as finished (TERMINATED or ERROR).
 
@@ -166,10 +114,10 @@ def _resolve_data_dir() -> Path:
 
 
 class Experiment:
-    """One job run: experiment directory, saved config, MLflow parent run, Tune stages."""
+    """One job run: experiment directory, saved config, Tune stages, and their MLflow view (parent and trial runs)."""
 
     def __init__(self, job_kind: str, job: JobConfig, *, resume: bool = False):
-        from ess.adapters.mlflow import flat_params, resolve_tracking_uri, start_parent_run
+        from ess.adapters.mlflow import flat_params, resolve_tracking_uri
 
         # the one resolved JobConfig: saved as job.yaml, logged as params, sent to every trial
         self.data_dir = str(Path(job.data_dir).expanduser().resolve()) if job.data_dir else \
@@ -189,16 +137,34 @@ class Experiment:
         self.uri = resolve_tracking_uri(job.tracking_uri, job.storage_path if not is_uri(self.storage) else
                                         self.storage)
         self.mlflow_experiment = job.experiment or f"ess-{job_kind}"
-        # records the MLflow server could not take wait here (python -m ess.adapters.mlflow sync --spool ...)
-        self.spool_dir = None if is_uri(self.root) else str(Path(self.root) / "mlflow-spool")
-        self.parent = start_parent_run(
-            self.uri, self.mlflow_experiment, job.name, resume=resume, spool_dir=self.spool_dir,
-            tags={"job": job_kind, "dataset": job.dataset, "storage": self.root,
-                  "modes": ",".join(job.modes), "seeds": ",".join(map(str, job.seeds))},
-            params=flat_params(config_to_dict(job)))
+        self.runs = ExperimentRuns(self.uri, self.mlflow_experiment, job.name, self.root)
+        self.runs.attempt("close the runs of dead drivers", self._close_stale)
+        self.runs.open_parent(
+            tags={"job": job_kind, "dataset": job.dataset, "storage": self.root, "modes": ",".join(job.modes),
+                  "seeds": ",".join(map(str, job.seeds))},
+            params=flat_params(config_to_dict(job)), resume=resume)
         if not is_uri(saved):
-            self.parent.log_artifact(saved)
-        self.experiment_id = self.parent.experiment_id   # None while the server is unreachable
+            self.runs.log_parent(files=[saved])
+
+    def _close_stale(self) -> None:
+        """Runs a killed driver of this host left RUNNING: KILLED now (``python -m ess.adapters.mlflow close``
+        does it for a driver lost with its host)."""
+        from ess.adapters.mlflow.runs import close_stale
+
+        for name in close_stale(self.uri, self.mlflow_experiment):
+            print(f"ess: the driver of experiment {name!r} is gone: its RUNNING runs are marked KILLED",
+                  file=sys.stderr, flush=True)
+
+    @property
+    def parent_run_id(self) -> str | None:
+        return self.runs.parent_id
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Tags of the parent run (the best genotype, the best cell ...)."""
+        self.runs.log_parent(tags=tags)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self.runs.log_parent(params=params)
 
     # -- the job's body --------------------------------------------------------------------------------
     def __enter__(self) -> Experiment:
@@ -206,21 +172,18 @@ class Experiment:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None and not issubclass(exc_type, ExperimentInterrupted):   # that one closed it
-            self.parent.finish("KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
+            self.runs.log_parent(status="KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
+            self.runs.end()
 
     # -- what a stage's Tuner is built from ----------------------------------------------------------
-    def tracking_spec(self) -> dict[str, Any]:
-        return {"uri": reachable_uri(self.uri, cluster=bool(self.job.address)), "experiment_id": self.experiment_id,
-                "parent_run_id": self.parent.run_id, "system_metrics": self.job.system_metrics,
-                "system_metrics_interval": self.job.system_metrics_interval,
-                "experiment_name": self.mlflow_experiment, "spool_dir": self.spool_dir}
-
     def spec(self, *, search: Any = None, train: Any = None, transfer: Any = None, **extra: Any) -> dict[str, Any]:
         """``config['ess']`` of every trial of a stage: the run configs it uses (typed here, plain mappings
-        across the Ray boundary), tracking, and the stage's ``extra`` (genotypes, cells ...)."""
+        across the Ray boundary) and the stage's ``extra`` (genotypes, cells ...); no MLflow, which trials
+        never talk to."""
         configs = {"search": search, "train": train, "transfer": transfer}
-        return {"job": self.kind, "experiment_name": self.job.name, "tracking": self.tracking_spec(),
-                "checkpoint_every": self.job.checkpoint_every,
+        return {"job": self.kind, "experiment_name": self.job.name, "mlflow_experiment": self.mlflow_experiment,
+                "checkpoint_every": self.job.checkpoint_every, "system_metrics": self.job.system_metrics,
+                "system_metrics_interval": self.job.system_metrics_interval,
                 **{k: None if v is None else config_to_dict(v) for k, v in configs.items()}, **extra}
 
     def resources(self) -> dict[str, float]:
@@ -253,9 +216,9 @@ class Experiment:
     def run_config(self, stage: str, callbacks: Sequence[Any] = ()) -> Any:
         from ray import tune
 
+        view = [TrialRuns(self.uri, self.mlflow_experiment, self.job.name, self.root)] if self.uri else []
         return tune.RunConfig(
-            name=stage, storage_path=self.root, verbose=self.job.verbose,
-            callbacks=[TrialRunStatus(self.uri), *callbacks],
+            name=stage, storage_path=self.root, verbose=self.job.verbose, callbacks=[*view, *callbacks],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=self.job.keep_checkpoints),
             failure_config=tune.FailureConfig(max_failures=self.job.max_failures))
 
@@ -266,10 +229,7 @@ class Experiment:
         unfinished = unfinished_trials(path)
         done = len(results) - unfinished
         if unfinished or len(results) < expected:
-            from ess.adapters.mlflow import close_open_children
-
-            close_open_children(self.uri, self.mlflow_experiment, self.parent.run_id, "KILLED")
-            self.parent.finish("KILLED")
+            self.runs.interrupted()
             raise ExperimentInterrupted(
                 f"{path}: stopped with {done} of {expected} trials finished; continue with --resume --name "
                 f"{self.job.name} --storage-path {self.job.storage_path}")
@@ -279,17 +239,13 @@ class Experiment:
         """Write and log ``summary.json`` (and extra files), close the parent run."""
         summary = {"job": self.kind, "name": self.job.name, "experiment_dir": self.root,
                    "tracking_uri": self.uri, "mlflow_experiment": self.mlflow_experiment,
-                   "parent_run_id": self.parent.run_id, **summary}
-        path = write_text(join(self.root, "summary.json"), json.dumps(summary, indent=2, default=str) + "\n")
-        if not is_uri(path):
-            self.parent.log_artifact(path)
-            for name, text in dict(files).items():
-                self.parent.log_artifact(write_text(join(self.root, name), text))
+                   "parent_run_id": self.runs.parent_id, **summary}
+        written = [write_text(join(self.root, "summary.json"), json.dumps(summary, indent=2, default=str) + "\n")]
+        written += [write_text(join(self.root, name), text) for name, text in dict(files).items()]
         metrics = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        self.parent.log_metrics(metrics)
-        self.parent.finish("FINISHED")
+        self.runs.log_parent(files=[p for p in written if not is_uri(p)], metrics=metrics, status="FINISHED")
+        self.runs.end()
         return summary
 
 
-__all__ = ["Experiment", "ExperimentInterrupted", "TrialRunStatus", "check_resources", "ray_session",
-           "reachable_uri", "unfinished_trials"]
+__all__ = ["Experiment", "ExperimentInterrupted", "check_resources", "ray_session", "unfinished_trials"]

@@ -10,8 +10,9 @@ import pytest
 import yaml
 
 from ess.adapters.ray.config import parse_job_args
-from ess.adapters.ray.experiment import Experiment, check_resources, ray_session, reachable_uri
+from ess.adapters.ray.experiment import Experiment, check_resources, ray_session
 from ess.adapters.ray.jobs import ensure_corpus
+from ess.config import config_to_dict
 from ess.errors import ConfigError, DataError
 
 from conftest import DATA_DIR, TINY_SEARCH, load_job, requires_ptb, tiny_job
@@ -38,7 +39,7 @@ def test_experiment_saves_config_and_refuses_to_overwrite(tmp_path):
     exp = Experiment("joint_search", job)
     saved = yaml.safe_load((tmp_path / "tune" / "e1" / "job.yaml").read_text())
     assert saved["job"] == "joint_search" and saved["seeds"] == [1, 2] and saved["search"]["emsize"] == 16
-    assert exp.parent.run_id is None          # tracking off: the no-op tracker
+    assert exp.parent_run_id is None and exp.uri is None          # tracking off
     with pytest.raises(ConfigError, match="--resume"):
         Experiment("joint_search", job)
     Experiment("joint_search", job, resume=True)
@@ -59,16 +60,15 @@ def test_local_ray_without_gpu_is_one_line(tmp_path, local_ray):
             check_resources(dataclasses.replace(job, gpus_per_trial=0.0, cpus_per_trial=3.0))
 
 
-def test_mlflow_server_uri_as_trials_see_it(local_ray):
-    import ray
-
-    assert reachable_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"      # one local node: unchanged
-    ip = ray.util.get_node_ip_address()
-    assert reachable_uri("http://127.0.0.1:5000", cluster=True) == f"http://{ip}:5000"   # --address: workers
-    assert reachable_uri("http://localhost:5000/", cluster=True) == f"http://{ip}:5000/"
-    assert reachable_uri("http://mlflow.example:5000", cluster=True) == "http://mlflow.example:5000"
-    assert reachable_uri("sqlite:////x/mlflow.db", cluster=True) == "sqlite:////x/mlflow.db"
-    assert reachable_uri(None) is None
+def test_trials_are_sent_no_mlflow_address(tmp_path, local_ray):
+    """Trials never talk to MLflow (the driver shows their record), so no server address has to be reachable
+    from the workers: the spec of a stage names the MLflow experiment, not the store."""
+    job = dataclasses.replace(tiny_job(tmp_path), name="spec", tracking_uri="http://127.0.0.1:1")
+    exp = Experiment("joint_search", job)
+    spec = exp.spec(search=exp.job.search)
+    assert "http://127.0.0.1:1" not in repr(spec) and spec["mlflow_experiment"] == "ess-joint_search"
+    assert spec["search"] == config_to_dict(exp.job.search) and spec["train"] is None
+    assert [type(c).__name__ for c in exp.run_config("search").callbacks] == ["TrialRuns"]
 
 
 # -- two nodes -----------------------------------------------------------------------------------------

@@ -45,6 +45,13 @@ def _history(store: str, run_id: str, key: str) -> list[int]:
     return sorted(m.step for m in _client(store).get_metric_history(run_id, key))
 
 
+def _each_point_once(store: str, run) -> None:
+    """Every (key, step) of a run is in MLflow once (gap: retrains logged retrain/epoch twice at step 1)."""
+    for key in run.data.metrics:
+        steps = _history(store, run.info.run_id, key)
+        assert len(steps) == len(set(steps)), (run.info.run_name, key, steps)
+
+
 # -- Tuner.restore with Optuna: run first (a subprocess of its own, before this module starts Ray) ---------
 
 
@@ -156,6 +163,8 @@ def test_joint_search_smoke(joint):
         assert run.data.params["search.emsize"] == "16" and run.data.params["search.mode"] == "joint"
         if importlib.util.find_spec("psutil"):                                                # system metrics
             assert "system/cpu_utilization_percentage" in run.data.metrics
+    for run in children:
+        _each_point_once(store, run)
     rid = retrain[0].info.run_id
     assert _history(store, rid, "retrain/valid/ppl") == [1, 2]   # TrainConfig smoke: 2 epochs
     assert "retrain/test/ppl" in retrain[0].data.metrics
@@ -206,6 +215,7 @@ def test_ablation_smoke(local_ray, tmp_path, capsys):
     assert keys[0] == keys[1] == keys[2]                      # same metric names: comparable side by side
     assert {"valid/ppl", "retrain/valid/best_ppl", "retrain/test/ppl"} <= keys[0]
     for c in children:
+        _each_point_once(store, c)
         assert c.info.status == "FINISHED" and c.data.tags["ess.phase"] == "search+retrain"
         assert _history(store, c.info.run_id, "valid/ppl") == [1, 2]
         assert _history(store, c.info.run_id, "retrain/valid/ppl") == [1, 2]   # TrainConfig smoke: 2 epochs
