@@ -2,7 +2,7 @@
 
 Two sources, one shape:
 
-* :func:`load_mlflow`: the MLflow store the Tune jobs log to (:mod:`ess.tracking`). ``experiment``
+* :func:`load_mlflow`: the MLflow store the Tune jobs log to (:mod:`ess.adapters.mlflow`). ``experiment``
   is an MLflow experiment (``ess-ablation``: every trial run in it) or the name of one Tune
   experiment (``ablation-smoke-20250101-120000``: the trial runs nested under its parent run).
 * :func:`load_ray_results`: Ray Tune's result folders, for jobs run without MLflow. Each trial
@@ -22,7 +22,7 @@ Both return the *flat* frame: one row per trial, stage and epoch with
   genotype retrained; ``timestamp`` (seconds since the epoch) of the row;
 * per trial, repeated on its rows: ``wall_seconds``, ``final_genotype``, ``start_time``;
 * the resolved config as ``config.<key>`` columns (``config.search.lr``, ``config.retrain.epochs``),
-  the names :func:`ess.tracking.flat_params` gives the MLflow params.
+  the names :func:`ess.adapters.mlflow.flat_params` gives the MLflow params.
 
 :func:`trial_summary` turns it into one row per trial: final and best search valid perplexity,
 retrain valid and test perplexity when the trial was retrained, search time and parameters.
@@ -53,7 +53,7 @@ from analysis.errors import (
     EmptyExperimentError,
     UnknownExperimentError,
 )
-from ess.tracking import (
+from ess.adapters.mlflow import (
     CONFIG_TAGS,
     DEFAULT_STORAGE,
     NAME_TAG,
@@ -90,7 +90,7 @@ _LIST_LIMIT = 20
 def canonical_genotype(text: Any) -> str | None:
     """Genotype JSON in one canonical compact form (so equal genotypes compare equal); None if empty.
 
-    Text that is not a valid genotype is returned unchanged (a built-in name stays a name).
+    Text that is not a genotype reference (:func:`ess.space.genotype.load_genotype`) is returned unchanged.
     """
     if text is None or (isinstance(text, float) and math.isnan(text)):
         return None
@@ -99,19 +99,10 @@ def canonical_genotype(text: Any) -> str | None:
     text = str(text).strip()
     if not text:
         return None
-    if not text.startswith("{"):
-        try:
-            from ess.space.genotype import BUILTINS
-
-            if text in BUILTINS:
-                return BUILTINS[text].to_json(None)
-        except Exception:
-            pass
-        return text
     try:
-        from ess.space.genotype import parse_genotype_json
+        from ess.space.genotype import load_genotype
 
-        return parse_genotype_json(text, "genotype").to_json(None)
+        return load_genotype(text).to_json(None)
     except Exception:
         return text
 

@@ -44,10 +44,10 @@ from analysis.stats import (
     predecessor_frequencies,
     rank_genotypes,
 )
+from ess.adapters.mlflow import DEFAULT_STORAGE
 from ess.checkpoint import atomic_write_text
 from ess.cli import run_main
 from ess.errors import ESSError
-from ess.tracking import DEFAULT_STORAGE
 
 #: the per-trial values aggregated per arm, when the runs have them
 VALUES = ("final_valid_ppl", "best_valid_ppl", "retrain_valid_ppl", "test_ppl", "search_seconds", "params",

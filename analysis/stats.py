@@ -370,15 +370,12 @@ def compare_arms(summary: pd.DataFrame, value: str = "final_valid_ppl", by: Sequ
 def parse_genotype(text: Any) -> Any:
     """An :class:`ess.space.ESSGenotype` from JSON text or a built-in name; None when it is not one."""
     from ess.errors import ESSError
-    from ess.space.genotype import BUILTINS, parse_genotype_json
+    from ess.space.genotype import load_genotype
 
     if _is_missing(text) or not str(text).strip():
         return None
-    text = str(text).strip()
-    if text in BUILTINS:
-        return BUILTINS[text]
     try:
-        return parse_genotype_json(text, "genotype")
+        return load_genotype(str(text).strip())
     except ESSError:
         return None
 

@@ -4,6 +4,12 @@ Every entry point has one frozen dataclass. :func:`add_config_arguments` turns i
 ``--field-name`` options; :func:`resolve_config` layers code defaults, ``--config FILE.yaml`` and the
 options actually given; unknown keys and ill-typed values raise a one-line :class:`ConfigError` naming
 the file (or flag) and the field. :func:`save_config` writes the resolved config with every run.
+
+A field whose type is itself a config dataclass (``JobConfig.search: SearchConfig``) is *nested*: a
+layer gives it a mapping (YAML) or ``"key=value key=value"`` (a flag, ``--search "lr=10 epochs=3"``)
+that is merged into its current value, field by field, and validated by the nested class. The key
+``preset`` first replaces the current value by one of the class's named presets (the ``PRESETS``
+table of the module that defines the class): ``search: {preset: cpu-small, lr: 10}``.
 """
 
 from __future__ import annotations
@@ -13,8 +19,10 @@ import dataclasses
 import math
 import numbers
 import os
+import sys
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -115,18 +123,82 @@ def _coerce_float(value: Any, where: str) -> float:
     return out
 
 
+def is_config_class(tp: Any) -> bool:
+    """True for a config dataclass (a nested field's type)."""
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def presets_of(cls: type) -> Mapping[str, Mapping[str, Any]]:
+    """The named presets of a config class: the ``PRESETS`` table of the module that defines it."""
+    table = getattr(sys.modules.get(cls.__module__), "PRESETS", None)
+    return table if isinstance(table, Mapping) else {}
+
+
+def parse_overrides(value: Any, where: str) -> dict[str, Any]:
+    """A mapping from YAML, or ``"key=value key=value"`` (commas work too) from the command line."""
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        return {str(k).replace("-", "_"): v for k, v in value.items()}
+    if isinstance(value, str):
+        out: dict[str, Any] = {}
+        items = []
+        for chunk in value.split():  # commas separate items too, unless inside [...] or {...}
+            items += [chunk] if any(c in chunk for c in "[{") else [c for c in chunk.split(",") if c]
+        for item in items:
+            if "=" not in item:
+                raise ConfigError(f"{where}: expected key=value items, got {_short(item)}")
+            key, raw = item.split("=", 1)
+            try:
+                out[key.strip().replace("-", "_")] = yaml.safe_load(raw) if raw != "" else ""
+            except (yaml.YAMLError, ValueError, RecursionError):  # ValueError: a 5000-digit integer
+                out[key.strip().replace("-", "_")] = raw
+        return out
+    raise ConfigError(f"{where}: expected a mapping or key=value items, got {_short(value)}")
+
+
+def _nested(cls: type[C], value: Any, where: str, current: C) -> C:
+    """A nested config: ``current`` updated by a mapping or ``key=value`` items (``preset`` first)."""
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, (str, Mapping)):
+        raise ConfigError(f"{where}: expected a mapping of {cls.__name__} keys, got {_short(value)}")
+    data = parse_overrides(value, where)
+    if "preset" in data:
+        name, table = data.pop("preset"), presets_of(cls)
+        if not isinstance(name, str) or name not in table:
+            raise ConfigError(f"{where}: preset: unknown preset {_short(name)} for {cls.__name__} "
+                              f"(known: {', '.join(table) or 'none'})")
+        current = config_from_mapping(cls, dict(table[name]), f"{where}: preset {name}")
+    return config_from_mapping(cls, data, where, base=current)
+
+
+def _field_values(cls: type, base: Any) -> dict[str, Any]:
+    """The field values of ``base`` (nested configs kept as objects); without a base, nested defaults only."""
+    if base is not None:
+        return {f.name: getattr(base, f.name) for f in dataclasses.fields(cls)}
+    return {f.name: f.default_factory() for f in dataclasses.fields(cls)
+            if is_config_class(_field_types(cls)[f.name]) and f.default_factory is not dataclasses.MISSING}
+
+
 def config_from_mapping(cls: type[C], data: dict[str, Any], source: str, base: C | None = None) -> C:
-    """``base`` (or the code defaults) updated by ``data``; unknown keys are rejected."""
+    """``base`` (or the code defaults) updated by ``data``; unknown keys are rejected, nested configs merged."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of config keys, got {type(data).__name__}")
     hints = _field_types(cls)
     names = [f.name for f in dataclasses.fields(cls)]
-    values = dataclasses.asdict(base) if base is not None else {}
+    values = _field_values(cls, base)
     for key, value in data.items():
         k = str(key).replace("-", "_") if isinstance(key, str) else None
         if k not in names:
             raise ConfigError(f"{source}: unknown key {_short(key)} for {cls.__name__}")
-        values[k] = _coerce(value, hints[k], f"{source}: {key}")
+        if is_config_class(hints[k]):
+            current = values.get(k)
+            if current is None:   # a nested field without a default: its class's defaults
+                current = config_from_mapping(hints[k], {}, f"{source}: {key}")
+            values[k] = _nested(hints[k], value, f"{source}: {key}", current)
+        else:
+            values[k] = _coerce(value, hints[k], f"{source}: {key}")
     try:
         return cls(**values)
     except ConfigError as err:
@@ -219,7 +291,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         tp = hints[f.name]
         default = f.default if f.default is not dataclasses.MISSING else None
         help_text = f.metadata.get("help", "") + f" (default: {default!r})"
-        if tp is bool:
+        if is_config_class(tp):
+            group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, metavar="'KEY=VALUE ...'",
+                               help=f.metadata.get("help", "") + f" ({tp.__name__} fields; preset=NAME first "
+                                    "starts from a named preset)")
+        elif tp is bool:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=help_text)
         else:
@@ -236,9 +312,11 @@ def resolve_config(cls: type[C], args: argparse.Namespace, base: C | None = None
     given = {k: v for k, v in vars(args).items() if k in names}
     if given:
         hints = _field_types(cls)
-        values = dataclasses.asdict(cfg)
+        values = _field_values(cls, cfg)
         for k, v in given.items():
-            values[k] = _coerce(v, hints[k], "--" + k.replace("_", "-"))
+            where = "--" + k.replace("_", "-")
+            values[k] = _nested(hints[k], v, where, values[k]) if is_config_class(hints[k]) else \
+                _coerce(v, hints[k], where)
         try:
             cfg = cls(**values)
         except ConfigError as err:
@@ -248,9 +326,19 @@ def resolve_config(cls: type[C], args: argparse.Namespace, base: C | None = None
     return cfg
 
 
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
 def config_to_dict(cfg: Any) -> dict[str, Any]:
-    out = dataclasses.asdict(cfg)
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+    """A config as plain data (nested configs as mappings, tuples as lists): YAML, JSON, MLflow params."""
+    return _plain(cfg)
 
 
 def save_config(cfg: Any, path: str | os.PathLike) -> Path:

@@ -112,8 +112,16 @@ class TrainConfig:
             check_genotype(self.genotype, "genotype")
 
 
-SMOKE_TEST = dict(emsize=64, nhid=64, epochs=2, batch_size=16, eval_batch_size=10, max_train_tokens=24_000,
-                  max_eval_tokens=3_000, lr=20.0, progress=False, run_dir="runs/train-smoke")
+PRESETS: dict[str, dict[str, Any]] = {
+    # Seconds on 2 CPU cores: tiny sizes on a slice of PTB (--smoke-test, the tests, the jobs' smoke runs).
+    "smoke": dict(emsize=16, nhid=16, batch_size=8, epochs=2, max_train_tokens=4_000, max_eval_tokens=1_200,
+                  lr=20.0, progress=False, run_dir="runs/train-smoke"),
+    # A short retrain on a 2-core laptop (minutes).
+    "cpu-small": dict(emsize=128, nhid=128, batch_size=32, epochs=3, max_train_tokens=200_000,
+                      max_eval_tokens=20_000),
+    # The DARTS sizes (850 units, batch 64) for a 300-epoch budget; the DARTS recipe (the defaults) runs 8000.
+    "paper": dict(emsize=850, nhid=850, batch_size=64, epochs=300),
+}
 
 # Fields that define the model and the data: they must match when resuming.
 _RESUME_FIXED = ("genotype", "cell", "dataset", "emsize", "nhid", "batch_size", "max_train_tokens", "seed")
@@ -377,7 +385,7 @@ def train(cfg: TrainConfig, *, resume: bool = False,
 
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
     return parse_run_args(TrainConfig, argv, prog="python -m ess.train", description=__doc__.split("\n\n")[0],
-                          smoke=SMOKE_TEST)
+                          smoke=PRESETS["smoke"], presets=PRESETS)
 
 
 @run_main

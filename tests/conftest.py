@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
+import importlib.util
 import os
 from pathlib import Path
 
 import pytest
 import torch
+
+from ess.search import PRESETS as SEARCH_PRESETS
 
 DATA_DIR = os.environ.get("ESS_DATA_DIR")
 
@@ -29,9 +31,8 @@ def _few_threads():
 
 # -- Ray Tune jobs at toy sizes (shared by the orchestration and fault tests) -------------------------
 
-#: a search small enough for a trial to take seconds on 2 cores
-TINY_SEARCH = dict(emsize=16, nhid=16, steps=3, n_inter=2, m=2, batch_size=8, max_train_tokens=4000,
-                   max_eval_tokens=1200, epochs=2, draw=False)
+#: SearchConfig's smoke preset (a trial takes seconds on 2 cores), without the pictures
+TINY_SEARCH = {**SEARCH_PRESETS["smoke"], "draw": False}
 
 
 @pytest.fixture
@@ -45,9 +46,52 @@ def local_ray():
 
 def tiny_job(tmp_path, **changes):
     """The smoke joint-search job at :data:`TINY_SEARCH` sizes, stored under ``tmp_path``."""
-    from ess.tune import job_base
+    from ess.adapters.ray.config import JobConfig, job_base
+    from ess.config import config_from_mapping
 
-    job = job_base("joint_search", "smoke")
-    changes = {"storage_path": str(tmp_path / "tune"), "data_dir": DATA_DIR or "",
-               "search": {**job.search, **TINY_SEARCH}, "system_metrics": False, "verbose": 0, **changes}
-    return dataclasses.replace(job, **changes)
+    changes = {"storage_path": str(tmp_path / "tune"), "data_dir": DATA_DIR or "", "system_metrics": False,
+               "verbose": 0, **changes, "search": {**TINY_SEARCH, **changes.get("search", {})}}
+    return config_from_mapping(JobConfig, changes, "tiny_job", base=job_base("joint_search", "smoke"))
+
+
+def load_job(name: str):
+    """The module of ``tune_jobs/<name>.py`` (a script, not a package: loaded from its file)."""
+    path = Path(__file__).resolve().parent.parent / "tune_jobs" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"tune_jobs_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fake_record(root, epochs=(1, 2), *, trial_id="t_00000", experiment="exp", mlflow_experiment="ess-test",
+                final=False, system=()):
+    """A trial's run directory as a search trial writes it (``ess.adapters.mlflow.record``), by hand:
+    ``valid/ppl`` = 100 / epoch, genotype files per epoch, ``system`` rows, and (``final``) its weights."""
+    import json
+
+    import yaml
+
+    from ess.space.genotype import DARTS_V2
+
+    root = Path(root)
+    search = root / "search"
+    for sub in ("genotypes", "arch_weights"):
+        (search / sub).mkdir(parents=True, exist_ok=True)
+    (root / "trial.json").write_text(json.dumps({
+        "trial_id": trial_id, "trial_name": f"joint_s1_{trial_id}", "experiment": experiment,
+        "mlflow_experiment": mlflow_experiment, "phase": "search", "run_name": "joint_s1",
+        "tags": {"mode": "joint", "seed": "1", "ess.phase": "search"}, "started": 0.0}))
+    (search / "config.yaml").write_text(yaml.safe_dump({"mode": "joint", "lr": 20.0, "seeds": [1, 2]}))
+    (search / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "valid/ppl": 100.0 / e, "genotype": "x"})
+                                                  + "\n" for e in epochs))
+    weights = {"intra": {"searched": True, "columns": ["none", "tanh"], "rows": ["1<-0"], "weights": [[0.3, 0.7]]}}
+    for e in epochs:
+        (search / "genotypes" / f"epoch_{e:03d}.json").write_text(json.dumps({"epoch": e}) + "\n")
+        (search / "arch_weights" / f"epoch_{e:03d}.json").write_text(json.dumps(weights) + "\n")
+    (search / "arch_weights.json").write_text(json.dumps(weights) + "\n")
+    (search / "genotype.json").write_text(DARTS_V2.to_json() + "\n")
+    if final:
+        (search / "checkpoint.pt").write_bytes(b"weights")
+    if system:
+        (root / "system_metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in system))
+    return root

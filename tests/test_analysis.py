@@ -1,9 +1,9 @@
 """analysis/: loading MLflow and Ray Tune runs, per-arm statistics checked against hand computation.
 
-The MLflow store is a real SQLite store filled through ess.tracking's own functions (parent run,
+The MLflow store is a real SQLite store filled through ess.adapters.mlflow's own functions (parent run,
 nested trial runs, per-epoch metrics with step = epoch, genotype artifacts, config tags and params),
-shaped the way ess.tune's trainables log, with metric values chosen so that every statistic can be
-computed by hand below.
+shaped the way the Tune trainables (ess.adapters.ray.trainables) log, with metric values chosen so that
+every statistic can be computed by hand below.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import time
 import warnings
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import pytest
 
 mlflow = pytest.importorskip("mlflow")
 scipy_stats = pytest.importorskip("scipy.stats")
+from mlflow import MlflowClient  # noqa: E402
 
 from analysis import (  # noqa: E402
     AnalysisWarning,
@@ -39,17 +41,17 @@ from analysis import (  # noqa: E402
 )
 from analysis.errors import AnalysisError  # noqa: E402
 from analysis.stats import bootstrap_test, cohens_d, hedges_g, holm, welch_t_test  # noqa: E402
-from ess.errors import ESSError  # noqa: E402
-from ess.space.derive import parameter_free_share  # noqa: E402
-from ess.space.genotype import ESSGenotype, InterGenotype, IntraGenotype  # noqa: E402
-from ess.tracking import (  # noqa: E402
+from ess.adapters.mlflow import (  # noqa: E402
     PHASE_TAG,
     config_tags,
     flat_params,
     get_or_create_experiment,
     start_parent_run,
-    start_trial_run,
+    trial_run,
 )
+from ess.errors import ESSError  # noqa: E402
+from ess.space.derive import parameter_free_share  # noqa: E402
+from ess.space.genotype import ESSGenotype, InterGenotype, IntraGenotype  # noqa: E402
 
 EXPERIMENT = "ess-ablation"
 TUNE_NAME = "abl-test"
@@ -73,30 +75,34 @@ TRIALS = {
 
 def log_trial(uri, experiment_id, parent, trial_id, *, mode, seed, valid, test=None, genotype=INTRA_A,
               status="FINISHED", tune_name=TUNE_NAME, metrics=True):
-    """One trial run as ess.tune.search_trainable logs it (search, then retrain when ``test``)."""
+    """One trial run as the driver shows a search_trainable trial (search, then retrain when ``test``)."""
+    from mlflow.entities import Metric, Param
+
+    client, now = MlflowClient(uri), int(time.time() * 1000)
     search = {"mode": mode, "seed": seed, "steps": 3, "n_inter": 2, "m": 2, "dataset": "ptb", "lr": 20.0,
               "epochs": len(valid)}
     label = f"{mode}_s{seed}_n3-2-2"
     tags = {PHASE_TAG: "search+retrain", "job": "ablation", "ray.trial_name": f"{label}_{trial_id}",
             "ray.experiment": tune_name, **config_tags(search)}
     params = {**flat_params(search, "search."), **flat_params({"epochs": 1, "lr": 20.0}, "retrain.")}
-    tracker = start_trial_run(uri, experiment_id, parent.run_id, trial_id, run_name=label, tags=tags,
-                              params=params, system_metrics=False)
+    run_id, _ = trial_run(uri, parent, trial_id, run_name=label, tags=tags)
+    client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+
+    def log(row, step):
+        client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in row.items()])
+
     for epoch, value in enumerate(valid, start=1) if metrics else ():
-        tracker.log_metrics({"epoch": epoch, "train/loss": 5.0, "train/seconds": 1.5, "train/tokens_per_s": 1000.0,
-                             "valid/ppl": value, "valid/best_ppl": min(valid[:epoch]),
-                             "arch/entropy": 1.6 - 0.1 * epoch,
-                             "genotype/param_free_share": parameter_free_share(genotype)}, step=epoch)
-        tracker.log_dict(genotype.to_dict(), f"genotypes/epoch_{epoch:03d}.json")
+        log({"epoch": epoch, "train/loss": 5.0, "train/seconds": 1.5, "train/tokens_per_s": 1000.0,
+             "valid/ppl": value, "valid/best_ppl": min(valid[:epoch]), "arch/entropy": 1.6 - 0.1 * epoch,
+             "genotype/param_free_share": parameter_free_share(genotype)}, epoch)
+        client.log_dict(run_id, genotype.to_dict(), f"genotypes/epoch_{epoch:03d}.json")
     if metrics:
-        tracker.set_tags({"ess.genotype": genotype.to_json(None)})
-    if test is not None:
-        tracker.log_metrics({"retrain/epoch": 1, "retrain/valid/ppl": test + 5, "retrain/valid/best_ppl": test + 5},
-                            step=1)
-        tracker.log_metrics({"retrain/epoch": 1, "retrain/valid/best_ppl": test + 5, "retrain/test/ppl": test,
-                             "retrain/params": 1000 + seed}, step=1)
-    tracker.finish(status)
-    return tracker.run_id
+        client.set_tag(run_id, "ess.genotype", genotype.to_json(None))
+    if test is not None:   # each (key, step) once: the epoch row, then what only the final row adds
+        log({"retrain/epoch": 1, "retrain/valid/ppl": test + 5, "retrain/valid/best_ppl": test + 5}, 1)
+        log({"retrain/test/ppl": test, "retrain/params": 1000 + seed}, 1)
+    client.set_terminated(run_id, status)
+    return run_id
 
 
 def build_store(root: Path) -> str:
@@ -108,17 +114,17 @@ def build_store(root: Path) -> str:
     for i, ((mode, seed), (final, test, genotype)) in enumerate(TRIALS.items()):
         log_trial(uri, exp_id, parent, f"t_{i:05d}", mode=mode, seed=seed, valid=[final + 50, final], test=test,
                   genotype=genotype)
-    parent.finish()
+    MlflowClient(uri).set_terminated(parent, "FINISHED")
     other = start_parent_run(uri, EXPERIMENT, "abl-other", tags={"job": "ablation"})
     log_trial(uri, exp_id, other, "o_00000", mode="inter", seed=1, valid=[300.0, 200.0], test=150.0,
               tune_name="abl-other")
-    other.finish()
+    MlflowClient(uri).set_terminated(other, "FINISHED")
     broken_id = get_or_create_experiment(uri, "ess-broken")
     broken = start_parent_run(uri, "ess-broken", "broken", tags={"job": "ablation"})
     log_trial(uri, broken_id, broken, "b_00000", mode="intra", seed=1, valid=[150.0, 140.0], test=100.0)
     log_trial(uri, broken_id, broken, "b_00001", mode="intra", seed=2, valid=[160.0, 130.0], test=None)
     log_trial(uri, broken_id, broken, "b_00002", mode="joint", seed=1, valid=[1.0], metrics=False, status="FAILED")
-    broken.finish()
+    MlflowClient(uri).set_terminated(broken, "FINISHED")
     get_or_create_experiment(uri, "ess-empty")
     return uri
 

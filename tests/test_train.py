@@ -14,13 +14,13 @@ import torch
 from ess.checkpoint import load_checkpoint, previous_path, save_checkpoint
 from ess.errors import CheckpointError
 from ess.evaluation import evaluate
-from ess.train import SMOKE_TEST, TrainConfig, Trainer, train
+from ess.train import PRESETS, TrainConfig, Trainer, train
 
 from conftest import requires_ptb
 
 pytestmark = requires_ptb
 
-TINY = TrainConfig(**{**SMOKE_TEST, "emsize": 32, "nhid": 32, "batch_size": 8, "max_train_tokens": 6_000,
+TINY = TrainConfig(**{**PRESETS["smoke"], "emsize": 32, "nhid": 32, "batch_size": 8, "max_train_tokens": 6_000,
                       "max_eval_tokens": 1_500, "epochs": 2})
 
 TIMING = ("train/seconds", "train/tokens_per_s")

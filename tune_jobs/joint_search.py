@@ -9,12 +9,93 @@
 Prints the best genotype, where its artifacts are, and the `mlflow ui` command.
 """
 
+from __future__ import annotations
+
+import json
 import sys
-from pathlib import Path
+from collections.abc import Sequence
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runnable from a fresh clone
+from ray import tune
 
-from ess.tune import job_main  # noqa: E402
+from ess.adapters.ray import jobs
+from ess.adapters.ray.config import JobConfig
+from ess.adapters.ray.experiment import Experiment
+from ess.adapters.ray.grid import search_variants
+from ess.adapters.ray.trainables import retrain_trainable, search_trainable
+from ess.adapters.ray.trial import RETRAIN_METRIC, SEARCH_METRIC
+from ess.space.genotype import ESSGenotype, load_genotype
+
+
+def search_stage(exp: Experiment, job: JobConfig, variants: list[dict[str, Any]], *,
+                 callbacks: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    """Stage 1: one search trial per variant (seed x node counts), in parallel as resources allow."""
+    trainable = exp.with_resources(search_trainable)
+    tuner = exp.restored("search", trainable) or tune.Tuner(
+        trainable,
+        param_space={"ess": exp.spec(search=job.search),
+                     "variant": tune.grid_search(variants)},
+        tune_config=exp.tune_config(),
+        run_config=exp.run_config("search", callbacks))
+    return jobs.rows(exp.fit(tuner, "search", expected=len(variants)))
+
+
+def retrain_stage(exp: Experiment, job: JobConfig, genotypes: dict[str, ESSGenotype], info: dict[str, dict[str, Any]],
+                  *, callbacks: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    """Stage 2: one retrain trial per chosen genotype."""
+    trainable = exp.with_resources(retrain_trainable)
+    variants = [{"genotype_label": label} for label in genotypes]
+    tuner = exp.restored("retrain", trainable) or tune.Tuner(
+        trainable,
+        param_space={"ess": exp.spec(train=job.train, genotypes=genotypes, genotype_info=info),
+                     "variant": tune.grid_search(variants)},
+        tune_config=exp.tune_config(),
+        run_config=exp.run_config("retrain", callbacks))
+    return jobs.rows(exp.fit(tuner, "retrain", expected=len(variants)))
+
+
+def run(job: JobConfig, *, resume: bool = False, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+    """Search over ``job.seeds`` (and node counts), then retrain the ``top_k`` best genotypes."""
+    with jobs.experiment("joint_search", job, resume=resume) as exp:
+        job = exp.job
+        found = jobs.succeeded(search_stage(exp, job, search_variants(job), callbacks=callbacks), "search")
+        searched = [{"label": r["label"], **r["variant"], "valid_ppl": r["metrics"].get(SEARCH_METRIC),
+                     "node_id": r["node_id"], "epochs": r["metrics"].get("epoch"),
+                     "genotype": r["metrics"].get("genotype"), "checkpoint": r["checkpoint"],
+                     "mlflow_run_id": r["metrics"].get("mlflow_run_id"),
+                     "artifacts": jobs.artifact_files(r["checkpoint"], "search")}
+                    for r in sorted(found, key=lambda r: jobs.finite(r["metrics"].get(SEARCH_METRIC)))]
+        best, retrained = searched[0], []
+        if job.retrain:
+            chosen = searched[:job.top_k]
+            genotypes = {c["label"]: load_genotype(c["genotype"]) for c in chosen}
+            info = {c["label"]: {"seed": c.get("seed"), "mode": c.get("mode"), "search_valid_ppl": c["valid_ppl"],
+                                 "search_run_id": c["mlflow_run_id"]} for c in chosen}
+            done = jobs.succeeded(retrain_stage(exp, job, genotypes, info, callbacks=callbacks), "retrain")
+            for r in sorted(done, key=lambda r: jobs.finite(r["metrics"].get(RETRAIN_METRIC))):
+                retrained.append({"label": r["variant"]["genotype_label"],
+                                  "retrain_valid_ppl": r["metrics"].get(RETRAIN_METRIC),
+                                  "retrain_test_ppl": r["metrics"].get("retrain/test/ppl"),
+                                  "checkpoint": r["checkpoint"], "mlflow_run_id": r["metrics"].get("mlflow_run_id"),
+                                  "artifacts": jobs.artifact_files(r["checkpoint"], "retrain")})
+            searched_best = next(c for c in searched if c["label"] == retrained[0]["label"])
+            best = {**searched_best, **retrained[0],
+                    "artifacts": {**searched_best["artifacts"],
+                                  **{f"retrain/{k}": v for k, v in retrained[0]["artifacts"].items()}}}
+        summary = {"best": best, "searched": searched, "retrained": retrained,
+                   "best_valid_ppl": jobs.finite(best.get("retrain_valid_ppl", best["valid_ppl"]))}
+        exp.set_tags({"ess.genotype": best["genotype"], "best_trial": best["label"]})
+        return exp.finish(summary, {"best_genotype.json": json.dumps(json.loads(best["genotype"]), indent=2) + "\n"})
+
+
+def report(summary: dict[str, Any]) -> None:
+    jobs.print_best(summary)
+    print(f"  best_genotype.json: {summary['experiment_dir']}/best_genotype.json")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return jobs.main("joint_search", run, report, argv, description=__doc__.split("\n\n")[0])
+
 
 if __name__ == "__main__":
-    sys.exit(job_main("joint_search", description=__doc__.split("\n\n")[0]))
+    sys.exit(main())

@@ -86,9 +86,9 @@ class SearchConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # Under a minute on 2 CPU cores: tiny sizes on a slice of PTB.
-    "smoke": dict(emsize=32, nhid=32, steps=4, n_inter=2, m=2, batch_size=16, epochs=2, max_train_tokens=12_000,
-                  max_eval_tokens=3_000, progress=False, run_dir="runs/search-smoke"),
+    # Seconds on 2 CPU cores: tiny sizes on a slice of PTB (--smoke-test, the tests, the jobs' smoke runs).
+    "smoke": dict(emsize=16, nhid=16, steps=3, n_inter=2, m=2, batch_size=8, epochs=2, max_train_tokens=4_000,
+                  max_eval_tokens=1_200, progress=False, run_dir="runs/search-smoke"),
     # A real but small joint search on a 2-core laptop (minutes, not hours). At 64 units and batch 32,
     # lr 20 turned back up by epoch 3 (valid ppl 3674, 2472, 2625 on 40k tokens) where lr 10 kept falling
     # (4331, 2848, 2185).

@@ -245,6 +245,13 @@ class Searcher:
     def fit(self, on_epoch: OnEpoch = ignore_report) -> SearchResult:
         if self.epoch == 0:
             self._initial = copy.deepcopy(self.state_dict())
+        # The epoch files on disk are those of the checkpoint's epochs: later ones (of a checkpoint that was
+        # lost) go, and the checkpoint's own are written again if a crash came before they were.
+        for stale in [*self.run_dir.glob("genotypes/epoch_*"), *self.run_dir.glob("arch_weights/epoch_*")]:
+            if int(stale.stem.split("_")[1]) > self.epoch:
+                stale.unlink()
+        if self.epoch > 0 and not (self.run_dir / "genotypes" / f"epoch_{self.epoch:03d}.json").exists():
+            self.write_artifacts(self.model.genotype())
         while self.epoch < self.cfg.epochs:
             try:
                 row = self.train_epoch()
@@ -264,8 +271,8 @@ class Searcher:
                    "rollbacks": self.rollbacks,
                    "lr_scale": self.guard.lr_scale(self.rollbacks)}
             self.rows.append(row)
-            artifacts = self.write_artifacts(genotype)
             save_checkpoint(self.checkpoint_path, self.state_dict())
+            artifacts = self.write_artifacts(genotype)   # after its checkpoint: never beside an older one
             write_metrics(self.run_dir, self.rows)
             on_epoch(EpochReport(self.epoch, row, self.run_dir, self.checkpoint_path, genotype, artifacts))
         genotype = self.model.genotype()

@@ -313,3 +313,27 @@ __all__ = [
     "intra_edge_count", "intra_from_dict", "intra_offset", "intra_rows", "intra_table", "intra_to_dict",
     "parameter_free_share",
 ]
+
+
+def arch_weight_rows(weights: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The architecture-weight tables (``arch_weights.json``) as one long table.
+
+    One row per (part, node/edge, branch, op) with the softmax weight, so a table view can sort and
+    filter it; parts fixed in the search mode contribute no rows.
+    """
+    rows: list[dict[str, Any]] = []
+    for part in ("intra", "history", "input"):
+        table = weights.get(part)
+        if not isinstance(table, Mapping) or not table.get("searched"):
+            continue
+        columns = list(table.get("columns") or weights.get("columns") or [])
+        if "rows" in table and "weights" in table:
+            for edge, values in zip(table["rows"], table["weights"]):
+                for op, w in zip(columns, values):
+                    rows.append({"part": part, "edge": str(edge), "branch": "", "op": op, "weight": float(w)})
+        for branch in table.get("branches", []) or []:
+            for source, values in zip(branch.get("rows", []), branch.get("weights", [])):
+                for op, w in zip(columns, values):
+                    rows.append({"part": part, "edge": f"node {branch.get('node')} <- {source}",
+                                 "branch": str(branch.get("branch", "")), "op": op, "weight": float(w)})
+    return rows

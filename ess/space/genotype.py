@@ -323,11 +323,24 @@ ENAS = ESSGenotype(_intra(
 BUILTINS: dict[str, ESSGenotype] = {"DARTS_V1": DARTS_V1, "DARTS_V2": DARTS_V2, "ENAS": ENAS}
 
 
-def load_genotype(name_or_path: str | os.PathLike) -> ESSGenotype:
-    """A built-in by name (case-insensitive: ``darts_v2``) or a genotype JSON file."""
-    key = str(name_or_path)
-    if key.upper() in BUILTINS:
-        return BUILTINS[key.upper()]
+def builtin_name(ref: Any) -> str | None:
+    """The canonical name (``DARTS_V2``) when ``ref`` names a built-in, case-insensitively; else None."""
+    if isinstance(ref, str) and ref.strip().upper() in BUILTINS:
+        return ref.strip().upper()
+    return None
+
+
+def load_genotype(ref: ESSGenotype | str | os.PathLike) -> ESSGenotype:
+    """The one resolver of a genotype reference: an :class:`ESSGenotype` as it is, a built-in by name
+    (case-insensitive: ``darts_v2``), genotype JSON text (``{...}``), or a genotype JSON file."""
+    if isinstance(ref, ESSGenotype):
+        return ref
+    name = builtin_name(ref)
+    if name is not None:
+        return BUILTINS[name]
+    key = str(ref)
+    if isinstance(ref, str) and key.lstrip().startswith("{"):
+        return parse_genotype_json(key, "genotype JSON text")
     path = Path(key)
     if not os.path.exists(path):  # os.path: a name the OS refuses (too long, NUL byte) reads as missing
         raise GenotypeError(

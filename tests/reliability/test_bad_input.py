@@ -35,6 +35,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ess.adapters.ray.config import JobConfig
 from ess.config import config_from_mapping, config_to_dict, load_yaml, resolve_config, save_config
 from ess.data import (
     CorpusSpec,
@@ -64,7 +65,6 @@ from ess.tagging.embeddings import read_glove
 from ess.tagging.schemes import is_valid_tag
 from ess.train import TrainConfig
 from ess.transfer import TransferConfig
-from ess.tune import JobConfig
 
 # --------------------------------------------------------------------------------------------------
 # Bookkeeping: inputs tried per class, and the one check every rejection must pass
@@ -830,12 +830,14 @@ def _check_config(cfg, cls, tmp_path: Path) -> None:
 
 
 def _derived(cfg: JobConfig) -> None:
-    """The job's search/train/transfer configs (what parse_job_args validates before any trial)."""
-    from ess.tune import search_config_dict, train_config_dict, transfer_config_dict
+    """The job's search/train/transfer configs of every trial of its grids (as the trainables build them)."""
+    from ess.adapters.ray.grid import search_variants, transfer_variants, trial_config
 
-    search_config_dict(cfg)
-    train_config_dict(cfg)
-    transfer_config_dict(cfg)
+    for variant in search_variants(cfg):
+        trial_config(cfg.search, variant, "variant")
+    for variant in transfer_variants(cfg, cfg.cells):
+        trial_config(cfg.transfer, variant, "variant")
+    assert isinstance(cfg.train, TrainConfig)
 
 
 @pytest.mark.parametrize("name", sorted(CONFIG_CLASSES))
@@ -959,11 +961,9 @@ def test_configs_reject_inconsistent_values(cls, mapping, field):
 ], ids=short_id)
 def test_job_override_strings_give_config_errors(value, field):
     """``--search 'k=v ...'`` values: parsed by YAML where they can be, else kept as strings, then validated
-    as SearchConfig fields (what parse_job_args does before any trial)."""
-    from ess.tune import search_config_dict
-
+    as SearchConfig fields when the JobConfig is made (before any trial)."""
     def run():
-        search_config_dict(config_from_mapping(JobConfig, {"search": value}, "job.yaml"))
+        config_from_mapping(JobConfig, {"search": value}, "job.yaml")
 
     err = attempt("config mappings (JobConfig overrides)", run, error=ConfigError)
     assert isinstance(err, ConfigError) and field in str(err), str(err)
@@ -971,7 +971,7 @@ def test_job_override_strings_give_config_errors(value, field):
 
 def test_default_hparam_space_of_an_intra_search_has_no_inter_knobs():
     """hparam_search's default space varies m and n_inter: not in an intra-only search, where they do nothing."""
-    from ess.tune import _space
+    from ess.adapters.ray.grid import tune_space as _space
 
     assert {"m", "n_inter"} <= set(_space(config_from_mapping(JobConfig, {"modes": ["joint"]}, "x")))
     space = _space(config_from_mapping(JobConfig, {"modes": ["intra"]}, "x"))

@@ -26,15 +26,15 @@ from ess.search import SearchConfig, search
 from ess.search.architect import Architect
 from ess.space.genotype import load_genotype
 from ess.tagging.model import Tagger
-from ess.train import SMOKE_TEST, TrainConfig, Trainer, train
+from ess.train import PRESETS as TRAIN_PRESETS
+from ess.train import TrainConfig, Trainer, train
 from ess.transfer import PRESETS as TRANSFER_PRESETS
 from ess.transfer import TIMING_KEYS, TransferConfig, transfer
 
 from conftest import DATA_DIR, TINY_SEARCH, requires_ptb
 
 SEARCH = SearchConfig(**{**SEARCH_PRESETS["smoke"], **TINY_SEARCH, "epochs": 3, "data_dir": DATA_DIR})
-TRAIN = TrainConfig(**{**SMOKE_TEST, "emsize": 16, "nhid": 16, "batch_size": 8, "max_train_tokens": 4_000,
-                       "max_eval_tokens": 1_200, "epochs": 3, "data_dir": DATA_DIR})
+TRAIN = TrainConfig(**{**TRAIN_PRESETS["smoke"], "epochs": 3, "data_dir": DATA_DIR})
 TRANSFER = TransferConfig(**{**TRANSFER_PRESETS["smoke"], "data_dir": DATA_DIR, "max_train_sentences": 120,
                              "max_eval_sentences": 60, "epochs": 3, "word_dim": 16, "char_dim": 8,
                              "char_filters": 8, "nhid": 16})

@@ -18,11 +18,12 @@ from pathlib import Path
 import pytest
 from ray import tune
 
-from ess.tune import Experiment, ray_session, search_stage
+from ess.adapters.ray.experiment import Experiment, ray_session
 
-from conftest import DATA_DIR, TINY_SEARCH, requires_ptb, tiny_job
+from conftest import DATA_DIR, TINY_SEARCH, load_job, requires_ptb, tiny_job
 
 ROOT = Path(__file__).resolve().parents[2]
+search_stage = load_job("joint_search").search_stage   # the job's own Tuner, on the variants given here
 pytestmark = [requires_ptb, pytest.mark.slow]
 
 
@@ -30,6 +31,21 @@ def _epochs_in_mlflow(store: str, run_id: str, key: str = "valid/ppl") -> set[in
     from mlflow import MlflowClient
 
     return {m.step for m in MlflowClient(store).get_metric_history(run_id, key)}
+
+
+def _points_written_twice(store: str, experiment: str) -> dict[str, list[tuple[str, int]]]:
+    """Per run of the experiment, the (key, step) pairs MLflow holds more than once (none, whatever restarts)."""
+    from collections import Counter
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(store)
+    twice = {}
+    for run in client.search_runs([client.get_experiment_by_name(experiment).experiment_id]):
+        counts = Counter((key, m.step) for key in run.data.metrics for m in client.get_metric_history(run.info.run_id,
+                                                                                                      key))
+        twice[run.info.run_name] = sorted(k for k, n in counts.items() if n > 1)
+    return {name: pairs for name, pairs in twice.items() if pairs}
 
 
 # -- a SIGKILLed trial worker ----------------------------------------------------------------------------
@@ -71,8 +87,8 @@ def test_killed_worker_restarts_from_checkpoint_with_the_same_genotype(tmp_path,
     variant = dict(mode="joint", seed=5, steps=3, n_inter=2, m=2)
     with ray_session(job):
         exp = Experiment("joint_search", job)
-        rows = search_stage(exp, job, "search", [{**variant, "label": "killed"}, {**variant, "label": "clean"}],
-                            train=None, callbacks=[KillAfterFirstCheckpoint(str(log))])
+        rows = search_stage(exp, job, [{**variant, "label": "killed"}, {**variant, "label": "clean"}],
+                            callbacks=[KillAfterFirstCheckpoint(str(log))])
     events = [json.loads(line) for line in log.read_text().splitlines()]
     killed = [e for e in events if e["label"] == "killed"]
     kill = next(i for i, e in enumerate(killed) if e["event"] == "kill")
@@ -92,8 +108,9 @@ def test_killed_worker_restarts_from_checkpoint_with_the_same_genotype(tmp_path,
     run = client.get_run(k["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["ess.restarts"] == "1"
     assert {m.step for m in client.get_metric_history(run.info.run_id, "valid/ppl")} == {1, 2, 3}
-    children = client.search_runs([exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = "
-                                                                     f"'{exp.parent.run_id}'")
+    experiment_id = client.get_experiment_by_name(exp.mlflow_experiment).experiment_id
+    children = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = "
+                                                                 f"'{exp.parent_run_id}'")
     assert len(children) == 2
 
 
@@ -140,8 +157,8 @@ def test_trials_of_a_lost_worker_node_finish_on_the_remaining_node(tmp_path):
         log = tmp_path / "events.jsonl"
         variant = dict(mode="joint", seed=5, steps=3, n_inter=2, m=2)
         exp = Experiment("joint_search", job)
-        rows = search_stage(exp, job, "search", [{**variant, "label": "a"}, {**variant, "label": "b"}],
-                            train=None, callbacks=[RemoveNodeAfterFirstResult(worker.node_id, str(log))])
+        rows = search_stage(exp, job, [{**variant, "label": "a"}, {**variant, "label": "b"}],
+                            callbacks=[RemoveNodeAfterFirstResult(worker.node_id, str(log))])
     finally:
         _LIVE.clear()
         ray.shutdown()
@@ -186,6 +203,15 @@ def test_a_killed_driver_resumes_with_tuner_restore_and_loses_nothing(tmp_path):
         output = proc.communicate(timeout=60)[0]
     assert progressed, output[-3000:]
     assert not (storage / "drv" / "summary.json").exists()
+    from mlflow import MlflowClient
+
+    client = MlflowClient(store)
+    killed = client.search_runs([client.get_experiment_by_name("ess-joint_search").experiment_id])
+    assert killed and {r.info.status for r in killed} == {"RUNNING"}      # what a killed driver leaves
+    # the next start of any job on this host marks them KILLED (gap: they stayed RUNNING until a resume)
+    other = Experiment("joint_search", tiny_job(tmp_path, name="next", tracking_uri=store))
+    assert {client.get_run(r.info.run_id).info.status for r in killed} == {"KILLED"}
+    other.runs.log_parent(status="FINISHED")
     done = subprocess.run(_job_cmd(storage, store, "--resume"), cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
@@ -197,6 +223,10 @@ def test_a_killed_driver_resumes_with_tuner_restore_and_loses_nothing(tmp_path):
     for result in (storage / "drv" / "search").glob("*/result.json"):
         epochs = [json.loads(line)["epoch"] for line in result.read_text().splitlines()]
         assert sorted(set(epochs)) == [1, 2, 3]
+    # each metric point once per (key, step), though the epoch after the last saved state ran twice (gap)
+    assert _points_written_twice(store, "ess-joint_search") == {}
+    assert {r.info.status for r in client.search_runs([client.get_experiment_by_name("ess-joint_search")
+                                                       .experiment_id]) if r.info.run_name != "next"} == {"FINISHED"}
 
 
 # -- a diverging trial -----------------------------------------------------------------------------------
@@ -211,8 +241,7 @@ def test_a_diverging_trial_fails_with_its_reason_and_logs_no_genotype(tmp_path, 
     variant = dict(mode="joint", seed=5, steps=3, n_inter=2, m=2)
     exp = Experiment("joint_search", job)
     # an unreachable perplexity bound: every epoch of "bad" fails the check, however it trains
-    rows = search_stage(exp, job, "search", [{**variant, "label": "bad", "max_ppl": 1.0},
-                                             {**variant, "label": "good"}], train=None)
+    rows = search_stage(exp, job, [{**variant, "label": "bad", "max_ppl": 1.0}, {**variant, "label": "good"}])
     by_label = {r["variant"]["label"]: r for r in rows}
     bad, good = by_label["bad"], by_label["good"]
     assert good["error"] is None and good["metrics"]["epoch"] == 2

@@ -23,13 +23,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from ess.adapters.mlflow import ui_command, ui_hint
 from ess.checkpoint import load_checkpoint, save_checkpoint
 from ess.config import config_from_mapping, load_yaml, parse_yaml
 from ess.data import CORPORA, SPLITS, CorpusSpec, DownloadSpec, download_corpus, register_corpus, unregister_corpus
 from ess.errors import CheckpointError, ConfigError, DataError, GenotypeError
 from ess.search import SearchConfig
 from ess.space.genotype import load_genotype
-from ess.tracking import ui_command, ui_hint
 
 ROOT = Path(__file__).resolve().parents[2]
 SCANNED = ("ess", "analysis", "tune_jobs")
@@ -283,7 +283,7 @@ def test_mlflow_ui_binds_elsewhere_only_when_asked():
 
 
 def test_tracking_cli_ui_defaults_to_localhost(tmp_path):
-    from ess.tracking import main
+    from ess.adapters.mlflow.cli import main
 
     db = tmp_path / "mlflow.db"
     db.write_bytes(b"")

@@ -1,17 +1,19 @@
 """Tracking outages: a real ``mlflow server`` is killed in the middle of a real ESS search and restarted.
 
-The search is driven the way the Tune trainable drives it (``ess.tune._Trial.run_search``): each
-epoch's metrics, genotype and architecture-weight files are logged to a nested trial run under a
-parent run through :func:`ess.tracking.start_trial_run`. The server (a subprocess on 127.0.0.1, a
-SQLite backend, proxied artifacts) is SIGKILLed after epoch 1 has been logged; the search goes on.
+The search is shown the way a Tune job shows it: each epoch's run directory is copied as a checkpoint
+(as ``tune.report`` does) and handed to the driver's :class:`ExperimentRuns`, which brings the trial's
+nested run up to date from it; system metrics are sampled into the run directory meanwhile. The
+server (a subprocess on 127.0.0.1, a SQLite backend, proxied artifacts) is SIGKILLed after epoch 1
+has been shown; the search goes on.
 
-- restarted before the last epoch: the tracker notices at its next log call and uploads the spool;
-- still down when the run ends: ``python -m ess.tracking sync`` uploads it afterwards (twice: the
-  second time there is nothing left).
+- restarted before the last epoch: the driver notices at a later checkpoint and brings the run up to date;
+- still down when the run ends: ``python -m ess.adapters.mlflow sync EXPERIMENT_DIR`` does it afterwards
+  (twice: the second time there is nothing left to send).
 
 Each test checks that every finished epoch's metrics (every key, every step) and genotype files are
-in the server exactly once, that the final checkpoint is there, and that the user was told exactly
-once per run that the server was unreachable (and once that it was back).
+in the server exactly once, that the final checkpoint is there, that the system metrics sampled during
+the outage are there (they used to be lost), and that the user was told exactly once that the server
+was unreachable (and once that it was back).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import dataclasses
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,16 +32,13 @@ from pathlib import Path
 
 import pytest
 
+from ess.adapters.mlflow import PARENT_TAG, numeric_metrics
+from ess.adapters.mlflow.system import SystemSampler
+from ess.adapters.ray.grid import trial_identity
+from ess.adapters.ray.resync import LocalCheckpoint, sync_directory
+from ess.adapters.ray.tracking import ExperimentRuns
+from ess.config import config_to_dict
 from ess.search import PRESETS, SearchConfig, search
-from ess.tracking import (
-    PARENT_TAG,
-    flat_params,
-    get_or_create_experiment,
-    numeric_metrics,
-    start_parent_run,
-    start_trial_run,
-    sync,
-)
 
 from conftest import requires_ptb
 
@@ -49,11 +49,12 @@ pytestmark = [requires_ptb, pytest.mark.slow]
 
 DATA_DIR = os.environ.get("ESS_DATA_DIR")
 #: four epochs of a toy joint search: about a second each on 2 idle cores
-CFG = SearchConfig(**{**PRESETS["smoke"], "emsize": 16, "nhid": 16, "steps": 3, "n_inter": 2, "m": 2,
-                      "batch_size": 8, "max_train_tokens": 1_200, "max_eval_tokens": 400, "epochs": 4,
-                      "draw": False, "progress": False, "data_dir": DATA_DIR})
+CFG = SearchConfig(**{**PRESETS["smoke"], "max_train_tokens": 1_200, "max_eval_tokens": 400, "epochs": 4,
+                      "draw": False, "data_dir": DATA_DIR})
 HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
             "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+TRIAL = "t_00000"
+SYSTEM_KEY = "system/cpu_utilization_percentage"
 
 
 def free_port() -> int:
@@ -128,7 +129,6 @@ def server(server_root, monkeypatch):
     for key, value in HTTP_ENV.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("ESS_TRACKING_RETRY_S", "0.5")
-    monkeypatch.delenv("ESS_TRACKING_SPOOL", raising=False)
     srv = Server(server_root)
     try:
         yield srv
@@ -137,39 +137,59 @@ def server(server_root, monkeypatch):
 
 
 def run_search(tmp_path: Path, server: Server, experiment: str, *, restart_after: int | None):
-    """A real search logged like ``ess.tune``'s trainable; the server dies after epoch 1's records."""
-    spool = tmp_path / "spool"
-    cfg = dataclasses.replace(CFG, run_dir=str(tmp_path / "search"))
-    search_dir = Path(cfg.run_dir)
-    parent = start_parent_run(server.uri, experiment, "outage", tags={"job": "test"}, spool_dir=spool)
-    experiment_id = get_or_create_experiment(server.uri, experiment)
-    trial = start_trial_run(server.uri, experiment_id, parent.run_id, "t_00000", run_name="joint_s3",
-                            tags={"mode": cfg.mode, "seed": cfg.seed}, params=flat_params(dataclasses.asdict(cfg)),
-                            system_metrics=False, spool_dir=spool)
+    """A real search shown the way a Tune job shows it; the server dies after epoch 1 has been shown."""
+    exp, run = tmp_path / "exp", tmp_path / "run"
+    trial_dir = exp / "search" / f"joint_s3_{TRIAL}"
+    trial_dir.mkdir(parents=True)
+    (exp / "job.yaml").write_text(f"job: joint_search\nname: outage\nexperiment: {experiment}\n"
+                                  f"tracking_uri: {server.uri}\n")
+    cfg = dataclasses.replace(CFG, run_dir=str(run / "search"))
+    config = {"ess": {"job": "joint_search", "experiment_name": "outage", "mlflow_experiment": experiment,
+                      "search": config_to_dict(cfg), "train": None}, "variant": {"mode": "joint", "seed": 3}}
+    (trial_dir / "params.json").write_text(json.dumps(config))
+    run.mkdir()
+    (run / "trial.json").write_text(json.dumps({**trial_identity(config, TRIAL, f"joint_s3_{TRIAL}"),
+                                                "started": time.time()}))
+    runs = ExperimentRuns(server.uri, experiment, "outage", str(exp))
+    runs.open_parent(tags={"job": "test"}, params={}, resume=False)
+    runs.started(TRIAL, config, f"joint_s3_{TRIAL}")
+    outage: dict[str, float] = {}
+
+    def report(epoch: int) -> None:   # what tune.report with a checkpoint does, then the driver's callback
+        copy = trial_dir / f"checkpoint_{epoch:06d}"
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(run, copy)
+        with open(trial_dir / "result.json", "a") as f:
+            f.write(json.dumps({"epoch": epoch, "trial_id": TRIAL}) + "\n")
+        runs.checkpoint(TRIAL, LocalCheckpoint(copy))
 
     def on_epoch(rep):
-        trial.log_metrics(rep.metrics, step=rep.epoch)
-        for key, path in rep.artifacts.items():
-            trial.log_artifact(path, "genotypes" if key in ("genotype", "picture") else "arch_weights")
-        trial.log_artifact(search_dir / "arch_weights.json")
+        report(rep.epoch)
         if rep.epoch == 1:
             server.stop()
+            outage["start"] = time.time() * 1000
+            time.sleep(1.0)                 # system samples taken while the server is down
         if restart_after is not None and rep.epoch == restart_after:
+            outage["end"] = time.time() * 1000
             server.start()
 
+    sampler = SystemSampler(run, 0.2, time.time()).start()
     result = search(cfg, on_epoch=on_epoch)
-    for name in ("genotype.json", "metrics.jsonl"):
-        trial.log_artifact(search_dir / name)
-    trial.log_artifact(search_dir / "checkpoint.pt", "model")
-    trial.set_tags({"ess.genotype": result.genotype.to_json(None)})
-    trial.finish("FINISHED")
-    parent.log_metrics({"trials": 1})
-    parent.finish("FINISHED")
-    return result, parent, trial, search_dir, spool
+    sampler.stop()
+    report(cfg.epochs + 1)                # the last checkpoint: what the run directory holds at the end
+    outage.setdefault("end", time.time() * 1000)
+    (exp / "search" / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps(
+        {"trial_data": [[json.dumps({"trial_id": TRIAL, "status": "TERMINATED"}), "{}"]]}))
+    runs.ended(TRIAL, "FINISHED")
+    runs.log_parent(metrics={"trials": 1}, status="FINISHED")
+    runs.end()
+    return result, runs, run / "search", exp, outage
 
 
-def check_server_has_everything(uri: str, experiment: str, result, search_dir: Path, tmp_path: Path) -> str:
-    """Every epoch's metrics once, every genotype file, the final checkpoint; returns the trial run id."""
+def check_server_has_everything(uri: str, experiment: str, result, search_dir: Path, tmp_path: Path,
+                                outage: dict[str, float]) -> str:
+    """Every epoch's metrics once, every genotype file, the final checkpoint, the system samples taken
+    during the outage; returns the trial run id."""
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id])
@@ -201,46 +221,47 @@ def check_server_has_everything(uri: str, experiment: str, result, search_dir: P
     assert {"genotype.json", "metrics.jsonl", "arch_weights.json", "model"} <= top
     model = {f.path: f.file_size for f in client.list_artifacts(run.info.run_id, "model")}
     assert model == {"model/checkpoint.pt": (search_dir / "checkpoint.pt").stat().st_size}
+    samples = client.get_metric_history(run.info.run_id, SYSTEM_KEY)
+    assert [m for m in samples if outage["start"] < m.timestamp < outage["end"]], "system metrics of the outage"
+    steps = [m.step for m in samples]
+    assert len(steps) == len(set(steps))                # once each
     return run.info.run_id
 
 
-def messages(err: str, label: str) -> tuple[int, int]:
-    lines = [x for x in err.splitlines() if x.startswith("ess: MLflow at ") and f"run {label} " in x]
-    return sum("is unreachable" in x for x in lines), sum("is back: uploaded" in x for x in lines)
+def messages(err: str) -> tuple[int, int, int]:
+    lines = [x for x in err.splitlines() if x.startswith("ess: MLflow at ")]
+    return (sum("is unreachable" in x for x in lines), sum("is back:" in x for x in lines),
+            sum("is still unreachable" in x for x in lines))
 
 
 def test_server_killed_after_epoch_1_and_restarted_before_the_last(server, tmp_path, capfd):
     server.start()
-    result, parent, trial, search_dir, spool = run_search(tmp_path, server, "ess-outage-restart", restart_after=3)
+    result, runs, search_dir, exp, outage = run_search(tmp_path, server, "ess-outage-restart", restart_after=3)
     assert len(result.rows) == CFG.epochs                          # training went on through the outage
     err = capfd.readouterr().err
-    assert messages(err, "joint_s3") == (1, 1), err                # told once each way
-    assert messages(err, "outage") == (0, 0)                       # the parent logged nothing while it was down
-    assert trial.outages == 1 and not trial.offline
-    assert trial.spooled == 2 * 4 + 1          # epochs 2 and 3 (metrics + 3 files each), epoch 4's metrics
-    assert not list(spool.glob("*.jsonl")) and not list(spool.glob("*.files"))
-    check_server_has_everything(server.uri, "ess-outage-restart", result, search_dir, tmp_path)
+    assert messages(err) == (1, 1, 0), err                         # told once each way
+    assert not runs.down
+    check_server_has_everything(server.uri, "ess-outage-restart", result, search_dir, tmp_path, outage)
 
 
-def test_server_down_until_after_the_run_then_sync_uploads_everything(server, tmp_path, capfd):
+def test_server_down_until_after_the_run_then_sync_shows_everything(server, tmp_path, capfd):
     server.start()
-    result, parent, trial, search_dir, spool = run_search(tmp_path, server, "ess-outage-sync", restart_after=None)
+    result, runs, search_dir, exp, outage = run_search(tmp_path, server, "ess-outage-sync", restart_after=None)
     assert len(result.rows) == CFG.epochs
     err = capfd.readouterr().err
-    assert messages(err, "joint_s3") == (1, 0), err
-    assert messages(err, "outage") == (1, 0), err                  # the parent's finish found it down too
-    assert trial.offline and trial.spooled == 3 * 4 + 5             # epochs 2-4, final files, tags, status
-    assert parent.offline and parent.spooled == 2                   # its summary metric and status
-    assert len(list(spool.glob("*.jsonl"))) == 2
+    assert messages(err) == (1, 0, 1), err                         # down, and still down at the end: how to sync
+    assert f"python -m ess.adapters.mlflow sync {exp}" in err
     said: list[str] = []
-    assert sync(spool, echo=said.append) == 2                      # still down: both files stay, untouched
-    assert len(said) == 2 and all("is unreachable" in x for x in said) and len(list(spool.glob("*.jsonl"))) == 2
+    assert not sync_directory(exp, say=said.append)                # still down: nothing changes, one line
+    assert len(said) == 1 and "is unreachable" in said[0]
     server.start()
-    up = subprocess.run([sys.executable, "-m", "ess.tracking", "sync", "--spool", str(spool)],
-                        capture_output=True, text=True, timeout=120)
+    up = subprocess.run([sys.executable, "-m", "ess.adapters.mlflow", "sync", str(exp)],
+                        capture_output=True, text=True, timeout=300)
     assert up.returncode == 0, up.stderr
-    assert "joint_s3: uploaded 17 records" in up.stdout and "outage: uploaded 2 records" in up.stdout, up.stdout
-    run_id = check_server_has_everything(server.uri, "ess-outage-sync", result, search_dir, tmp_path)
-    again: list[str] = []
-    assert sync(spool, echo=again.append) == 0 and again == [f"nothing to upload in {spool.resolve()}"]
-    assert len(MlflowClient(server.uri).get_metric_history(run_id, "valid/ppl")) == CFG.epochs
+    assert up.stdout.strip() == f"outage: 1 trial runs and the parent run are up to date in {server.uri}", up.stdout
+    run_id = check_server_has_everything(server.uri, "ess-outage-sync", result, search_dir, tmp_path, outage)
+    before = {key: len(MlflowClient(server.uri).get_metric_history(run_id, key))
+              for key in MlflowClient(server.uri).get_run(run_id).data.metrics}
+    assert sync_directory(exp, say=lambda line: None)               # again: nothing left to send
+    after = {key: len(MlflowClient(server.uri).get_metric_history(run_id, key)) for key in before}
+    assert after == before and after["valid/ppl"] == CFG.epochs

@@ -519,3 +519,20 @@ def test_cli_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
         assert captured.out == ""
         assert len(captured.err.splitlines()) == 1 and captured.err.startswith("error: ")
     assert not (tmp_path / "x.pdf").exists()
+
+
+def test_load_genotype_is_the_one_resolver_of_every_reference(tmp_path):
+    """An ESSGenotype, a built-in name in any case, JSON text or a file: one function, one case rule."""
+    from ess.space.genotype import builtin_name
+
+    genotype = ESSGenotype(DARTS_V2.intra, history=InterGenotype(2, (InterNode(Edge("relu", 0), Edge("tanh", 1)),)))
+    assert load_genotype(genotype) is genotype
+    for name in ("DARTS_V2", "darts_v2", " Darts_V2 "):
+        assert builtin_name(name) == "DARTS_V2" and load_genotype(name) == DARTS_V2
+    assert builtin_name("my_cell.json") is None and builtin_name(genotype) is None
+    assert load_genotype(genotype.to_json()) == genotype and load_genotype("  " + genotype.to_json(None)) == genotype
+    assert load_genotype(save_genotype(genotype, tmp_path / "g.json")) == genotype
+    with pytest.raises(GenotypeError, match=r"^genotype JSON text: not valid JSON"):
+        load_genotype('{"intra": ')
+    with pytest.raises(GenotypeError, match=r"no such genotype file and not a built-in"):
+        load_genotype("DARTS_V9")

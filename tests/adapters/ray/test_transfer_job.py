@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
 
 import pytest
 
-from conftest import DATA_DIR
+from conftest import DATA_DIR, load_job
 
 HAS_CONLL2003 = bool(DATA_DIR) and all((Path(DATA_DIR) / "conll2003" / f"{s}.txt").is_file()
                                        for s in ("train", "valid", "test"))
@@ -20,17 +21,21 @@ def test_transfer_smoke_job_compares_cells_in_mlflow(tmp_path, capsys, monkeypat
     import ray
     from mlflow import MlflowClient
 
-    from ess.tune import job_base, job_main, transfer_variants
+    from ess.adapters.ray.config import job_base
+    from ess.adapters.ray.grid import transfer_variants
+    from ess.transfer import PRESETS, TransferConfig
 
     monkeypatch.setenv("ESS_DATA_DIR", DATA_DIR)
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     smoke = job_base("transfer", "smoke")
-    assert smoke.cells == ("lstm", "DARTS_V2") and smoke.seeds == (1,) and smoke.transfer_preset == "smoke"
+    assert smoke.cells == ("lstm", "DARTS_V2") and smoke.seeds == (1,)
+    assert smoke.transfer == dataclasses.replace(TransferConfig(**PRESETS["smoke"]), **{
+        k: getattr(smoke.transfer, k) for k in ("task", "run_dir", "threads", "progress", "data_dir")})
     assert len(transfer_variants(smoke, smoke.cells)) == 2
     argv = ["--smoke-test", "--storage-path", str(tmp_path / "tune"), "--tracking-uri", store, "--name", "tt",
             "--data-dir", DATA_DIR, "--num-cpus", "2", "--no-system-metrics"]
     try:
-        assert job_main("transfer", argv) == 0
+        assert load_job("transfer").main(argv) == 0
     finally:
         ray.shutdown()
         os.environ.pop("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", None)
@@ -58,7 +63,8 @@ def test_transfer_smoke_job_compares_cells_in_mlflow(tmp_path, capsys, monkeypat
     assert {c.data.tags["cell"] for c in children} == {"lstm", "DARTS_V2"}
     for c in children:
         assert c.data.tags["task"] == "conll2003" and c.data.tags["seed"] == "1" and c.data.tags.get("git_commit")
-        assert {m.step for m in client.get_metric_history(c.info.run_id, "dev/f1")} == {1, 2}
+        epochs = set(range(1, smoke.transfer.epochs + 1))   # the TransferConfig smoke preset's
+        assert {m.step for m in client.get_metric_history(c.info.run_id, "dev/f1")} == epochs
         assert len(client.get_metric_history(c.info.run_id, "train/loss")) >= 2
         assert "test/f1" in c.data.metrics
         assert "transfer" in {f.path for f in client.list_artifacts(c.info.run_id)}

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DATA_DIR, requires_ptb
+from conftest import DATA_DIR, load_job, requires_ptb
 
 pytestmark = [requires_ptb, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _client(store: str):
@@ -43,6 +43,13 @@ def _artifacts(store: str, run_id: str, path: str | None = None) -> set[str]:
 
 def _history(store: str, run_id: str, key: str) -> list[int]:
     return sorted(m.step for m in _client(store).get_metric_history(run_id, key))
+
+
+def _each_point_once(store: str, run) -> None:
+    """Every (key, step) of a run is in MLflow once (gap: retrains logged retrain/epoch twice at step 1)."""
+    for key in run.data.metrics:
+        steps = _history(store, run.info.run_id, key)
+        assert len(steps) == len(set(steps)), (run.info.run_name, key, steps)
 
 
 # -- Tuner.restore with Optuna: run first (a subprocess of its own, before this module starts Ray) ---------
@@ -112,8 +119,6 @@ def local_ray():
 
 @pytest.fixture(scope="module")
 def joint(local_ray, tmp_path_factory):
-    from ess.tune import job_main
-
     tmp = tmp_path_factory.mktemp("joint")
     store = f"sqlite:///{tmp / 'mlflow.db'}"
     argv = ["--smoke-test", "--storage-path", str(tmp / "tune"), "--tracking-uri", store, "--name", "smoke",
@@ -121,7 +126,7 @@ def joint(local_ray, tmp_path_factory):
     start = time.perf_counter()
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        rc = job_main("joint_search", argv)
+        rc = load_job("joint_search").main(argv)
     return {"rc": rc, "tmp": tmp, "store": store, "seconds": time.perf_counter() - start, "out": out.getvalue()}
 
 
@@ -158,8 +163,11 @@ def test_joint_search_smoke(joint):
         assert run.data.params["search.emsize"] == "16" and run.data.params["search.mode"] == "joint"
         if importlib.util.find_spec("psutil"):                                                # system metrics
             assert "system/cpu_utilization_percentage" in run.data.metrics
+    for run in children:
+        _each_point_once(store, run)
     rid = retrain[0].info.run_id
-    assert _history(store, rid, "retrain/valid/ppl") == [1] and "retrain/test/ppl" in retrain[0].data.metrics
+    assert _history(store, rid, "retrain/valid/ppl") == [1, 2]   # TrainConfig smoke: 2 epochs
+    assert "retrain/test/ppl" in retrain[0].data.metrics
     assert "model/best.pt" in _artifacts(store, rid, "model")
     assert {"summary.json", "job.yaml", "best_genotype.json"} <= _artifacts(store, parent.info.run_id)
 
@@ -171,13 +179,11 @@ def test_joint_search_smoke(joint):
 
 def test_retrain_job_takes_the_best_runs_of_an_experiment(joint, capsys):
     """retrain.py with --source-experiment (the joint smoke's MLflow store) and a built-in genotype."""
-    from ess.tune import job_main
-
     tmp, store = joint["tmp"], joint["store"]
     argv = ["--smoke-test", "--storage-path", str(tmp / "tune"), "--tracking-uri", store, "--name", "re",
             "--data-dir", DATA_DIR, "--source-experiment", "ess-joint_search", "--source-run", "smoke",
             "--top-k", "1", "--genotypes", "DARTS_V2"]
-    assert job_main("retrain", argv) == 0
+    assert load_job("retrain").main(argv) == 0
     summary = json.loads((tmp / "tune" / "re" / "summary.json").read_text())
     labels = {r["label"] for r in summary["retrained"]}
     joint_best = min(json.loads((tmp / "tune" / "smoke" / "summary.json").read_text())["searched"],
@@ -190,11 +196,9 @@ def test_retrain_job_takes_the_best_runs_of_an_experiment(joint, capsys):
 
 
 def test_ablation_smoke(local_ray, tmp_path, capsys):
-    from ess.tune import job_main
-
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     start = time.perf_counter()
-    rc = job_main("ablation", ["--smoke-test", "--storage-path", str(tmp_path / "tune"), "--tracking-uri", store,
+    rc = load_job("ablation").main(["--smoke-test", "--storage-path", str(tmp_path / "tune"), "--tracking-uri", store,
                                "--name", "abl", "--data-dir", DATA_DIR])
     seconds = time.perf_counter() - start
     assert rc == 0
@@ -211,9 +215,10 @@ def test_ablation_smoke(local_ray, tmp_path, capsys):
     assert keys[0] == keys[1] == keys[2]                      # same metric names: comparable side by side
     assert {"valid/ppl", "retrain/valid/best_ppl", "retrain/test/ppl"} <= keys[0]
     for c in children:
+        _each_point_once(store, c)
         assert c.info.status == "FINISHED" and c.data.tags["ess.phase"] == "search+retrain"
         assert _history(store, c.info.run_id, "valid/ppl") == [1, 2]
-        assert _history(store, c.info.run_id, "retrain/valid/ppl") == [1]
+        assert _history(store, c.info.run_id, "retrain/valid/ppl") == [1, 2]   # TrainConfig smoke: 2 epochs
         assert {"genotypes/epoch_001.json", "genotypes/epoch_002.png"} <= _artifacts(store, c.info.run_id, "genotypes")
         assert {"model/checkpoint.pt", "model/best.pt"} <= _artifacts(store, c.info.run_id, "model")
         assert {"steps", "n_inter", "m", "seed", "dataset"} <= set(c.data.tags)

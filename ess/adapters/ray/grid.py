@@ -1,0 +1,147 @@
+"""What varies between trials: the grids of variants, the hparam space, the names trials get."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
+
+from ess.adapters.ray.config import DEFAULT_SPACE, INTER_KNOBS, INTRA_KNOBS, JobConfig
+from ess.config import config_from_mapping, config_to_dict
+from ess.search.config import SearchConfig
+from ess.supernet import MODES
+from ess.train import TrainConfig
+from ess.transfer import TransferConfig
+
+C = TypeVar("C")
+
+
+def trial_config(base: C, variant: Mapping[str, Any], source: str) -> C:
+    """``base`` (a run config) with the variant's values of its own fields: the one place a trial's
+    grid values or tuned samples become its typed config."""
+    names = {f.name for f in dataclasses.fields(base)}
+    return config_from_mapping(type(base), {k: v for k, v in variant.items() if k in names}, source, base=base)
+
+
+def transfer_variants(job: JobConfig, cells: Sequence[str]) -> list[dict[str, Any]]:
+    """The grid task x cell x seed, one dict per trial (``cell_label`` names a cell of the job spec)."""
+    return [{"task": task, "cell_label": cell, "seed": seed} for task in job.tasks for cell in cells
+            for seed in job.seeds]
+
+
+def search_variants(job: JobConfig, modes: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """The grid mode x seed x node counts, one dict per trial.
+
+    Counts a mode does not use collapse (intra mode fixes the inter cells to the identity, so
+    ``n_inter`` and ``m`` do not matter; inter mode fixes the intra cell, so ``steps`` does not),
+    which keeps the grid from running identical trials.
+    """
+    base = {"steps": job.search.steps, "n_inter": job.search.n_inter, "m": job.search.m}
+    variants, seen = [], set()
+    for mode in modes or job.modes:
+        searched = MODES[mode]
+        for seed in job.seeds:
+            for steps in job.steps or (base["steps"],):
+                for n_inter in job.n_inter or (base["n_inter"],):
+                    for m in job.m or (base["m"],):
+                        v = {"mode": mode, "seed": seed, "steps": steps, "n_inter": n_inter, "m": m}
+                        if not searched.searches_inter:
+                            v["n_inter"], v["m"] = (job.n_inter or (base["n_inter"],))[0], (job.m or (base["m"],))[0]
+                        if not searched.searches_intra:
+                            v["steps"] = (job.steps or (base["steps"],))[0]
+                        key = tuple(sorted(v.items()))
+                        if key not in seen:
+                            seen.add(key)
+                            variants.append(v)
+    return variants
+
+
+def variant_label(v: Mapping[str, Any]) -> str:
+    if "genotype_label" in v:
+        return f"retrain_{v['genotype_label']}"
+    if "cell_label" in v:
+        return f"{v.get('task')}_{v['cell_label']}_s{v.get('seed')}"
+    parts = [str(v.get("mode", "search")), f"s{v.get('seed')}"]
+    if "steps" in v:
+        parts.append(f"n{v['steps']}-{v.get('n_inter')}-{v.get('m')}")
+    if v.get("label"):
+        parts.append(str(v["label"]))
+    return "_".join(parts)
+
+
+def trial_name(trial: Any) -> str:
+    """Tune trial names from the variant (``joint_s3_n8-3-3``) instead of the whole dict."""
+    variant = trial.config.get("variant")
+    if isinstance(variant, Mapping):
+        return f"{variant_label(variant)}_{trial.trial_id}"
+    return f"{trial.trainable_name}_{trial.trial_id}"
+
+
+def variant_of(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial's own values: the ``variant`` dict of a grid plus the top-level keys a searcher tuned."""
+    return {**(config.get("variant") or {}), **{k: v for k, v in config.items() if k not in ("ess", "variant")}}
+
+
+def run_configs(config: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """The typed run configs of a trial, rebuilt from the plain mappings of its spec (``config['ess']``).
+
+    The search and the tagger take the trial's own values; a retraining takes them only in a
+    retrain-only trial (the seed of a search variant is the search's).
+    """
+    spec, variant = config["ess"], variant_of(config)
+    out: dict[str, Any] = {"search": None, "train": None, "transfer": None}
+    for key, cls in (("search", SearchConfig), ("train", TrainConfig), ("transfer", TransferConfig)):
+        if spec.get(key):
+            out[key] = config_from_mapping(cls, spec[key], f"{source}: {key}")
+            if key != "train" or not spec.get("search"):
+                out[key] = trial_config(out[key], variant, source)
+    return out
+
+
+def trial_identity(config: Mapping[str, Any], trial_id: str, trial_name: str,
+                   configs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Who a trial is, as its MLflow run names it: phase, run name and tags (mode, seed, node counts, labels)."""
+    from ess.adapters.mlflow.client import PHASE_TAG, config_tags
+
+    spec, variant = config["ess"], variant_of(config)
+    configs = configs or run_configs(config, f"trial {trial_name}")
+    if configs["search"] is not None:
+        phase = "search+retrain" if configs["train"] is not None else "search"
+        values = config_to_dict(configs["search"])
+        tags = {**config_tags(values), **{f"variant.{k}": v for k, v in variant.items() if k not in values}}
+        if not MODES[configs["search"].mode].searches_intra:   # its ``steps`` tag is moot: the intra cell is fixed
+            tags["ess.fixed_intra"] = configs["search"].intra_genotype
+        run_name = variant_label({**values, **variant})
+    elif configs["transfer"] is not None:
+        phase, cfg, label = "transfer", configs["transfer"], str(variant.get("cell_label"))
+        tags = {"task": cfg.task, "cell": label, "seed": str(cfg.seed),
+                **{f"source.{k}": v for k, v in (spec.get("cell_info", {}).get(label) or {}).items()}}
+        run_name = variant_label(variant)
+    else:
+        phase, label = "retrain", str(variant.get("genotype_label"))
+        values = {k: v for k, v in config_to_dict(configs["train"]).items() if k != "genotype"}
+        tags = {**config_tags(values), "genotype": label,
+                **{f"source.{k}": v for k, v in (spec.get("genotype_info", {}).get(label) or {}).items()}}
+        run_name = variant_label(variant)
+    tags.update({PHASE_TAG: phase, "job": spec.get("job"), "ray.trial_name": trial_name,
+                 "ray.experiment": spec.get("experiment_name")})
+    return {"trial_id": trial_id, "trial_name": trial_name, "experiment": spec.get("experiment_name"),
+            "mlflow_experiment": spec.get("mlflow_experiment"), "phase": phase, "run_name": run_name,
+            "tags": {k: str(v) for k, v in tags.items() if v is not None}}
+
+
+def tune_space(job: JobConfig) -> dict[str, Any]:
+    """``job.space`` (checked by JobConfig), or :data:`DEFAULT_SPACE` less the knobs the first mode fixes,
+    as Tune distributions."""
+    from ray import tune
+
+    searched = MODES[job.modes[0]]   # hparam_search runs the first mode
+    default = {k: v for k, v in DEFAULT_SPACE.items()   # no knobs the mode fixes (m, n_inter in intra mode)
+               if (searched.searches_inter or k not in INTER_KNOBS)
+               and (searched.searches_intra or k not in INTRA_KNOBS)}
+    return {name: tune.choice(list(spec[1])) if spec[0] == "choice" else getattr(tune, spec[0])(*spec[1:])
+            for name, spec in (job.space or default).items()}
+
+
+__all__ = ["run_configs", "search_variants", "transfer_variants", "trial_config", "trial_identity", "trial_name",
+           "tune_space", "variant_label", "variant_of"]

@@ -1,0 +1,210 @@
+"""What every job in ``tune_jobs/`` shares: its entry point, preflight checks, result rows, closing lines."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ess.adapters.ray.config import JobConfig, parse_job_args
+from ess.adapters.ray.experiment import Experiment, ExperimentInterrupted, check_resources, ray_session
+from ess.adapters.ray.grid import variant_label
+from ess.adapters.ray.storage import exists, is_uri, join, storage_root
+from ess.errors import DataError, ESSError
+
+Summary = dict[str, Any]
+
+
+# --------------------------------------------------------------------------------------------------
+# Before Ray starts
+
+
+def ensure_corpus(name: str, data_dir: str | None = None, *, url: str | None = None) -> Path:
+    """The corpus directory, downloading the corpus when its files are missing.
+
+    The download shows a progress bar and checks the sha256 (:func:`ess.data.download_corpus`);
+    offline, the one-line :class:`DataError` says where to put the files.
+    """
+    from ess.data import SPLITS, corpus_dir, download_corpus, get_spec, verify_corpus
+
+    spec = get_spec(name)
+    target = corpus_dir(name, data_dir).resolve()
+    missing = [spec.files[s] for s in SPLITS if not (target / spec.files[s]).is_file()]
+    if missing:
+        print(f"corpus {name!r} is missing from {target}: downloading it", file=sys.stderr, flush=True)
+        try:
+            download_corpus(name, data_dir, url=url)
+        except DataError as err:
+            raise DataError(f"{target}: corpus {name!r} is missing and could not be downloaded ({err}); "
+                            f"put {', '.join(spec.files[s] for s in SPLITS)} there "
+                            "(or set ESS_DATA_DIR / --data-dir)") from None
+    verify_corpus(name, data_dir)
+    return target
+
+
+def ensure_tasks(tasks: Sequence[str], data_dir: str | None = None) -> None:
+    """One-line DataError (before Ray starts) when a tagging task's files are missing."""
+    from ess.tagging.conll import get_task, task_paths
+
+    for task in tasks:
+        get_task(task)
+        missing = [str(p) for p in task_paths(task, data_dir).values() if not p.is_file()]
+        if missing:
+            raise DataError(f"task {task!r}: missing {', '.join(missing)} (set ESS_DATA_DIR / --data-dir)")
+
+
+@contextmanager
+def experiment(kind: str, job: JobConfig, *, resume: bool = False, corpus: bool = True) -> Iterator[Experiment]:
+    """The corpus checked, Ray up with room for a trial, the experiment opened (its parent run closed once)."""
+    if corpus:
+        ensure_corpus(job.dataset, job.data_dir or None)
+    with ray_session(job):
+        check_resources(job)
+        with Experiment(kind, job, resume=resume) as exp:
+            yield exp
+
+
+# --------------------------------------------------------------------------------------------------
+# After a stage
+
+
+def finite(value: Any) -> float:
+    """``value`` as a float for sorting: missing, non-numeric and non-finite values sort last."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return math.inf
+    return v if math.isfinite(v) else math.inf
+
+
+def _trial_error(error: BaseException | None, metrics: Mapping[str, Any]) -> str | None:
+    """Why a trial failed (an exception, or a divergence it reported), in one line; None when it did not."""
+    if error is not None:
+        return str(error).splitlines()[0][:300]
+    if metrics.get("diverged"):
+        return str(metrics.get("failure") or "diverged")[:300]
+    return None
+
+
+def rows(results: Any) -> list[dict[str, Any]]:
+    """One dict per trial of a ResultGrid: its variant, label, last metrics, checkpoint and error."""
+    out = []
+    for r in results:
+        config = r.config or {}
+        variant = {**(config.get("variant") or {}), **{k: v for k, v in config.items() if k not in ("ess", "variant")}}
+        metrics = dict(r.metrics or {})
+        out.append({"variant": variant, "label": variant_label(variant), "metrics": metrics,
+                    "node_id": metrics.get("node_id"),
+                    "checkpoint": r.checkpoint.path if r.checkpoint is not None else None,
+                    "trial_dir": r.path, "error": _trial_error(r.error, metrics)})
+    return out
+
+
+def succeeded(trials: list[dict[str, Any]], what: str) -> list[dict[str, Any]]:
+    """The trials that did not fail; every one failing is one line naming the first error."""
+    ok = [r for r in trials if r["error"] is None]
+    if not ok:
+        first = next((r["error"] for r in trials if r["error"]), "no trial reported")
+        raise ESSError(f"all {len(trials)} {what} trials failed; first error: {first}")
+    return ok
+
+
+def artifact_files(checkpoint: str | None, sub: str) -> dict[str, str]:
+    """Where a trial's genotype, pictures, weight tables and model are, in its last checkpoint."""
+    if checkpoint is None:
+        return {}
+    base = join(checkpoint, sub)
+    names = ("genotype.json", "genotype.png", "genotype.svg", "arch_weights.json", "checkpoint.pt", "best.pt",
+             "final.json")
+    found = {n: join(base, n) for n in names if exists(join(base, n))}
+    if "genotype.png" not in found and not is_uri(base):   # the checkpoint of the last epoch holds its picture
+        pictures = sorted(Path(base, "genotypes").glob("epoch_*.png"))
+        if pictures:
+            found["genotype.png"] = str(pictures[-1])
+    return found
+
+
+# --------------------------------------------------------------------------------------------------
+# The console
+
+
+def describe(genotype: str | None) -> str:
+    """A genotype of a summary (a built-in name or JSON text) in a few lines; other text stays as it is."""
+    from ess.space.genotype import load_genotype
+
+    if not genotype:
+        return "(none)"
+    try:
+        return load_genotype(genotype).describe()
+    except ESSError:
+        return genotype
+
+
+def print_best(summary: Summary, out=None) -> None:
+    """The best genotype of a summary, its perplexities and where its files are."""
+    w = _writer(out)
+    best = summary.get("best")
+    if not best:
+        return
+    from ess.space.genotype import builtin_name
+
+    w(f"best genotype: {best['label']}")
+    w("  " + describe(best.get("genotype")).replace("\n", "\n  "))
+    if best.get("genotype") and not builtin_name(best["genotype"]):
+        w("  " + best["genotype"])
+    ppl = [f"search valid ppl {best['valid_ppl']:.2f}" if best.get("valid_ppl") is not None else None,
+           f"retrain valid ppl {best['retrain_valid_ppl']:.2f}" if best.get("retrain_valid_ppl") else None,
+           f"retrain test ppl {best['retrain_test_ppl']:.2f}" if best.get("retrain_test_ppl") else None]
+    w("  " + ", ".join(p for p in ppl if p))
+    w(f"artifacts: {best.get('checkpoint')}")
+    for name, path in (best.get("artifacts") or {}).items():
+        w(f"  {name}: {path}")
+
+
+def _writer(out) -> Callable[..., None]:
+    out = out or sys.stdout
+    return lambda s="": print(s, file=out)
+
+
+def print_footer(summary: Summary, out=None) -> None:
+    """Where the experiment is, and how to open its MLflow runs."""
+    from ess.adapters.mlflow import ui_hint
+
+    w = _writer(out)
+    w(f"experiment: {summary['experiment_dir']} (summary.json, job.yaml)")
+    if summary.get("tracking_uri"):
+        w(f"MLflow: experiment {summary['mlflow_experiment']!r}, parent run {summary['parent_run_id']}")
+    w(ui_hint(summary.get("tracking_uri")))
+
+
+def main(kind: str, run: Callable[..., Summary], report: Callable[[Summary], None], argv: list[str] | None = None,
+         *, description: str | None = None) -> int:
+    """A job's command line: parse, run, print its ``report`` and the footer; an ESSError is one line."""
+    from ess.cli import run_main
+
+    @run_main
+    def _main(argv: list[str] | None) -> int:
+        cfg, args = parse_job_args(kind, argv, description=description)
+        start = time.perf_counter()
+        print(f"{kind}: experiment {cfg.name!r} in {join(storage_root(cfg.storage_path), cfg.name)}"
+              f"{' (resuming)' if args.resume else ''}", flush=True)
+        try:
+            summary = run(cfg, resume=args.resume)
+        except ExperimentInterrupted as err:
+            print(f"interrupted: {err}", file=sys.stderr, flush=True)
+            return 130
+        print(f"\n== {kind} {summary['name']} finished ==")
+        report(summary)
+        print_footer(summary)
+        print(f"wall time: {time.perf_counter() - start:.1f} s", flush=True)
+        return 0
+
+    return _main(argv)
+
+
+__all__ = ["artifact_files", "describe", "ensure_corpus", "ensure_tasks", "experiment", "finite", "main",
+           "print_best", "print_footer", "rows", "succeeded"]
