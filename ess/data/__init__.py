@@ -1,8 +1,11 @@
-"""Language-model corpora (PTB, WikiText-2, user-registered ones) and BPTT batching.
+"""Language-model corpora (PTB, WikiText-2, generated planted-structure ones, user-registered ones)
+and BPTT batching.
 
 Loading follows the AWD-LSTM/DARTS ``data.py`` conventions; see :mod:`ess.data.corpus` for the
-tokenisation and validation rules and :mod:`ess.data.batching` for the batch layout.
-``python -m ess.data`` lists, downloads, verifies and counts corpora.
+tokenisation and validation rules, :mod:`ess.data.batching` for the batch layout and
+:mod:`ess.data.planted` for the generated corpora with a known perplexity floor (``planted``,
+``planted-k3``, ``planted-k4``). ``python -m ess.data`` lists, downloads, generates, verifies and counts
+corpora.
 """
 
 from ess.data.batching import BPTTIterator, batchify, get_batch, num_tokens
@@ -17,6 +20,8 @@ from ess.data.corpus import (
     Vocabulary,
     clear_corpus_cache,
     corpus_dir,
+    ensure_generated,
+    generated_root,
     get_spec,
     load_corpus,
     register_corpus,
@@ -26,6 +31,9 @@ from ess.data.corpus import (
     verify_corpus,
 )
 from ess.data.download import download_corpus
+from ess.data.planted import PlantedParams, planted_spec, register_planted
+
+register_planted()
 
 __all__ = [
     "CORPORA",
@@ -36,15 +44,19 @@ __all__ = [
     "Corpus",
     "CorpusSpec",
     "DownloadSpec",
+    "PlantedParams",
     "Vocabulary",
     "batchify",
     "clear_corpus_cache",
     "corpus_dir",
     "download_corpus",
+    "ensure_generated",
+    "generated_root",
     "get_batch",
     "get_spec",
     "load_corpus",
     "num_tokens",
+    "planted_spec",
     "register_corpus",
     "resolve_data_dir",
     "tokenize",

@@ -9,17 +9,32 @@ and WikiText-2 the two rules give the same ids because their valid/test sets hav
 
 Every problem with a file (missing, empty, not UTF-8, truncated, wrong checksum) is raised as a
 :class:`~ess.errors.DataError` whose one-line message starts with the file's full path.
+
+A *generated* corpus (a spec with a ``generator``, e.g. :mod:`ess.data.planted`) is never downloaded and
+never written into the data directory: it lives in ``$ESS_GENERATED_DIR``, else
+``$XDG_CACHE_HOME/ess/corpora`` (``~/.cache/ess/corpora``), as ``<name>-<fingerprint>/`` (the
+fingerprint hashes the generator's parameters), whatever ``data_dir`` says. :func:`load_corpus` and
+:func:`verify_corpus` generate it on first use, in a temporary directory renamed into place, so
+concurrent first uses never see a partial corpus (each may generate; the first rename wins, the
+others discard their identical copy). The generator's manifest records each split's size and sha256,
+which are then checked like a registered corpus's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import os
+import shutil
+import sys
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -31,6 +46,7 @@ UNK = "<unk>"
 SPLITS = ("train", "valid", "test")
 DATA_DIR_ENV = "ESS_DATA_DIR"
 DEFAULT_DATA_DIR = "data"
+GENERATED_DIR_ENV = "ESS_GENERATED_DIR"
 
 
 def one_line(text: object) -> str:
@@ -51,11 +67,29 @@ class DownloadSpec:
     sha256: str | None = None
 
 
+class CorpusGenerator(Protocol):
+    """What a generated corpus's spec carries (value-comparable, e.g. a frozen dataclass of parameters).
+
+    ``generate(out, name)`` writes the split files and the manifest into the existing empty directory
+    ``out``; the manifest (JSON, file name ``manifest``) holds at least ``fingerprint``, ``bytes`` and
+    ``sha256`` (per split); ``summary(manifest)`` is a one-line description for the user.
+    """
+
+    manifest: str
+
+    def fingerprint(self) -> str: ...
+
+    def generate(self, out: Path, name: str) -> Mapping[str, Any]: ...
+
+    def summary(self, manifest: Mapping[str, Any]) -> str: ...
+
+
 @dataclass(frozen=True)
 class CorpusSpec:
     """A registered corpus: the file of each split and, when known, its byte size and sha256.
 
     ``sizes``/``sha256`` may be None as a whole or per split; only known values are checked.
+    A spec with a ``generator`` is generated on first use (see the module docstring), not downloaded.
     """
 
     name: str
@@ -63,6 +97,7 @@ class CorpusSpec:
     sizes: Mapping[str, int | None] | None = None
     sha256: Mapping[str, str | None] | None = None
     download: DownloadSpec | None = None
+    generator: CorpusGenerator | None = None
 
     def __post_init__(self) -> None:
         missing = [s for s in SPLITS if s not in self.files]
@@ -74,6 +109,8 @@ class CorpusSpec:
             absent = [s for s in SPLITS if s not in self.download.members]
             if absent:
                 raise ValueError(f"download spec of {self.name!r} lacks members for {', '.join(absent)}")
+        if self.download is not None and self.generator is not None:
+            raise ValueError(f"corpus spec {self.name!r} is either downloaded or generated, not both")
 
     def size(self, split: str) -> int | None:
         return None if self.sizes is None else self.sizes.get(split)
@@ -152,9 +189,128 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     return Path(data_dir).expanduser()
 
 
+def generated_root() -> Path:
+    """Where generated corpora live: ``$ESS_GENERATED_DIR``, else ``$XDG_CACHE_HOME/ess/corpora``
+    (``~/.cache/ess/corpora``). Never the data directory, which may be read-only and shared."""
+    explicit = os.environ.get(GENERATED_DIR_ENV)
+    if explicit:
+        return Path(explicit).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache).expanduser() / "ess" / "corpora"
+
+
 def corpus_dir(name: str, data_dir: str | os.PathLike | None = None) -> Path:
-    """``<data_dir>/<name>``, the directory holding the split files of corpus ``name``."""
+    """``<data_dir>/<name>``, the directory holding the split files of corpus ``name``.
+
+    For a generated corpus: ``<generated_root()>/<name>-<fingerprint>``, whatever ``data_dir``.
+    Nothing is generated here.
+    """
+    spec = CORPORA.get(name)
+    if spec is not None and spec.generator is not None:
+        return generated_root() / f"{name}-{spec.generator.fingerprint()}"
     return resolve_data_dir(data_dir) / name
+
+
+# --------------------------------------------------------------------------- generated corpora
+
+
+def read_manifest(generator: CorpusGenerator, root: Path) -> dict[str, Any]:
+    """The manifest of a generated corpus in ``root``; a :class:`DataError` if unreadable or of other parameters."""
+    path = Path(root) / generator.manifest
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        sizes, digests, fingerprint = manifest["bytes"], manifest["sha256"], manifest["fingerprint"]
+        if not all(isinstance(sizes[s], int) and isinstance(digests[s], str) for s in SPLITS):
+            raise ValueError("bad bytes/sha256 entries")
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file; {root} is not a complete generated corpus (delete it to "
+                        "regenerate)") from None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        reason = one_line(getattr(err, "strerror", None) or err) or type(err).__name__
+        raise DataError(f"{path}: unreadable manifest of a generated corpus ({reason}); delete {root} to "
+                        "regenerate it") from None
+    if fingerprint != generator.fingerprint():
+        raise DataError(f"{path}: generated with other parameters (fingerprint {fingerprint}, expected "
+                        f"{generator.fingerprint()}); delete {root} or choose another directory")
+    return manifest
+
+
+def write_generated(generator: CorpusGenerator, name: str, target: str | os.PathLike) -> bool:
+    """Generate a corpus into ``target`` atomically; False (and nothing done) if it is already there.
+
+    The files are written into a fresh temporary directory beside ``target``, which is then renamed to
+    ``target``: another process sees either nothing or the complete corpus. When two processes race,
+    the loser's rename fails, it finds the winner's manifest and drops its own copy.
+    """
+    target = Path(target)
+    if (target / generator.manifest).is_file():
+        read_manifest(generator, target)  # refuse a directory generated with other parameters
+        return False
+    parent = target.parent
+    hint = f"set ${GENERATED_DIR_ENV} to a writable directory"
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(f"{parent}: cannot create the directory for generated corpus {name!r} "
+                        f"({one_line(err.strerror or err)}); {hint}") from None
+    tmp = parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir()
+        generator.generate(tmp, name)
+        _fsync_dir(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if (target / generator.manifest).is_file():  # another process won the race
+                read_manifest(generator, target)
+                return False
+            if target.exists():
+                raise DataError(f"{target}: exists and is not a generated corpus; remove it or choose "
+                                "another directory") from None
+            raise
+        _fsync_dir(parent)
+        return True
+    except OSError as err:
+        raise DataError(f"{target}: cannot write generated corpus {name!r} ({one_line(err.strerror or err)}); "
+                        f"{hint}") from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def ensure_generated(name: str) -> tuple[Path, dict[str, Any]]:
+    """Generate corpus ``name`` unless present (saying once on stderr where); its directory and manifest."""
+    spec = get_spec(name)
+    if spec.generator is None:
+        raise DataError(f"corpus {name!r} is not a generated corpus")
+    root = corpus_dir(name)
+    if write_generated(spec.generator, name, root):
+        manifest = read_manifest(spec.generator, root)
+        print(f"ess.data: generated corpus {name!r} in {root}: {spec.generator.summary(manifest)}",
+              file=sys.stderr, flush=True)
+        return root, manifest
+    return root, read_manifest(spec.generator, root)
+
+
+def _checked_spec(spec: CorpusSpec) -> CorpusSpec:
+    """``spec``, or for a generated corpus (generated here if needed) with its manifest's sizes and sha256."""
+    if spec.generator is None:
+        return spec
+    _, manifest = ensure_generated(spec.name)
+    return dataclasses.replace(spec, sizes=dict(manifest["bytes"]), sha256=dict(manifest["sha256"]))
 
 
 # --------------------------------------------------------------------------- validation
@@ -222,7 +378,7 @@ def verify_corpus(name: str, data_dir: str | os.PathLike | None = None) -> dict[
 
     Returns ``{split: (path, bytes, sha256)}``; raises :class:`DataError` on the first bad file.
     """
-    spec = get_spec(name)
+    spec = _checked_spec(get_spec(name))
     root = corpus_dir(name, data_dir)
     report = {}
     for split in SPLITS:
@@ -363,9 +519,11 @@ def load_corpus(name: str, data_dir: str | os.PathLike | None = None, *, cache: 
 
     Results are cached in-process, keyed by the resolved directory and each file's
     size/mtime/inode, so a changed file is re-read. Raises :class:`DataError` naming the file
-    for every data problem, and for an unknown ``name``.
+    for every data problem, and for an unknown ``name``. A generated corpus is read from its own
+    directory (see the module docstring), generated there first if needed; ``data_dir`` is ignored.
     """
     spec = get_spec(name)
+    checked = _checked_spec(spec)
     root = corpus_dir(name, data_dir)
     try:
         root = root.resolve()
@@ -378,7 +536,7 @@ def load_corpus(name: str, data_dir: str | os.PathLike | None = None, *, cache: 
         return _CACHE[key][1]
     texts = {}
     for split, path in paths.items():
-        texts[split] = check_split_bytes(spec, split, path, read_split_bytes(spec, split, path))
+        texts[split] = check_split_bytes(checked, split, path, read_split_bytes(checked, split, path))
     train_tokens = tokenize(texts["train"])
     vocab = Vocabulary.from_tokens(train_tokens)
     tensors = {"train": _encode_split(vocab, train_tokens, texts["train"], paths["train"])}
