@@ -227,9 +227,13 @@ class Architect:
                     loss_side, _ = self._run(train_batch, train_state, shifted)
                     sides.append(_fill(torch.autograd.grad(loss_side, self.arch_params, allow_unused=True),
                                        self.arch_params))
-            g_alpha = [ga - lr * coef * (gp - gm) / (2 * R) for ga, gp, gm in zip(g_alpha, *sides)]
+            hessian = [lr * coef * (gp - gm) / (2 * R) for gp, gm in zip(*sides)]
+        else:
+            hessian = [torch.zeros_like(ga) for ga in g_alpha]
         self.last = {"valid_loss": loss_val.detach().item(), "train_loss": loss_train.detach().item(),
-                     "v_norm": v_raw_norm, "v_norm_used": v_norm}
+                     "v_norm": v_raw_norm, "v_norm_used": v_norm, "direct_norm": _norm(g_alpha),
+                     "hessian_norm": _norm(hessian)}
+        g_alpha = [ga - h for ga, h in zip(g_alpha, hessian)]
         return g_alpha, detach_state(out_val.state)
 
     # ---- the step

@@ -137,11 +137,15 @@ def _layer(branch: Tensor) -> Tensor:
     return F.layer_norm(branch, branch.shape[-1:])
 
 
-#: Search-only normalisation of every inter branch before the combination (as DARTS's affine-free batch norm of
-#: the intra nodes, which also removes each op's constant offset): ``centre`` subtracts each row's feature mean
-#: (``sigmoid``'s 0.5 at small projections then no longer dominates the architecture gradient), ``layer`` also
-#: divides by the row's standard deviation (affine-free layer norm). The discrete cells have none, as DARTS.
-INTER_NORMS: dict[str, Callable[[Tensor], Tensor]] = {"none": _no_norm, "centre": _centre, "layer": _layer}
+#: Search-only normalisation in the inter cells (the discrete cells have none, as DARTS's intra cell keeps its
+#: search batch norm out of the discrete cell). On a branch, before the combination: ``centre`` subtracts each
+#: row's feature mean (``sigmoid``'s 0.5 at small projections no longer dominates the architecture gradient),
+#: ``layer`` also divides by the row's standard deviation (affine-free layer norm). On every candidate op, before
+#: the weighted sum: ``op`` layer-normalises each op's activation, so that no op wins the gradient by its
+#: offset or its slope (``sigmoid``'s is 1/4, ``identity``'s 1). ``bench/inter_balance.py`` measures each.
+INTER_NORMS: dict[str, Callable[[Tensor], Tensor]] = {"none": _no_norm, "centre": _centre, "layer": _layer,
+                                                      "op": _no_norm}
+OP_NORMS: dict[str, Callable[[Tensor], Tensor]] = {"op": _layer}   # norms applied to each op, not the branch
 
 
 def check_inter_args(dim: int, m: int, n_nodes: int, combination: str, residual: bool, softmax_scope: str,

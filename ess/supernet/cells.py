@@ -19,6 +19,7 @@ from ess.supernet.base import (
     _NONZERO_COLS,
     COMBINE,
     INTER_NORMS,
+    OP_NORMS,
     SOFTMAX_SCOPES,
     ArchBound,
     InterWeights,
@@ -198,7 +199,8 @@ class MixedInterCell(ArchBound, nn.Module):
         """The DAG in plain autograd ops on stacked inputs ``X`` ``[m, N, d]``, branches normalised by ``norm``."""
         m = self.m
         norm, combine = INTER_NORMS[self.norm], COMBINE[self.combination]
-        acts = torch.stack([f(X.unsqueeze(0) @ self.W[:, :m]) for f in _NONZERO_ACTS], 2)  # [2, m, 4, N, d]
+        op_norm = OP_NORMS.get(self.norm, INTER_NORMS["none"])
+        acts = torch.stack([op_norm(f(X.unsqueeze(0) @ self.W[:, :m])) for f in _NONZERO_ACTS], 2)  # [2, m, 4, N, d]
         node_acts: list[Tensor] = []   # [2, 4, N, d] per node that feeds later nodes
         nodes: list[Tensor] = []
         for k in range(self.n_nodes):
@@ -209,7 +211,7 @@ class MixedInterCell(ArchBound, nn.Module):
             nodes.append(node)
             if k < self.n_nodes - 1:
                 p = node.unsqueeze(0) @ self.W[:, m + k]
-                node_acts.append(torch.stack([f(p) for f in _NONZERO_ACTS], 1))
+                node_acts.append(torch.stack([op_norm(f(p)) for f in _NONZERO_ACTS], 1))
         out = torch.stack(nodes).mean(0)
         return out + X[0] if self.residual else out
 

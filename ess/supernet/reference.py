@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from ess.space import tables
 from ess.space.genotype import COMBINATIONS
 from ess.space.ops import OPS, PRIMITIVES, ZERO
-from ess.supernet.base import INTER_NORMS, ArchBound, InterWeights, _uniform, check_inter_args
+from ess.supernet.base import INTER_NORMS, OP_NORMS, ArchBound, InterWeights, _uniform, check_inter_args
 
 
 class ReferenceMixedIntraCell(ArchBound, nn.Module):
@@ -119,7 +119,10 @@ class ReferenceMixedInterCell(ArchBound, nn.Module):
                 for j in range(self.m + k):
                     proj = states[j] @ self.W[b, j]
                     for o, name in enumerate(PRIMITIVES):
-                        acc = acc + theta[b, j, o] * OPS[name].activation(proj)
+                        act = OPS[name].activation(proj)
+                        if name != ZERO:
+                            act = OP_NORMS.get(self.norm, INTER_NORMS["none"])(act)
+                        acc = acc + theta[b, j, o] * act
                 branch_values.append(acc)
             a, b = (INTER_NORMS[self.norm](v) for v in branch_values)
             if self.combination == "product":
