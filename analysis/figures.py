@@ -6,7 +6,7 @@
 * :func:`final_figure`: a per-trial value (final perplexity) per arm: the mean with error bars (the
   95% Student-t confidence interval by default) and every seed as a dot;
 * :func:`op_heatmap_figure`: the share of each op in the derived genotypes, arms x (part, op);
-* :func:`entropy_figure`: architecture-weight entropy and the share of parameter-free ops over epochs;
+* :func:`entropy_figure`: relative architecture-weight entropy and the identity share over epochs;
 * :func:`genotype_picture`: the best genotype drawn by :func:`ess.space.draw.draw_genotype`.
 """
 
@@ -31,8 +31,9 @@ DPI = 150
 BANDS = ("std", "ci", "minmax", "none")
 INTERVALS = ("ci", "std", "sem", "none")
 _PALETTE = matplotlib.colormaps["tab10"].colors
-_LABELS = {"valid/ppl": "search valid perplexity", "arch/entropy": "architecture-weight entropy (nats)",
-           "genotype/param_free_share": "parameter-free share of the genotype",
+_LABELS = {"valid/ppl": "search valid perplexity",
+           "arch/entropy": "architecture-weight entropy (relative to its maximum)",
+           "genotype/identity_share": "identity share of the genotype",
            "final_valid_ppl": "final search valid perplexity", "best_valid_ppl": "best search valid perplexity",
            "retrain_valid_ppl": "retrained valid perplexity", "test_ppl": "test perplexity (retrained)",
            "search_seconds": "search training time (s)", "retrain/valid/ppl": "retrain valid perplexity"}
@@ -183,14 +184,15 @@ def op_heatmap_figure(op_freq: pd.DataFrame, *, title: str | None = None) -> Fig
 
 def entropy_figure(frame: pd.DataFrame, by: Sequence[str] = ARM, *, band: str = "std",
                    title: str | None = None) -> Figure:
-    """Two panels over search epochs: the mean entropy of the architecture-weight softmaxes (nats) and the
-    share of parameter-free ops (identity, none) in the genotype derived at each epoch."""
-    metrics = [m for m in ("arch/entropy", "genotype/param_free_share")
+    """Two panels over search epochs, both on a fixed 0-1 scale: the entropy of the architecture-weight
+    softmaxes relative to its maximum (1: uniform, undecided) and the share of identity edges in the genotype
+    derived at each epoch."""
+    metrics = [m for m in ("arch/entropy", "genotype/identity_share")
                if m in frame.columns and frame[m].notna().any()]
     if not metrics:
         from analysis.errors import MissingMetricError
 
-        raise MissingMetricError("metric 'arch/entropy': no search epoch has it (nor 'genotype/param_free_share')")
+        raise MissingMetricError("metric 'arch/entropy': no search epoch has it (nor 'genotype/identity_share')")
     fig = Figure(figsize=(5.0 * len(metrics) + 1.6, 4.0), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(metrics)))
     colours = None
@@ -199,8 +201,7 @@ def entropy_figure(frame: pd.DataFrame, by: Sequence[str] = ARM, *, band: str = 
         colours = colours or _colours(curves["arm"])
         _plot_curves(ax, curves, band, colours)
         ax.set_ylabel(label(metric))
-        if metric == "genotype/param_free_share":
-            ax.set_ylim(-0.03, 1.03)
+        ax.set_ylim(-0.03, 1.03)   # both are shares: a fixed scale, so a 0.03% change does not look steep
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize=8, frameon=False)
     fig.suptitle(title or f"collapse signals over the search ({_band_text(band)})", fontsize=10)
     return fig

@@ -17,7 +17,7 @@ Both return the *flat* frame: one row per trial, stage and epoch with
   ``cell``, ``task`` for retrain and transfer jobs), numbers where they are numbers;
 * ``stage`` (``search``, ``retrain`` or ``transfer``) and ``epoch`` (the stage's own epoch, from 1);
 * every per-epoch metric under its own name (``valid/ppl``, ``arch/entropy``,
-  ``genotype/param_free_share``, ``train/tokens_per_s``, ``retrain/valid/ppl``, ``retrain/test/ppl`` ...);
+  ``genotype/identity_share``, ``train/tokens_per_s``, ``retrain/valid/ppl``, ``retrain/test/ppl`` ...);
 * ``genotype``: the genotype derived at that search epoch (canonical JSON), for retrain rows the
   genotype retrained; ``timestamp`` (seconds since the epoch) of the row;
 * per trial, repeated on its rows: ``wall_seconds``, ``final_genotype``, ``start_time``;
@@ -76,7 +76,7 @@ STAGES = ("search", "retrain", "transfer")
 RETRAIN_PREFIX = "retrain/"
 #: the columns :func:`trial_summary` derives (see its docstring)
 SUMMARY_VALUES = ("epochs", "final_valid_ppl", "best_valid_ppl", "retrain_valid_ppl", "test_ppl",
-                  "final_arch_entropy", "final_param_free_share", "search_seconds", "tokens_per_s",
+                  "final_arch_entropy", "final_identity_share", "search_seconds", "tokens_per_s",
                   "wall_seconds", "params")
 _STATUS = {"TERMINATED": "FINISHED", "ERROR": "FAILED", "RUNNING": "RUNNING", "PENDING": "RUNNING",
            "PAUSED": "RUNNING"}
@@ -663,8 +663,8 @@ def trial_summary(frame: pd.DataFrame) -> pd.DataFrame:
     * ``retrain_valid_ppl``: the retrained model's best valid perplexity (``retrain/valid/best_ppl``),
       ``test_ppl``: its test perplexity (``retrain/test/ppl``), ``params``: its parameter count
       (``retrain/params``), NaN when the trial was not retrained;
-    * ``final_arch_entropy`` (``arch/entropy``, nats) and ``final_param_free_share``
-      (``genotype/param_free_share``) at the last search epoch;
+    * ``final_arch_entropy`` (``arch/entropy``, nats) and ``final_identity_share``
+      (``genotype/identity_share``) at the last search epoch;
     * ``search_seconds``: training time of the search summed over epochs (``train/seconds``; excludes
       evaluation and checkpoints), ``tokens_per_s``: mean search throughput, ``wall_seconds``: the
       run's wall time (MLflow end minus start; Tune's ``time_total_s``), search and retrain together;
@@ -689,7 +689,7 @@ def trial_summary(frame: pd.DataFrame) -> pd.DataFrame:
             "retrain_valid_ppl": _last(_col(retrain, "retrain/valid/best_ppl")),
             "test_ppl": _last(_col(retrain, "retrain/test/ppl")),
             "final_arch_entropy": _last(_col(search, "arch/entropy")),
-            "final_param_free_share": _last(_col(search, "genotype/param_free_share")),
+            "final_identity_share": _last(_col(search, "genotype/identity_share")),
             "search_seconds": _col(search, "train/seconds").sum(min_count=1),
             "tokens_per_s": _col(search, "train/tokens_per_s").mean(),
             "wall_seconds": first.get("wall_seconds", np.nan),

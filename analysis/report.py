@@ -57,7 +57,7 @@ PRIMARY = ("test_ppl", "retrain_valid_ppl", "final_valid_ppl", "test/f1", "dev/f
 HIGHER_IS_BETTER = ("f1", "acc", "precision", "recall")
 TRIAL_COLUMNS = ("run_name", "parent", "status", "mode", "seed", "steps", "n_inter", "m", "genotype_label", "cell",
                  "task", "epochs", "final_valid_ppl", "best_valid_ppl", "retrain_valid_ppl", "test_ppl",
-                 "final_arch_entropy", "final_param_free_share", "search_seconds", "wall_seconds", "params",
+                 "final_arch_entropy", "final_identity_share", "search_seconds", "wall_seconds", "params",
                  "dev/f1", "test/f1")
 MAX_ROWS = 40
 _TESTS = {"welch": "Welch t-test", "bootstrap": "studentized bootstrap"}
@@ -316,7 +316,7 @@ def write_report(frame: pd.DataFrame, out: str | os.PathLike, *, title: str | No
         try:
             ranking = rank_genotypes(summary, primary, higher_is_better=better == "higher", by=by)
             b.table("genotypes", ranking, f"Distinct final genotypes ranked by mean {primary}.",
-                    ["rank", "mean", "best", "n", "arms", "runs", "param_free_share", "describe"])
+                    ["rank", "mean", "best", "n", "arms", "runs", "identity_share", "describe"])
             best = ranking.iloc[0]
             b.figure("best_genotype", lambda base: figs.genotype_picture(
                 best["genotype"], base, title=f"best genotype: {primary} {_cell(float(best['mean']))}"),

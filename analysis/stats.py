@@ -505,10 +505,10 @@ def rank_genotypes(summary: pd.DataFrame, value: str = "final_valid_ppl", *, hig
     """The distinct final genotypes ranked by their mean ``value`` over the trials that derived them.
 
     Columns: ``rank``, ``mean``, ``best``, ``n`` (trials), ``arms`` and ``runs`` that found it,
-    ``param_free_share`` (of its edges, :func:`ess.space.derive.parameter_free_share`), ``describe`` (the
+    ``identity_share`` (of its edges, :func:`ess.space.derive.identity_share`), ``describe`` (the
     compact form) and ``genotype`` (JSON). Lower is better unless ``higher_is_better``.
     """
-    from ess.space.derive import parameter_free_share
+    from ess.space.derive import identity_share
 
     by = [k for k in by if k in summary.columns]
     rows = present(summary, value, strict=strict, what="the genotype ranking")
@@ -523,7 +523,7 @@ def rank_genotypes(summary: pd.DataFrame, value: str = "final_valid_ppl", *, hig
         out.append({"mean": float(values.mean()), "best": float(values.max() if higher_is_better else values.min()),
                     "n": len(group), "arms": "; ".join(sorted({name(r) for r in group[by].to_dict(orient="records")})),
                     "runs": ", ".join(str(r) for r in group["run_name"]) if "run_name" in group else "",
-                    "param_free_share": parameter_free_share(genotype), "describe": genotype.describe(),
+                    "identity_share": identity_share(genotype), "describe": genotype.describe(),
                     "genotype": genotype.to_json(None)})
     table = pd.DataFrame(out).sort_values(["mean", "n"], ascending=[not higher_is_better, False], kind="stable")
     table.insert(0, "rank", range(1, len(table) + 1))
@@ -558,7 +558,7 @@ def epoch_curves(frame: pd.DataFrame, metric: str = "valid/ppl", by: Sequence[st
 
 
 def evolution(frame: pd.DataFrame, by: Sequence[str] = ARM, *,
-              metrics: Sequence[str] = ("arch/entropy", "genotype/param_free_share"),
+              metrics: Sequence[str] = ("arch/entropy", "genotype/identity_share"),
               confidence: float = 0.95) -> pd.DataFrame:
     """:func:`epoch_curves` of the search's collapse signals, stacked: the mean entropy (nats) of the
     architecture-weight softmaxes and the share of parameter-free ops in the genotype derived each epoch."""

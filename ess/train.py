@@ -67,6 +67,9 @@ class TrainConfig:
     data_dir: str | None = field(default=None, metadata={"help": "else $ESS_DATA_DIR, else ./data"})
     emsize: int = field(default=850, metadata={"help": "embedding size (tied: equals nhid)"})
     nhid: int = field(default=850, metadata={"help": "hidden size"})
+    match_params: str = field(default="", metadata={
+        "help": "set nhid (= emsize) so the model has the parameter count of NAME@SIZE, e.g. DARTS_V2@850 or "
+                "lstm@850, within 1% (empty: off)"})
     lr: float = field(default=20.0, metadata={"help": "SGD learning rate (scaled by seq_len / bptt)"})
     clip: float = field(default=0.25, metadata={"help": "gradient norm clipping"})
     epochs: int = field(default=8000, metadata={"help": "number of epochs"})
@@ -125,6 +128,17 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 # Fields that define the model and the data: they must match when resuming.
 _RESUME_FIXED = ("genotype", "cell", "dataset", "emsize", "nhid", "batch_size", "max_train_tokens", "seed")
+
+
+def matched(cfg: TrainConfig, ntoken: int) -> TrainConfig:
+    """``cfg`` with the hidden size ``match_params`` asks for (:mod:`ess.models.sizing`); as is without it."""
+    if not cfg.match_params:
+        return cfg
+    from ess.models.sizing import match
+
+    genotype = None if cfg.cell == "lstm" else load_genotype(cfg.genotype)
+    nhid, _, _ = match(cfg.match_params, cfg.cell, genotype, ntoken)
+    return dataclasses.replace(cfg, nhid=nhid, emsize=nhid)
 
 
 def build_model(cfg: TrainConfig, ntoken: int) -> RNNModel:
@@ -190,11 +204,13 @@ class Trainer:
         self.best_path = self.run_dir / "best.pt"
         corpus = load_corpus(cfg.dataset, cfg.data_dir)
         self.ntoken = len(corpus.vocab)
+        self.cfg = cfg = matched(cfg, self.ntoken)
         self.train_data = batchify(_slice(corpus.train, cfg.max_train_tokens), cfg.batch_size, self.device)
         self.valid_data = batchify(_slice(corpus.valid, cfg.max_eval_tokens), cfg.eval_batch_size, self.device)
         self.test_data = batchify(_slice(corpus.test, cfg.max_eval_tokens), cfg.test_batch_size, self.device)
         seed_everything(cfg.seed)
         self.model = build_model(cfg, self.ntoken).to(self.device)
+        self.params = sum(p.numel() for p in self.model.parameters())   # logged in every row
         self.optimizer = _make_optimizer(self.model, cfg, asgd=False)
         self.lengths = torch.Generator().manual_seed(cfg.seed)  # BPTT length draws only
         self.progress = _Progress()
@@ -347,7 +363,8 @@ class Trainer:
             p = self.progress
             p.epoch += 1
             row = {"epoch": p.epoch, **row, "lr": self.optimizer.param_groups[0]["lr"],
-                   "asgd": int(p.asgd), "rollbacks": p.rollbacks, "lr_scale": self.guard.lr_scale(p.rollbacks)}
+                   "asgd": int(p.asgd), "rollbacks": p.rollbacks, "lr_scale": self.guard.lr_scale(p.rollbacks),
+                   "params": self.params, "nhid": self.cfg.nhid}
             p.rows.append(row)
             self.save()
             on_epoch(EpochReport(p.epoch, row, self.run_dir, self.checkpoint_path))
@@ -377,6 +394,7 @@ def train(cfg: TrainConfig, *, resume: bool = False,
     trainer.run_dir.mkdir(parents=True, exist_ok=True)
     if resume:
         trainer.resume()
+    cfg = trainer.cfg                  # the hidden size match_params resolved
     save_config(cfg, trainer.run_dir / "config.yaml")
     if cfg.cell == "ess":
         save_genotype(load_genotype(cfg.genotype), trainer.run_dir / "genotype.json")

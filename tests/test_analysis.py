@@ -50,7 +50,7 @@ from ess.adapters.mlflow import (  # noqa: E402
     trial_run,
 )
 from ess.errors import ESSError  # noqa: E402
-from ess.space.derive import parameter_free_share  # noqa: E402
+from ess.space.derive import identity_share  # noqa: E402
 from ess.space.genotype import ESSGenotype, InterGenotype, IntraGenotype  # noqa: E402
 
 EXPERIMENT = "ess-ablation"
@@ -94,7 +94,7 @@ def log_trial(uri, experiment_id, parent, trial_id, *, mode, seed, valid, test=N
     for epoch, value in enumerate(valid, start=1) if metrics else ():
         log({"epoch": epoch, "train/loss": 5.0, "train/seconds": 1.5, "train/tokens_per_s": 1000.0,
              "valid/ppl": value, "valid/best_ppl": min(valid[:epoch]), "arch/entropy": 1.6 - 0.1 * epoch,
-             "genotype/param_free_share": parameter_free_share(genotype)}, epoch)
+             "genotype/identity_share": identity_share(genotype)}, epoch)
         client.log_dict(run_id, genotype.to_dict(), f"genotypes/epoch_{epoch:03d}.json")
     if metrics:
         client.set_tag(run_id, "ess.genotype", genotype.to_json(None))
@@ -176,7 +176,7 @@ def test_flat_frame_has_one_row_per_trial_stage_and_epoch(runs):
     search = runs[runs["stage"] == "search"]
     assert sorted(search["epoch"].unique()) == [1, 2]
     for col in ("experiment", "parent", "run_name", "trial_id", "status", "mode", "seed", "steps", "n_inter", "m",
-                "valid/ppl", "arch/entropy", "genotype/param_free_share", "retrain/test/ppl", "genotype",
+                "valid/ppl", "arch/entropy", "genotype/identity_share", "retrain/test/ppl", "genotype",
                 "config.search.lr", "config.retrain.epochs"):
         assert col in runs.columns, col
     assert set(runs["experiment"]) == {EXPERIMENT} and set(runs["parent"]) == {TUNE_NAME}
@@ -321,7 +321,7 @@ def test_genotype_ranking(trials):
     assert list(ranking["n"]) == [3, 2, 1]   # joint (72), INTRA_A (82), INTRA_B (88)
     assert list(ranking["mean"]) == [72.0, 82.0, 88.0]
     assert json.loads(ranking.iloc[0]["genotype"]) == JOINT.to_dict()
-    assert ranking.iloc[0]["param_free_share"] == pytest.approx(parameter_free_share(JOINT))
+    assert ranking.iloc[0]["identity_share"] == pytest.approx(identity_share(JOINT))
     assert ranking.iloc[1]["arms"] == "intra" and ranking.iloc[0]["best"] == 70.0
 
 
@@ -347,7 +347,7 @@ def test_epoch_curves_and_evolution(runs):
     assert curves.loc[("intra", 1), "mean"] == 160.0 and curves.loc[("intra", 2), "std"] == 10.0
     evo = evolution(runs).set_index(["mode", "metric", "epoch"])
     assert evo.loc[("joint", "arch/entropy", 2), "mean"] == pytest.approx(1.4)
-    assert evo.loc[("joint", "genotype/param_free_share", 1), "mean"] == pytest.approx(parameter_free_share(JOINT))
+    assert evo.loc[("joint", "genotype/identity_share", 1), "mean"] == pytest.approx(identity_share(JOINT))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -388,7 +388,7 @@ def _tune_rows(trial_id, run_id, valid, genotype, test):
     for epoch, value in enumerate(valid, start=1):
         t += 2.0
         rows.append({"epoch": epoch, "train/loss": 5.0, "train/seconds": 1.5, "valid/ppl": value,
-                     "arch/entropy": 1.6 - 0.1 * epoch, "genotype/param_free_share": parameter_free_share(genotype),
+                     "arch/entropy": 1.6 - 0.1 * epoch, "genotype/identity_share": identity_share(genotype),
                      "genotype": genotype.to_json(None), "phase": "search+retrain", "mlflow_run_id": run_id,
                      "trial_id": trial_id, "training_iteration": epoch, "time_total_s": t, "timestamp": 1000 + t,
                      "done": False})

@@ -123,3 +123,25 @@ def test_bad_config_prints_one_line(tmp_path):
     result = _cli("--genotype", str(tmp_path / "nope.json"), "--smoke-test", "--run-dir", str(tmp_path / "r"),
                   cwd=tmp_path)
     assert result.returncode == 2 and "nope.json" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_parameter_matched_retraining_logs_its_count(tmp_path):
+    from ess.config import load_yaml
+    from ess.models.sizing import count_params
+    from ess.space.genotype import DARTS_V2, Edge, ESSGenotype, InterGenotype, InterNode, save_genotype
+
+    nodes = (InterNode(Edge("tanh", 0), Edge("relu", 1)), InterNode(Edge("sigmoid", 2), Edge("identity", 1)),
+             InterNode(Edge("tanh", 3), Edge("relu", 0)))
+    wide = ESSGenotype(DARTS_V2.intra, InterGenotype(m=2, nodes=nodes), InterGenotype(m=2, nodes=nodes))
+    path = save_genotype(wide, tmp_path / "wide.json")
+    cfg = dataclasses.replace(TINY, genotype=str(path), match_params="DARTS_V2@40", epochs=1,
+                              run_dir=str(tmp_path / "run"))
+    train(cfg)
+    saved = load_yaml(tmp_path / "run" / "config.yaml")
+    target = count_params("ess", DARTS_V2, 10_000, 40)
+    assert saved["match_params"] == "DARTS_V2@40" and saved["nhid"] == saved["emsize"] < 40
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["nhid"] == saved["nhid"] and abs(row["params"] - target) / target < 0.01
+    final = json.loads((tmp_path / "run" / "final.json").read_text())
+    assert final["params"] == row["params"]
+    train(dataclasses.replace(cfg, epochs=2), resume=True)   # the resolved size resumes

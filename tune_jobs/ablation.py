@@ -43,7 +43,7 @@ def run(job: JobConfig, *, resume: bool = False, callbacks: Sequence[Any] = ()) 
 
         table = [{**{k: r["variant"].get(k) for k in ARM},
                   "search_valid_ppl": r["metrics"].get(SEARCH_METRIC),
-                  "param_free_share": r["metrics"].get("genotype/param_free_share"),
+                  "identity_share": r["metrics"].get("genotype/identity_share"),
                   "retrain_valid_ppl": r["metrics"].get(RETRAIN_METRIC),
                   "retrain_test_ppl": r["metrics"].get("retrain/test/ppl"), "error": r["error"],
                   "mlflow_run_id": r["metrics"].get("mlflow_run_id"), "checkpoint": r["checkpoint"],

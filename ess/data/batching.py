@@ -63,7 +63,8 @@ class BPTTIterator:
         seq_len = max(min_seq_len, int(N(base, 5)))
         seq_len = min(seq_len, bptt + max_seq_len_delta)
 
-    and is then cut to the data left. With ``random_length=False`` (evaluation) every batch has
+    and is then cut to the data left; with ``length_noise=False`` the normal draw is skipped,
+    ``seq_len = int(base)`` (DARTS's search loop: 35, or 17). With ``random_length=False`` (evaluation) every batch has
     ``bptt`` rows except possibly the last. All randomness comes from ``generator`` (one created
     from the global torch RNG when None), never from global state, so restoring
     ``generator.get_state()`` and :meth:`load_state_dict` resumes the exact same batches.
@@ -75,7 +76,7 @@ class BPTTIterator:
 
     def __init__(self, source: torch.Tensor, bptt: int = 35, *, random_length: bool = True,
                  generator: torch.Generator | None = None, max_seq_len_delta: int = 20,
-                 min_seq_len: int = 5) -> None:
+                 min_seq_len: int = 5, length_noise: bool = True) -> None:
         if bptt < 1:
             raise ValueError(f"bptt must be >= 1, got {bptt}")
         if min_seq_len < 1 or min_seq_len > bptt + max_seq_len_delta:
@@ -83,6 +84,7 @@ class BPTTIterator:
         self.source = source
         self.bptt = bptt
         self.random_length = random_length
+        self.length_noise = length_noise
         self.max_seq_len_delta = max_seq_len_delta
         self.min_seq_len = min_seq_len
         if generator is None:
@@ -107,6 +109,8 @@ class BPTTIterator:
     def draw_seq_len(self) -> int:
         """One DARTS sequence length, before the cut to the remaining data."""
         base = self.bptt if torch.rand((), generator=self.generator).item() < 0.95 else self.bptt / 2.0
+        if not self.length_noise:
+            return int(base)
         seq_len = max(self.min_seq_len, int(base + 5.0 * torch.randn((), generator=self.generator).item()))
         return min(seq_len, self.bptt + self.max_seq_len_delta)
 

@@ -70,7 +70,7 @@ class RNNModel(nn.Module):
     """Word-level LM: tied embedding/decoder (so ``ninp == nhid``) around ``cell``."""
 
     def __init__(self, ntoken: int, ninp: int, nhid: int, cell: nn.Module, dropout: float = 0.75,
-                 dropouti: float = 0.2, dropoute: float = 0.1):
+                 dropouti: float = 0.2, dropoute: float = 0.1, init_range: float = 0.1):
         super().__init__()
         if ninp != nhid:
             raise ValueError(f"tied weights need ninp == nhid (got {ninp} and {nhid})")
@@ -80,7 +80,7 @@ class RNNModel(nn.Module):
         self.cell = cell
         self.decoder = nn.Linear(nhid, ntoken)
         self.decoder.weight = self.encoder.weight
-        nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
+        nn.init.uniform_(self.encoder.weight, -init_range, init_range)  # AWD-LSTM 0.1, DARTS search 0.04
         nn.init.zeros_(self.decoder.bias)
 
     def init_state(self, batch: int) -> State:

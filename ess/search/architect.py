@@ -14,6 +14,13 @@ One architecture step updates ``alpha`` with Adam (betas 0.9/0.999, L2 ``arch_we
       d2_{alpha,w} L_train v ~ (dalpha L_train(w+, alpha) - dalpha L_train(w-, alpha)) / (2R),
       w+- = w +- R v,  R = 0.01 / ||v||.
 
+  Two forms (``second_order``): ``darts`` (default) is the public DARTS code's: ``v`` is first clipped to the
+  weights' clip norm (``v <- v min(1, clip / ||v||)``), which scales the Hessian term by ``clip / ||v||``
+  when ``||v||`` is larger, so results compare with DARTS's ``--unrolled``; ``exact`` leaves ``v`` as it is,
+  the finite-difference form of the exact gradient of the unrolled objective (held to double backward in
+  the tests). Both multiply the Hessian term by ``xi`` times the clip factor of the training gradient, as
+  DARTS does.
+
 Fixes of the defects of the public DARTS code (reference.md section 6):
 
 * first order: the architecture gradient is taken with ``torch.autograd.grad`` over the architecture
@@ -27,14 +34,16 @@ Fixes of the defects of the public DARTS code (reference.md section 6):
   finite-difference passes. The validation pass draws its own masks.
 
 An architect step changes nothing but the architecture parameters and its optimiser: network weights,
-their gradients and the model's buffers (batch-norm running statistics) are as before.
+their gradients and the model's buffers (batch-norm running statistics) are as before; with
+``freeze_buffers=False`` (DARTS) the passes on the real weights update the running statistics, as the public
+code's do. ``penalty`` adds a regulariser of the architecture alone (e.g. beta-decay) to the validation loss.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -45,6 +54,7 @@ from ess.models.cells import State, detach_state
 from ess.models.lm import LMOutput, lm_loss, regularisation
 
 Batch = tuple[Tensor, Tensor]  # (tokens [T, B], next-token targets [T, B])
+SECOND_ORDER_FORMS = ("darts", "exact")
 
 
 class MaskReplay:
@@ -110,16 +120,22 @@ class Architect:
     ``model`` is a :class:`ess.supernet.SearchModel` (anything with ``arch_parameters()``,
     ``named_weight_parameters()`` and ``forward(tokens, state) -> LMOutput``). The loss is the LM loss
     plus AR (``alpha``) / TAR (``beta``) regularisation when non-zero. ``unrolled`` selects the second-order
-    gradient; ``fd_epsilon`` is the 0.01 of ``R = 0.01 / ||v||``.
+    gradient and ``second_order`` its form (``darts`` or ``exact``); ``fd_epsilon`` is the 0.01 of
+    ``R = 0.01 / ||v||``.
     """
 
     def __init__(self, model: nn.Module, arch_lr: float = 3e-3, arch_weight_decay: float = 1e-3,
-                 unrolled: bool = False, *, alpha: float = 0.0, beta: float = 0.0, fd_epsilon: float = 1e-2):
+                 unrolled: bool = False, *, alpha: float = 0.0, beta: float = 0.0, fd_epsilon: float = 1e-2,
+                 second_order: str = "darts", freeze_buffers: bool = True,
+                 penalty: Callable[[], Tensor] | None = None):
         self.model = model
         self.arch_params: list[nn.Parameter] = list(model.arch_parameters())
         if not self.arch_params:
             raise ValueError("the model has no architecture parameters to optimise")
+        if second_order not in SECOND_ORDER_FORMS:
+            raise ValueError(f"second_order: unknown {second_order!r} (known: {', '.join(SECOND_ORDER_FORMS)})")
         self.unrolled, self.alpha, self.beta, self.fd_epsilon = unrolled, alpha, beta, fd_epsilon
+        self.second_order, self.freeze_buffers, self.penalty = second_order, freeze_buffers, penalty
         self.optimizer = torch.optim.Adam(self.arch_params, lr=arch_lr, betas=(0.9, 0.999),
                                           weight_decay=arch_weight_decay)
         self.last: dict[str, float] = {}  # read-outs of the last step, for logging
@@ -149,13 +165,20 @@ class Architect:
         ``network_lr``/``network_weight_decay``/``network_clip`` describe the weight step the look-ahead
         imitates (second order only; the clip factor ``min(1, clip / ||g||)`` is held constant).
         """
-        with preserved_buffers(self.model):
+        with preserved_buffers(self.model) if self.freeze_buffers else contextlib.nullcontext():
             if not self.unrolled:
-                return self._first_order(valid_batch, valid_state)
-            if train_batch is None or train_state is None:
+                grads, state = self._first_order(valid_batch, valid_state)
+            elif train_batch is None or train_state is None:
                 raise ValueError("the second-order (unrolled) step needs the training batch and its state")
-            return self._second_order(train_batch, valid_batch, train_state, valid_state, network_lr,
-                                      network_weight_decay, network_clip)
+            else:
+                grads, state = self._second_order(train_batch, valid_batch, train_state, valid_state, network_lr,
+                                                  network_weight_decay, network_clip)
+        if self.penalty is not None:
+            value = self.penalty()
+            extra = _fill(torch.autograd.grad(value, self.arch_params, allow_unused=True), self.arch_params)
+            grads = [g + e for g, e in zip(grads, extra)]
+            self.last["penalty"] = float(value.detach())
+        return grads, state
 
     def _first_order(self, valid_batch: Batch, valid_state: State) -> tuple[list[Tensor], State]:
         with requires_grad(self.model.weight_parameters(), False):
@@ -179,11 +202,18 @@ class Architect:
         with torch.no_grad():
             w_virtual = [(w - lr * (coef * gi + wd * w)).requires_grad_() for w, gi in zip(weights, g)]
 
-        # dalpha L_val(w', alpha) and v = dw' L_val(w', alpha) (DARTS eq. 7).
-        loss_val, out_val = self._run(valid_batch, valid_state, dict(zip(names, w_virtual)))
+        # dalpha L_val(w', alpha) and v = dw' L_val(w', alpha) (DARTS eq. 7). The public code runs this pass on a
+        # copy of the model, so its batch-norm statistics never reach the real one.
+        with preserved_buffers(self.model):
+            loss_val, out_val = self._run(valid_batch, valid_state, dict(zip(names, w_virtual)))
         grads = _fill(torch.autograd.grad(loss_val, [*w_virtual, *self.arch_params], allow_unused=True),
                       [*w_virtual, *self.arch_params])
         v, g_alpha = grads[: len(weights)], grads[len(weights):]
+        v_raw_norm = _norm(v)
+        if self.second_order == "darts" and clip is not None:   # DARTS's _clip(dtheta, network_clip)
+            v_coef = clip / (v_raw_norm + 1e-6)
+            if v_coef < 1:
+                v = [vi * v_coef for vi in v]
 
         # Finite-difference Hessian-vector product (DARTS eq. 8), same batch and masks for w+ and w-.
         v_norm = _norm(v)
@@ -197,8 +227,13 @@ class Architect:
                     loss_side, _ = self._run(train_batch, train_state, shifted)
                     sides.append(_fill(torch.autograd.grad(loss_side, self.arch_params, allow_unused=True),
                                        self.arch_params))
-            g_alpha = [ga - lr * coef * (gp - gm) / (2 * R) for ga, gp, gm in zip(g_alpha, *sides)]
-        self.last = {"valid_loss": loss_val.detach().item(), "train_loss": loss_train.detach().item(), "v_norm": v_norm}
+            hessian = [lr * coef * (gp - gm) / (2 * R) for gp, gm in zip(*sides)]
+        else:
+            hessian = [torch.zeros_like(ga) for ga in g_alpha]
+        self.last = {"valid_loss": loss_val.detach().item(), "train_loss": loss_train.detach().item(),
+                     "v_norm": v_raw_norm, "v_norm_used": v_norm, "direct_norm": _norm(g_alpha),
+                     "hessian_norm": _norm(hessian)}
+        g_alpha = [ga - h for ga, h in zip(g_alpha, hessian)]
         return g_alpha, detach_state(out_val.state)
 
     # ---- the step

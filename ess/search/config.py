@@ -7,8 +7,16 @@ from typing import Any
 
 from ess.config import check, check_genotype
 from ess.guard import HELP_LR_FACTOR, HELP_MAX_PPL, HELP_MAX_ROLLBACKS
-from ess.supernet.base import INTER_COMBINATIONS, SOFTMAX_SCOPES
-from ess.supernet.model import IMPLEMENTATIONS, MODES
+from ess.space.ops import PRIMITIVES
+from ess.supernet.base import INTER_COMBINATIONS, INTER_NORMS, SOFTMAX_SCOPES
+from ess.supernet.model import IMPLEMENTATIONS, MODES, check_ops
+
+SECOND_ORDER = ("darts", "exact")
+LENGTHS = ("normal", "darts")
+VALID_BATCHES = ("contiguous", "darts")
+ARCH_BN_STATS = ("frozen", "update")
+SELECTIONS = ("last", "best_valid")
+DERIVATIONS = ("argmax", "perturbation")
 
 
 @dataclass(frozen=True)
@@ -29,7 +37,35 @@ class SearchConfig:
     intra_genotype: str = field(default="DARTS_V2", metadata={"help": "fixed intra cell in inter mode"})
     batchnorm: bool = field(default=True, metadata={"help": "affine-free batch norm on intra nodes"})
     implementation: str = field(default="fast", metadata={"help": f"{' or '.join(IMPLEMENTATIONS)}"})
+    intra_ops: tuple[str, ...] = field(default=PRIMITIVES, metadata={
+        "help": "candidate ops of the intra cell, e.g. none,tanh,relu,sigmoid (a no-identity ablation)"})
+    inter_ops: tuple[str, ...] = field(default=PRIMITIVES, metadata={"help": "candidate ops of the inter cells"})
+    inter_norm: str = field(default="none", metadata={
+        "help": f"search-only normalisation of each inter branch: {', '.join(INTER_NORMS)}"})
+    emb_init: float = field(default=0.1, metadata={
+        "help": "embedding initialised U(-r, r): AWD-LSTM 0.1, DARTS's search 0.04"})
     order: int = field(default=1, metadata={"help": "1: first-order, 2: second-order (unrolled) gradient"})
+    second_order: str = field(default="darts", metadata={
+        "help": "with order 2: darts (v clipped to --clip, as the public DARTS code) or exact (unclipped)"})
+    lengths: str = field(default="normal", metadata={
+        "help": "training sequence lengths: normal (N(bptt, 5), AWD-LSTM) or darts (bptt, or bptt/2 w.p. 0.05)"})
+    valid_batches: str = field(default="contiguous", metadata={
+        "help": "architecture batches: contiguous (own position, the training batch's length) or darts "
+                "(the training batch's position, bptt long)"})
+    arch_bn_stats: str = field(default="frozen", metadata={
+        "help": "batch-norm running statistics in the architecture step: frozen or update (DARTS)"})
+    arch_reg: bool = field(default=True, metadata={"help": "AR/TAR in the architecture loss too (DARTS: NLL only)"})
+    beta_decay: float = field(default=0.0, metadata={
+        "help": "beta-decay regularisation of the architecture (beta-DARTS): weight at the last epoch (0: off)"})
+    derive: str = field(default="argmax", metadata={
+        "help": "derivation: argmax (DARTS) or perturbation (DARTS-PT: the supernet's valid loss without each choice)"})
+    pt_tokens: int = field(default=5_000, metadata={"help": "validation tokens per perturbation measurement"})
+    drop_ratio: float = field(default=1.5, metadata={
+        "help": "an inter branch says none when its none weight exceeds this times its best choice (inf: never)"})
+    decision_ratio: float = field(default=1.5, metadata={
+        "help": "a choice is decided when its weight is at least this times its runner-up's"})
+    select: str = field(default="last", metadata={
+        "help": "the search's genotype: last (epoch) or best_valid (the epoch of the lowest supernet valid ppl)"})
     lr: float = field(default=20.0, metadata={"help": "weight SGD learning rate (scaled by seq_len / bptt)"})
     clip: float = field(default=0.25, metadata={"help": "gradient norm clipping"})
     wdecay: float = field(default=5e-7, metadata={"help": "weight decay of the network weights"})
@@ -65,7 +101,7 @@ class SearchConfig:
         for name in ("dropout", "dropouth", "dropoutx", "dropouti", "dropoute"):
             check(0.0 <= getattr(self, name) < 1.0, name, f"must be in [0, 1), got {getattr(self, name)}")
         for name in ("lr", "clip", "wdecay", "arch_lr", "arch_wdecay", "alpha", "beta", "max_seq_len_delta",
-                     "max_train_tokens", "max_eval_tokens", "threads", "max_rollbacks", "max_ppl"):
+                     "max_train_tokens", "max_eval_tokens", "threads", "max_rollbacks", "max_ppl", "beta_decay"):
             check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
         check(0.0 < self.rollback_lr_factor <= 1.0, "rollback_lr_factor",
               f"must be in (0, 1], got {self.rollback_lr_factor}")
@@ -83,6 +119,18 @@ class SearchConfig:
               "cells to the identity (use product or sum, or mode inter or joint)")
         if not MODES[self.mode].searches_intra:
             check_genotype(self.intra_genotype, "intra_genotype")
+        object.__setattr__(self, "intra_ops", check_ops(self.intra_ops, "intra_ops"))
+        object.__setattr__(self, "inter_ops", check_ops(self.inter_ops, "inter_ops"))
+        for name, known in (("inter_norm", tuple(INTER_NORMS)), ("second_order", SECOND_ORDER), ("lengths", LENGTHS),
+                            ("valid_batches", VALID_BATCHES), ("arch_bn_stats", ARCH_BN_STATS),
+                            ("select", SELECTIONS), ("derive", DERIVATIONS)):
+            check(getattr(self, name) in known, name,
+                  f"unknown {getattr(self, name)!r} (known: {', '.join(known)})")
+        check(0 < self.emb_init < 10, "emb_init", f"must be in (0, 10), got {self.emb_init}")
+        check(self.drop_ratio > 0, "drop_ratio", f"must be positive (inf: never drop), got {self.drop_ratio}")
+        check(1 <= self.decision_ratio < float("inf"), "decision_ratio",
+              f"must be a finite number >= 1, got {self.decision_ratio}")
+        check(self.pt_tokens >= 100, "pt_tokens", f"must be >= 100, got {self.pt_tokens}")
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -96,4 +144,9 @@ PRESETS: dict[str, dict[str, Any]] = {
                       max_eval_tokens=20_000, run_dir="runs/search-cpu-small"),
     # The DARTS/ESS search sizes.
     "paper": dict(emsize=300, nhid=300, batch_size=256, epochs=50),
+    # Intra mode with DARTS's loop as well as its model (reference.md section 3 and the public code): fixed
+    # 35/17 lengths, architecture batches read at the training position, batch-norm statistics updated by the
+    # architecture step, NLL-only architecture loss, embedding U(+-0.04). docs/method.md gives the effect of each.
+    "darts": dict(mode="intra", emsize=300, nhid=300, batch_size=256, epochs=50, lengths="darts",
+                  valid_batches="darts", arch_bn_stats="update", arch_reg=False, emb_init=0.04),
 }

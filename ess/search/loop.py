@@ -3,9 +3,12 @@
 Each iteration takes one architecture step on a validation batch (Adam, first or second order, see
 :mod:`ess.search.architect`) and then one weight step on a training batch (SGD, learning rate scaled by
 ``seq_len / bptt``, clipping), as DARTS does (reference.md section 3). After each epoch: valid
-perplexity, the derived genotype (JSON and picture), the architecture-weight tables, their entropy,
-the share of parameter-free ops in the genotype (the collapse signal), tokens/s, and an atomic
-checkpoint holding both optimisers, RNG states and the data position; ``--resume`` continues exactly.
+perplexity, the derived genotype (JSON and picture) with its derivation (every choice and its margin:
+``derivations/``), the architecture-weight tables, the collapse and decision diagnostics per part
+(:mod:`ess.space.diagnostics`), tokens/s, and an atomic checkpoint holding both optimisers, RNG states and
+the data position; ``--resume`` continues exactly. At the end the search's genotype is chosen by ``select``
+(the last epoch's, or that of the lowest supernet valid perplexity) or derived by perturbation (DARTS-PT,
+:mod:`ess.search.perturbation`), and written with its reason to ``genotype.json`` / ``selection.json``.
 
 :func:`search` is a plain callable reporting each epoch through ``on_epoch``, so an orchestrator (Ray
 Tune) can wrap it without this module knowing about it.
@@ -18,7 +21,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +59,7 @@ from ess.runs import (
 from ess.runtime import perplexity, pick_device, set_threads
 from ess.search.architect import Architect, requires_grad
 from ess.search.config import SearchConfig
-from ess.space.derive import parameter_free_share
+from ess.space.derive import Derivation, DeriveRule
 from ess.space.genotype import ESSGenotype, load_genotype, save_genotype
 from ess.supernet.model import SearchModel, build_search_model
 
@@ -74,7 +77,12 @@ def build_model(cfg: SearchConfig, ntoken: int) -> SearchModel:
         combination=cfg.combination, residual=cfg.residual, softmax_scope=cfg.softmax_scope,
         intra_genotype=load_genotype(cfg.intra_genotype), dropout=cfg.dropout, dropouth=cfg.dropouth,
         dropoutx=cfg.dropoutx, dropouti=cfg.dropouti, dropoute=cfg.dropoute, batchnorm=cfg.batchnorm,
-        implementation=cfg.implementation)
+        implementation=cfg.implementation, intra_ops=cfg.intra_ops, inter_ops=cfg.inter_ops,
+        inter_norm=cfg.inter_norm, emb_init=cfg.emb_init)
+
+
+def derive_rule(cfg: SearchConfig) -> DeriveRule:
+    return DeriveRule(drop_ratio=cfg.drop_ratio, decision_ratio=cfg.decision_ratio)
 
 
 def _slice(data: torch.Tensor, limit: int) -> torch.Tensor:
@@ -86,6 +94,7 @@ class SearchResult:
     genotype: ESSGenotype
     rows: list[dict[str, Any]]
     run_dir: Path
+    selection: dict[str, Any] = field(default_factory=dict)   # how the genotype was chosen (selection.json)
 
 
 class Searcher:
@@ -109,14 +118,23 @@ class Searcher:
         seed_everything(cfg.seed)
         self.model = build_model(cfg, self.ntoken).to(self.device)
         self.optimizer = torch.optim.SGD(self.model.weight_parameters(), lr=cfg.lr, weight_decay=cfg.wdecay)
+        reg = (cfg.alpha, cfg.beta) if cfg.arch_reg else (0.0, 0.0)
+        penalty = (lambda: self.beta_decay_weight * self.model.log_partition()) if cfg.beta_decay > 0 else None
         self.architect = Architect(self.model, cfg.arch_lr, cfg.arch_wdecay, unrolled=cfg.order == 2,
-                                   alpha=cfg.alpha, beta=cfg.beta)
+                                   alpha=reg[0], beta=reg[1], second_order=cfg.second_order,
+                                   freeze_buffers=cfg.arch_bn_stats == "frozen", penalty=penalty)
+        self.rule = derive_rule(cfg)
         self.lengths = torch.Generator().manual_seed(cfg.seed)
         self.epoch, self.best_valid, self.rows, self.rollbacks = 0, math.inf, [], 0
         self.guard = DivergenceGuard("search", cfg.max_rollbacks, cfg.rollback_lr_factor,
                                      ppl_bound(cfg.max_ppl, self.ntoken))
         self._initial: dict[str, Any] | None = None   # the state to roll back to before any checkpoint
         self.params = sum(p.numel() for p in self.model.weight_parameters())   # the supernet's weights
+
+    @property
+    def beta_decay_weight(self) -> float:
+        """beta-DARTS's schedule: the weight grows linearly from 0, ``beta_decay * epoch / epochs`` (0-based)."""
+        return self.cfg.beta_decay * self.epoch / self.cfg.epochs
 
     @property
     def lr(self) -> float:
@@ -172,8 +190,16 @@ class Searcher:
         self.guard.announce(reason, rollbacks, self.epoch)
 
     # -- one epoch -----------------------------------------------------------------------------------
-    def _valid_batch(self, pos: int, seq_len: int, state):
-        """The next architecture batch, contiguous with the last one so its state carries over."""
+    def _valid_batch(self, pos: int, seq_len: int, state, train_pos: int):
+        """The next architecture batch.
+
+        ``contiguous``: at its own position, as long as the training batch, following the last one so its
+        state carries over. ``darts``: the public code's ``get_batch(search_data, i % (rows - 1))``, at the
+        training batch's position ``i`` and ``bptt`` long, its state carried over whatever the gap.
+        """
+        if self.cfg.valid_batches == "darts":
+            data, targets = get_batch(self.search_data, train_pos % (self.search_data.size(0) - 1), self.cfg.bptt)
+            return (data, targets), pos, state
         if pos >= self.search_data.size(0) - 1:
             pos, state = 0, self.model.init_state(self.cfg.batch_size)
         data, targets = get_batch(self.search_data, pos, seq_len)
@@ -186,7 +212,7 @@ class Searcher:
         valid_state, valid_pos = model.init_state(cfg.batch_size), 0
         weights, arch = model.weight_parameters(), model.arch_parameters()
         batches = BPTTIterator(self.train_data, cfg.bptt, random_length=True, generator=self.lengths,
-                               max_seq_len_delta=cfg.max_seq_len_delta)
+                               max_seq_len_delta=cfg.max_seq_len_delta, length_noise=cfg.lengths == "normal")
         total_loss, total_tokens, start = 0.0, 0, time.perf_counter()
         bar = tqdm(total=self.train_data.size(0) - 1, disable=not cfg.progress, leave=False, file=sys.stderr,
                    desc=f"search epoch {self.epoch + 1}")
@@ -195,7 +221,8 @@ class Searcher:
             for step, (data, targets, seq_len) in enumerate(batches, 1):
                 lr = self.lr * seq_len / cfg.bptt
                 state = detach_state(state)
-                valid_batch, valid_pos, valid_state = self._valid_batch(valid_pos, seq_len, valid_state)
+                valid_batch, valid_pos, valid_state = self._valid_batch(valid_pos, seq_len, valid_state,
+                                                                        batches.i - seq_len)
                 valid_state = self.architect.step((data, targets), valid_batch, state, valid_state, network_lr=lr,
                                                   network_weight_decay=cfg.wdecay, network_clip=cfg.clip)
                 guard.check_finite(arch, "architecture weights", epoch, step)
@@ -225,16 +252,20 @@ class Searcher:
         return {"train/loss": mean, "train/ppl": perplexity(mean), "train/tokens_per_s": total_tokens / elapsed,
                 "train/seconds": elapsed}
 
-    def write_artifacts(self, genotype: ESSGenotype) -> dict[str, Path]:
-        """Genotype JSON (and picture) and the full softmax tables of this epoch, plus the latest copies."""
-        tag = f"epoch_{self.epoch:03d}"
+    def write_artifacts(self, found: Derivation) -> dict[str, Path]:
+        """Genotype JSON (and picture), its derivation and the full softmax tables of this epoch, plus the
+        latest copies."""
+        genotype, tag = found.genotype, f"epoch_{self.epoch:03d}"
         weights = json.dumps(self.model.arch_weights(), indent=1) + "\n"
+        reasons = json.dumps(found.to_dict(), indent=1) + "\n"
         paths = {
             "genotype": save_genotype(genotype, self.run_dir / "genotypes" / f"{tag}.json"),
             "arch_weights": atomic_write_text(self.run_dir / "arch_weights" / f"{tag}.json", weights),
+            "derivation": atomic_write_text(self.run_dir / "derivations" / f"{tag}.json", reasons),
         }
         save_genotype(genotype, self.run_dir / "genotype.json")
         atomic_write_text(self.run_dir / "arch_weights.json", weights)
+        atomic_write_text(self.run_dir / "derivation.json", reasons)
         if self.cfg.draw:
             from ess.space.draw import draw_genotype
 
@@ -247,11 +278,13 @@ class Searcher:
             self._initial = copy.deepcopy(self.state_dict())
         # The epoch files on disk are those of the checkpoint's epochs: later ones (of a checkpoint that was
         # lost) go, and the checkpoint's own are written again if a crash came before they were.
-        for stale in [*self.run_dir.glob("genotypes/epoch_*"), *self.run_dir.glob("arch_weights/epoch_*")]:
+        for stale in [*self.run_dir.glob("genotypes/epoch_*"), *self.run_dir.glob("arch_weights/epoch_*"),
+                      *self.run_dir.glob("derivations/epoch_*")]:
             if int(stale.stem.split("_")[1]) > self.epoch:
                 stale.unlink()
-        if self.epoch > 0 and not (self.run_dir / "genotypes" / f"epoch_{self.epoch:03d}.json").exists():
-            self.write_artifacts(self.model.genotype())
+        tag = f"epoch_{self.epoch:03d}.json"
+        if self.epoch > 0 and not all((self.run_dir / d / tag).exists() for d in ("genotypes", "derivations")):
+            self.write_artifacts(self.model.derivation(self.rule))
         while self.epoch < self.cfg.epochs:
             try:
                 row = self.train_epoch()
@@ -264,23 +297,61 @@ class Searcher:
                 continue
             self.epoch += 1
             self.best_valid = min(self.best_valid, valid)
-            genotype = self.model.genotype()
+            found, diagnostics = self.model.diagnostics(self.rule)
             row = {"epoch": self.epoch, **row, "valid/loss": valid, "valid/ppl": perplexity(valid),
-                   "valid/best_ppl": perplexity(self.best_valid), "arch/entropy": self.model.arch_entropy(),
-                   "genotype/param_free_share": parameter_free_share(genotype), "params": self.params,
-                   "rollbacks": self.rollbacks,
-                   "lr_scale": self.guard.lr_scale(self.rollbacks)}
+                   "valid/best_ppl": perplexity(self.best_valid), **diagnostics, "params": self.params,
+                   "rollbacks": self.rollbacks, "lr_scale": self.guard.lr_scale(self.rollbacks)}
+            if self.cfg.beta_decay > 0:
+                row["arch/beta_decay_weight"] = self.cfg.beta_decay * (self.epoch - 1) / self.cfg.epochs
             self.rows.append(row)
             save_checkpoint(self.checkpoint_path, self.state_dict())
-            artifacts = self.write_artifacts(genotype)   # after its checkpoint: never beside an older one
+            artifacts = self.write_artifacts(found)   # after its checkpoint: never beside an older one
             write_metrics(self.run_dir, self.rows)
-            on_epoch(EpochReport(self.epoch, row, self.run_dir, self.checkpoint_path, genotype, artifacts))
-        genotype = self.model.genotype()
+            on_epoch(EpochReport(self.epoch, row, self.run_dir, self.checkpoint_path, found.genotype, artifacts))
+        found, selection = self.select()
+        save_genotype(found.genotype, self.run_dir / "genotype.json")
+        atomic_write_text(self.run_dir / "derivation.json", json.dumps(found.to_dict(), indent=1) + "\n")
+        atomic_write_text(self.run_dir / "selection.json", json.dumps(selection, indent=1) + "\n")
         if self.cfg.draw:
             from ess.space.draw import draw_genotype
 
-            draw_genotype(genotype, self.run_dir / "genotype", title=f"{self.cfg.mode} search")
-        return SearchResult(genotype, self.rows, self.run_dir)
+            draw_genotype(found.genotype, self.run_dir / "genotype", title=f"{self.cfg.mode} search")
+        return SearchResult(found.genotype, self.rows, self.run_dir, selection)
+
+    def select(self) -> tuple[Derivation, dict[str, Any]]:
+        """The search's genotype and how it was chosen (``derive``, ``select``; written to selection.json)."""
+        cfg = self.cfg
+        if cfg.derive == "perturbation":
+            from ess.search.perturbation import perturbation_derivation
+
+            found = perturbation_derivation(self.model, self.valid_source(cfg.pt_tokens), cfg.bptt, self.rule)
+            return found, {"criterion": "perturbation", "epoch": self.epoch, "pt_tokens": cfg.pt_tokens,
+                           "reason": "DARTS-PT: each choice is the candidate whose removal raises the final "
+                                     "supernet's valid loss most", "decided": found.decided}
+        epoch = self.epoch
+        if cfg.select == "best_valid" and self.rows:
+            epoch = int(min(self.rows, key=lambda r: (r["valid/ppl"], r["epoch"]))["epoch"])
+        reasons = json.loads((self.run_dir / "derivations" / f"epoch_{epoch:03d}.json").read_text())
+        found = _derivation_from_dict(reasons, self.rule) if epoch != self.epoch else self.model.derivation(self.rule)
+        why = ("the last epoch's" if cfg.select == "last" else
+               f"the epoch of the lowest supernet valid perplexity ({self.rows[epoch - 1]['valid/ppl']:.2f})")
+        return found, {"criterion": cfg.select, "epoch": epoch, "reason": f"{why} argmax derivation",
+                       "decided": found.decided}
+
+    def valid_source(self, tokens: int) -> torch.Tensor:
+        """The first ``tokens`` validation tokens, batchified at the search batch size (perturbation scores)."""
+        corpus = load_corpus(self.cfg.dataset, self.cfg.data_dir)
+        valid = _slice(_slice(corpus.valid, self.cfg.max_eval_tokens), tokens)
+        return batchify(valid, min(self.cfg.batch_size, max(1, valid.numel() // 40)), self.device)
+
+
+def _derivation_from_dict(data: dict[str, Any], rule: DeriveRule) -> Derivation:
+    """A derivation read back from ``derivations/epoch_NNN.json`` (its choices as recorded)."""
+    from ess.space.derive import Choice
+
+    choices = tuple(Choice(c["part"], c["where"], c["op"], c["pred"], c["weight"], c["runner_up"], c["uniform"],
+                           c["decided"]) for c in data["choices"])
+    return Derivation(ESSGenotype.from_dict(data["genotype"]), choices, tuple(data["notes"]), rule)
 
 
 def search(cfg: SearchConfig, *, resume: bool = False, on_epoch: OnEpoch = ignore_report) -> SearchResult:

@@ -1,97 +1,177 @@
-"""Derivation of a discrete :class:`~ess.space.ESSGenotype` from architecture weights.
+"""Derivation of a discrete :class:`~ess.space.ESSGenotype` from architecture weights, with its reasons.
 
-Everything here is a pure function over plain weight tables (nested lists of floats, NumPy arrays or
-tensors whose columns follow :data:`ess.space.ops.PRIMITIVES`), so tests and analysis notebooks can build
-tables by hand, and a search log written as JSON can be re-derived without a model.
+Pure functions over the plain weight tables of :mod:`ess.space.tables` (columns in
+:data:`ess.space.ops.PRIMITIVES` order), so a search log written as JSON can be re-derived without a model
+and tests can build tables by hand. Rules (docs/method.md, "Derivation"):
 
-Row layouts (shared by the search cells in :mod:`ess.supernet` and :mod:`ess.supernet.reference`):
+* **intra node** ``i``: the predecessor whose best non-``none`` op weight is highest, then that op (DARTS's
+  ``_parse``); ties go to the lowest predecessor, then the first op. ``none`` is never chosen.
+* **inter branch**: its best ``(predecessor, op)`` with ``op != none`` among the inputs and the surviving
+  earlier nodes (for softmax scope ``edge`` this is DARTS's rule too: max over ``j`` of the max over ops).
+  The branch says **no** when its strongest ``none`` weight beats that choice:
+  ``max_j theta(j, none) > drop_ratio * theta(best)`` (:class:`DeriveRule`, default 1.5; ``drop_ratio = inf``
+  never drops, the derivation before this rule existed).
+* **inter node**: a product node (seed eq. 4) is dropped when either branch says no (``a ⊙ 0 = 0``); a sum
+  node when both do (one "no" under ``sum`` keeps both branches, since a genotype edge cannot be the zero
+  op, and is reported). Surviving nodes are renumbered in order; a later branch never reads a dropped node.
+* **duplicates**: a node whose branches equal an earlier survivor's (same side, op and source: the maps
+  ``W^a_j``, ``W^b_j`` are shared by all nodes) computes the same vector; it is merged into the earlier node
+  (later branches that read it read that node) and reported.
+* an inter cell with no surviving node derives to the identity (:data:`IDENTITY_INTER`), so a joint
+  search can hand back exactly a DARTS cell; the combination, when searched, is the argmax of its weights.
 
-* intra cell (DARTS, reference.md section 3): one row per edge ``(i, j)``, node ``i = 1..steps``
-  outer, predecessor ``j = 0..i-1`` inner (:func:`intra_rows`); ``steps (steps + 1) / 2`` rows.
-* inter cell (ESS, reference.md section 2): one row per ``(k, branch, j)``, node ``k = 0..n-1`` outer,
-  branch ``a`` then ``b``, predecessor index ``j = 0..m+k-1`` inner (:func:`inter_rows`).
-
-Derivation rules:
-
-* intra node ``i``: the predecessor whose best non-``none`` op weight is highest, then that op (DARTS's
-  ``_parse``); ties go to the lowest predecessor, then the first op in :data:`PRIMITIVES` order.
-* inter branch: its best ``(predecessor, op)`` excluding ``none``. For softmax scope ``edge`` (one
-  softmax per predecessor) the DARTS rule applies to the branch's table; maximising over pairs is the
-  same rule (max over ``j`` of the max over ops), so one function serves both scopes.
-* combination: the argmax of the two combination weights (order :data:`COMBINATIONS`) if searched.
-
-The JSON form of all architecture weights (:meth:`ess.supernet.SearchModel.arch_weights`) is built by
-:func:`intra_table` / :func:`inter_table` and read back by :func:`derive_genotype` and
-:func:`arch_entropy`.
+Every choice is kept as a :class:`Choice` with its margin over the runner-up (the best alternative, ``none``
+included) and over the uniform weight; it is **decided** when ``weight >= decision_ratio * runner_up``, and
+a derivation is decided when all its choices are (:class:`Derivation`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from ess.space.genotype import COMBINATIONS, Edge, ESSGenotype, InterGenotype, InterNode, IntraGenotype
-from ess.space.ops import OPS, PRIMITIVES, ZERO
+from ess.space.genotype import (
+    COMBINATIONS,
+    IDENTITY_INTER,
+    Edge,
+    ESSGenotype,
+    InterGenotype,
+    InterNode,
+    IntraGenotype,
+)
+from ess.space.ops import PRIMITIVES, ZERO
+from ess.space.tables import (
+    BRANCHES,
+    PARTS,
+    as_rows,
+    inter_from_dict,
+    intra_edge_count,
+    intra_from_dict,
+    intra_offset,
+    part_ops,
+)
 
-FORMAT = "ess-arch-weights/1"
-BRANCHES: tuple[str, ...] = ("a", "b")
-SCOPES: tuple[str, ...] = ("node", "edge")
 _ZERO_COL = PRIMITIVES.index(ZERO)
 
-Table = Sequence[Sequence[float]]
+
+@dataclass(frozen=True)
+class DeriveRule:
+    """The knobs of the derivation (see the module docstring).
+
+    ``drop_ratio``: an inter branch says no when its ``none`` weight exceeds ``drop_ratio`` times its best
+    choice (``inf``: never). The default, 1.5, asks "no" to be as clear as a decided choice: at 1, nearly
+    uniform weights (an undecided search) would drop one branch in five by chance, since ``none`` is one of
+    the five ops of every row. ``decision_ratio``: a choice is decided when its weight is at least this many
+    times the runner-up's. ``merge_duplicates``: merge identical inter nodes (else keep them, reported).
+    """
+
+    drop_ratio: float = 1.5
+    decision_ratio: float = 1.5
+    merge_duplicates: bool = True
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.drop_ratio, (int, float)) and self.drop_ratio > 0):
+            raise ValueError(f"drop_ratio: expected a positive number (inf: never drop), got {self.drop_ratio!r}")
+        if not (isinstance(self.decision_ratio, (int, float)) and math.isfinite(self.decision_ratio)
+                and self.decision_ratio >= 1):
+            raise ValueError(f"decision_ratio: expected a finite number >= 1, got {self.decision_ratio!r}")
+
+
+DEFAULT_RULE = DeriveRule()
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One decision of the derivation: what was chosen, how strongly, against what."""
+
+    part: str            # intra, history or input
+    where: str           # "node 3" (intra), "node 1 a" (inter branch), "combination"
+    op: str              # the chosen op; "none" when an inter branch says no; the combination's name
+    pred: int            # the chosen predecessor in the supernet's numbering (-1: none or combination)
+    weight: float
+    runner_up: float     # the best alternative's weight (0.0 when there is none)
+    uniform: float       # the weight of this choice if its distribution were uniform
+    decided: bool
+
+    @property
+    def margin(self) -> float:
+        """``weight / runner_up`` (inf without an alternative)."""
+        return self.weight / self.runner_up if self.runner_up > 0 else math.inf
+
+    @property
+    def over_uniform(self) -> float:
+        """``weight / uniform``."""
+        return self.weight / self.uniform if self.uniform > 0 else math.inf
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"part": self.part, "where": self.where, "op": self.op, "pred": self.pred, "weight": self.weight,
+                "runner_up": self.runner_up, "uniform": self.uniform, "margin": _finite(self.margin),
+                "over_uniform": _finite(self.over_uniform), "decided": self.decided}
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+@dataclass(frozen=True)
+class Derivation:
+    """A derived genotype with every choice behind it and what the rules did (dropped, merged nodes)."""
+
+    genotype: ESSGenotype
+    choices: tuple[Choice, ...] = ()
+    notes: tuple[str, ...] = ()
+    rule: DeriveRule = field(default=DEFAULT_RULE)
+
+    def of(self, part: str) -> list[Choice]:
+        return [c for c in self.choices if c.part == part]
+
+    @property
+    def searched_parts(self) -> list[str]:
+        return [p for p in PARTS if self.of(p)]
+
+    def decided_share(self, part: str | None = None) -> float:
+        """Share of decided choices (of ``part``, or of all); 1.0 when nothing was searched."""
+        chosen = self.of(part) if part else list(self.choices)
+        return sum(c.decided for c in chosen) / len(chosen) if chosen else 1.0
+
+    @property
+    def decided(self) -> bool:
+        return all(c.decided for c in self.choices)
+
+    def undecided(self) -> list[Choice]:
+        return [c for c in self.choices if not c.decided]
+
+    def summary(self) -> str:
+        """One line: decided or not, and the weakest choice per searched part."""
+        if not self.choices:
+            return "nothing searched"
+        parts = []
+        for part in self.searched_parts:
+            weakest = min(self.of(part), key=lambda c: c.margin)
+            parts.append(f"{part} {self.decided_share(part):.0%} decided (weakest {weakest.where}: "
+                         f"{weakest.op} x{weakest.margin:.2f} its runner-up)")
+        verdict = "decided" if self.decided else f"UNDECIDED (rule: every choice >= {self.rule.decision_ratio:g}x " \
+                                                  "its runner-up)"
+        return f"{verdict}; " + "; ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"genotype": self.genotype.to_dict(), "decided": self.decided,
+                "decision_ratio": self.rule.decision_ratio, "drop_ratio": _finite(float(self.rule.drop_ratio)),
+                "decided_share": {p: self.decided_share(p) for p in self.searched_parts},
+                "choices": [c.to_dict() for c in self.choices], "notes": list(self.notes)}
 
 
 # --------------------------------------------------------------------------------------------------
-# Row layouts
+# Ranking the candidates of one choice
 
 
-def intra_edge_count(steps: int) -> int:
-    """Number of intra edges (rows of the intra table): ``steps (steps + 1) / 2`` (36 for 8 nodes)."""
-    return steps * (steps + 1) // 2
-
-
-def intra_rows(steps: int) -> list[tuple[int, int]]:
-    """``(node i, predecessor j)`` of every intra row, node outer (1-based), predecessor inner."""
-    return [(i, j) for i in range(1, steps + 1) for j in range(i)]
-
-
-def intra_offset(i: int) -> int:
-    """First row of node ``i`` (1-based) in the intra table."""
-    return (i - 1) * i // 2
-
-
-def inter_row_count(m: int, n_nodes: int) -> int:
-    """Rows of one inter cell's table: ``2 * sum_k (m + k)``."""
-    return 2 * sum(m + k for k in range(n_nodes))
-
-
-def inter_rows(m: int, n_nodes: int) -> list[tuple[int, str, int]]:
-    """``(node k, branch, predecessor j)`` of every inter row; node ``k`` sits at index ``m + k``."""
-    return [(k, b, j) for k in range(n_nodes) for b in BRANCHES for j in range(m + k)]
-
-
-def inter_offset(m: int, k: int) -> int:
-    """First row of node ``k``'s branch ``a`` (its branch ``b`` follows after ``m + k`` rows)."""
-    return 2 * sum(m + q for q in range(k))
-
-
-# --------------------------------------------------------------------------------------------------
-# Plain tables
-
-
-def as_rows(table: Any) -> list[list[float]]:
-    """A table (nested sequences, NumPy array or tensor) as a list of float rows."""
-    if hasattr(table, "detach"):
-        table = table.detach().cpu()
-    if hasattr(table, "tolist"):
-        table = table.tolist()
-    rows = [[float(v) for v in row] for row in table]
-    for r, row in enumerate(rows):
-        if len(row) != len(PRIMITIVES):
-            raise ValueError(f"row {r}: expected {len(PRIMITIVES)} op weights ({', '.join(PRIMITIVES)}), "
-                             f"got {len(row)}")
-    return rows
+def _ranked(rows: Sequence[Sequence[float]], row_ids: Sequence[int],
+            cols: Sequence[int]) -> list[tuple[float, int, int]]:
+    """``(weight, j, col)`` of every non-``none`` candidate, best first; ties: lowest ``j``, then first op."""
+    cands = [(rows[j][k], j, k) for j in row_ids for k in cols if k != _ZERO_COL]
+    return sorted(cands, key=lambda c: (-c[0], c[1], c[2]))
 
 
 def best_edge(table: Any) -> Edge:
@@ -103,33 +183,60 @@ def best_edge(table: Any) -> Edge:
     rows = as_rows(table)
     if not rows:
         raise ValueError("an empty table has no edge to choose")
-    best: tuple[float, int, int] | None = None
-    for j, row in enumerate(rows):
-        for k, w in enumerate(row):
-            if k == _ZERO_COL:
-                continue
-            if best is None or w > best[0]:
-                best = (w, j, k)
-    assert best is not None
-    return Edge(PRIMITIVES[best[2]], best[1])
+    w, j, k = _ranked(rows, range(len(rows)), range(len(PRIMITIVES)))[0]
+    return Edge(PRIMITIVES[k], j)
 
 
-def derive_intra(table: Any, steps: int | None = None, concat: Sequence[int] | None = None) -> IntraGenotype:
-    """DARTS derivation of the intra cell from its ``steps (steps+1)/2 x 5`` table (rows :func:`intra_rows`).
+def _cols(ops: Sequence[str] | None) -> list[int]:
+    return [PRIMITIVES.index(op) for op in (ops or PRIMITIVES)]
 
-    ``concat`` defaults to every node ``1..steps`` (the search cell's output is the mean of all nodes).
-    """
+
+# --------------------------------------------------------------------------------------------------
+# Intra cell
+
+
+def _intra(table: Any, steps: int | None, concat: Sequence[int] | None, ops: Sequence[str] | None,
+           rule: DeriveRule, part: str = "intra") -> tuple[IntraGenotype, list[Choice]]:
     rows = as_rows(table)
     if steps is None:
         steps = int(round((math.sqrt(8 * len(rows) + 1) - 1) / 2))
     if len(rows) != intra_edge_count(steps):
         raise ValueError(f"intra table: expected {intra_edge_count(steps)} rows for {steps} nodes, got {len(rows)}")
-    edges = tuple(best_edge(rows[intra_offset(i): intra_offset(i) + i]) for i in range(1, steps + 1))
-    return IntraGenotype(edges, tuple(concat) if concat is not None else tuple(range(1, steps + 1)))
+    cols = _cols(ops)
+    edges, choices = [], []
+    for i in range(1, steps + 1):
+        node_rows = rows[intra_offset(i): intra_offset(i) + i]
+        ranked = _ranked(node_rows, range(i), cols)
+        w, j, k = ranked[0]
+        runner = ranked[1][0] if len(ranked) > 1 else 0.0
+        edges.append(Edge(PRIMITIVES[k], j))
+        choices.append(Choice(part, f"node {i}", PRIMITIVES[k], j, w, runner, 1.0 / len(cols),
+                              w >= rule.decision_ratio * runner))
+    genotype = IntraGenotype(tuple(edges), tuple(concat) if concat is not None else tuple(range(1, steps + 1)))
+    return genotype, choices
+
+
+def derive_intra(table: Any, steps: int | None = None, concat: Sequence[int] | None = None,
+                 ops: Sequence[str] | None = None) -> IntraGenotype:
+    """DARTS derivation of the intra cell from its ``steps (steps+1)/2 x 5`` table (rows ``intra_rows``).
+
+    ``concat`` defaults to every node ``1..steps`` (the search cell's output is the mean of all nodes);
+    ``ops`` limits the candidates (default: every op).
+    """
+    return _intra(table, steps, concat, ops, DEFAULT_RULE)[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# Inter cells
 
 
 def derive_combination(weights: Any) -> str:
     """Argmax of the two combination weights (order :data:`COMBINATIONS`: product, sum); ties: product."""
+    values = _combination_values(weights)
+    return COMBINATIONS[max(range(len(values)), key=lambda i: (values[i], -i))]
+
+
+def _combination_values(weights: Any) -> list[float]:
     if isinstance(weights, Mapping):
         values = [float(weights[name]) for name in COMBINATIONS]
     else:
@@ -137,181 +244,171 @@ def derive_combination(weights: Any) -> str:
     if len(values) != len(COMBINATIONS):
         raise ValueError(f"combination weights: expected {len(COMBINATIONS)} ({', '.join(COMBINATIONS)}), "
                          f"got {len(values)}")
-    return COMBINATIONS[max(range(len(values)), key=lambda i: (values[i], -i))]
+    return values
+
+
+#: ``choose(k, side, visible) -> (op, j, says_no, choice)``: one inter branch's decision among the rows
+#: ``visible`` (inputs, surviving nodes and their merged duplicates, in the supernet's numbering).
+ChooseBranch = Callable[[int, str, list[int]], tuple[str, int, bool, Choice]]
+
+
+def build_inter(n_nodes: int, m: int, combination: str, residual: bool, choose: ChooseBranch, rule: DeriveRule,
+                part: str) -> tuple[InterGenotype, list[Choice], list[str]]:
+    """The structure rules of the module docstring (drop, renumber, merge, identity) around ``choose``."""
+    choices: list[Choice] = []
+    notes: list[str] = []
+    alias: dict[int, int] = {j: j for j in range(m)}      # supernet index -> the index whose value it has
+    survivors: list[int] = []                              # supernet indices of the kept nodes, in order
+    kept_nodes: dict[int, tuple[Edge, Edge]] = {}
+    for k in range(n_nodes):
+        index, visible = m + k, sorted(alias)
+        edges, says_no = [], []
+        for side in BRANCHES:
+            op, j, no, choice = choose(k, side, visible)
+            choices.append(choice)
+            edges.append(Edge(op, alias[j]))
+            says_no.append(no)
+        dropped = any(says_no) if combination == "product" else all(says_no)
+        if dropped:
+            notes.append(f"{part}: node {k} dropped (branch {'/'.join(s for s, n in zip(BRANCHES, says_no) if n)} "
+                         "says none)")
+            continue
+        if any(says_no):
+            notes.append(f"{part}: sum node {k} kept although branch {BRANCHES[says_no.index(True)]} says none")
+        twin = next((q for q in survivors if kept_nodes[q] == tuple(edges)), None)
+        if twin is not None and rule.merge_duplicates:
+            alias[index] = twin
+            notes.append(f"{part}: node {k} duplicates node {twin - m}: merged")
+            continue
+        if twin is not None:
+            notes.append(f"{part}: node {k} duplicates node {twin - m} (kept: merge_duplicates is off)")
+        alias[index] = index
+        survivors.append(index)
+        kept_nodes[index] = (edges[0], edges[1])
+    if not survivors:
+        if n_nodes:
+            notes.append(f"{part}: every node dropped: the identity")
+        return IDENTITY_INTER, choices, notes
+    renumber = {j: j for j in range(m)} | {s: m + q for q, s in enumerate(survivors)}
+    nodes = tuple(InterNode(*(Edge(e.op, renumber[e.pred]) for e in kept_nodes[s])) for s in survivors)
+    return InterGenotype(m=m, nodes=nodes, combination=combination, residual=residual), choices, notes
+
+
+def _inter(branch_tables: Sequence[Any], m: int, combination: str, residual: bool, combination_weights: Any,
+           scope: str, ops: Sequence[str] | None, rule: DeriveRule,
+           part: str) -> tuple[InterGenotype, list[Choice], list[str]]:
+    if len(branch_tables) % 2:
+        raise ValueError(f"inter tables: expected two branch tables per node, got {len(branch_tables)}")
+    choices: list[Choice] = []
+    if combination == "search":
+        if combination_weights is None:
+            raise ValueError("combination 'search' needs the combination weights")
+        values = _combination_values(combination_weights)
+        combination = derive_combination(values)
+        best = COMBINATIONS.index(combination)
+        choices.append(Choice(part, "combination", combination, -1, values[best], values[1 - best],
+                              1.0 / len(values), values[best] >= rule.decision_ratio * values[1 - best]))
+    cols = _cols(ops)
+    can_say_no = _ZERO_COL in cols
+    tables = []
+    for k in range(len(branch_tables) // 2):
+        for side, table in zip(BRANCHES, branch_tables[2 * k: 2 * k + 2]):
+            rows = as_rows(table)
+            if len(rows) != m + k:
+                raise ValueError(f"inter node {k} branch {side}: expected {m + k} rows (predecessors), got {len(rows)}")
+            tables.append(rows)
+
+    def choose(k: int, side: str, visible: list[int]) -> tuple[str, int, bool, Choice]:
+        rows = tables[2 * k + BRANCHES.index(side)]
+        ranked = _ranked(rows, visible, cols)
+        w, j, col = ranked[0]
+        zero = max(rows[v][_ZERO_COL] for v in visible) if can_say_no else 0.0
+        no = can_say_no and zero > rule.drop_ratio * w
+        uniform = 1.0 / (len(cols) * (m + k)) if scope == "node" else 1.0 / len(cols)
+        if no:
+            choice = Choice(part, f"node {k} {side}", ZERO, -1, zero, w, uniform, zero >= rule.decision_ratio * w)
+        else:
+            runner = max(ranked[1][0] if len(ranked) > 1 else 0.0, zero)
+            choice = Choice(part, f"node {k} {side}", PRIMITIVES[col], j, w, runner, uniform,
+                            w >= rule.decision_ratio * runner)
+        return PRIMITIVES[col], j, no, choice
+
+    genotype, found, notes = build_inter(len(tables) // 2, m, combination, residual, choose, rule, part)
+    return genotype, choices + found, notes
 
 
 def derive_inter(branch_tables: Sequence[Any], m: int, combination: str = "product", residual: bool = True,
-                 combination_weights: Any = None) -> InterGenotype:
+                 combination_weights: Any = None, *, scope: str = "node", ops: Sequence[str] | None = None,
+                 rule: DeriveRule = DEFAULT_RULE) -> InterGenotype:
     """Derive one inter cell: ``branch_tables`` lists node 0's a, b tables, then node 1's, ...
 
     The table of node ``k`` has ``m + k`` rows (predecessor indices). ``combination='search'`` needs
     ``combination_weights`` and derives their argmax.
     """
-    if len(branch_tables) % 2:
-        raise ValueError(f"inter tables: expected two branch tables per node, got {len(branch_tables)}")
-    nodes = []
-    for k in range(len(branch_tables) // 2):
-        edges = []
-        for b, table in zip(BRANCHES, branch_tables[2 * k: 2 * k + 2]):
-            rows = as_rows(table)
-            if len(rows) != m + k:
-                raise ValueError(f"inter node {k} branch {b}: expected {m + k} rows (predecessors), got {len(rows)}")
-            edges.append(best_edge(rows))
-        nodes.append(InterNode(*edges))
-    if combination == "search":
-        if combination_weights is None:
-            raise ValueError("combination 'search' needs the combination weights")
-        combination = derive_combination(combination_weights)
-    return InterGenotype(m=m, nodes=tuple(nodes), combination=combination, residual=residual)
+    return _inter(branch_tables, m, combination, residual, combination_weights, scope, ops, rule, "inter")[0]
 
 
-def parameter_free_share(genotype: ESSGenotype, parts: Sequence[str] = ("intra", "history", "input")) -> float:
-    """Share of the genotype's edges whose op is parameter-free (``OPS[op].parameter_free``).
+# --------------------------------------------------------------------------------------------------
+# Whole genotypes
 
-    The collapse signal of reference.md section 5: it grows when the search drifts to identity/none.
-    Edges are the intra cell's ``steps`` edges and both branches of every inter node, over ``parts``.
+
+def derivation(arch_weights: Mapping[str, Any], rule: DeriveRule = DEFAULT_RULE) -> Derivation:
+    """The genotype of a JSON arch-weights dict (:meth:`ess.supernet.SearchModel.arch_weights`) and its reasons.
+
+    Searched parts are derived by the rules above; fixed parts (identity inter cells in ``intra`` mode,
+    the given intra cell in ``inter`` mode) are taken as stored.
+    """
+    choices: list[Choice] = []
+    notes: list[str] = []
+    entry = arch_weights["intra"]
+    if entry["searched"]:
+        intra, found = _intra(entry["weights"], entry["steps"], None, part_ops(entry), rule)
+        choices += found
+    else:
+        intra = intra_from_dict(entry["genotype"])
+    inters = []
+    for part in ("history", "input"):
+        entry = arch_weights[part]
+        if entry["searched"]:
+            tables = [t["weights"] for t in entry["branches"]]
+            inter, found, said = _inter(tables, entry["m"], entry["combination"], entry["residual"],
+                                        entry.get("combination_weights"), entry.get("scope", "node"),
+                                        part_ops(entry), rule, part)
+            inters.append(inter)
+            choices += found
+            notes += said
+        else:
+            inters.append(inter_from_dict(entry["genotype"]))
+    genotype = ESSGenotype(intra=intra, history=inters[0], input=inters[1])
+    return Derivation(genotype, tuple(choices), tuple(notes), rule)
+
+
+def derive_genotype(arch_weights: Mapping[str, Any], rule: DeriveRule = DEFAULT_RULE) -> ESSGenotype:
+    """The discrete genotype of a JSON arch-weights dict (see :func:`derivation`)."""
+    return derivation(arch_weights, rule).genotype
+
+
+def identity_share(genotype: ESSGenotype, parts: Sequence[str] = PARTS) -> float:
+    """Share of the genotype's edges (intra edges, both branches of every inter node) whose op is ``identity``.
+
+    The collapse signal of reference.md section 5 for this space: ``identity`` still has its weight matrix
+    (``s_j W``), so this is not a share of parameter-free ops; ``none`` is never an edge of a genotype.
     """
     edges: list[Edge] = []
     for part in parts:
         if part == "intra":
             edges.extend(genotype.intra.recurrent)
         elif part in ("history", "input"):
-            inter = genotype.history if part == "history" else genotype.input
-            edges.extend(e for node in inter.nodes for e in (node.a, node.b))
+            edges.extend(e for node in getattr(genotype, part).nodes for e in (node.a, node.b))
         else:
-            raise ValueError(f"unknown genotype part {part!r} (known: intra, history, input)")
-    if not edges:
-        return 0.0
-    return sum(OPS[e.op].parameter_free for e in edges) / len(edges)
-
-
-# --------------------------------------------------------------------------------------------------
-# The JSON form of all architecture weights
-
-
-def intra_to_dict(genotype: IntraGenotype) -> dict[str, Any]:
-    return {"recurrent": [[e.op, e.pred] for e in genotype.recurrent], "concat": list(genotype.concat)}
-
-
-def intra_from_dict(data: Mapping[str, Any]) -> IntraGenotype:
-    return IntraGenotype(tuple(Edge(op, pred) for op, pred in data["recurrent"]), tuple(data["concat"]))
-
-
-def inter_to_dict(genotype: InterGenotype) -> dict[str, Any]:
-    return {"m": genotype.m, "combination": genotype.combination, "residual": genotype.residual,
-            "nodes": [{"a": [n.a.op, n.a.pred], "b": [n.b.op, n.b.pred]} for n in genotype.nodes]}
-
-
-def inter_from_dict(data: Mapping[str, Any]) -> InterGenotype:
-    nodes = tuple(InterNode(Edge(*n["a"]), Edge(*n["b"])) for n in data["nodes"])
-    return InterGenotype(m=data["m"], nodes=nodes, combination=data["combination"], residual=data["residual"])
-
-
-def fixed_part(genotype: IntraGenotype | InterGenotype) -> dict[str, Any]:
-    """The JSON entry of a part that is not searched in the current mode: its fixed genotype."""
-    if isinstance(genotype, IntraGenotype):
-        return {"searched": False, "genotype": intra_to_dict(genotype)}
-    return {"searched": False, "genotype": inter_to_dict(genotype)}
-
-
-def intra_table(probs: Any, steps: int) -> dict[str, Any]:
-    """The JSON entry of a searched intra cell: its softmax table with row and column labels."""
-    rows = as_rows(probs)
-    if len(rows) != intra_edge_count(steps):
-        raise ValueError(f"intra table: expected {intra_edge_count(steps)} rows, got {len(rows)}")
-    return {"searched": True, "steps": steps, "columns": list(PRIMITIVES),
-            "rows": [f"{i}<-{j}" for i, j in intra_rows(steps)], "weights": rows}
-
-
-def inter_table(branches: Sequence[Any], m: int, scope: str, combination: str, residual: bool,
-                combination_weights: Any = None) -> dict[str, Any]:
-    """The JSON entry of a searched inter cell.
-
-    ``branches[k]`` is node ``k``'s ``[2, m + k, 5]`` softmax weights (branch a, branch b). Each branch
-    table's rows are labelled by predecessor index ``j`` (``j < m``: input ``j``, 0 the newest;
-    ``j = m + q``: node ``q``). With scope ``node`` a whole branch table sums to 1, with ``edge`` each row.
-    """
-    tables = []
-    for k, node in enumerate(branches):
-        for b, table in zip(BRANCHES, node):
-            rows = as_rows(table)
-            tables.append({"node": k, "branch": b, "rows": list(range(m + k)), "weights": rows})
-    comb = None
-    if combination_weights is not None:
-        values = combination_weights.tolist() if hasattr(combination_weights, "tolist") else combination_weights
-        comb = {name: float(v) for name, v in zip(COMBINATIONS, values)}
-    return {"searched": True, "m": m, "nodes": len(branches), "scope": scope, "combination": combination,
-            "residual": residual, "columns": list(PRIMITIVES), "branches": tables, "combination_weights": comb}
-
-
-def derive_genotype(arch_weights: Mapping[str, Any]) -> ESSGenotype:
-    """The discrete genotype of a JSON arch-weights dict (:meth:`ess.supernet.SearchModel.arch_weights`).
-
-    Searched parts are derived by the rules above; fixed parts (identity inter cells in ``intra`` mode,
-    the given intra cell in ``inter`` mode) are taken as stored.
-    """
-    intra_entry = arch_weights["intra"]
-    if intra_entry["searched"]:
-        intra = derive_intra(intra_entry["weights"], intra_entry["steps"])
-    else:
-        intra = intra_from_dict(intra_entry["genotype"])
-    inters = []
-    for part in ("history", "input"):
-        entry = arch_weights[part]
-        if entry["searched"]:
-            tables = [t["weights"] for t in entry["branches"]]
-            inters.append(derive_inter(tables, entry["m"], entry["combination"], entry["residual"],
-                                       entry.get("combination_weights")))
-        else:
-            inters.append(inter_from_dict(entry["genotype"]))
-    return ESSGenotype(intra=intra, history=inters[0], input=inters[1])
-
-
-def entropy(dist: Sequence[float]) -> float:
-    """Shannon entropy (nats) of one probability distribution."""
-    return -sum(p * math.log(p) for p in dist if p > 0)
-
-
-def distributions(arch_weights: Mapping[str, Any]) -> dict[str, list[list[float]]]:
-    """Every softmax distribution of the searched parts, by part.
-
-    Intra: one per edge (over the 5 ops). Inter, scope ``node``: one per branch (over all its
-    ``(j, op)`` pairs); scope ``edge``: one per ``(branch, j)`` (over ops); plus the combination weights.
-    """
-    out: dict[str, list[list[float]]] = {}
-    intra_entry = arch_weights["intra"]
-    if intra_entry["searched"]:
-        out["intra"] = [list(row) for row in intra_entry["weights"]]
-    for part in ("history", "input"):
-        entry = arch_weights[part]
-        if not entry["searched"]:
-            continue
-        dists: list[list[float]] = []
-        for t in entry["branches"]:
-            if entry["scope"] == "node":
-                dists.append([p for row in t["weights"] for p in row])
-            else:
-                dists.extend(list(row) for row in t["weights"])
-        if entry.get("combination_weights"):
-            dists.append([float(entry["combination_weights"][c]) for c in COMBINATIONS])
-        out[part] = dists
-    return out
-
-
-def arch_entropy(arch_weights: Mapping[str, Any]) -> float:
-    """Mean entropy (nats) over all softmax distributions of the searched parts (0 if none)."""
-    dists = [d for part in distributions(arch_weights).values() for d in part]
-    if not dists:
-        return 0.0
-    return sum(entropy(d) for d in dists) / len(dists)
+            raise ValueError(f"unknown genotype part {part!r} (known: {', '.join(PARTS)})")
+    return sum(e.op == "identity" for e in edges) / len(edges) if edges else 0.0
 
 
 __all__ = [
-    "BRANCHES", "FORMAT", "SCOPES", "arch_entropy", "as_rows", "best_edge", "derive_combination",
-    "derive_genotype", "derive_inter", "derive_intra", "distributions", "entropy", "fixed_part",
-    "inter_from_dict", "inter_offset", "inter_row_count", "inter_rows", "inter_table", "inter_to_dict",
-    "intra_edge_count", "intra_from_dict", "intra_offset", "intra_rows", "intra_table", "intra_to_dict",
-    "parameter_free_share",
+    "DEFAULT_RULE", "ChooseBranch", "Choice", "DeriveRule", "Derivation", "best_edge", "build_inter", "derivation",
+    "derive_combination",
+    "derive_genotype", "derive_inter", "derive_intra", "identity_share",
 ]
 
 

@@ -18,7 +18,7 @@ import torch
 class Op:
     name: str
     activation: Callable[[torch.Tensor], torch.Tensor]
-    parameter_free: bool  # counted by the collapse signal (share of parameter-free ops)
+    weightless: bool  # no weight matrix of its own: only the zero op (identity still maps s_j W)
 
 
 def _zero(x: torch.Tensor) -> torch.Tensor:
@@ -30,11 +30,11 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
 
 
 OPS: dict[str, Op] = {
-    "none": Op("none", _zero, parameter_free=True),
-    "tanh": Op("tanh", torch.tanh, parameter_free=False),
-    "relu": Op("relu", torch.relu, parameter_free=False),
-    "sigmoid": Op("sigmoid", torch.sigmoid, parameter_free=False),
-    "identity": Op("identity", _identity, parameter_free=True),
+    "none": Op("none", _zero, weightless=True),
+    "tanh": Op("tanh", torch.tanh, weightless=False),
+    "relu": Op("relu", torch.relu, weightless=False),
+    "sigmoid": Op("sigmoid", torch.sigmoid, weightless=False),
+    "identity": Op("identity", _identity, weightless=False),
 }
 
 PRIMITIVES: tuple[str, ...] = ("none", "tanh", "relu", "sigmoid", "identity")

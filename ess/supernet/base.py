@@ -14,11 +14,11 @@ from torch import Tensor, nn
 
 from ess.config import check
 from ess.models.cells import INIT_RANGE
-from ess.space import derive
+from ess.space import tables
 from ess.space.genotype import COMBINATIONS
 from ess.space.ops import OPS, PRIMITIVES, ZERO
 
-SCOPES: tuple[str, ...] = derive.SCOPES
+SCOPES: tuple[str, ...] = tables.SCOPES
 INTER_COMBINATIONS: tuple[str, ...] = (*COMBINATIONS, "search")
 
 # The non-zero ops in PRIMITIVES order: their column in the weight tables and their activation.
@@ -125,7 +125,31 @@ COMBINE: dict[str, Callable[[Tensor, Tensor, Tensor | None], Tensor]] = {
     "product": _product, "sum": _sum, "search": _searched}
 
 
-def check_inter_args(dim: int, m: int, n_nodes: int, combination: str, residual: bool, softmax_scope: str) -> None:
+def _no_norm(branch: Tensor) -> Tensor:
+    return branch
+
+
+def _centre(branch: Tensor) -> Tensor:
+    return branch - branch.mean(-1, keepdim=True)
+
+
+def _layer(branch: Tensor) -> Tensor:
+    return F.layer_norm(branch, branch.shape[-1:])
+
+
+#: Search-only normalisation in the inter cells (the discrete cells have none, as DARTS's intra cell keeps its
+#: search batch norm out of the discrete cell). On a branch, before the combination: ``centre`` subtracts each
+#: row's feature mean (``sigmoid``'s 0.5 at small projections no longer dominates the architecture gradient),
+#: ``layer`` also divides by the row's standard deviation (affine-free layer norm). On every candidate op, before
+#: the weighted sum: ``op`` layer-normalises each op's activation, so that no op wins the gradient by its
+#: offset or its slope (``sigmoid``'s is 1/4, ``identity``'s 1). ``bench/inter_balance.py`` measures each.
+INTER_NORMS: dict[str, Callable[[Tensor], Tensor]] = {"none": _no_norm, "centre": _centre, "layer": _layer,
+                                                      "op": _no_norm}
+OP_NORMS: dict[str, Callable[[Tensor], Tensor]] = {"op": _layer}   # norms applied to each op, not the branch
+
+
+def check_inter_args(dim: int, m: int, n_nodes: int, combination: str, residual: bool, softmax_scope: str,
+                     norm: str = "none") -> None:
     """Validate the arguments of an inter search cell (ConfigError naming the argument)."""
     for name, value in (("dim", dim), ("m", m), ("n_inter", n_nodes)):
         check(isinstance(value, int) and not isinstance(value, bool) and value >= 1, name,
@@ -135,3 +159,4 @@ def check_inter_args(dim: int, m: int, n_nodes: int, combination: str, residual:
     check(isinstance(residual, bool), "residual", f"expected true or false, got {residual!r}")
     check(softmax_scope in SOFTMAX_SCOPES, "softmax_scope",
           f"unknown {softmax_scope!r} (known: {', '.join(SOFTMAX_SCOPES)})")
+    check(norm in INTER_NORMS, "inter_norm", f"unknown {norm!r} (known: {', '.join(INTER_NORMS)})")

@@ -11,12 +11,15 @@ from torch import Tensor, nn
 from ess import kernels
 from ess.config import check
 from ess.models.cells import DARTSCell, InterCell
-from ess.space import derive
+from ess.space import tables
 from ess.space.genotype import COMBINATIONS, InterGenotype, IntraGenotype
 from ess.space.ops import PRIMITIVES
 from ess.supernet.base import (
     _NONZERO_ACTS,
     _NONZERO_COLS,
+    COMBINE,
+    INTER_NORMS,
+    OP_NORMS,
     SOFTMAX_SCOPES,
     ArchBound,
     InterWeights,
@@ -57,10 +60,10 @@ class MixedIntraCell(ArchBound, nn.Module):
         self.bn: nn.Module = nn.BatchNorm1d(nhid, affine=False) if batchnorm else nn.Identity()
 
     def arch_spec(self) -> dict[str, tuple[int, ...]]:
-        return {"ops": (derive.intra_edge_count(self.steps), len(PRIMITIVES))}
+        return {"ops": (tables.intra_edge_count(self.steps), len(PRIMITIVES))}
 
     def arch_probabilities(self, alphas: Mapping[str, Tensor]) -> Tensor:
-        """``[steps (steps+1)/2, 5]``: softmax over ops per edge (rows :func:`ess.space.derive.intra_rows`)."""
+        """``[steps (steps+1)/2, 5]``: softmax over ops per edge (rows :func:`ess.space.tables.intra_rows`)."""
         return F.softmax(alphas["ops"], dim=-1)
 
     def _prepare(self, probs: Tensor) -> Tensor:
@@ -89,7 +92,7 @@ class MixedIntraCell(ArchBound, nn.Module):
         theta = self._weights()
         states = [self.bn(self.initial_node(x_proj, h_prev, h_mask))]
         for i in range(1, self.steps + 1):
-            th = theta[derive.intra_offset(i): derive.intra_offset(i) + i]  # [i, n_ops]
+            th = theta[tables.intra_offset(i): tables.intra_offset(i) + i]  # [i, n_ops]
             op_w, total = th.t()[:, :, None, None], th.sum(1)[:, None, None]
             s = torch.stack(states)  # [i, B, nhid]: all predecessors of node i
             s_in = s if h_mask is None else s * h_mask
@@ -128,6 +131,7 @@ class MixedInterCell(ArchBound, nn.Module):
     (``'edge'``). Node: ``s_{m+k} = a_k ⊙ b_k`` (seed eq. 4, ``'product'``), ``a_k + b_k`` (``'sum'``) or
     ``w_p (a ⊙ b) + w_s (a + b)`` with ``(w_p, w_s)`` a softmax over 2 per-cell logits (``'search'``).
     Output (seed eq. 3 + residual): ``s_0 + mean_k s_{m+k}``, or the mean alone without the residual.
+    ``norm`` (:data:`ess.supernet.base.INTER_NORMS`) normalises each branch before the combination.
 
     Efficient form: leading dims are flattened; the ``m`` inputs go through their ``W^a_j`` and ``W^b_j``
     in one batched matmul and the input part of every branch of every node is one matrix product per side
@@ -135,17 +139,18 @@ class MixedInterCell(ArchBound, nn.Module):
     """
 
     def __init__(self, dim: int, m: int = 3, n_nodes: int = 3, combination: str = "product",
-                 residual: bool = True, softmax_scope: str = "node"):
+                 residual: bool = True, softmax_scope: str = "node", norm: str = "none"):
         super().__init__()
-        check_inter_args(dim, m, n_nodes, combination, residual, softmax_scope)
+        check_inter_args(dim, m, n_nodes, combination, residual, softmax_scope, norm)
         self.dim, self.m, self.n_nodes = dim, m, n_nodes
         self.combination, self.residual, self.softmax_scope = combination, residual, softmax_scope
+        self.norm = norm
         # W[side, j] for branch side a/b and every source j = 0 .. m + n_nodes - 2 (the last node
         # feeds only the output).
         self.W = _uniform(2, m + n_nodes - 1, dim, dim)
 
     def arch_spec(self) -> dict[str, tuple[int, ...]]:
-        spec = {"ops": (derive.inter_row_count(self.m, self.n_nodes), len(PRIMITIVES))}
+        spec = {"ops": (tables.inter_row_count(self.m, self.n_nodes), len(PRIMITIVES))}
         if self.combination == "search":
             spec["combination"] = (len(COMBINATIONS),)
         return spec
@@ -154,7 +159,7 @@ class MixedInterCell(ArchBound, nn.Module):
         logits, softmax = alphas["ops"], SOFTMAX_SCOPES[self.softmax_scope]
         branches = []
         for k in range(self.n_nodes):
-            start, n = derive.inter_offset(self.m, k), self.m + k
+            start, n = tables.inter_offset(self.m, k), self.m + k
             branches.append(softmax(logits[start: start + 2 * n].view(2, n, -1)))
         comb = F.softmax(alphas["combination"], dim=-1) if self.combination == "search" else None
         return InterWeights(branches, comb)
@@ -174,18 +179,41 @@ class MixedInterCell(ArchBound, nn.Module):
         """``inputs[j]`` is the j-th most recent vector (any leading shape, last dim ``dim``).
 
         Leading dims are flattened and the fused :class:`ess.kernels.InterSearchFunction` runs the DAG
-        (the same arithmetic under plain autograd with the ``autograd`` kernel backend).
+        (the same arithmetic under plain autograd with the ``autograd`` kernel backend); a normalised cell
+        runs :meth:`forward_plain` (the fused kernels have no branch normalisation).
         """
         theta_in, theta_nodes, comb = self._weights()
         lead = inputs[0].shape[:-1]
         X = torch.stack([v.reshape(-1, self.dim) for v in inputs[: self.m]])  # [m, N, d]
-        if kernels.fused_enabled():
+        if self.norm != "none":
+            out = self.forward_plain(X, theta_in, theta_nodes, comb)
+        elif kernels.fused_enabled():
             out = kernels.InterSearchFunction.apply((self.combination, self.residual), X, self.W, theta_in, comb,
                                                     *theta_nodes)
         else:
             out = kernels.inter_search_forward(X, self.W, theta_in, theta_nodes, comb, self.combination,
                                                self.residual)[0]
         return out.view(*lead, self.dim)
+
+    def forward_plain(self, X: Tensor, theta_in: Tensor, theta_nodes: Sequence[Tensor], comb: Tensor | None) -> Tensor:
+        """The DAG in plain autograd ops on stacked inputs ``X`` ``[m, N, d]``, branches normalised by ``norm``."""
+        m = self.m
+        norm, combine = INTER_NORMS[self.norm], COMBINE[self.combination]
+        op_norm = OP_NORMS.get(self.norm, INTER_NORMS["none"])
+        acts = torch.stack([op_norm(f(X.unsqueeze(0) @ self.W[:, :m])) for f in _NONZERO_ACTS], 2)  # [2, m, 4, N, d]
+        node_acts: list[Tensor] = []   # [2, 4, N, d] per node that feeds later nodes
+        nodes: list[Tensor] = []
+        for k in range(self.n_nodes):
+            branches = torch.einsum("sjo,sjond->snd", theta_in[:, k], acts)
+            if k:
+                branches = branches + torch.einsum("sqo,sqond->snd", theta_nodes[k - 1], torch.stack(node_acts, 1))
+            node = combine(norm(branches[0]), norm(branches[1]), comb)
+            nodes.append(node)
+            if k < self.n_nodes - 1:
+                p = node.unsqueeze(0) @ self.W[:, m + k]
+                node_acts.append(torch.stack([op_norm(f(p)) for f in _NONZERO_ACTS], 1))
+        out = torch.stack(nodes).mean(0)
+        return out + X[0] if self.residual else out
 
     def to_discrete(self, genotype: InterGenotype) -> InterCell:
         """An :class:`ess.models.cells.InterCell` of ``genotype`` holding copies of the ``W^side_j`` it uses."""

@@ -13,10 +13,11 @@ from torch import Tensor, nn
 from ess.config import check
 from ess.models.cells import DARTSCell, ESSCell, InterCell, State
 from ess.models.lm import LMOutput, RNNModel
-from ess.space import derive
+from ess.space import derive, tables
+from ess.space.diagnostics import epoch_metrics
 from ess.space.genotype import DARTS_V2, IDENTITY_INTER, ESSGenotype, IntraGenotype
-from ess.space.ops import PRIMITIVES
-from ess.supernet.base import INTER_COMBINATIONS, SOFTMAX_SCOPES, ArchBound
+from ess.space.ops import OPS, PRIMITIVES, ZERO
+from ess.supernet.base import INTER_COMBINATIONS, INTER_NORMS, SOFTMAX_SCOPES, ArchBound
 from ess.supernet.cells import MixedInterCell, MixedIntraCell
 
 # --------------------------------------------------------------------------------------------------
@@ -53,7 +54,7 @@ def _fixed_intra(cfg: SupernetConfig, impl: Implementation) -> nn.Module:
 
 
 def _searched_inter(cfg: SupernetConfig, impl: Implementation, dim: int) -> nn.Module:
-    return impl.inter(dim, cfg.m, cfg.n_inter, cfg.combination, cfg.residual, cfg.softmax_scope)
+    return impl.inter(dim, cfg.m, cfg.n_inter, cfg.combination, cfg.residual, cfg.softmax_scope, cfg.inter_norm)
 
 
 def _identity_inter(cfg: SupernetConfig, impl: Implementation, dim: int) -> nn.Module:
@@ -99,12 +100,25 @@ def _fraction(value: float) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value < 1.0
 
 
+def check_ops(ops: Any, name: str) -> tuple[str, ...]:
+    """A part's candidate ops, validated, in :data:`PRIMITIVES` order (``ConfigError`` naming ``name``)."""
+    check(isinstance(ops, (tuple, list)) and all(isinstance(op, str) for op in ops), name,
+          f"expected a list of op names, got {ops!r}")
+    unknown = [op for op in ops if op not in OPS]
+    check(not unknown, name, f"unknown op {unknown[0] if unknown else ''!r} (known: {', '.join(PRIMITIVES)})")
+    check(len(set(ops)) == len(ops), name, f"an op is listed twice: {list(ops)}")
+    check(any(op != ZERO for op in ops), name, f"needs at least one op besides {ZERO!r}, got {list(ops)}")
+    return tuple(op for op in PRIMITIVES if op in ops)
+
+
 @dataclass(frozen=True)
 class SupernetConfig:
     """Everything that defines a search model; validated on construction (ConfigError naming the field).
 
     ``steps`` is used when the intra cell is searched, ``n_inter``/``m``/``combination``/``residual``/
-    ``softmax_scope`` when the inter cells are, ``intra_genotype`` when the intra cell is fixed.
+    ``softmax_scope``/``inter_norm`` when the inter cells are, ``intra_genotype`` when the intra cell is fixed.
+    ``intra_ops``/``inter_ops`` are each part's candidate ops (an op left out gets weight 0: its logit is
+    masked before the softmax); ``emb_init`` the range of the embedding's uniform initialisation.
     """
 
     ntoken: int
@@ -125,8 +139,18 @@ class SupernetConfig:
     dropoute: float = 0.0
     batchnorm: bool = True
     implementation: str = "fast"
+    intra_ops: tuple[str, ...] = PRIMITIVES
+    inter_ops: tuple[str, ...] = PRIMITIVES
+    inter_norm: str = "none"
+    emb_init: float = 0.1
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "intra_ops", check_ops(self.intra_ops, "intra_ops"))
+        object.__setattr__(self, "inter_ops", check_ops(self.inter_ops, "inter_ops"))
+        check(self.inter_norm in INTER_NORMS, "inter_norm",
+              f"unknown {self.inter_norm!r} (known: {', '.join(INTER_NORMS)})")
+        check(isinstance(self.emb_init, (int, float)) and not isinstance(self.emb_init, bool)
+              and 0 < self.emb_init < 10, "emb_init", f"expected a number in (0, 10), got {self.emb_init!r}")
         if isinstance(self.intra_genotype, ESSGenotype):
             object.__setattr__(self, "intra_genotype", self.intra_genotype.intra)
         check(self.mode in MODES, "mode", f"unknown {self.mode!r} (known: {', '.join(MODES)})")
@@ -152,7 +176,8 @@ class SupernetConfig:
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
-        out["intra_genotype"] = derive.intra_to_dict(self.intra_genotype)
+        out["intra_genotype"] = tables.intra_to_dict(self.intra_genotype)
+        out["intra_ops"], out["inter_ops"] = list(self.intra_ops), list(self.inter_ops)
         return out
 
 
@@ -180,12 +205,17 @@ class SearchModel(RNNModel):
                        mode.build_inter(config, impl, config.nhid), mode.build_inter(config, impl, config.ninp),
                        dropoutx=config.dropoutx, dropouth=config.dropouth)
         super().__init__(config.ntoken, config.ninp, config.nhid, cell, dropout=config.dropout,
-                         dropouti=config.dropouti, dropoute=config.dropoute)
+                         dropouti=config.dropouti, dropoute=config.dropoute, init_range=config.emb_init)
         self.config, self.mode = config, mode
         self.alphas = nn.ParameterDict()
+        self.ops: dict[str, tuple[str, ...]] = {}
         for part, module in self.searched_parts().items():
+            self.ops[part] = config.intra_ops if part == "intra" else config.inter_ops
             for key, shape in module.arch_spec().items():
                 self.alphas[self._alpha_name(part, key)] = nn.Parameter(1e-3 * torch.randn(*shape))
+            # not a candidate: logit -inf before the softmax (weight 0, gradient 0); not saved in checkpoints
+            self.register_buffer(f"_dropped_{part}", torch.tensor([op not in self.ops[part] for op in PRIMITIVES]),
+                                 persistent=False)
 
     # ---- structure
 
@@ -201,8 +231,13 @@ class SearchModel(RNNModel):
         return {part: module for part, module in self.parts().items() if isinstance(module, ArchBound)}
 
     def part_logits(self, part: str) -> dict[str, Tensor]:
+        """The part's logits by key, ops outside the part's candidate set masked to ``-inf``."""
         module = self.searched_parts()[part]
-        return {key: self.alphas[self._alpha_name(part, key)] for key in module.arch_spec()}
+        out = {key: self.alphas[self._alpha_name(part, key)] for key in module.arch_spec()}
+        dropped = getattr(self, f"_dropped_{part}")
+        if bool(dropped.any()):
+            out["ops"] = out["ops"].masked_fill(dropped, float("-inf"))
+        return out
 
     # ---- parameters
 
@@ -223,13 +258,49 @@ class SearchModel(RNNModel):
 
     # ---- forward
 
+    def log_partition(self) -> Tensor:
+        """Mean ``log sum exp`` of the logits over every softmax distribution of the searched parts.
+
+        beta-DARTS's beta-decay regulariser (Ye et al., CVPR 2022, eq. 11: a smooth maximum of each
+        distribution's logits), here over the distributions of :func:`ess.space.tables.distributions`:
+        intra edges, inter branches (scope ``node``) or branch rows (scope ``edge``), the combination logits.
+        """
+        values: list[Tensor] = []
+        for part, module in self.searched_parts().items():
+            logits = self.part_logits(part)
+            if part == "intra":
+                values.append(torch.logsumexp(logits["ops"], -1))
+                continue
+            for k in range(module.n_nodes):
+                start, n = tables.inter_offset(module.m, k), module.m + k
+                block = logits["ops"][start: start + 2 * n].view(2, n, -1)
+                values.append(torch.logsumexp(block.reshape(2, -1) if module.softmax_scope == "node" else block,
+                                              -1).flatten())
+            if "combination" in logits:
+                values.append(torch.logsumexp(logits["combination"], -1).reshape(1))
+        return torch.cat(values).mean()
+
+    @contextlib.contextmanager
+    def overridden(self, probs: dict[str, Any]) -> Iterator[None]:
+        """Run forward passes with these softmax weights (canonical form, by part) instead of the logits'."""
+        self._override = probs
+        try:
+            yield
+        finally:
+            self._override = {}
+
+    _override: dict[str, Any] = {}
+
     @contextlib.contextmanager
     def bound_architecture(self) -> Iterator[None]:
         """Bind the softmaxed architecture weights to the search cells for the block."""
         parts = self.searched_parts()
         try:
             for part, module in parts.items():
-                module.bind(self.part_logits(part))
+                if part in self._override:
+                    module.bind(probs=self._override[part])
+                else:
+                    module.bind(self.part_logits(part))
             yield
         finally:
             for module in parts.values():
@@ -248,26 +319,37 @@ class SearchModel(RNNModel):
         ``intra``: edges ``"i<-j"`` x ops; ``history``/``input``: each branch's ``(j, op)`` table and the
         combination weights; parts fixed in this mode carry their genotype. See :mod:`ess.space.derive`.
         """
-        out: dict[str, Any] = {"format": derive.FORMAT, "mode": self.mode.name, "columns": list(PRIMITIVES)}
+        out: dict[str, Any] = {"format": tables.FORMAT, "mode": self.mode.name, "columns": list(PRIMITIVES)}
         searched = self.searched_parts()
         for part, module in self.parts().items():
             if part not in searched:
-                out[part] = derive.fixed_part(module.genotype)
+                out[part] = tables.fixed_part(module.genotype)
             elif part == "intra":
-                out[part] = derive.intra_table(module.arch_probabilities(self.part_logits(part)), module.steps)
+                out[part] = tables.intra_table(module.arch_probabilities(self.part_logits(part)), module.steps,
+                                               self.ops[part])
             else:
                 w = module.arch_probabilities(self.part_logits(part))
-                out[part] = derive.inter_table(w.branches, module.m, module.softmax_scope, module.combination,
-                                               module.residual, w.combination)
+                out[part] = tables.inter_table(w.branches, module.m, module.softmax_scope, module.combination,
+                                               module.residual, w.combination, self.ops[part])
         return out
 
-    def genotype(self) -> ESSGenotype:
+    def derivation(self, rule: derive.DeriveRule = derive.DEFAULT_RULE) -> derive.Derivation:
+        """The discrete architecture and every choice behind it (rules in :mod:`ess.space.derive`)."""
+        return derive.derivation(self.arch_weights(), rule)
+
+    def genotype(self, rule: derive.DeriveRule = derive.DEFAULT_RULE) -> ESSGenotype:
         """The discrete architecture (rules in :mod:`ess.space.derive`)."""
-        return derive.derive_genotype(self.arch_weights())
+        return self.derivation(rule).genotype
 
     def arch_entropy(self) -> float:
-        """Mean entropy (nats) of the softmax distributions of the searched parts."""
-        return derive.arch_entropy(self.arch_weights())
+        """Mean relative entropy of the searched parts (1 = uniform; :func:`ess.space.tables.arch_entropy`)."""
+        return tables.arch_entropy(self.arch_weights())
+
+    def diagnostics(self, rule: derive.DeriveRule = derive.DEFAULT_RULE) -> tuple[derive.Derivation, dict[str, float]]:
+        """The derivation and its collapse/decision metrics (:mod:`ess.space.diagnostics`)."""
+        weights = self.arch_weights()
+        found = derive.derivation(weights, rule)
+        return found, epoch_metrics(weights, found)
 
     # ---- copies
 
@@ -288,18 +370,6 @@ class SearchModel(RNNModel):
         return fresh
 
 
-def build_search_model(ntoken: int, *, mode: str, ninp: int = 300, nhid: int = 300, steps: int = 8, n_inter: int = 3,
-                       m: int = 3, combination: str = "product", residual: bool = True, softmax_scope: str = "node",
-                       intra_genotype: ESSGenotype | IntraGenotype = DARTS_V2, dropout: float = 0.75,
-                       dropouth: float = 0.25, dropoutx: float = 0.75, dropouti: float = 0.2, dropoute: float = 0.0,
-                       batchnorm: bool = True, implementation: str = "fast") -> SearchModel:
-    """Build and validate a :class:`SearchModel` (``ConfigError`` naming the first bad argument).
-
-    ``mode``: ``intra`` (DARTS), ``inter`` (intra fixed to ``intra_genotype``) or ``joint``;
-    ``implementation``: ``fast`` (vectorised) or ``reference`` (edge by edge, :mod:`ess.supernet.reference`).
-    """
-    return SearchModel(SupernetConfig(
-        ntoken=ntoken, mode=mode, ninp=ninp, nhid=nhid, steps=steps, n_inter=n_inter, m=m, combination=combination,
-        residual=residual, softmax_scope=softmax_scope, intra_genotype=intra_genotype, dropout=dropout,
-        dropouth=dropouth, dropoutx=dropoutx, dropouti=dropouti, dropoute=dropoute, batchnorm=batchnorm,
-        implementation=implementation))
+def build_search_model(ntoken: int, **fields: Any) -> SearchModel:
+    """``SearchModel(SupernetConfig(ntoken, **fields))``: build and validate (``ConfigError`` naming the field)."""
+    return SearchModel(SupernetConfig(ntoken=ntoken, **fields))

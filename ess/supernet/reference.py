@@ -14,10 +14,10 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from ess.space import derive
+from ess.space import tables
 from ess.space.genotype import COMBINATIONS
 from ess.space.ops import OPS, PRIMITIVES, ZERO
-from ess.supernet.base import ArchBound, InterWeights, _uniform, check_inter_args
+from ess.supernet.base import INTER_NORMS, OP_NORMS, ArchBound, InterWeights, _uniform, check_inter_args
 
 
 class ReferenceMixedIntraCell(ArchBound, nn.Module):
@@ -35,7 +35,7 @@ class ReferenceMixedIntraCell(ArchBound, nn.Module):
         self.bn: nn.Module = nn.BatchNorm1d(nhid, affine=False) if batchnorm else nn.Identity()
 
     def arch_spec(self) -> dict[str, tuple[int, ...]]:
-        return {"ops": (derive.intra_edge_count(self.steps), len(PRIMITIVES))}
+        return {"ops": (tables.intra_edge_count(self.steps), len(PRIMITIVES))}
 
     def arch_probabilities(self, alphas: Mapping[str, Tensor]) -> Tensor:
         logits = alphas["ops"]
@@ -50,7 +50,7 @@ class ReferenceMixedIntraCell(ArchBound, nn.Module):
         c0, h0 = (x_proj + h_in @ self.W0[self.ninp:]).split(self.nhid, dim=-1)
         states = [self.bn(h_prev + torch.sigmoid(c0) * (torch.tanh(h0) - h_prev))]
         for i in range(1, self.steps + 1):
-            row_start = derive.intra_offset(i)  # edges (i, 0), ..., (i, i-1) follow
+            row_start = tables.intra_offset(i)  # edges (i, 0), ..., (i, i-1) follow
             s_i = torch.zeros_like(states[0])
             for j in range(i):
                 s_j = states[j]
@@ -70,19 +70,21 @@ class ReferenceMixedInterCell(ArchBound, nn.Module):
     """ESS's inter search DAG, loop form. For node ``k`` and branch ``b`` in (a, b):
 
     ``branch = sum_{j < m+k} sum_op theta[k][b][j, op] * op(s_j @ W[b, j])``;
+    ``a, b`` normalised by ``norm``;
     node = ``a * b`` / ``a + b`` / ``w_p * a * b + w_s * (a + b)``; output ``s_0 + mean(nodes)`` (residual).
     """
 
     def __init__(self, dim: int, m: int = 3, n_nodes: int = 3, combination: str = "product",
-                 residual: bool = True, softmax_scope: str = "node"):
+                 residual: bool = True, softmax_scope: str = "node", norm: str = "none"):
         super().__init__()
-        check_inter_args(dim, m, n_nodes, combination, residual, softmax_scope)
+        check_inter_args(dim, m, n_nodes, combination, residual, softmax_scope, norm)
+        self.norm = norm
         self.dim, self.m, self.n_nodes = dim, m, n_nodes
         self.combination, self.residual, self.softmax_scope = combination, residual, softmax_scope
         self.W = _uniform(2, m + n_nodes - 1, dim, dim)  # [branch side, source j]
 
     def arch_spec(self) -> dict[str, tuple[int, ...]]:
-        spec = {"ops": (derive.inter_row_count(self.m, self.n_nodes), len(PRIMITIVES))}
+        spec = {"ops": (tables.inter_row_count(self.m, self.n_nodes), len(PRIMITIVES))}
         if self.combination == "search":
             spec["combination"] = (len(COMBINATIONS),)
         return spec
@@ -93,7 +95,7 @@ class ReferenceMixedInterCell(ArchBound, nn.Module):
         branches = []
         for k in range(self.n_nodes):
             per_branch = []
-            for _ in derive.BRANCHES:
+            for _ in tables.BRANCHES:
                 block = logits[row: row + self.m + k]  # [m + k, 5]: this branch's (j, op) logits
                 row += self.m + k
                 if self.softmax_scope == "node":
@@ -112,14 +114,17 @@ class ReferenceMixedInterCell(ArchBound, nn.Module):
         for k in range(self.n_nodes):
             theta = weights.branches[k]
             branch_values = []
-            for b in range(len(derive.BRANCHES)):
+            for b in range(len(tables.BRANCHES)):
                 acc = torch.zeros_like(states[0])
                 for j in range(self.m + k):
                     proj = states[j] @ self.W[b, j]
                     for o, name in enumerate(PRIMITIVES):
-                        acc = acc + theta[b, j, o] * OPS[name].activation(proj)
+                        act = OPS[name].activation(proj)
+                        if name != ZERO:
+                            act = OP_NORMS.get(self.norm, INTER_NORMS["none"])(act)
+                        acc = acc + theta[b, j, o] * act
                 branch_values.append(acc)
-            a, b = branch_values
+            a, b = (INTER_NORMS[self.norm](v) for v in branch_values)
             if self.combination == "product":
                 node = a * b
             elif self.combination == "sum":

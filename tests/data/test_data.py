@@ -368,6 +368,15 @@ def test_bptt_iterator_length_distribution():
     assert 9.0 < mean < 10.5
 
 
+def test_bptt_iterator_darts_search_lengths():
+    # DARTS's search loop: bptt, or bptt / 2 with probability 0.05, no normal draw
+    source = batchify(torch.arange(100_000), 1)
+    lengths = [n for _, _, n in BPTTIterator(source, 35, generator=torch.Generator().manual_seed(2),
+                                             length_noise=False)][:-1]
+    assert set(lengths) == {35, 17}
+    assert 0.03 < lengths.count(17) / len(lengths) < 0.08
+
+
 def test_bptt_iterator_same_seed_same_lengths():
     source = batchify(torch.arange(5000), 2)
 

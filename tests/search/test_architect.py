@@ -83,7 +83,7 @@ def test_second_order_gradient_matches_double_backward(mode):
     train, valid = batches()
     lr, wd = 1.0, 1e-3
     exact = exact_unrolled_gradient(model, train, valid, lr, wd, alpha=0.5, beta=0.3)
-    architect = Architect(model, unrolled=True, alpha=0.5, beta=0.3)
+    architect = Architect(model, unrolled=True, alpha=0.5, beta=0.3, second_order="exact")
     state = model.init_state(3)
     approx, _ = architect.arch_gradient(train, valid, state, state, lr, wd)
     assert rel_error(approx, exact) < 1e-2
@@ -99,7 +99,8 @@ def test_second_order_gradient_converges_with_batch_norm(mode):
     train, valid = batches(B=8)
     exact = exact_unrolled_gradient(model, train, valid, 1.0, 1e-3)
     state = model.init_state(8)
-    approx, _ = Architect(model, unrolled=True, fd_epsilon=1e-5).arch_gradient(train, valid, state, state, 1.0, 1e-3)
+    approx, _ = Architect(model, unrolled=True, fd_epsilon=1e-5, second_order="exact").arch_gradient(
+        train, valid, state, state, 1.0, 1e-3)
     assert rel_error(approx, exact) < 1e-5
 
 
@@ -113,7 +114,7 @@ def test_second_order_with_dropout_uses_the_same_masks(monkeypatch):
     torch.manual_seed(11)
     exact = exact_unrolled_gradient(model, train, valid, lr, wd)  # draws train masks, then valid masks
     state = model.init_state(3)
-    architect = Architect(model, unrolled=True, fd_epsilon=1e-5)
+    architect = Architect(model, unrolled=True, fd_epsilon=1e-5, second_order="exact")
     torch.manual_seed(11)
     approx, _ = architect.arch_gradient(train, valid, state, state, lr, wd)
     assert rel_error(approx, exact) < 1e-5
@@ -247,3 +248,91 @@ def test_unrolled_needs_the_training_batch():
     _, valid = batches()
     with pytest.raises(ValueError, match="training batch"):
         Architect(model, unrolled=True).step(None, valid, None, model.init_state(3), 1.0, 0.0)
+
+
+def darts_second_order_restated(model, train, valid, lr, wd, clip, eps=1e-2):
+    """The public DARTS code's ``_backward_step_unrolled``, restated plainly (no fused kernels, no replay):
+
+    clip the training gradient (coefficient c), w' = w - lr (c g + wd w); v = dw' L_val(w'), clipped to the
+    clip norm; R = eps / ||v||;
+    dalpha = dalpha L_val(w') - lr c (dalpha L_train(w + R v) - dalpha L_train(w - R v)) / 2R.
+    """
+    with kernels.backend("autograd"):
+        named = model.named_weight_parameters()
+        names, weights = [n for n, _ in named], [p for _, p in named]
+        arch = model.arch_parameters()
+
+        def loss(batch, params):
+            out = functional_call(model, params, (batch[0], model.init_state(batch[0].size(1))))
+            return lm_loss(out, batch[1])
+
+        g = torch.autograd.grad(loss(train, dict(zip(names, weights))), weights)
+        norm = torch.sqrt(sum((gi ** 2).sum() for gi in g))
+        c = min(1.0, clip / (float(norm) + 1e-6))
+        w1 = {n: (w - lr * (c * gi + wd * w)).detach().requires_grad_() for n, w, gi in zip(names, weights, g)}
+        grads = torch.autograd.grad(loss(valid, w1), [*w1.values(), *arch])
+        v, g_alpha = grads[: len(weights)], grads[len(weights):]
+        v_norm = float(torch.sqrt(sum((vi ** 2).sum() for vi in v)))
+        if clip / (v_norm + 1e-6) < 1:
+            v = [vi * clip / (v_norm + 1e-6) for vi in v]
+        R = eps / float(torch.sqrt(sum((vi ** 2).sum() for vi in v)))
+        plus = torch.autograd.grad(loss(train, {n: w + R * vi for n, w, vi in zip(names, weights, v)}), arch)
+        minus = torch.autograd.grad(loss(train, {n: w - R * vi for n, w, vi in zip(names, weights, v)}), arch)
+        return [ga - lr * c * (gp - gm) / (2 * R) for ga, gp, gm in zip(g_alpha, plus, minus)], v_norm
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_darts_second_order_is_the_public_codes(mode):
+    model = tiny(mode, batchnorm=False)
+    train, valid = batches()
+    lr, wd, clip = 20.0, 5e-7, 0.25
+    expected, v_norm = darts_second_order_restated(model, train, valid, lr, wd, clip)
+    assert v_norm > clip     # the clip bites in this case
+    state = model.init_state(3)
+    got, _ = Architect(model, unrolled=True, second_order="darts").arch_gradient(train, valid, state, state, lr, wd,
+                                                                                 clip)
+    assert rel_error(got, expected) < 1e-6
+
+
+def test_darts_form_scales_the_hessian_term_by_clip_over_v():
+    model = tiny("joint", batchnorm=False)
+    train, valid = batches()
+    lr, wd, clip = 20.0, 5e-7, 0.25
+    state = model.init_state(3)
+    terms = {}
+    for form in ("darts", "exact"):
+        architect = Architect(model, unrolled=True, second_order=form, fd_epsilon=1e-4)
+        g, _ = architect.arch_gradient(train, valid, state, state, lr, wd, clip)
+        terms[form] = (g, architect.last)
+    assert terms["darts"][1]["v_norm"] == pytest.approx(terms["exact"][1]["v_norm"])
+    v = terms["exact"][1]["v_norm"]
+    assert terms["darts"][1]["v_norm_used"] == pytest.approx(min(v, clip), rel=1e-5)
+    assert terms["exact"][1]["v_norm_used"] == pytest.approx(v)
+    assert rel_error(terms["darts"][0], terms["exact"][0]) > 1e-3
+
+
+def test_bn_statistics_frozen_or_updated_by_the_architecture_step():
+    train, valid = batches(B=6)
+    for freeze, changes in ((True, False), (False, True)):
+        model = tiny("intra")
+        before = [b.clone() for b in model.buffers()]
+        Architect(model, freeze_buffers=freeze).step(None, valid, None, model.init_state(6))
+        after = list(model.buffers())
+        assert any(not torch.equal(a, b) for a, b in zip(after, before)) == changes
+
+
+def test_penalty_gradient_is_added_to_the_architecture_gradient():
+    model = tiny("joint")
+    _, valid = batches()
+    state = model.init_state(3)
+    plain = Architect(model).arch_gradient(None, valid, None, state)[0]
+    with_penalty = Architect(model, penalty=lambda: 3.0 * model.log_partition()).arch_gradient(None, valid, None,
+                                                                                              state)[0]
+    extra = torch.autograd.grad(3.0 * model.log_partition(), model.arch_parameters())
+    for a, b, e in zip(with_penalty, plain, extra):
+        torch.testing.assert_close(a, b + e, atol=1e-12, rtol=0)
+
+
+def test_unknown_second_order_form_is_refused():
+    with pytest.raises(ValueError, match="second_order"):
+        Architect(tiny("intra"), unrolled=True, second_order="taylor")

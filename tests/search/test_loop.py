@@ -42,12 +42,28 @@ def test_search_in_each_mode_learns_and_derives_a_valid_genotype(tmp_path, mode)
     if mode == "intra":
         assert saved.history.is_identity and saved.input.is_identity
         assert saved.intra.steps == cfg.steps
-    else:
-        assert len(saved.history.nodes) == cfg.n_inter and saved.history.m == cfg.m
+    else:   # nodes that said none or duplicated another are gone; the derivation says which
+        reasons = json.loads((tmp_path / "derivation.json").read_text())
+        assert reasons["genotype"] == saved.to_dict()
+        for part in ("history", "input"):
+            inter = getattr(saved, part)
+            gone = sum(note.startswith(f"{part}: node") and ("dropped" in note or "merged" in note)
+                       for note in reasons["notes"])
+            assert len(inter.nodes) == cfg.n_inter - gone
+            assert inter.is_identity or inter.m == cfg.m
+        assert {c["part"] for c in reasons["choices"]} >= {"history", "input"}
     if mode == "inter":
         assert saved.intra == DARTS_V2.intra
+    searched = [p for p in ("intra", "history", "input") if mode == "joint" or (p == "intra") == (mode == "intra")]
     for row in result.rows:
-        assert 0.0 <= row["genotype/param_free_share"] <= 1.0 and row["arch/entropy"] > 0
+        assert 0.0 < row["arch/entropy"] <= 1.0 and row["genotype/decided"] in (0.0, 1.0)
+        for part in searched:
+            for key in ("entropy", "none_mass", "identity_mass"):
+                assert 0.0 <= row[f"arch/{part}/{key}"] <= 1.0
+            assert 0.0 <= row[f"genotype/{part}/identity_share"] <= 1.0
+            assert 0.0 <= row[f"genotype/{part}/decided_share"] <= 1.0
+        assert not any(k.startswith(("arch/intra", "genotype/intra")) for k in row) or "intra" in searched
+    assert json.loads((tmp_path / "selection.json").read_text())["criterion"] == "last"
 
 
 def test_search_resume_continues_exactly(tmp_path):
@@ -75,6 +91,12 @@ def test_resume_refuses_another_search_space(tmp_path):
     (dict(mode="both"), "mode: unknown mode 'both'"),
     (dict(order=3), "order: must be 1 or 2"),
     (dict(nhid=-1), "nhid: must be positive"),
+    (dict(second_order="taylor"), "second_order: unknown 'taylor'"),
+    (dict(inter_norm="batch"), "inter_norm: unknown 'batch'"),
+    (dict(intra_ops=("none",)), "intra_ops: needs at least one op"),
+    (dict(drop_ratio=0), "drop_ratio: must be positive"),
+    (dict(decision_ratio=0.9), "decision_ratio: must be a finite number >= 1"),
+    (dict(select="first"), "select: unknown 'first'"),
 ])
 def test_bad_search_configs(changes, pattern):
     with pytest.raises(ConfigError, match=pattern):
@@ -84,6 +106,29 @@ def test_bad_search_configs(changes, pattern):
 def test_second_order_search_runs(tmp_path):
     result = search(dataclasses.replace(TINY, order=2, epochs=1, run_dir=str(tmp_path)))
     assert isinstance(result.genotype, ESSGenotype)
+
+
+def test_darts_loop_and_remedies_run_and_say_how_the_genotype_was_chosen(tmp_path):
+    cfg = dataclasses.replace(TINY, run_dir=str(tmp_path), epochs=2, lengths="darts", valid_batches="darts",
+                              arch_bn_stats="update", arch_reg=False, emb_init=0.04, beta_decay=10.0,
+                              derive="perturbation", pt_tokens=400, inter_norm="op",
+                              intra_ops=("none", "tanh", "relu", "sigmoid"))
+    result = search(cfg)
+    assert [r["arch/beta_decay_weight"] for r in result.rows] == [0.0, 5.0]
+    selection = json.loads((tmp_path / "selection.json").read_text())
+    assert selection["criterion"] == "perturbation" and result.selection == selection
+    reasons = json.loads((tmp_path / "derivation.json").read_text())
+    assert reasons["genotype"] == result.genotype.to_dict() == load_genotype(tmp_path / "genotype.json").to_dict()
+    assert all(e.op != "identity" for e in result.genotype.intra.recurrent)
+    assert any("validation passes" in n for n in reasons["notes"])
+
+
+def test_best_valid_selection_takes_the_epoch_of_the_lowest_valid_perplexity(tmp_path):
+    result = search(dataclasses.replace(TINY, run_dir=str(tmp_path), epochs=3, select="best_valid", lr=60.0))
+    best = min(result.rows, key=lambda r: r["valid/ppl"])["epoch"]
+    assert result.selection == {**result.selection, "criterion": "best_valid", "epoch": best}
+    assert result.genotype == load_genotype(tmp_path / "genotypes" / f"epoch_{best:03d}.json")
+    assert load_genotype(tmp_path / "genotype.json") == result.genotype
 
 
 @pytest.mark.slow
