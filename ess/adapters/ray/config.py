@@ -34,7 +34,7 @@ from ess.tagging.conll import TASKS
 from ess.train import TrainConfig
 from ess.transfer import TransferConfig
 
-JOBS = ("joint_search", "ablation", "hparam_search", "retrain", "transfer")
+JOBS = ("joint_search", "ablation", "hparam_search", "retrain", "transfer", "study")
 RUN_DIR = "run"   # a trial's run directory, inside its working directory; each of its checkpoints is a copy
 INTER_KNOBS = ("n_inter", "m", "combination", "softmax_scope", "residual")   # used only when inter cells are searched
 INTRA_KNOBS = ("steps",)                                                    # used only when the intra cell is
@@ -89,6 +89,12 @@ class JobConfig:
     study_name: str = field(default="", metadata={"help": "Optuna study (default: the experiment name)"})
     space: dict = field(default_factory=dict, metadata={
         "help": "hparam_search space, YAML: {lr: [loguniform, 5, 40], m: [choice, [1, 2, 3]]}"})
+    arms: tuple[str, ...] = field(default=(), metadata={
+        "help": "study: the arms compared (intra, inter, joint, joint-beta, joint-pt, lstm, darts_v2, random ...)"})
+    stages: tuple[str, ...] = field(default=("search", "baselines", "random", "transfer", "wikitext2", "planted"),
+                                    metadata={"help": "study: the stages run"})
+    random_k: int = field(default=4, metadata={"help": "study: random genotypes per seed, best by a short retrain"})
+    random_epochs: int = field(default=1, metadata={"help": "study: epochs of that short retrain"})
     cpus_per_trial: float = field(default=1.0, metadata={"help": "CPUs per trial (also torch threads)"})
     gpus_per_trial: float = field(default=0.0, metadata={"help": "GPUs per trial; fractions share a GPU"})
     max_concurrent_trials: int = field(default=0, metadata={"help": "0: as many as resources allow"})
@@ -101,7 +107,13 @@ class JobConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "space", parse_overrides(self.space, "space"))
-        for name in ("top_k", "num_samples", "grace_period", "keep_checkpoints", "checkpoint_every"):
+        from ess.adapters.ray.arms import STAGES, arms
+
+        arms(self.arms)
+        for stage in self.stages:
+            check(stage in STAGES, "stages", f"unknown stage {stage!r} (known: {', '.join(STAGES)})")
+        for name in ("top_k", "num_samples", "grace_period", "keep_checkpoints", "checkpoint_every", "random_k",
+                     "random_epochs"):
             check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         for name in ("num_cpus", "max_concurrent_trials", "max_failures", "verbose"):
             check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
@@ -203,6 +215,16 @@ JOB_PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(seeds=(1, 2, 3, 4), top_k=4, num_samples=32, cpus_per_trial=4.0, gpus_per_trial=1.0,
                   max_failures=3, keep_checkpoints=2,
                   search={"preset": "paper"}, train={"preset": "paper"}, transfer={"preset": "full"}),
+    # The study on 2 CPU cores (about 2.5 hours): cpu-small searches and retrains, 3 seeds, every retrain at
+    # the parameter count of DARTS_V2 at the retrain width.
+    "study-cpu": dict(seeds=(1, 2, 3), cpus_per_trial=1.0, random_k=4, random_epochs=1,
+                      search={"preset": "cpu-small"}, train={"preset": "cpu-small", "match_params": "DARTS_V2@128"},
+                      transfer={"preset": "short"}),
+    # The study at the paper's scale on GPUs: search at 300 units, batch 256, 50 epochs; retrain at DARTS_V2's
+    # 850-unit parameter count; 5 seeds, random search best of 8.
+    "study-gpu": dict(seeds=(1, 2, 3, 4, 5), cpus_per_trial=4.0, gpus_per_trial=1.0, max_failures=3, random_k=8,
+                      random_epochs=10, search={"preset": "paper"},
+                      train={"preset": "paper", "match_params": "DARTS_V2@850"}, transfer={"preset": "full"}),
 }
 
 #: each job's own defaults, applied before the preset
@@ -212,6 +234,8 @@ JOB_DEFAULTS: dict[str, dict[str, Any]] = {
     "hparam_search": dict(modes=("joint",), retrain=False),
     "retrain": dict(retrain=True),
     "transfer": dict(retrain=False, seeds=(1, 2, 3)),
+    "study": dict(retrain=True, seeds=(1, 2, 3), modes=("intra", "inter", "joint"),
+                  arms=("intra", "inter", "joint", "joint-beta", "joint-pt", "lstm", "darts_v2", "random")),
 }
 
 #: per job and preset, applied after the preset (nested configs merge)
@@ -223,7 +247,14 @@ JOB_PRESET_EXTRAS: dict[tuple[str, str], dict[str, Any]] = {
     ("transfer", "smoke"): dict(seeds=(1,)),
     ("transfer", "cpu-small"): dict(seeds=(1, 2, 3)),
     ("transfer", "paper"): dict(seeds=(1, 2, 3, 4, 5)),
+    ("study", "smoke"): dict(seeds=(1, 2), random_k=2,
+                             arms=("intra", "joint", "joint-pt", "lstm", "darts_v2", "random"),
+                             search={"pt_tokens": 400},   # 16 units: one unit moves the count by 6%, no 1% match
+                             transfer={"max_train_sentences": 200, "max_eval_sentences": 100, "epochs": 1}),
 }
+
+#: the preset a job runs without --preset (else cpu-small)
+DEFAULT_PRESET: dict[str, str] = {"study": "study-cpu"}
 
 #: hparam_search's default space over SearchConfig fields: [distribution, args...]
 DEFAULT_SPACE: dict[str, list[Any]] = {
@@ -265,7 +296,7 @@ def parse_job_args(job: str, argv: list[str] | None = None,
     add_config_arguments(parser, JobConfig)
     args = parser.parse_args(argv)
     storage = getattr(args, "storage_path", None) or JobConfig.__dataclass_fields__["storage_path"].default
-    preset = "smoke" if args.smoke_test else (args.preset or "cpu-small")
+    preset = "smoke" if args.smoke_test else (args.preset or DEFAULT_PRESET.get(job, "cpu-small"))
     if args.resume:
         name = getattr(args, "name", "")
         if not name:

@@ -95,6 +95,8 @@ def run_configs(config: Mapping[str, Any], source: str) -> dict[str, Any]:
             out[key] = config_from_mapping(cls, spec[key], f"{source}: {key}")
             if key != "train" or not spec.get("search"):
                 out[key] = trial_config(out[key], variant, source)
+    if spec.get("retrain_seed") == "search" and out["search"] is not None and out["train"] is not None:
+        out["train"] = dataclasses.replace(out["train"], seed=out["search"].seed)   # one seed per study trial
     return out
 
 

@@ -1,0 +1,81 @@
+"""The study's tables: per arm the mean and 95% interval of each perplexity, and every pair of arms tested.
+
+Perplexities are positive and skewed, so each interval is a Student-t interval of the *log* perplexity,
+mapped back (``exp(mean log +- t s / sqrt(n))``): it is never negative and is the interval of the geometric
+mean. Pairs are compared by Welch's t-test on the perplexities (:func:`analysis.stats.compare_arms`), Holm
+adjusted over all pairs, with Hedges' g; :func:`required_seeds` says how many seeds per arm would detect a
+given standardised effect. The study job and ``analysis.report`` both build their tables here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analysis.stats import compare_arms, t_quantile
+
+VALUES = ("retrain_valid_ppl", "retrain_test_ppl")
+
+
+def log_interval(values: Sequence[float], confidence: float = 0.95) -> dict[str, float]:
+    """``n``, ``mean``, ``geo_mean`` and the interval ``ci_low``/``ci_high`` of the geometric mean."""
+    x = np.asarray([float(v) for v in values if v is not None and math.isfinite(float(v)) and float(v) > 0])
+    n = len(x)
+    if not n:
+        return {"n": 0, "mean": math.nan, "geo_mean": math.nan, "ci_low": math.nan, "ci_high": math.nan}
+    logs = np.log(x)
+    half = t_quantile(confidence, n - 1) * logs.std(ddof=1) / math.sqrt(n) if n > 1 else math.nan
+    return {"n": n, "mean": float(x.mean()), "geo_mean": float(math.exp(logs.mean())),
+            "ci_low": float(math.exp(logs.mean() - half)), "ci_high": float(math.exp(logs.mean() + half))}
+
+
+def arm_table(rows: Sequence[Mapping[str, Any]], arms: Sequence[str],
+              extra: Sequence[str] = ("params", "search_seconds", "retrain_seconds", "search_tokens",
+                                      "retrain_tokens", "identity_share", "decided")) -> pd.DataFrame:
+    """One row per arm (in ``arms`` order): ``n`` and the seeds, each of :data:`VALUES` as mean and interval,
+    and the mean of each ``extra`` column."""
+    frame = pd.DataFrame(list(rows))
+    out = []
+    for arm in arms:
+        group = frame[frame["arm"] == arm] if len(frame) else frame
+        row: dict[str, Any] = {"arm": arm, "n": len(group),
+                               "seeds": ",".join(str(s) for s in sorted(group["seed"])) if len(group) else ""}
+        for value in VALUES:
+            stats = log_interval(group[value].tolist() if value in group else [])
+            row.update({f"{value}_{k}": v for k, v in stats.items() if k != "n"})
+        for name in extra:
+            values = pd.to_numeric(group[name], errors="coerce") if name in group else pd.Series(dtype=float)
+            row[name] = float(values.mean()) if values.notna().any() else math.nan
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def pair_tests(rows: Sequence[Mapping[str, Any]], value: str = "retrain_valid_ppl") -> pd.DataFrame:
+    """Every pair of arms on ``value``: Welch's t, Holm-adjusted p, Hedges' g (arms with < 2 seeds: NaN)."""
+    frame = pd.DataFrame(list(rows))
+    frame = frame[pd.to_numeric(frame[value], errors="coerce").notna()] if value in frame else frame
+    if frame["arm"].nunique() < 2:
+        return pd.DataFrame()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return compare_arms(frame, value, by=("arm",))
+
+
+def required_seeds(effect: float, alpha: float = 0.05, power: float = 0.8) -> int:
+    """Seeds per arm for a two-sided two-sample test to detect a standardised effect ``effect`` (normal
+    approximation: ``n = 2 ((z_{1-alpha/2} + z_power) / d)^2``)."""
+    from scipy import stats
+
+    if not effect or not math.isfinite(effect):
+        return 0
+    z = stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)
+    return int(math.ceil(2 * (z / abs(effect)) ** 2))
+
+
+__all__ = ["VALUES", "arm_table", "log_interval", "pair_tests", "required_seeds"]
