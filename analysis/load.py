@@ -69,7 +69,7 @@ from ess.adapters.mlflow import (
 #: identity columns of every row
 IDENTITY = ("experiment", "parent", "run_id", "run_name", "trial_id", "status", "phase")
 #: the trial's arm, seed and data: tags of the MLflow run (``genotype`` of retrain runs is ``genotype_label``)
-CONFIG_COLUMNS = ("mode", "seed", "dataset", "steps", "n_inter", "m", "genotype_label", "cell", "task")
+CONFIG_COLUMNS = ("mode", "seed", "dataset", "steps", "n_inter", "m", "genotype_label", "cell", "task", "arm")
 #: per trial, repeated on every row of the trial
 TRIAL_COLUMNS = ("wall_seconds", "final_genotype", "start_time")
 STAGES = ("search", "retrain", "transfer")

@@ -64,7 +64,10 @@ def pair_tests(rows: Sequence[Mapping[str, Any]], value: str = "retrain_valid_pp
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return compare_arms(frame, value, by=("arm",))
+        table = compare_arms(frame, value, by=("arm",))
+    for col in ("arm_a", "arm_b"):   # "arm=joint" -> "joint"
+        table[col] = table[col].str.replace("arm=", "", regex=False)
+    return table
 
 
 def required_seeds(effect: float, alpha: float = 0.05, power: float = 0.8) -> int:

@@ -107,7 +107,8 @@ def run(job: JobConfig, *, resume: bool = False, callbacks: Sequence[Any] = ()) 
                                                                                                       **space))}
             short = dataclasses.replace(train, epochs=job.random_epochs)
             screen = tune_stage(exp, "random-screen", retrain_trainable, exp.spec(train=short, genotypes=drawn),
-                                [{"genotype_label": label, "seed": int(label.split("_")[1][1:])} for label in drawn],
+                                [{"genotype_label": label, "arm": "random-screen", "seed": int(label.split("_")[1][1:])}
+                                 for label in drawn],
                                 callbacks)
             extra["random_screen"] = [{"label": r["variant"]["genotype_label"], "seed": r["variant"]["seed"],
                                        "valid_ppl": r["metrics"].get(RETRAIN_METRIC)} for r in screen]
@@ -115,7 +116,8 @@ def run(job: JobConfig, *, resume: bool = False, callbacks: Sequence[Any] = ()) 
                            key=lambda r: jobs.finite(r["metrics"].get(RETRAIN_METRIC))) for s in job.seeds}
             chosen = {f"random_s{s}": drawn[r["variant"]["genotype_label"]] for s, r in best.items()}
             for r in tune_stage(exp, "random", retrain_trainable, exp.spec(train=train, genotypes=chosen),
-                                [{"genotype_label": f"random_s{s}", "seed": s} for s in job.seeds], callbacks):
+                                [{"genotype_label": f"random_s{s}", "arm": "random", "seed": s} for s in job.seeds],
+                                callbacks):
                 label = r["variant"]["genotype_label"]
                 trials.append(row(r, "random", "random", r["variant"]["seed"], chosen[label].to_json(None)))
         best = _best_by_arm(trials)
@@ -136,7 +138,8 @@ def run(job: JobConfig, *, resume: bool = False, callbacks: Sequence[Any] = ()) 
                          "intra": load_genotype(best["intra"]["genotype"]), "darts_v2": "DARTS_V2"}
             wt2 = dataclasses.replace(train, dataset="wikitext-2")
             done = tune_stage(exp, "wikitext2", retrain_trainable, exp.spec(train=wt2, genotypes=genotypes),
-                              [{"genotype_label": g, "seed": job.seeds[0]} for g in genotypes], callbacks)
+                              [{"genotype_label": g, "arm": f"wt2-{g}", "seed": job.seeds[0]} for g in genotypes],
+                              callbacks)
             extra["wikitext2"] = [row(r, r["variant"]["genotype_label"], "wikitext2", job.seeds[0]) for r in done]
         if "planted" in job.stages:
             extra["planted"] = _planted(exp, job, callbacks)
@@ -166,7 +169,8 @@ def _planted(exp: Experiment, job: JobConfig, callbacks: Sequence[Any]) -> list[
     floor = math.exp(entropy_rate(params))
     spec = exp.spec(search=dataclasses.replace(job.search, dataset="planted"),
                     train=dataclasses.replace(job.train, dataset="planted", match_params=""), retrain_seed="search")
-    variants = [{"label": f"planted-{m}", "mode": m, "seed": job.seeds[0]} for m in ("intra", "inter", "joint")]
+    variants = [{"label": f"planted-{m}", "arm": f"planted-{m}", "mode": m, "seed": job.seeds[0]}
+                for m in ("intra", "inter", "joint")]
     out = []
     for r in tune_stage(exp, "planted", search_trainable, spec, variants, callbacks):
         genotype = load_genotype(r["metrics"]["genotype"])

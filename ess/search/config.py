@@ -40,8 +40,8 @@ class SearchConfig:
     intra_ops: tuple[str, ...] = field(default=PRIMITIVES, metadata={
         "help": "candidate ops of the intra cell, e.g. none,tanh,relu,sigmoid (a no-identity ablation)"})
     inter_ops: tuple[str, ...] = field(default=PRIMITIVES, metadata={"help": "candidate ops of the inter cells"})
-    inter_norm: str = field(default="none", metadata={
-        "help": f"search-only normalisation of each inter branch: {', '.join(INTER_NORMS)}"})
+    inter_norm: str = field(default="op", metadata={
+        "help": f"search-only normalisation in the inter cells: {', '.join(INTER_NORMS)} (docs/method.md 10)"})
     emb_init: float = field(default=0.1, metadata={
         "help": "embedding initialised U(-r, r): AWD-LSTM 0.1, DARTS's search 0.04"})
     order: int = field(default=1, metadata={"help": "1: first-order, 2: second-order (unrolled) gradient"})

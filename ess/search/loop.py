@@ -66,7 +66,7 @@ from ess.supernet.model import SearchModel, build_search_model
 # Fields that define the supernet and the data: they must match when resuming.
 _RESUME_FIXED = ("mode", "dataset", "emsize", "nhid", "steps", "n_inter", "m", "combination", "residual",
                  "softmax_scope", "intra_genotype", "batchnorm", "batch_size", "seed", "max_train_tokens",
-                 "max_eval_tokens")
+                 "max_eval_tokens", "intra_ops", "inter_ops", "inter_norm", "emb_init")
 _CHECKPOINT_FIELDS = ("config", "model", "optimizer", "architect", "epoch", "best_valid", "rows", "rng",
                       "lengths_rng")
 

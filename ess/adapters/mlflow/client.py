@@ -26,7 +26,7 @@ DB_NAME = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 DEFAULT_STORAGE = "runs/tune"
 #: tags every trial run carries (when the config has the field), so runs can be filtered side by side
-CONFIG_TAGS = ("mode", "seed", "dataset", "steps", "n_inter", "m", "genotype", "cell")
+CONFIG_TAGS = ("mode", "seed", "dataset", "steps", "n_inter", "m", "genotype", "cell", "arm")
 ROLE_TAG, NAME_TAG, TRIAL_TAG, PHASE_TAG = "ess.role", "ess.experiment", "ess.trial_id", "ess.phase"
 PARENT_TAG = "mlflow.parentRunId"
 NO_TRACKING = ("none", "off", "false", "no", "0")

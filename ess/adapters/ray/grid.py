@@ -125,6 +125,8 @@ def trial_identity(config: Mapping[str, Any], trial_id: str, trial_name: str,
         tags = {**config_tags(values), "genotype": label,
                 **{f"source.{k}": v for k, v in (spec.get("genotype_info", {}).get(label) or {}).items()}}
         run_name = variant_label(variant)
+    if "arm" in variant:   # a study's arm: its runs group by it
+        tags["arm"] = variant["arm"]
     tags.update({PHASE_TAG: phase, "job": spec.get("job"), "ray.trial_name": trial_name,
                  "ray.experiment": spec.get("experiment_name")})
     return {"trial_id": trial_id, "trial_name": trial_name, "experiment": spec.get("experiment_name"),
