@@ -277,6 +277,20 @@ def write_report(frame: pd.DataFrame, out: str | os.PathLike, *, title: str | No
         b.figure("final_metric", lambda base: _save(lambda: figs.final_figure(summary, primary, by), base),
                  f"{figs.label(primary)} per arm: mean with 95% CI error bars; dots are seeds")
 
+        if "arm" in summary and summary["arm"].notna().any():
+            from analysis.study import study_tables
+
+            study_arms, study_pairs = study_tables(summary)
+            b.heading("Study: arms at equal budget and parameter count")
+            b.table("study_arms", study_arms, "Per study arm: seeds, and the geometric mean of the retrained valid and "
+                    "test perplexity with its 95% interval (Student-t on log perplexity); mean parameters.",
+                    ["arm", "n", "seeds", "retrain_valid_ppl_geo_mean", "retrain_valid_ppl_ci_low",
+                     "retrain_valid_ppl_ci_high", "retrain_test_ppl_geo_mean", "retrain_test_ppl_ci_low",
+                     "retrain_test_ppl_ci_high", "params"])
+            b.table("study_pairs", study_pairs, "Welch t-test per pair of study arms, Holm-adjusted over the pairs, "
+                    "Hedges' g.", ["metric", "arm_a", "arm_b", "n_a", "n_b", "diff", "ci_low", "ci_high", "p_value",
+                                   "p_holm", "hedges_g"])
+
         b.heading("Pairwise comparison of arms")
         compared = [primary] + [v for v in ("final_valid_ppl",) if v != primary and v in values]
         tables = []

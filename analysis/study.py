@@ -70,6 +70,28 @@ def pair_tests(rows: Sequence[Mapping[str, Any]], value: str = "retrain_valid_pp
     return table
 
 
+def study_rows(summary: pd.DataFrame) -> list[dict[str, Any]]:
+    """The study's rows (arm, seed, perplexities, parameters) from :func:`analysis.load.trial_summary` of its
+    runs: the trials tagged with an arm and retrained, as the job's own ``study.csv`` has them."""
+    if "arm" not in summary:
+        return []
+    done = summary[summary["arm"].notna() & pd.to_numeric(summary.get("retrain_valid_ppl"), errors="coerce").notna()]
+    return [{"arm": str(r["arm"]), "seed": int(r["seed"]), "retrain_valid_ppl": float(r["retrain_valid_ppl"]),
+             "retrain_test_ppl": float(r["test_ppl"]) if pd.notna(r.get("test_ppl")) else math.nan,
+             "params": float(r["params"]) if pd.notna(r.get("params")) else math.nan}
+            for _, r in done.iterrows()]
+
+
+def study_tables(summary: pd.DataFrame, arms: Sequence[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The per-arm table and the pair tests of a study's runs (``arms``: their order; default as they come)."""
+    rows = study_rows(summary)
+    order = list(arms or dict.fromkeys(r["arm"] for r in rows))
+    rows = [r for r in rows if r["arm"] in order]
+    table = arm_table(rows, order, extra=("params",))
+    pairs = pd.concat([pair_tests(rows, v) for v in VALUES], ignore_index=True) if rows else pd.DataFrame()
+    return table, pairs
+
+
 def required_seeds(effect: float, alpha: float = 0.05, power: float = 0.8) -> int:
     """Seeds per arm for a two-sided two-sample test to detect a standardised effect ``effect`` (normal
     approximation: ``n = 2 ((z_{1-alpha/2} + z_power) / d)^2``)."""
@@ -81,4 +103,4 @@ def required_seeds(effect: float, alpha: float = 0.05, power: float = 0.8) -> in
     return int(math.ceil(2 * (z / abs(effect)) ** 2))
 
 
-__all__ = ["VALUES", "arm_table", "log_interval", "pair_tests", "required_seeds"]
+__all__ = ["VALUES", "arm_table", "log_interval", "pair_tests", "required_seeds", "study_rows", "study_tables"]

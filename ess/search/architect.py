@@ -204,10 +204,10 @@ class Architect:
 
         # dalpha L_val(w', alpha) and v = dw' L_val(w', alpha) (DARTS eq. 7). The public code runs this pass on a
         # copy of the model, so its batch-norm statistics never reach the real one.
-        with preserved_buffers(self.model):
+        with preserved_buffers(self.model):   # restored after the backward, which may read them
             loss_val, out_val = self._run(valid_batch, valid_state, dict(zip(names, w_virtual)))
-        grads = _fill(torch.autograd.grad(loss_val, [*w_virtual, *self.arch_params], allow_unused=True),
-                      [*w_virtual, *self.arch_params])
+            grads = _fill(torch.autograd.grad(loss_val, [*w_virtual, *self.arch_params], allow_unused=True),
+                          [*w_virtual, *self.arch_params])
         v, g_alpha = grads[: len(weights)], grads[len(weights):]
         v_raw_norm = _norm(v)
         if self.second_order == "darts" and clip is not None:   # DARTS's _clip(dtheta, network_clip)

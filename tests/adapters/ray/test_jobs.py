@@ -211,8 +211,14 @@ def test_ablation_smoke(local_ray, tmp_path, capsys):
     parents, children = _runs(store, "ess-ablation")
     assert len(parents) == 1 and len(children) == 3
     assert {c.data.tags["mode"] for c in children} == {"intra", "inter", "joint"}
-    keys = [set(k for k in c.data.metrics if not k.startswith("system/")) for c in children]
+    parts = ("intra", "history", "input")
+    per_part = tuple(f"{kind}/{part}/" for kind in ("arch", "genotype") for part in parts)
+    keys = [set(k for k in c.data.metrics if not k.startswith(("system/", *per_part))) for c in children]
     assert keys[0] == keys[1] == keys[2]                      # same metric names: comparable side by side
+    searched = {"intra": {"intra"}, "inter": {"history", "input"}, "joint": set(parts)}
+    for c in children:                                        # per-part diagnostics: the searched parts only
+        has = {part for part in parts if f"arch/{part}/entropy" in c.data.metrics}
+        assert has == searched[c.data.tags["mode"]]
     assert {"valid/ppl", "retrain/valid/best_ppl", "retrain/test/ppl"} <= keys[0]
     for c in children:
         _each_point_once(store, c)

@@ -1,0 +1,55 @@
+"""The study job end to end at smoke size: its tables, and the same tables rebuilt from its MLflow store."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from conftest import DATA_DIR, load_job, requires_ptb
+
+pytestmark = [requires_ptb, pytest.mark.slow]
+
+
+def test_study_smoke_tables_and_the_report_from_the_store_agree(tmp_path):
+    import warnings
+
+    from analysis.load import load_runs, trial_summary
+    from analysis.report import write_report
+    from analysis.study import study_tables
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    argv = ["--smoke-test", "--storage-path", str(tmp_path / "tune"), "--tracking-uri", store, "--name", "st",
+            "--num-cpus", "2", "--data-dir", DATA_DIR, "--arms", "intra,joint,darts_v2,random",
+            "--stages", "search,baselines,random,planted"]
+    assert load_job("study").main(argv) == 0
+    summary = json.loads((tmp_path / "tune" / "st" / "summary.json").read_text())
+    arms = {a["arm"]: a for a in summary["arms"]}
+    assert list(arms) == ["intra", "joint", "darts_v2", "random"] and all(a["n"] == 2 for a in arms.values())
+    trials = summary["trials"]
+    assert {(t["arm"], t["seed"]) for t in trials} == {(a, s) for a in arms for s in (1, 2)}
+    for t in trials:   # every retrain of the same parameter budget at these sizes: within a few % of DARTS_V2's
+        assert t["retrain_valid_ppl"] > 1 and t["params"] > 0
+    assert {p["mode"] for p in summary["planted"]} == {"intra", "inter", "joint"}
+    assert all(p["floor_ppl"] < p["retrain_valid_ppl"] for p in summary["planted"])
+    assert {h for h in summary["headline"]} >= {"joint_vs_intra", "joint_vs_random", "joint_vs_darts_v2"}
+    for name in ("study.csv", "study_arms.csv", "study_pairs.csv", "study_planted.csv", "study_random_screen.csv"):
+        assert (tmp_path / "tune" / "st" / name).is_file()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        frame = load_runs("st", tracking_uri=store)
+        table, pairs = study_tables(trial_summary(frame), list(arms))
+    for row in table.to_dict(orient="records"):
+        job = arms[row["arm"]]
+        for key in ("n", "retrain_valid_ppl_geo_mean", "retrain_valid_ppl_ci_low", "retrain_valid_ppl_ci_high",
+                    "retrain_test_ppl_geo_mean", "params"):
+            assert row[key] == pytest.approx(job[key], rel=1e-9, nan_ok=True), (row["arm"], key)
+    job_pairs = {(p["arm_a"], p["arm_b"], p["metric"]): p for v in summary["pairs"].values() for p in v}
+    for p in pairs.to_dict(orient="records"):
+        q = job_pairs[(p["arm_a"], p["arm_b"], p["metric"])]
+        assert p["p_holm"] == pytest.approx(q["p_holm"], nan_ok=True) and p["diff"] == pytest.approx(q["diff"])
+    report = write_report(frame, tmp_path / "report", draw=False)
+    assert "study_arms" in report.tables and "Study: arms at equal budget" in report.markdown.read_text()
+    assert not math.isnan(table["retrain_valid_ppl_ci_low"].iloc[0])
