@@ -207,6 +207,40 @@ def entropy_figure(frame: pd.DataFrame, by: Sequence[str] = ARM, *, band: str = 
     return fig
 
 
+PART_METRICS = ("entropy", "none_mass", "identity_share")
+
+
+def parts_figure(frame: pd.DataFrame, by: Sequence[str] = ARM, *, band: str = "std",
+                 title: str | None = None) -> Figure:
+    """The collapse diagnostics per searched part over search epochs, one panel per (part, metric), all on a
+    fixed 0-1 scale: relative entropy (``arch/<part>/entropy``), mass on ``none`` (``arch/<part>/none_mass``)
+    and the identity share of the derived edges (``genotype/<part>/identity_share``)."""
+    keys = {m: ("genotype" if m == "identity_share" else "arch") for m in PART_METRICS}
+    parts = [p for p in ("intra", "history", "input")
+             if f"arch/{p}/entropy" in frame.columns and frame[f"arch/{p}/entropy"].notna().any()]
+    if not parts:
+        from analysis.errors import MissingMetricError
+
+        raise MissingMetricError("metric 'arch/<part>/entropy': no search epoch has per-part diagnostics")
+    fig = Figure(figsize=(4.2 * len(PART_METRICS) + 1.6, 3.2 * len(parts)), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(len(parts), len(PART_METRICS), squeeze=False))
+    names = {(part, metric): f"{keys[metric]}/{part}/{metric}" for part in parts for metric in PART_METRICS}
+    curves = {pm: epoch_curves(frame, key, by) for pm, key in names.items()
+              if key in frame.columns and frame[key].notna().any()}
+    colours = _colours(list(dict.fromkeys(a for c in curves.values() for a in c["arm"])))
+    for r, part in enumerate(parts):
+        for c, metric in enumerate(PART_METRICS):
+            ax = axes[r, c]
+            if (part, metric) in curves:
+                _plot_curves(ax, curves[(part, metric)], band, colours)
+            ax.set_ylim(-0.03, 1.03)
+            ax.set_title(f"{part}: {metric.replace('_', ' ')}", fontsize=9)
+    handles = axes[0, 0].get_legend_handles_labels()
+    fig.legend(*handles, loc="outside right upper", fontsize=8, frameon=False)
+    fig.suptitle(title or f"collapse diagnostics per part over the search ({_band_text(band)})", fontsize=10)
+    return fig
+
+
 def genotype_picture(genotype: Any, base: str | Path, title: str | None = None) -> list[Path]:
     """Draw a genotype (object or JSON) as ``base.png`` and ``base.svg`` (:func:`ess.space.draw.draw_genotype`)."""
     from analysis.stats import parse_genotype
@@ -219,4 +253,4 @@ def genotype_picture(genotype: Any, base: str | Path, title: str | None = None) 
 
 
 __all__ = ["BANDS", "FORMATS", "INTERVALS", "curves_figure", "entropy_figure", "final_figure", "genotype_picture",
-           "label", "op_heatmap_figure", "save_figure"]
+           "label", "op_heatmap_figure", "parts_figure", "save_figure"]

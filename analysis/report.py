@@ -314,17 +314,21 @@ def write_report(frame: pd.DataFrame, out: str | os.PathLike, *, title: str | No
         except MissingMetricError as err:
             b.notes.append(f"table curves left out: {err}")
 
-        b.heading("Architecture-weight entropy and parameter-free ops")
+        b.heading("Architecture-weight entropy and identity share")
         b.figure("entropy", lambda base: _save(lambda: figs.entropy_figure(frame, by, band=band), base),
-                 "mean entropy of the architecture-weight softmaxes (nats) and share of parameter-free ops in "
-                 "the genotype derived at each epoch")
+                 "entropy of the architecture-weight softmaxes relative to its maximum and the identity share "
+                 "of the genotype derived at each epoch")
         try:
             evo = evolution(frame, by)
             last = evo[evo["epoch"].isin([evo["epoch"].min(), evo["epoch"].max()])]
-            b.table("evolution", evo, "Entropy and parameter-free share per arm at the first and last search epoch "
+            b.table("evolution", evo, "Entropy and identity share per arm at the first and last search epoch "
                     "(every epoch in the CSV).", ["arm", "metric", "epoch", "n", "mean", "std"], shown=last)
         except MissingMetricError as err:
             b.notes.append(f"table evolution left out: {err}")
+
+        b.figure("parts", lambda base: _save(lambda: figs.parts_figure(frame, by, band=band), base),
+                 "per searched part: relative entropy, mass on none and identity share of the derived genotype, "
+                 "over search epochs (a fixed 0-1 scale)")
 
         b.heading("Derived genotypes")
         try:
