@@ -235,8 +235,11 @@ def parts_figure(frame: pd.DataFrame, by: Sequence[str] = ARM, *, band: str = "s
                 _plot_curves(ax, curves[(part, metric)], band, colours)
             ax.set_ylim(-0.03, 1.03)
             ax.set_title(f"{part}: {metric.replace('_', ' ')}", fontsize=9)
-    handles = axes[0, 0].get_legend_handles_labels()
-    fig.legend(*handles, loc="outside right upper", fontsize=8, frameon=False)
+    legend: dict[str, Any] = {}
+    for ax in axes.flat:   # every arm once, whichever panel has it (an intra arm has no inter panels)
+        for handle, name in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(name, handle)
+    fig.legend(list(legend.values()), list(legend), loc="outside right upper", fontsize=8, frameon=False)
     fig.suptitle(title or f"collapse diagnostics per part over the search ({_band_text(band)})", fontsize=10)
     return fig
 
