@@ -14,8 +14,10 @@ from ess.adapters.mlflow.client import (
     PHASE_TAG,
     ROLE_TAG,
     connect,
+    experiment_id_of,
     is_http,
     resolve_tracking_uri,
+    runs_path,
     sqlite_path,
     ui_command,
 )
@@ -32,6 +34,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     ui.add_argument("--port", type=int, default=5000)
     ui.add_argument("--print", dest="print_only", action="store_true", help="print the command, do not run it")
+    ui.add_argument("--experiment", default="", help="print the address of this experiment's runs view too")
     runs = sub.add_parser("runs", help="list the runs of an experiment with their main metric")
     runs.add_argument("experiment")
     runs.add_argument("--tracking-uri", default="")
@@ -71,14 +74,18 @@ def main(argv: list[str] | None = None) -> int:
     if uri is None:
         raise ConfigError("tracking_uri: tracking is off (MLFLOW_TRACKING_URI=none)")
     if args.command == "ui":
+        experiment_id = experiment_id_of(uri, args.experiment) if args.experiment else None
+        if args.experiment and experiment_id is None:
+            raise ConfigError(f"experiment: no MLflow experiment {args.experiment!r} in {uri}")
         if is_http(uri):
-            print(f"the store is an MLflow server: open {uri}")
+            print(f"the store is an MLflow server: open {uri.rstrip('/')}{runs_path(experiment_id)}")
             return 0
         db = sqlite_path(uri)
         if db is not None and not db.exists():
             raise ConfigError(f"{db}: no MLflow database yet (run a job first, or pass --tracking-uri)")
         command = ui_command(uri, args.host, args.port)
         print(shlex.join(command), flush=True)
+        print(f"then open http://{args.host}:{args.port}{runs_path(experiment_id)}", flush=True)
         if args.print_only:
             return 0
         os.execvp(command[0], command)

@@ -104,13 +104,18 @@ def ui_command(uri: str, host: str = "127.0.0.1", port: int = 5000) -> list[str]
     return ["mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
 
 
-def ui_hint(uri: str | None) -> str:
-    """One line telling the user how to look at the runs."""
+def runs_path(experiment_id: str | None) -> str:
+    """The MLflow UI's runs view of an experiment (MLflow 3 opens GenAI experiments on their traces)."""
+    return f"/#/experiments/{experiment_id}/runs" if experiment_id else ""
+
+
+def ui_hint(uri: str | None, experiment_id: str | None = None) -> str:
+    """One line telling the user how to look at the runs (of ``experiment_id``: the direct address of its runs)."""
     if uri is None:
         return "tracking is off"
     if is_http(uri):
-        return f"MLflow UI: {uri}"
-    return "MLflow UI: " + shlex.join(ui_command(uri)) + "  (then open http://127.0.0.1:5000)"
+        return f"MLflow UI: {uri.rstrip('/')}{runs_path(experiment_id)}"
+    return ("MLflow UI: " + shlex.join(ui_command(uri)) + f"  (then open http://127.0.0.1:5000{runs_path(experiment_id)})")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -295,6 +300,21 @@ def probe(uri: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
 # Experiments and runs by tag
 
 
+#: MLflow 3 opens an experiment on the page of its kind: model training (runs), not GenAI (traces)
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
+
+
+def experiment_id_of(uri: str | None, name: str) -> str | None:
+    """The id of MLflow experiment ``name``, or None (tracking off, store unreachable, no such experiment)."""
+    if not uri:
+        return None
+    try:
+        experiment = connect(uri).get_experiment_by_name(name)
+    except Exception:  # noqa: BLE001 - a hint, never an error
+        return None
+    return experiment.experiment_id if experiment is not None else None
+
+
 def get_or_create_experiment(uri: str, name: str) -> str:
     """The id of MLflow experiment ``name`` (created, with a local artifact root, when missing)."""
     mlflow_client = connect(uri)
@@ -305,10 +325,12 @@ def get_or_create_experiment(uri: str, name: str) -> str:
     if experiment is not None:
         if experiment.lifecycle_stage == "deleted":
             retry(lambda: mlflow_client.restore_experiment(experiment.experiment_id), "restore_experiment")
+        if KIND_TAG not in experiment.tags:
+            retry(lambda: mlflow_client.set_experiment_tag(experiment.experiment_id, KIND_TAG, KIND), "set_tag")
         return experiment.experiment_id
     try:
-        return retry(lambda: mlflow_client.create_experiment(name, artifact_location=local_artifact_root(uri, name)),
-                     "create_experiment")
+        return retry(lambda: mlflow_client.create_experiment(name, artifact_location=local_artifact_root(uri, name),
+                                                             tags={KIND_TAG: KIND}), "create_experiment")
     except Exception:
         experiment = mlflow_client.get_experiment_by_name(name)  # created concurrently by another process
         if experiment is None:

@@ -173,12 +173,14 @@ def _writer(out) -> Callable[..., None]:
 def print_footer(summary: Summary, out=None) -> None:
     """Where the experiment is, and how to open its MLflow runs."""
     from ess.adapters.mlflow import ui_hint
+    from ess.adapters.mlflow.client import experiment_id_of
 
     w = _writer(out)
     w(f"experiment: {summary['experiment_dir']} (summary.json, job.yaml)")
     if summary.get("tracking_uri"):
         w(f"MLflow: experiment {summary['mlflow_experiment']!r}, parent run {summary['parent_run_id']}")
-    w(ui_hint(summary.get("tracking_uri")))
+    uri = summary.get("tracking_uri")
+    w(ui_hint(uri, experiment_id_of(uri, summary.get("mlflow_experiment") or "")))
 
 
 def main(kind: str, run: Callable[..., Summary], report: Callable[[Summary], None], argv: list[str] | None = None,

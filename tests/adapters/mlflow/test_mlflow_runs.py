@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -252,9 +253,11 @@ def test_ui_command_and_cli(tmp_path, store_dir, store, monkeypatch):
     start_parent_run(store, "ess-ui", "p")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     out = subprocess.run([sys.executable, "-m", "ess.adapters.mlflow", "ui", "--print", "--storage-path",
-                          str(store_dir)], capture_output=True, text=True, timeout=120)
+                          str(store_dir), "--experiment", "ess-ui"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == f"mlflow ui --backend-store-uri {store} --host 127.0.0.1 --port 5000"
+    command, address = out.stdout.strip().splitlines()
+    assert command == f"mlflow ui --backend-store-uri {store} --host 127.0.0.1 --port 5000"
+    assert re.fullmatch(r"then open http://127\.0\.0\.1:5000/#/experiments/\d+/runs", address)
     missing = subprocess.run([sys.executable, "-m", "ess.adapters.mlflow", "ui", "--print", "--storage-path",
                               str(tmp_path / "nothing")], capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "no MLflow database" in missing.stderr
@@ -263,3 +266,20 @@ def test_ui_command_and_cli(tmp_path, store_dir, store, monkeypatch):
     assert listed.returncode == 0, listed.stderr
     assert json.loads(listed.stdout.splitlines()[0])["role"] == "parent"
     assert Path(store_dir / "mlflow.db").exists()
+
+
+def test_experiments_open_on_their_runs(tmp_path):
+    from mlflow import MlflowClient
+
+    from ess.adapters.mlflow.client import KIND, KIND_TAG, experiment_id_of, get_or_create_experiment
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp_id = get_or_create_experiment(store, "ess-x")
+    client = MlflowClient(store)
+    assert client.get_experiment(exp_id).tags[KIND_TAG] == KIND == "custom_model_development"
+    old = client.create_experiment("made-elsewhere")          # an experiment without the kind gets it
+    assert get_or_create_experiment(store, "made-elsewhere") == old
+    assert client.get_experiment(old).tags[KIND_TAG] == KIND
+    assert experiment_id_of(store, "ess-x") == exp_id and experiment_id_of(store, "nope") is None
+    assert ui_hint(store, exp_id).endswith(f"http://127.0.0.1:5000/#/experiments/{exp_id}/runs)")
+    assert ui_hint("http://head:5000/", "7") == "MLflow UI: http://head:5000/#/experiments/7/runs"
