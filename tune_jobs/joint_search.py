@@ -60,6 +60,9 @@ def run(job: JobConfig, *, resume: bool = False, callbacks: Sequence[Any] = ()) 
         job = exp.job
         found = jobs.succeeded(search_stage(exp, job, search_variants(job), callbacks=callbacks), "search")
         searched = [{"label": r["label"], **r["variant"], "valid_ppl": r["metrics"].get(SEARCH_METRIC),
+                     "decided": bool(r["metrics"].get("genotype/decided")),
+                     "decided_share": r["metrics"].get("genotype/decided_share"),
+                     "arch_entropy": r["metrics"].get("arch/entropy"),
                      "node_id": r["node_id"], "epochs": r["metrics"].get("epoch"),
                      "genotype": r["metrics"].get("genotype"), "checkpoint": r["checkpoint"],
                      "mlflow_run_id": r["metrics"].get("mlflow_run_id"),
@@ -82,15 +85,23 @@ def run(job: JobConfig, *, resume: bool = False, callbacks: Sequence[Any] = ()) 
             best = {**searched_best, **retrained[0],
                     "artifacts": {**searched_best["artifacts"],
                                   **{f"retrain/{k}": v for k, v in retrained[0]["artifacts"].items()}}}
-        summary = {"best": best, "searched": searched, "retrained": retrained,
+        why = ("lowest retrained valid perplexity among the top_k searches by search valid perplexity"
+               if retrained else "lowest search valid perplexity")
+        summary = {"best": best, "searched": searched, "retrained": retrained, "selected_by": why,
+                   "decided": best["decided"],
                    "best_valid_ppl": jobs.finite(best.get("retrain_valid_ppl", best["valid_ppl"]))}
-        exp.set_tags({"ess.genotype": best["genotype"], "best_trial": best["label"]})
-        return exp.finish(summary, {"best_genotype.json": json.dumps(json.loads(best["genotype"]), indent=2) + "\n"})
+        exp.set_tags({"ess.genotype": best["genotype"], "best_trial": best["label"],
+                      "ess.decided": str(best["decided"]).lower()})
+        jobs.write_best_genotype(exp, load_genotype(best["genotype"]), title=f"best genotype: {best['label']}")
+        return exp.finish(summary, {"best_genotype.json": json.dumps(json.loads(best["genotype"]), indent=2) + "\n",
+                                    "README.txt": jobs.readme(summary)})
 
 
 def report(summary: dict[str, Any]) -> None:
     jobs.print_best(summary)
-    print(f"  best_genotype.json: {summary['experiment_dir']}/best_genotype.json")
+    print(f"  chosen by: {summary['selected_by']}")
+    print(f"  best_genotype.json, best_genotype.png, summary.json, README.txt: {summary['experiment_dir']}/")
+    jobs.print_decision(summary["best"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -165,6 +165,42 @@ def print_best(summary: Summary, out=None) -> None:
         w(f"  {name}: {path}")
 
 
+def print_decision(best: Mapping[str, Any], out=None) -> None:
+    """Whether the search behind ``best`` decided its genotype (docs/method.md section 6), said plainly."""
+    w = _writer(out)
+    if best.get("decided"):
+        w("  decided: every choice is at least 1.5x its runner-up")
+        return
+    share, entropy = best.get("decided_share"), best.get("arch_entropy")
+    w(f"  UNDECIDED: {share:.0%} of the choices are decided; the architecture weights are still near uniform "
+      f"(relative entropy {entropy:.3f}, 1 = uniform)" if share is not None and entropy is not None else
+      "  UNDECIDED: the search has not decided its genotype")
+    w("  this genotype is the argmax of nearly equal weights: a pipeline demonstration, not a finding; a longer"
+      " search (more epochs and data, e.g. --preset paper) is needed before it means anything")
+
+
+def write_best_genotype(exp: Experiment, genotype: Any, title: str) -> None:
+    """``best_genotype.png`` beside ``best_genotype.json`` at the top of the experiment (a local one)."""
+    if is_uri(exp.root):
+        return
+    from ess.space.draw import draw_genotype
+
+    draw_genotype(genotype, Path(exp.root) / "best_genotype", title=title, formats=("png",))
+
+
+def readme(summary: Mapping[str, Any]) -> str:
+    """``README.txt`` of an experiment folder: what is where."""
+    return "\n".join([
+        f"{summary.get('job', 'job')} experiment {summary.get('name', '')}", "",
+        "best_genotype.json  the genotype the job chose (python -m ess.space show best_genotype.json draws it)",
+        "best_genotype.png   its picture",
+        "summary.json        everything the job printed at the end: every trial, its perplexities and files",
+        "job.yaml            the resolved config (python tune_jobs/<job>.py --resume --name NAME continues)",
+        "<stage>/            Ray Tune's folders: one per trial, its checkpoints holding the run directory",
+        "                    (metrics.jsonl, genotypes/, derivations/, arch_weights/, checkpoint.pt)",
+        f"MLflow: experiment {summary.get('mlflow_experiment')!r} in {summary.get('tracking_uri')}", ""])
+
+
 def _writer(out) -> Callable[..., None]:
     out = out or sys.stdout
     return lambda s="": print(s, file=out)

@@ -140,6 +140,13 @@ def test_joint_search_smoke(joint):
     assert best["label"] == summary["retrained"][0]["label"].removeprefix("retrain_")
     assert Path(best["artifacts"]["genotype.json"]).is_file() and Path(best["artifacts"]["retrain/best.pt"]).is_file()
     assert json.loads((tmp / "tune" / "smoke" / "best_genotype.json").read_text()) == json.loads(best["genotype"])
+    top = tmp / "tune" / "smoke"          # results at the top: the picture, a README of what is where
+    assert (top / "best_genotype.png").stat().st_size > 10_000
+    assert "best_genotype.png" in (top / "README.txt").read_text()
+    assert summary["decided"] == best["decided"] and summary["selected_by"].startswith("lowest retrained valid")
+    said = joint["out"]
+    assert ("UNDECIDED" in said) != best["decided"] and "chosen by:" in said   # the smoke search never decides
+    assert "/#/experiments/" in said and said.rstrip().splitlines()[-1].startswith("wall time")
 
     parents, children = _runs(store, "ess-joint_search")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
