@@ -103,7 +103,8 @@ class JobConfig:
     checkpoint_every: int = field(default=1, metadata={"help": "checkpoint every N epochs (and the last)"})
     system_metrics: bool = field(default=True, metadata={"help": "CPU/memory/GPU metrics in each trial run"})
     system_metrics_interval: float = field(default=10.0, metadata={"help": "seconds between system samples"})
-    verbose: int = field(default=1, metadata={"help": "Tune console output: 0 silent, 1 status, 2 per result"})
+    verbose: int = field(default=0, metadata={
+        "help": "console: 0 one line per trial and epoch; 1 Tune's status tables and the workers' logs; 2 per result"})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "space", parse_overrides(self.space, "space"))

@@ -40,6 +40,13 @@ def ray_session(job: JobConfig) -> Iterator[None]:
 
     # Tune warns on every forced experiment snapshot when few checkpoints are kept: noise for short epochs.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if job.verbose == 0:   # quiet: no Tune tables, hints or INFO lines (the job prints one line per trial epoch)
+        import logging
+
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+        for name in ("ray.tune", "ray.train", "mlflow"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     if ray.is_initialized():
         yield
         return
@@ -51,7 +58,8 @@ def ray_session(job: JobConfig) -> Iterator[None]:
         paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
         if root not in paths:
             os.environ["PYTHONPATH"] = os.pathsep.join([root, *paths])
-        ray.init(num_cpus=job.num_cpus or None, include_dashboard=False, log_to_driver=True)
+        ray.init(num_cpus=job.num_cpus or None, include_dashboard=False, log_to_driver=job.verbose > 0,
+                 logging_level="WARNING" if job.verbose == 0 else "INFO")
     try:
         yield
     finally:
@@ -217,6 +225,10 @@ class Experiment:
         from ray import tune
 
         view = [TrialRuns(self.uri, self.mlflow_experiment, self.job.name, self.root)] if self.uri else []
+        if not self.job.verbose:   # Tune's own status tables off: one short line per trial and epoch instead
+            from ess.adapters.ray.progress import ProgressLines
+
+            view.append(ProgressLines(stage))
         return tune.RunConfig(
             name=stage, storage_path=self.root, verbose=self.job.verbose, callbacks=[*view, *callbacks],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=self.job.keep_checkpoints),

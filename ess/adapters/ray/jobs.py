@@ -62,6 +62,10 @@ def experiment(kind: str, job: JobConfig, *, resume: bool = False, corpus: bool 
     """The corpus checked, Ray up with room for a trial, the experiment opened (its parent run closed once)."""
     if corpus:
         ensure_corpus(job.dataset, job.data_dir or None)
+    if not job.gpus_per_trial and not job.address:
+        from ess.kernels import cpu
+
+        cpu.load()   # the C++ steps built here, once, announced (cached for the trials), not in every trial
     with ray_session(job):
         check_resources(job)
         with Experiment(kind, job, resume=resume) as exp:
