@@ -53,3 +53,12 @@ def test_study_smoke_tables_and_the_report_from_the_store_agree(tmp_path):
     report = write_report(frame, tmp_path / "report", draw=False)
     assert "study_arms" in report.tables and "Study: arms at equal budget" in report.markdown.read_text()
     assert not math.isnan(table["retrain_valid_ppl_ci_low"].iloc[0])
+
+    from analysis.results import main as results_main
+
+    assert results_main(["--study", str(tmp_path / "tune" / "st"), "--out", str(tmp_path / "results.md")]) == 0
+    text = (tmp_path / "results.md").read_text()
+    for arm in arms:   # the main table has a row per arm with the job's own numbers
+        assert f"| {arm} | 2 |" in text and f"{arms[arm]['retrain_valid_ppl_geo_mean']:,.1f}" in text
+    assert "joint vs intra" in text and "## The planted-structure corpus" in text
+    assert (tmp_path / "results" / "parts.png").is_file()

@@ -1,0 +1,240 @@
+"""docs/results.md from a finished study: its tables, figures, commands and a plain reading of the numbers.
+
+    python -m analysis.results --study runs-study/study-cpu-1 --out docs/results.md [--notes notes.md]
+
+Reads the study's ``summary.json`` (the job's own tables, :mod:`analysis.study`) and its MLflow store (the
+per-part diagnostics of every search epoch, for the figures); writes the Markdown file and its figures
+beside it (``<out stem>/``), atomically. ``--notes`` appends a hand-written discussion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ess.checkpoint import atomic_write_text
+from ess.cli import run_main
+from ess.errors import ConfigError
+
+PARTS = ("intra", "history", "input")
+REMEDY_ARMS = ("joint", "joint-beta", "joint-pt")
+
+
+def _f(value: Any, digits: int = 1) -> str:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return "-"
+    return "-" if not math.isfinite(v) else f"{v:,.{digits}f}"
+
+
+def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
+    """A Markdown table of ``rows`` with ``(header, key or callable)`` columns."""
+    head = "| " + " | ".join(h for h, _ in columns) + " |\n|" + "---|" * len(columns) + "\n"
+    def cell(value: Any) -> str:
+        return str(value).replace("|", "\\|")   # a genotype's "| concat" must not end the cell
+
+    body = "".join("| " + " | ".join(cell(c(r) if callable(c) else r.get(c, "-")) for _, c in columns) + " |\n"
+                   for r in rows)
+    return head + body
+
+
+def _interval(row: Mapping[str, Any], value: str) -> str:
+    return (f"{_f(row.get(f'{value}_geo_mean'))} [{_f(row.get(f'{value}_ci_low'))}, "
+            f"{_f(row.get(f'{value}_ci_high'))}]")
+
+
+def _store_summary(summary: Mapping[str, Any]) -> pd.DataFrame:
+    """The trial summary of the study's runs from its MLflow store (empty when it cannot be read)."""
+    from analysis.load import load_runs, trial_summary
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            frame = load_runs(summary["name"], tracking_uri=summary["tracking_uri"])
+            return trial_summary(frame), frame
+    except Exception as err:  # noqa: BLE001 - the figures are extra; the tables come from summary.json
+        print(f"analysis.results: no per-part diagnostics from the store ({str(err).splitlines()[0]})",
+              file=sys.stderr)
+        return pd.DataFrame(), pd.DataFrame()
+
+
+def part_shares(trials: pd.DataFrame, arms: Sequence[str]) -> list[dict[str, Any]]:
+    """Per search arm: the mean identity share of the final genotype per part, the decided share, n."""
+    out = []
+    for arm in arms:
+        group = trials[trials.get("arm") == arm] if "arm" in trials else trials.iloc[0:0]
+        if not len(group):
+            continue
+        row: dict[str, Any] = {"arm": arm, "n": len(group)}
+        for part in PARTS:
+            key = f"genotype/{part}/identity_share"
+            values = pd.to_numeric(group[key], errors="coerce") if key in group else pd.Series(dtype=float)
+            row[part] = _f(values.mean(), 2) if values.notna().any() else "-"
+        for key, name in (("genotype/decided_share", "decided_share"), ("arch/entropy", "entropy")):
+            values = pd.to_numeric(group[key], errors="coerce") if key in group else pd.Series(dtype=float)
+            row[name] = _f(values.mean(), 3) if values.notna().any() else "-"
+        out.append(row)
+    return out
+
+
+def reading(summary: Mapping[str, Any]) -> list[str]:
+    """Plain sentences about the headline comparisons, as the numbers say them."""
+    lines = []
+    arms = {a["arm"]: a for a in summary["arms"]}
+    n = min((a["n"] for a in summary["arms"]), default=0)
+    for key, h in summary.get("headline", {}).items():
+        other = key.removeprefix("joint_vs_")
+        better = "lower (better)" if h["diff"] < 0 else "higher (worse)"
+        verdict = ("a difference the test can tell from seed noise" if h["p_holm"] < 0.05 else
+                   "not distinguishable from seed noise at this n")
+        need = h["seeds_for_80pct_power"]
+        lines.append(
+            f"- **joint vs {other}**: joint's retrained valid perplexity is {_f(abs(h['diff']), 2)} {better} "
+            f"({_f(arms.get('joint', {}).get('retrain_valid_ppl_geo_mean'))} vs "
+            f"{_f(arms.get(other, {}).get('retrain_valid_ppl_geo_mean'))}); Hedges' g = {_f(h['hedges_g'], 2)}, "
+            f"Holm-adjusted p = {h['p_holm']:.3g}: {verdict}. Detecting an effect of this size with 80% power "
+            f"would take about {need} seeds per arm (this study: {n}).")
+    return lines
+
+
+def render(summary: Mapping[str, Any], figures_dir: Path, rel: str, notes: str = "") -> str:
+    store, frame = _store_summary(summary)
+    arms = summary["arms"]
+    md = [f"# Results: {summary['name']}", "",
+          "The study of issue \"does joint search beat intra-only and inter-only at equal budget?\", run to the end "
+          "on this project's CPU machine. Every number below comes from the study's `summary.json` and its MLflow "
+          f"experiment `{summary['mlflow_experiment']}`; `python -m analysis.results` wrote this file.", ""]
+    md += ["## Main table: retrained language models at equal budget and parameter count", "",
+           "Geometric mean over seeds of the retrained model's valid and test perplexity (PTB), with the 95% "
+           "interval of the geometric mean (Student-t on log perplexity); parameters of the retrained model; "
+           "search and retrain time (training seconds, mean per seed).", "",
+           _table(arms, [("arm", "arm"), ("n", "n"), ("seeds", "seeds"),
+                         ("valid ppl [95% CI]", lambda r: _interval(r, "retrain_valid_ppl")),
+                         ("test ppl [95% CI]", lambda r: _interval(r, "retrain_test_ppl")),
+                         ("params", lambda r: _f(r.get("params"), 0)),
+                         ("search s", lambda r: _f(r.get("search_seconds"), 0)),
+                         ("retrain s", lambda r: _f(r.get("retrain_seconds"), 0)),
+                         ("train tokens (search + retrain)",
+                          lambda r: _f((r.get("search_tokens") or 0) + (r.get("retrain_tokens") or 0), 0))])]
+    md += ["## Reading", "", *reading(summary), ""]
+    pairs = summary["pairs"].get("retrain_valid_ppl", []) + summary["pairs"].get("retrain_test_ppl", [])
+    md += ["## Every pair of arms", "", "Welch's t-test on the perplexities (diff = a - b), Holm-adjusted over the "
+           "pairs of each metric, Hedges' g.", "",
+           _table(pairs, [("metric", "metric"), ("a", "arm_a"), ("b", "arm_b"), ("diff", lambda r: _f(r["diff"], 2)),
+                          ("95% CI", lambda r: f"[{_f(r['ci_low'], 1)}, {_f(r['ci_high'], 1)}]"),
+                          ("p", lambda r: f"{r['p_value']:.3g}" if r["p_value"] == r["p_value"] else "-"),
+                          ("Holm p", lambda r: f"{r['p_holm']:.3g}" if r["p_holm"] == r["p_holm"] else "-"),
+                          ("Hedges' g", lambda r: _f(r["hedges_g"], 2))])]
+    search_arms = [a["arm"] for a in arms if any(t["arm"] == a["arm"] and t["kind"] == "search"
+                                                 for t in summary["trials"])]
+    if len(store):
+        md += ["## What the searches decided", "",
+               "Per search arm, the final derived genotype's share of `identity` edges per part, the share of its "
+               "choices that are decided (weight at least 1.5x the runner-up) and the architecture weights' "
+               "entropy relative to uniform (1 = uniform), mean over seeds.", "",
+               _table(part_shares(store, search_arms),
+                      [("arm", "arm"), ("n", "n"), ("identity share: intra", "intra"), ("history", "history"),
+                       ("input", "input"), ("decided share", "decided_share"), ("relative entropy", "entropy")])]
+        remedies = [a for a in REMEDY_ARMS if a in search_arms]
+        if len(remedies) > 1:
+            by_arm = {a["arm"]: a for a in arms}
+            rows = [{**r, "valid": _interval(by_arm[r["arm"]], "retrain_valid_ppl")}
+                    for r in part_shares(store, remedies)]
+            md += ["## Collapse remedies (issue \"A search that can say no\", item 6)", "",
+                   "joint: no remedy; joint-beta: beta-decay regularisation (beta-DARTS); joint-pt: perturbation-"
+                   "based derivation (DARTS-PT). Identity share per part of the final genotype and the retrained "
+                   "valid perplexity.", "",
+                   _table(rows, [("arm", "arm"), ("n", "n"), ("identity: intra", "intra"), ("history", "history"),
+                                 ("input", "input"), ("decided share", "decided_share"),
+                                 ("retrained valid ppl [95% CI]", "valid")])]
+        figures_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            from analysis import figures as figs
+
+            search = frame[frame["arm"].isin(search_arms)] if "arm" in frame else frame
+            figs.save_figure(figs.parts_figure(search, ("arm",)), figures_dir / "parts", formats=("png",))
+            md += ["## Collapse diagnostics over the search", "", f"![per part]({rel}/parts.png)", ""]
+        except Exception as err:  # noqa: BLE001 - a figure the data cannot make is left out, said
+            md += [f"(per-part figure left out: {str(err).splitlines()[0]})", ""]
+    for arm in ("joint", "intra"):
+        best = summary.get("best", {}).get(arm)
+        if best and best.get("genotype"):
+            from analysis.figures import genotype_picture
+
+            genotype_picture(best["genotype"], figures_dir / f"best_{arm}", title=f"best {arm} genotype")
+            md += [f"Best {arm} genotype (seed {best['seed']}, retrained valid ppl {_f(best['retrain_valid_ppl'])}):",
+                   "", f"![best {arm}]({rel}/best_{arm}.png)", ""]
+    if summary.get("transfer"):
+        t = pd.DataFrame(summary["transfer"])
+        g = t.groupby(["task", "cell"])[["dev_f1", "test_f1"]].agg(["mean", "std", "count"]).reset_index()
+        g.columns = ["_".join(c).strip("_") for c in g.columns]
+        md += ["## Transfer: the best joint and intra cells in the NER tagger", "",
+               "Span F1 (conlleval) of the BiRNN-CRF tagger with each cell, mean and standard deviation over seeds.",
+               "", _table(g.to_dict(orient="records"),
+                          [("task", "task"), ("cell", "cell"), ("n", "dev_f1_count"),
+                           ("dev F1", lambda r: f"{_f(100 * r['dev_f1_mean'], 2)} ± {_f(100 * r['dev_f1_std'], 2)}"),
+                           ("test F1", lambda r: f"{_f(100 * r['test_f1_mean'], 2)} ± "
+                                                 f"{_f(100 * r['test_f1_std'], 2)}")])]
+    if summary.get("wikitext2"):
+        md += ["## WikiText-2: the PTB-searched cells retrained", "", "One seed each, same budget as on PTB.", "",
+               _table(summary["wikitext2"], [("genotype", "arm"), ("valid ppl", lambda r: _f(r["retrain_valid_ppl"])),
+                                             ("test ppl", lambda r: _f(r["retrain_test_ppl"])),
+                                             ("params", lambda r: _f(r["params"], 0))])]
+    if summary.get("planted"):
+        md += ["## The planted-structure corpus", "",
+               "Each mode searched (then retrained) on the generated corpus whose exact perplexity floor is known; "
+               "`reaches x_{t-k}`: the derived input cell reads the planted input.", "",
+               _table(summary["planted"], [("mode", "mode"), ("floor", lambda r: _f(r["floor_ppl"], 3)),
+                                           ("search valid ppl", lambda r: _f(r["search_valid_ppl"], 2)),
+                                           ("retrained valid ppl", lambda r: _f(r["retrain_valid_ppl"], 2)),
+                                           ("distance to floor", lambda r: _f(r["retrain_valid_ppl"] - r["floor_ppl"],
+                                                                              2)),
+                                           ("reaches x_{t-k}", "reaches_x_t_minus_k"), ("genotype", "genotype")])]
+    md += ["## Reproduce", "", "```bash",
+           f"python tune_jobs/study.py --name {summary['name']}            # this study (study-cpu preset)",
+           "python tune_jobs/study.py --preset study-gpu --address auto     # the paper's scale, on GPUs",
+           f"python -m analysis.results --study {summary['experiment_dir']} --out docs/results.md",
+           f"python -m analysis.report --experiment {summary['name']} --tracking-uri {summary['tracking_uri']}",
+           "```", "", f"MLflow experiment `{summary['mlflow_experiment']}`, parent run `{summary['parent_run_id']}`.",
+           ""]
+    if notes:
+        md += ["## Discussion", "", notes.strip(), ""]
+    return "\n".join(md)
+
+
+def main_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m analysis.results", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--study", required=True, help="the study's experiment folder (holds summary.json)")
+    parser.add_argument("--out", default="docs/results.md")
+    parser.add_argument("--notes", default="", help="a Markdown file appended as the discussion")
+    return parser.parse_args(argv)
+
+
+@run_main
+def main(argv: list[str] | None = None) -> int:
+    args = main_args(argv)
+    path = Path(args.study) / "summary.json"
+    if not path.is_file():
+        raise ConfigError(f"{path}: no summary.json (has the study finished?)")
+    summary = json.loads(path.read_text())
+    if summary.get("job") != "study":
+        raise ConfigError(f"{path}: job: expected a study, got {summary.get('job')!r}")
+    out = Path(args.out)
+    figures = out.parent / out.stem
+    notes = Path(args.notes).read_text() if args.notes else ""
+    atomic_write_text(out, render(summary, figures, figures.name, notes))
+    print(f"{out} (figures in {figures})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
