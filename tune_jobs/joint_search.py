@@ -94,7 +94,20 @@ def run(job: JobConfig, *, resume: bool = False, callbacks: Sequence[Any] = ()) 
                       "ess.decided": str(best["decided"]).lower()})
         jobs.write_best_genotype(exp, load_genotype(best["genotype"]), title=f"best genotype: {best['label']}")
         return exp.finish(summary, {"best_genotype.json": json.dumps(json.loads(best["genotype"]), indent=2) + "\n",
-                                    "README.txt": jobs.readme(summary)})
+                                    "README.txt": jobs.readme(summary), "trials.csv": _trials_csv(searched, retrained)})
+
+
+def _trials_csv(searched: list[dict[str, Any]], retrained: list[dict[str, Any]]) -> str:
+    """The key columns of every trial (the parent run's table in MLflow): mode, seed, perplexities, decided."""
+    import pandas as pd
+
+    after = {r["label"].removeprefix("retrain_"): r for r in retrained}
+    return pd.DataFrame([{"trial": s["label"], "mode": s.get("mode"), "seed": s.get("seed"),
+                          "search_valid_ppl": s["valid_ppl"], "decided": s["decided"],
+                          "decided_share": s["decided_share"],
+                          "retrain_valid_ppl": after.get(s["label"], {}).get("retrain_valid_ppl"),
+                          "retrain_test_ppl": after.get(s["label"], {}).get("retrain_test_ppl")}
+                         for s in searched]).to_csv(index=False)
 
 
 def report(summary: dict[str, Any]) -> None:

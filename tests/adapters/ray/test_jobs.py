@@ -143,6 +143,9 @@ def test_joint_search_smoke(joint):
     top = tmp / "tune" / "smoke"          # results at the top: the picture, a README of what is where
     assert (top / "best_genotype.png").stat().st_size > 10_000
     assert "best_genotype.png" in (top / "README.txt").read_text()
+    trials = (top / "trials.csv").read_text().splitlines()
+    assert trials[0] == "trial,mode,seed,search_valid_ppl,decided,decided_share,retrain_valid_ppl,retrain_test_ppl"
+    assert len(trials) == 3
     assert summary["decided"] == best["decided"] and summary["selected_by"].startswith("lowest retrained valid")
     said = joint["out"]
     assert ("UNDECIDED" in said) != best["decided"] and "chosen by:" in said   # the smoke search never decides
