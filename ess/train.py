@@ -42,7 +42,7 @@ from ess.config import (
     config_to_dict,
     save_config,
 )
-from ess.data import BPTTIterator, batchify, load_corpus
+from ess.data import BPTTIterator, batchify, ensure_corpus, load_corpus
 from ess.errors import CheckpointError
 from ess.evaluation import evaluate
 from ess.guard import HELP_LR_FACTOR, HELP_MAX_PPL, HELP_MAX_ROLLBACKS, Diverged, DivergenceGuard, ppl_bound
@@ -409,6 +409,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
 @run_main
 def main(argv: list[str] | None = None) -> int:
     cfg, args = parse_args(argv)
+    ensure_corpus(cfg.dataset, cfg.data_dir)   # as the Tune jobs: fetched (or generated) when missing
     start = time.perf_counter()
     final = train(cfg, resume=args.resume, on_epoch=print_report)
     print(json.dumps({"final": final, "seconds": round(time.perf_counter() - start, 1),

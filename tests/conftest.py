@@ -12,6 +12,7 @@ import torch
 from ess.search import PRESETS as SEARCH_PRESETS
 
 DATA_DIR = os.environ.get("ESS_DATA_DIR")
+os.environ["ESS_OFFLINE"] = "1"   # no test downloads anything: an entry point with a missing corpus says where
 
 
 def has_corpus(name: str) -> bool:

@@ -30,7 +30,7 @@ from ess.data.corpus import (
     unregister_corpus,
     verify_corpus,
 )
-from ess.data.download import download_corpus
+from ess.data.download import download_corpus, ensure_corpus
 from ess.data.planted import PlantedParams, planted_spec, register_planted
 
 register_planted()
@@ -50,6 +50,7 @@ __all__ = [
     "clear_corpus_cache",
     "corpus_dir",
     "download_corpus",
+    "ensure_corpus",
     "ensure_generated",
     "generated_root",
     "get_batch",

@@ -15,6 +15,7 @@ import http.client
 import lzma
 import os
 import struct
+import sys
 import tarfile
 import tempfile
 import urllib.error
@@ -177,4 +178,35 @@ def download_corpus(name: str, data_dir: str | os.PathLike | None = None, url: s
             atomic_write_bytes(target / spec.files[split], data)
         except OSError as err:  # the data directory is a file, read-only, full ...
             raise DataError(f"{target / spec.files[split]}: cannot write ({one_line(err.strerror or err)})") from None
+    return target
+
+
+OFFLINE_ENV = "ESS_OFFLINE"   # 1: no entry point downloads a corpus (the test suite sets it)
+
+
+def ensure_corpus(name: str, data_dir: str | None = None, *, url: str | None = None) -> Path:
+    """The corpus directory, downloading the corpus when its files are missing.
+
+    Every entry point calls it (``python -m ess.search``, ``python -m ess.train``, the Tune jobs), so they
+    behave alike offline. The download shows a progress bar and checks the sha256
+    (:func:`ess.data.download_corpus`); offline, or with ``ESS_OFFLINE=1``, the one-line :class:`DataError`
+    says where to put the files. A generated corpus (``planted``) is generated, never downloaded.
+    """
+    spec = get_spec(name)
+    target = corpus_dir(name, data_dir).resolve()
+    missing = [spec.files[s] for s in SPLITS if not (target / spec.files[s]).is_file()]
+    if missing:
+        generated = getattr(spec, "generator", None) is not None
+        if not generated and url is None and os.environ.get(OFFLINE_ENV) == "1":
+            raise DataError(f"{target}: corpus {name!r} is missing and {OFFLINE_ENV}=1 forbids downloading it; put "
+                            f"{', '.join(spec.files[s] for s in SPLITS)} there (or set ESS_DATA_DIR / --data-dir)")
+        print(f"corpus {name!r} is missing from {target}: {'generating' if generated else 'downloading'} it",
+              file=sys.stderr, flush=True)
+        try:
+            download_corpus(name, data_dir, url=url)
+        except DataError as err:
+            raise DataError(f"{target}: corpus {name!r} is missing and could not be downloaded ({err}); "
+                            f"put {', '.join(spec.files[s] for s in SPLITS)} there "
+                            "(or set ESS_DATA_DIR / --data-dir)") from None
+    verify_corpus(name, data_dir)
     return target

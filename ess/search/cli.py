@@ -7,6 +7,7 @@ import json
 import time
 
 from ess.cli import run_main
+from ess.data import ensure_corpus
 from ess.runs import parse_run_args, print_report
 from ess.search.config import PRESETS, SearchConfig
 from ess.search.loop import search
@@ -21,6 +22,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[SearchConfig, argparse.Na
 @run_main
 def main(argv: list[str] | None = None) -> int:
     cfg, args = parse_args(argv)
+    ensure_corpus(cfg.dataset, cfg.data_dir)   # as the Tune jobs: fetched (or generated) when missing
     start = time.perf_counter()
     result = search(cfg, resume=args.resume, on_epoch=print_report)
     print(json.dumps({"genotype": result.genotype.to_dict(), "describe": result.genotype.describe(),

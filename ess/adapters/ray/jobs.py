@@ -13,7 +13,8 @@ from typing import Any
 from ess.adapters.ray.config import JobConfig, parse_job_args
 from ess.adapters.ray.experiment import Experiment, ExperimentInterrupted, check_resources, ray_session
 from ess.adapters.ray.grid import variant_label
-from ess.adapters.ray.storage import exists, is_uri, join, storage_root
+from ess.adapters.ray.storage import exists, is_uri, join
+from ess.data import ensure_corpus
 from ess.errors import DataError, ESSError
 
 Summary = dict[str, Any]
@@ -21,29 +22,6 @@ Summary = dict[str, Any]
 
 # --------------------------------------------------------------------------------------------------
 # Before Ray starts
-
-
-def ensure_corpus(name: str, data_dir: str | None = None, *, url: str | None = None) -> Path:
-    """The corpus directory, downloading the corpus when its files are missing.
-
-    The download shows a progress bar and checks the sha256 (:func:`ess.data.download_corpus`);
-    offline, the one-line :class:`DataError` says where to put the files.
-    """
-    from ess.data import SPLITS, corpus_dir, download_corpus, get_spec, verify_corpus
-
-    spec = get_spec(name)
-    target = corpus_dir(name, data_dir).resolve()
-    missing = [spec.files[s] for s in SPLITS if not (target / spec.files[s]).is_file()]
-    if missing:
-        print(f"corpus {name!r} is missing from {target}: downloading it", file=sys.stderr, flush=True)
-        try:
-            download_corpus(name, data_dir, url=url)
-        except DataError as err:
-            raise DataError(f"{target}: corpus {name!r} is missing and could not be downloaded ({err}); "
-                            f"put {', '.join(spec.files[s] for s in SPLITS)} there "
-                            "(or set ESS_DATA_DIR / --data-dir)") from None
-    verify_corpus(name, data_dir)
-    return target
 
 
 def ensure_tasks(tasks: Sequence[str], data_dir: str | None = None) -> None:
@@ -69,6 +47,7 @@ def experiment(kind: str, job: JobConfig, *, resume: bool = False, corpus: bool 
     with ray_session(job):
         check_resources(job)
         with Experiment(kind, job, resume=resume) as exp:
+            print(f"{kind}: results in {exp.root}", flush=True)   # announced once it exists
             yield exp
 
 
@@ -232,8 +211,7 @@ def main(kind: str, run: Callable[..., Summary], report: Callable[[Summary], Non
     def _main(argv: list[str] | None) -> int:
         cfg, args = parse_job_args(kind, argv, description=description)
         start = time.perf_counter()
-        print(f"{kind}: experiment {cfg.name!r} in {join(storage_root(cfg.storage_path), cfg.name)}"
-              f"{' (resuming)' if args.resume else ''}", flush=True)
+        print(f"{kind}: experiment {cfg.name!r}{' (resuming)' if args.resume else ''}", flush=True)
         try:
             summary = run(cfg, resume=args.resume)
         except ExperimentInterrupted as err:

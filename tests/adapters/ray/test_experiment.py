@@ -11,8 +11,8 @@ import yaml
 
 from ess.adapters.ray.config import parse_job_args
 from ess.adapters.ray.experiment import Experiment, check_resources, ray_session
-from ess.adapters.ray.jobs import ensure_corpus
 from ess.config import config_to_dict
+from ess.data import ensure_corpus
 from ess.errors import ConfigError, DataError
 
 from conftest import DATA_DIR, TINY_SEARCH, load_job, requires_ptb, tiny_job
@@ -126,3 +126,16 @@ def test_cluster_yaml_passes_ray_validation():
     broken["head_node_type"] = "nope"
     with pytest.raises(ValueError, match="head_node_type"):
         validate_config(broken)
+
+
+def test_every_entry_point_says_the_same_thing_offline(tmp_path, capsys):
+    from ess.search.cli import main as search_main
+    from ess.train import main as train_main
+
+    for main in (search_main, train_main):
+        assert main(["--smoke-test", "--data-dir", str(tmp_path), "--run-dir", str(tmp_path / "run")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "ESS_OFFLINE=1 forbids downloading it" in err and str(tmp_path) in err
+        assert not (tmp_path / "run").exists()   # nothing announced or written before the data is there
+    with pytest.raises(DataError, match="ESS_OFFLINE=1 forbids downloading it"):
+        ensure_corpus("ptb", str(tmp_path))
