@@ -89,7 +89,8 @@ def run(job: JobConfig, *, resume: bool = False, callbacks: Sequence[Any] = ()) 
                if retrained else "lowest search valid perplexity")
         summary = {"best": best, "searched": searched, "retrained": retrained, "selected_by": why,
                    "decided": best["decided"],
-                   "best_valid_ppl": jobs.finite(best.get("retrain_valid_ppl", best["valid_ppl"]))}
+                   "best_search_valid_ppl": jobs.finite(best["valid_ppl"]),
+                   **({"best_retrain_valid_ppl": jobs.finite(best["retrain_valid_ppl"])} if retrained else {})}
         exp.set_tags({"ess.genotype": best["genotype"], "best_trial": best["label"],
                       "ess.decided": str(best["decided"]).lower()})
         jobs.write_best_genotype(exp, load_genotype(best["genotype"]), title=f"best genotype: {best['label']}")
