@@ -1,4 +1,4 @@
-"""The arms a study compares: a search mode and its knobs, a fixed baseline cell, or random search."""
+"""The arms a study compares: searches with their knobs, fixed baseline cells, random search."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The console while a job runs: one short line per trial and epoch instead of Tune's status tables."""
+"""The console while a job runs: one short line per trial epoch instead of Tune's status tables."""
 
 from __future__ import annotations
 
