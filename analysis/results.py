@@ -1,4 +1,4 @@
-"""docs/results.md from a finished study: its tables, figures, commands and a plain reading of the numbers.
+"""docs/results.md from a finished study: its tables, figures, commands, a plain reading of the numbers.
 
     python -m analysis.results --study runs-study/study-cpu-1 --out docs/results.md [--notes notes.md]
 

@@ -1,4 +1,4 @@
-"""The study's tables: per arm the mean and 95% interval of each perplexity, and every pair of arms tested.
+"""The study's tables: per arm each perplexity's mean with its 95% interval; every pair of arms tested.
 
 Perplexities are positive and skewed, so each interval is a Student-t interval of the *log* perplexity,
 mapped back (``exp(mean log +- t s / sqrt(n))``): it is never negative and is the interval of the geometric

@@ -1,4 +1,4 @@
-"""Parameter counts of the discrete language models, and the hidden size that matches a baseline's count.
+"""The parameter count of a discrete language model, or the hidden size matching a baseline's count.
 
 A searched ESS cell has more weight matrices than the DARTS cell it extends (one ``W^a_j``, ``W^b_j`` per inter
 branch source), so at the same hidden size it also has more parameters (up to +8.7 M at 850 units against

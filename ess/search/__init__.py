@@ -1,4 +1,4 @@
-"""The bilevel search: the architect (DARTS's architecture step) and the loop around it."""
+"""The bilevel search: DARTS's architecture step (the architect) inside the search loop."""
 
 from ess.search.config import PRESETS, SearchConfig
 from ess.search.loop import Searcher, SearchResult, build_model, search

@@ -1,4 +1,4 @@
-"""Collapse and decision diagnostics of a search epoch, per part, as flat metric keys.
+"""Collapse diagnostics of a search epoch (what the weights say, what the derivation decided), per part.
 
 Per searched part (``intra``, ``history``, ``input``):
 

@@ -1,4 +1,4 @@
-"""The mixed (search) cells: DARTS's intra search cell and ESS's inter search DAG (seed eqs. 2-4)."""
+"""The mixed (search) cells: DARTS's intra search cell, ESS's inter search DAG (seed eqs. 2-4)."""
 
 from __future__ import annotations
 

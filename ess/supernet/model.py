@@ -1,4 +1,4 @@
-"""The search model: modes, implementations and the supernet config around :class:`ess.models.cells.ESSCell`."""
+"""The search model around :class:`ess.models.cells.ESSCell`: its modes, implementations, supernet config."""
 
 from __future__ import annotations
 
