@@ -27,7 +27,7 @@ from analysis.report import main, markdown_table  # noqa: E402
 from conftest import requires_ptb  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-FIGURES = ("final_metric", "valid_ppl_curves", "entropy", "best_genotype", "op_heatmap")
+FIGURES = ("final_metric", "valid_ppl_curves", "entropy", "best_genotype", "op_heatmap", "parts")
 TABLES = ("trials", "runs", "arms", "comparisons", "curves", "evolution", "genotypes", "op_frequency",
           "predecessor_frequency")
 

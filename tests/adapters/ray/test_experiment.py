@@ -68,7 +68,9 @@ def test_trials_are_sent_no_mlflow_address(tmp_path, local_ray):
     spec = exp.spec(search=exp.job.search)
     assert "http://127.0.0.1:1" not in repr(spec) and spec["mlflow_experiment"] == "ess-joint_search"
     assert spec["search"] == config_to_dict(exp.job.search) and spec["train"] is None
-    assert [type(c).__name__ for c in exp.run_config("search").callbacks] == ["TrialRuns"]
+    assert [type(c).__name__ for c in exp.run_config("search").callbacks] == ["TrialRuns", "ProgressLines"]
+    loud = Experiment("joint_search", dataclasses.replace(job, name="spec-loud", verbose=1))
+    assert [type(c).__name__ for c in loud.run_config("search").callbacks] == ["TrialRuns"]
 
 
 # -- two nodes -----------------------------------------------------------------------------------------

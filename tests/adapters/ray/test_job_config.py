@@ -40,7 +40,10 @@ def test_presets_have_the_documented_sizes():
     assert job_base("ablation", "smoke").seeds == (1,)
     hp = job_base("hparam_search", "smoke")
     assert hp.search.emsize == 16 and hp.search.draw is False and not hp.retrain
-    assert set(JOB_PRESETS) == {"smoke", "cpu-small", "paper"}
+    assert set(JOB_PRESETS) == {"smoke", "cpu-small", "paper", "study-cpu", "study-gpu"}
+    study = job_base("study", "study-cpu")
+    assert study.seeds == (1, 2, 3) and study.train.match_params == "DARTS_V2@128"
+    assert job_base("study", "study-gpu").train.match_params == "DARTS_V2@850"
 
 
 #: what a job sets in every run it starts: not a size
