@@ -6,7 +6,8 @@
     aggregate(trials, "test_ppl")            # mean, std, 95% CI and count over seeds per arm
     compare_arms(trials, "test_ppl")         # Welch t-test per pair of arms, p-values and effect sizes
 
-Modules: :mod:`analysis.load` (MLflow and Ray Tune results to a flat frame, per-trial summary),
+Modules: :mod:`analysis.load` (MLflow and Ray Tune results to a flat frame, per-trial summary; the readers
+:mod:`analysis.mlflow_store` and :mod:`analysis.ray_results`, the frame's columns :mod:`analysis.schema`),
 :mod:`analysis.stats` (per-arm statistics, tests, genotype ranking and op frequencies),
 :mod:`analysis.figures` (PNG and SVG figures) and :mod:`analysis.report` (``python -m analysis.report``).
 Ray is never imported; MLflow only when loading from an MLflow store.
@@ -19,7 +20,9 @@ from analysis.errors import (
     MissingMetricError,
     UnknownExperimentError,
 )
-from analysis.load import load_mlflow, load_ray_results, load_runs, trial_summary
+from analysis.load import load_runs, trial_summary
+from analysis.mlflow_store import load_mlflow
+from analysis.ray_results import load_ray_results
 from analysis.stats import (
     ARM,
     aggregate,

@@ -212,9 +212,9 @@ def test_mlflow_experiment_name_parent_filter_and_tune_name_agree(store, runs):
 
 
 def test_artifacts_are_downloaded_when_the_store_is_not_local(store, monkeypatch, runs):
-    import analysis.load as load
+    import analysis.mlflow_store as store_reader
 
-    monkeypatch.setattr(load, "_local_artifact_dir", lambda run: None)
+    monkeypatch.setattr(store_reader, "_local_artifact_dir", lambda run: None)
     remote = load_mlflow(TUNE_NAME, store)
     pd.testing.assert_series_equal(remote["genotype"], runs["genotype"])
 
