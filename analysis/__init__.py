@@ -8,11 +8,13 @@
 
 Modules: :mod:`analysis.load` (MLflow and Ray Tune results to a flat frame, per-trial summary; the readers
 :mod:`analysis.mlflow_store` and :mod:`analysis.ray_results`, the frame's columns :mod:`analysis.schema`),
-:mod:`analysis.stats` (per-arm statistics, tests, genotype ranking and op frequencies),
+:mod:`analysis.stats` (per-arm statistics, tests, curves over epochs; the arms themselves in :mod:`analysis.arms`),
+:mod:`analysis.genotypes` (genotype ranking, op and predecessor frequencies),
 :mod:`analysis.figures` (PNG and SVG figures) and :mod:`analysis.report` (``python -m analysis.report``).
 Ray is never imported; MLflow only when loading from an MLflow store.
 """
 
+from analysis.arms import ARM
 from analysis.errors import (
     AnalysisError,
     AnalysisWarning,
@@ -20,21 +22,11 @@ from analysis.errors import (
     MissingMetricError,
     UnknownExperimentError,
 )
+from analysis.genotypes import op_frequencies, predecessor_frequencies, rank_genotypes
 from analysis.load import load_runs, trial_summary
 from analysis.mlflow_store import load_mlflow
 from analysis.ray_results import load_ray_results
-from analysis.stats import (
-    ARM,
-    aggregate,
-    aggregate_many,
-    compare_arms,
-    epoch_curves,
-    evolution,
-    op_frequencies,
-    predecessor_frequencies,
-    rank_genotypes,
-    welch_t_test,
-)
+from analysis.stats import aggregate, aggregate_many, compare_arms, epoch_curves, evolution, welch_t_test
 
 __all__ = [
     "ARM", "AnalysisError", "AnalysisWarning", "EmptyExperimentError", "MissingMetricError", "UnknownExperimentError",

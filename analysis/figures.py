@@ -22,8 +22,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from analysis.arms import ARM, arm_namer, present
 from analysis.errors import AnalysisError
-from analysis.stats import ARM, aggregate, arm_namer, epoch_curves, present
+from analysis.stats import aggregate, epoch_curves
 from ess.checkpoint import atomic_write_bytes
 
 FORMATS = ("png", "svg")
@@ -246,7 +247,7 @@ def parts_figure(frame: pd.DataFrame, by: Sequence[str] = ARM, *, band: str = "s
 
 def genotype_picture(genotype: Any, base: str | Path, title: str | None = None) -> list[Path]:
     """Draw a genotype (object or JSON) as ``base.png`` and ``base.svg`` (:func:`ess.space.draw.draw_genotype`)."""
-    from analysis.stats import parse_genotype
+    from analysis.genotypes import parse_genotype
     from ess.space.draw import draw_genotype
 
     parsed = parse_genotype(genotype) if isinstance(genotype, str) else genotype

@@ -32,18 +32,11 @@ from typing import Any
 import pandas as pd
 
 from analysis import figures as figs
+from analysis.arms import ARM
 from analysis.errors import AnalysisWarning, EmptyExperimentError, MissingMetricError
+from analysis.genotypes import op_frequencies, predecessor_frequencies, rank_genotypes
 from analysis.load import describe_source, load_runs, trial_summary
-from analysis.stats import (
-    ARM,
-    aggregate_many,
-    compare_arms,
-    epoch_curves,
-    evolution,
-    op_frequencies,
-    predecessor_frequencies,
-    rank_genotypes,
-)
+from analysis.stats import aggregate_many, compare_arms, epoch_curves, evolution
 from ess.adapters.mlflow import DEFAULT_STORAGE
 from ess.checkpoint import atomic_write_text
 from ess.cli import run_main

@@ -1,7 +1,7 @@
 """Statistics of an ablation over the per-trial summary (:func:`analysis.load.trial_summary`).
 
-An *arm* is one setting of the ablated factors, by default ``(mode, steps, n_inter, m)``; the seeds
-of an arm are its replicates. Every function takes ``by`` to group differently (``("mode",)``).
+The arms (:mod:`analysis.arms`) are the groups; the seeds of an arm are its replicates. Every function
+takes ``by`` to group differently (``("mode",)``).
 
 * :func:`aggregate`: per arm the count, mean, sample standard deviation (ddof = 1), standard error
   and the Student-t confidence interval of the mean, ``mean +- t_{(1+c)/2, n-1} s / sqrt(n)``.
@@ -10,14 +10,11 @@ of an arm are its replicates. Every function takes ``by`` to group differently (
   1993, algorithm 16.2), with Holm's (1979) step-down adjustment over the pairs and the effect
   sizes Cohen's ``d`` (pooled standard deviation) and Hedges' ``g`` (``d`` with the small-sample
   correction ``J = 1 - 3 / (4 (n_a + n_b) - 9)``).
-* :func:`rank_genotypes`: the derived genotypes, best mean first.
-* :func:`op_frequencies` / :func:`predecessor_frequencies`: how often each op / predecessor is chosen
-  in the final genotypes of an arm (searched parts only: the fixed intra cell of ``inter`` mode and
-  the identity inter cells of ``intra`` mode are not choices).
 * :func:`epoch_curves` / :func:`evolution`: a metric per arm and epoch (mean, standard deviation and
   confidence interval over seeds), e.g. valid perplexity, architecture-weight entropy and the share of
   parameter-free ops in the derived genotype.
 
+The genotype tables (ranking, op and predecessor frequencies) are in :mod:`analysis.genotypes`.
 Runs that lack the metric in question are left out with an :class:`~analysis.errors.AnalysisWarning`
 naming them (``strict=True`` raises :class:`~analysis.errors.MissingMetricError` instead).
 """
@@ -27,137 +24,13 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
+from analysis.arms import ARM, arm_groups, arm_namer, check_by, format_value, is_missing, present
 from analysis.errors import AnalysisError, AnalysisWarning, MissingMetricError
-
-#: the default arm: search mode and node counts (intra steps, inter nodes, inter window)
-ARM: tuple[str, ...] = ("mode", "steps", "n_inter", "m")
-MODE_ORDER = ("intra", "inter", "joint")
-PARTS = ("intra", "history", "input")
-_LIST_LIMIT = 8
-
-
-# --------------------------------------------------------------------------------------------------
-# Arms
-
-
-def _is_missing(value: Any) -> bool:
-    if value is None or value is pd.NA or value is pd.NaT:
-        return True
-    try:
-        return bool(isinstance(value, float) and math.isnan(value))
-    except TypeError:
-        return False
-
-
-def _fmt(value: Any) -> str:
-    if _is_missing(value):
-        return "-"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
-def arm_label(values: Mapping[str, Any] | Sequence[Any], by: Sequence[str] = ARM,
-              show: Sequence[str] | None = None) -> str:
-    """A short name of an arm: ``joint steps=8 n_inter=3 m=2`` (``mode`` unnamed); ``all`` for no factors.
-
-    ``show`` limits the name to those factors (:func:`arm_namer` passes the ones that vary).
-    """
-    if isinstance(values, Mapping):
-        values = [values.get(k) for k in by]
-    if not by:
-        return "all"
-    pairs = [(k, v) for k, v in zip(by, values) if show is None or k in show]
-    return " ".join(_fmt(v) if k == "mode" else f"{k}={_fmt(v)}" for k, v in pairs) or "all"
-
-
-def arm_namer(table: pd.DataFrame, by: Sequence[str] = ARM):
-    """A function naming the arms of ``table`` by ``mode`` and the factors that differ between its arms.
-
-    An ablation over modes at fixed node counts reads ``intra``, ``inter``, ``joint``; one over node
-    counts reads ``joint steps=4``, ``joint steps=8``.
-    """
-    by = list(by)
-    varying = [k for k in by if k in table and table[k].astype(str).nunique(dropna=False) > 1]
-    show = [k for k in by if k == "mode" or k in varying] or by
-
-    def name(values: Mapping[str, Any] | Sequence[Any]) -> str:
-        return arm_label(values, by, show)
-
-    return name
-
-
-def _check_by(table: pd.DataFrame, by: Sequence[str]) -> list[str]:
-    by = list(by)
-    missing = [k for k in by if k not in table.columns]
-    if missing:
-        known = [c for c in table.columns if "/" not in c and not c.startswith("config.")]
-        raise AnalysisError(f"arm: no column {missing[0]!r} in the runs (columns: {', '.join(known)})")
-    return by
-
-
-def _sort_key(column: pd.Series) -> pd.Series:
-    if column.name == "mode":
-        order = {m: i for i, m in enumerate(MODE_ORDER)}
-        return column.map(lambda v: (order.get(v, len(order)), str(v)))
-    return column
-
-
-def _sorted_arms(table: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
-    if not by or not len(table):
-        return table.reset_index(drop=True)
-    return table.sort_values(list(by), key=_sort_key, na_position="last", kind="stable").reset_index(drop=True)
-
-
-def _groups(table: pd.DataFrame, by: Sequence[str]) -> Iterable[tuple[tuple[Any, ...], pd.DataFrame]]:
-    """``(arm values, rows)`` per arm in a stable order (modes intra, inter, joint; then by value)."""
-    if not by:
-        yield (), table
-        return
-    ordered = _sorted_arms(table, by)
-    for key, rows in ordered.groupby(list(by), sort=False, dropna=False):
-        yield (key if isinstance(key, tuple) else (key,)), rows
-
-
-def _run_name(row: Mapping[str, Any]) -> str:
-    name, run_id = row.get("run_name"), row.get("run_id")
-    if _is_missing(name):
-        return str(run_id)
-    return f"{name} ({run_id})" if not _is_missing(run_id) and str(run_id) != str(name) else str(name)
-
-
-def present(summary: pd.DataFrame, value: str, *, strict: bool = False, what: str = "") -> pd.DataFrame:
-    """The trials of ``summary`` that have ``value``; warns (or, ``strict``, raises) naming the others.
-
-    A metric that no trial has is always a :class:`MissingMetricError`.
-    """
-    if summary is None or not len(summary):
-        raise MissingMetricError(f"metric {value!r}: there are no runs")
-    if value not in summary.columns:
-        metrics = sorted(c for c in summary.columns if "/" in c or c.endswith(("_ppl", "_seconds", "_share")))
-        raise MissingMetricError(f"metric {value!r}: no run has it (metrics: {', '.join(metrics) or 'none'})")
-    values = pd.to_numeric(summary[value], errors="coerce")
-    missing = summary[values.isna()]
-    if len(missing) == len(summary):
-        raise MissingMetricError(f"metric {value!r}: none of the {len(summary)} runs has it "
-                                 f"(first: run {_run_name(summary.iloc[0])})")
-    if len(missing):
-        names = [_run_name(r) for _, r in missing.iterrows()]
-        if strict:
-            raise MissingMetricError(f"run {names[0]} has no metric {value!r}")
-        more = f" and {len(names) - _LIST_LIMIT} more" if len(names) > _LIST_LIMIT else ""
-        warnings.warn(f"metric {value!r} is missing in {len(names)} run(s): {', '.join(names[:_LIST_LIMIT])}{more}; "
-                      f"left out{' of ' + what if what else ''}", AnalysisWarning, stacklevel=3)
-    out = summary[values.notna()].copy()
-    out[value] = values[values.notna()].astype(float)
-    return out
-
 
 # --------------------------------------------------------------------------------------------------
 # Aggregation
@@ -178,7 +51,7 @@ def describe_sample(values: Sequence[float], confidence: float = 0.95) -> dict[s
     ``std`` is the sample standard deviation (ddof = 1), ``sem = std / sqrt(n)`` and the interval is
     Student's ``mean +- t_{(1+c)/2, n-1} * sem``; with one value the spread and interval are NaN.
     """
-    x = np.asarray([float(v) for v in values if not _is_missing(v)], dtype=float)
+    x = np.asarray([float(v) for v in values if not is_missing(v)], dtype=float)
     n = len(x)
     mean = float(x.mean()) if n else math.nan
     std = float(x.std(ddof=1)) if n > 1 else math.nan
@@ -196,13 +69,13 @@ def aggregate(summary: pd.DataFrame, value: str = "final_valid_ppl", by: Sequenc
     One row per arm (the ``by`` columns, then ``arm``, a printable name); ``metric`` names ``value``.
     An arm with a single run warns (no spread) unless ``warn_single=False``.
     """
-    by = _check_by(summary, by)
+    by = check_by(summary, by)
     rows = present(summary, value, strict=strict, what=f"the {value} aggregates")
     name = arm_namer(summary, by)
     out = []
-    for key, group in _groups(rows, by):
+    for key, group in arm_groups(rows, by):
         stats = describe_sample(group[value].tolist(), confidence)
-        seeds = sorted({_fmt(s) for s in group["seed"]}) if "seed" in group else []
+        seeds = sorted({format_value(s) for s in group["seed"]}) if "seed" in group else []
         out.append({**dict(zip(by, key)), "arm": name(key), "metric": value, **stats,
                     "seeds": ",".join(seeds)})
         if stats["n"] < 2 and warn_single:
@@ -310,7 +183,7 @@ def bootstrap_test(a: Sequence[float], b: Sequence[float], *, n_boot: int = 10_0
 
 def holm(p_values: Sequence[float]) -> list[float]:
     """Holm's step-down adjusted p-values (family-wise error over all the pairs); NaN stays NaN."""
-    p = [(v, i) for i, v in enumerate(p_values) if not _is_missing(v)]
+    p = [(v, i) for i, v in enumerate(p_values) if not is_missing(v)]
     p.sort()
     m = len(p)
     out = [math.nan] * len(p_values)
@@ -333,10 +206,10 @@ def compare_arms(summary: pd.DataFrame, value: str = "final_valid_ppl", by: Sequ
     """
     if method not in ("welch", "bootstrap"):
         raise AnalysisError(f"method: unknown test {method!r} (welch, bootstrap)")
-    by = _check_by(summary, by)
+    by = check_by(summary, by)
     rows = present(summary, value, strict=strict, what="the comparison of arms")
     name = arm_namer(summary, by)
-    arms = [(name(key), group[value].to_numpy(dtype=float)) for key, group in _groups(rows, by)]
+    arms = [(name(key), group[value].to_numpy(dtype=float)) for key, group in arm_groups(rows, by)]
     out = []
     for (name_a, a), (name_b, b) in itertools.combinations(arms, 2):
         welch = welch_t_test(a, b)
@@ -364,174 +237,6 @@ def compare_arms(summary: pd.DataFrame, value: str = "final_valid_ppl", by: Sequ
 
 
 # --------------------------------------------------------------------------------------------------
-# Genotypes
-
-
-def parse_genotype(text: Any) -> Any:
-    """An :class:`ess.space.ESSGenotype` from JSON text or a built-in name; None when it is not one."""
-    from ess.errors import ESSError
-    from ess.space.genotype import load_genotype
-
-    if _is_missing(text) or not str(text).strip():
-        return None
-    try:
-        return load_genotype(str(text).strip())
-    except ESSError:
-        return None
-
-
-def searched_parts(mode: Any) -> tuple[str, ...]:
-    """The genotype parts a search mode chooses (:data:`ess.supernet.MODES`); all parts for an unknown mode."""
-    try:
-        from ess.supernet import MODES
-    except Exception:  # pragma: no cover - the core is importable wherever the analysis is
-        MODES = {}
-    spec = MODES.get(mode) if isinstance(mode, str) else None
-    if spec is None:
-        return PARTS
-    return (("intra",) if spec.searches_intra else ()) + (("history", "input") if spec.searches_inter else ())
-
-
-def _pred_name(part: str, pred: int, m: int) -> str:
-    if part == "intra":
-        return "node 0 (init)" if pred == 0 else f"node {pred}"
-    if pred < m:
-        if part == "history":
-            return f"h[t-{pred + 1}]"
-        return "x[t]" if pred == 0 else f"x[t-{pred}]"
-    return f"s{pred - m + 1}"
-
-
-def genotype_edges(genotype: Any, parts: Sequence[str] = PARTS) -> list[dict[str, Any]]:
-    """The chosen edges of ``genotype`` in ``parts``: one dict per edge with ``part``, ``node``, ``branch``,
-    ``op``, ``pred`` and ``pred_name``.
-
-    Intra nodes are numbered from 1 (predecessor 0 is the initial node); inter nodes are ``s1, s2 ...``
-    with branches ``a`` and ``b``, and predecessors below ``m`` are the inputs (``h[t-1]`` ... for the
-    history cell, ``x[t]``, ``x[t-1]`` ... for the input cell).
-    """
-    edges = []
-    for part in parts:
-        if part == "intra":
-            for i, edge in enumerate(genotype.intra.recurrent, start=1):
-                edges.append({"part": part, "node": f"node {i}", "branch": "", "op": edge.op, "pred": edge.pred,
-                              "pred_name": _pred_name(part, edge.pred, 0)})
-        else:
-            inter = genotype.history if part == "history" else genotype.input
-            for k, node in enumerate(inter.nodes, start=1):
-                for branch, edge in (("a", node.a), ("b", node.b)):
-                    edges.append({"part": part, "node": f"s{k}", "branch": branch, "op": edge.op,
-                                  "pred": edge.pred, "pred_name": _pred_name(part, edge.pred, inter.m)})
-    return edges
-
-
-def _edge_table(summary: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
-    """One row per chosen edge of every trial's final genotype (searched parts only), with the arm."""
-    if "genotype" not in summary:
-        raise MissingMetricError("genotype: the runs carry no genotypes")
-    rows, unreadable = [], []
-    for _, trial in summary.iterrows():
-        genotype = parse_genotype(trial.get("genotype"))
-        if genotype is None:
-            unreadable.append(_run_name(trial))
-            continue
-        arm = {k: trial[k] for k in by}
-        for edge in genotype_edges(genotype, searched_parts(trial.get("mode"))):
-            rows.append({**arm, "run_id": trial.get("run_id"), **edge})
-    if unreadable:
-        if len(unreadable) == len(summary):
-            raise MissingMetricError(f"genotype: none of the {len(summary)} runs has a final genotype "
-                                     f"(first: run {unreadable[0]})")
-        warnings.warn(f"{len(unreadable)} run(s) have no readable final genotype: "
-                      f"{', '.join(unreadable[:_LIST_LIMIT])}; left out of the genotype tables",
-                      AnalysisWarning, stacklevel=3)
-    return pd.DataFrame(rows, columns=[*by, "run_id", "part", "node", "branch", "op", "pred", "pred_name"])
-
-
-def op_frequencies(summary: pd.DataFrame, by: Sequence[str] = ARM) -> pd.DataFrame:
-    """How often each op is chosen in the final genotypes of each arm, per part.
-
-    Columns: the arm, ``part`` (intra, history, input), ``op``, ``count`` (edges with that op over the
-    arm's trials), ``share`` (count over the part's edges in the arm: each (arm, part) sums to 1) and
-    ``trials``. Every op that can be chosen is listed, with 0 when it never was.
-    """
-    from ess.space.ops import PRIMITIVES, ZERO
-
-    by = _check_by(summary, by)
-    edges = _edge_table(summary, by)
-    ops = [op for op in PRIMITIVES if op != ZERO]
-    name = arm_namer(summary, by)
-    out = []
-    for key, rows in _groups(edges, by):
-        for part in PARTS:
-            part_rows = rows[rows["part"] == part]
-            if not len(part_rows):
-                continue
-            total, trials = len(part_rows), part_rows["run_id"].nunique()
-            for op in ops + sorted(set(part_rows["op"]) - set(ops)):
-                count = int((part_rows["op"] == op).sum())
-                out.append({**dict(zip(by, key)), "arm": name(key), "part": part, "op": op,
-                            "count": count, "share": count / total, "trials": trials})
-    return pd.DataFrame(out, columns=[*by, "arm", "part", "op", "count", "share", "trials"])
-
-
-def predecessor_frequencies(summary: pd.DataFrame, by: Sequence[str] = ARM) -> pd.DataFrame:
-    """How often each predecessor feeds each node in the final genotypes of each arm.
-
-    Columns: the arm, ``part``, ``node`` (``node 1`` ... for the intra cell, ``s1`` ... for the inter
-    cells), ``pred`` (index), ``pred_name`` (``node 0 (init)``, ``h[t-1]``, ``x[t]``, ``s1`` ...), ``count``
-    and ``share`` (over the node's incoming edges in the arm; the two branches of an inter node both count).
-    """
-    by = _check_by(summary, by)
-    edges = _edge_table(summary, by)
-    if not len(edges):
-        return pd.DataFrame(columns=[*by, "arm", "part", "node", "pred", "pred_name", "count", "share"])
-    keys = [*by, "part", "node", "pred", "pred_name"]
-    counts = edges.groupby(keys, dropna=False, sort=False).size().rename("count").reset_index()
-    totals = edges.groupby([*by, "part", "node"], dropna=False, sort=False).size().rename("total").reset_index()
-    table = counts.merge(totals, on=[*by, "part", "node"], how="left")
-    table["share"] = table["count"] / table["total"]
-    name = arm_namer(summary, by)
-    table.insert(len(by), "arm", [name(r) for r in table[by].to_dict(orient="records")] if by else "all")
-    part_order = {p: i for i, p in enumerate(PARTS)}
-    table["_p"] = table["part"].map(part_order)
-    table["_n"] = table["node"].str.extract(r"(\d+)$", expand=False).astype(int)
-    table = _sorted_arms(table.sort_values(["_p", "_n", "pred"], kind="stable"), by)
-    return table.drop(columns=["_p", "_n", "total"])
-
-
-def rank_genotypes(summary: pd.DataFrame, value: str = "final_valid_ppl", *, higher_is_better: bool = False,
-                   by: Sequence[str] = ARM, strict: bool = False) -> pd.DataFrame:
-    """The distinct final genotypes ranked by their mean ``value`` over the trials that derived them.
-
-    Columns: ``rank``, ``mean``, ``best``, ``n`` (trials), ``arms`` and ``runs`` that found it,
-    ``identity_share`` (of its edges, :func:`ess.space.derive.identity_share`), ``describe`` (the
-    compact form) and ``genotype`` (JSON). Lower is better unless ``higher_is_better``.
-    """
-    from ess.space.derive import identity_share
-
-    by = [k for k in by if k in summary.columns]
-    rows = present(summary, value, strict=strict, what="the genotype ranking")
-    rows = rows[rows["genotype"].map(lambda g: parse_genotype(g) is not None)] if "genotype" in rows else rows[:0]
-    if not len(rows):
-        raise MissingMetricError("genotype: no run with a final genotype to rank")
-    name = arm_namer(summary, by)
-    out = []
-    for text, group in rows.groupby("genotype", sort=False):
-        genotype = parse_genotype(text)
-        values = group[value].astype(float)
-        out.append({"mean": float(values.mean()), "best": float(values.max() if higher_is_better else values.min()),
-                    "n": len(group), "arms": "; ".join(sorted({name(r) for r in group[by].to_dict(orient="records")})),
-                    "runs": ", ".join(str(r) for r in group["run_name"]) if "run_name" in group else "",
-                    "identity_share": identity_share(genotype), "describe": genotype.describe(),
-                    "genotype": genotype.to_json(None)})
-    table = pd.DataFrame(out).sort_values(["mean", "n"], ascending=[not higher_is_better, False], kind="stable")
-    table.insert(0, "rank", range(1, len(table) + 1))
-    table.insert(1, "metric", value)
-    return table.reset_index(drop=True)
-
-
-# --------------------------------------------------------------------------------------------------
 # Curves over epochs
 
 
@@ -541,7 +246,7 @@ def epoch_curves(frame: pd.DataFrame, metric: str = "valid/ppl", by: Sequence[st
 
     ``frame`` is the flat per-epoch frame of :func:`analysis.load.load_runs`; only rows of ``stage``.
     """
-    by = _check_by(frame, by)
+    by = check_by(frame, by)
     rows = frame[frame["stage"] == stage] if "stage" in frame else frame
     if metric not in rows.columns or not pd.to_numeric(rows[metric], errors="coerce").notna().any():
         known = sorted(c for c in rows.columns if "/" in c and not c.startswith("config.")
@@ -550,7 +255,7 @@ def epoch_curves(frame: pd.DataFrame, metric: str = "valid/ppl", by: Sequence[st
     rows = rows[pd.to_numeric(rows[metric], errors="coerce").notna()]
     name = arm_namer(frame, by)
     out = []
-    for key, group in _groups(rows, by):
+    for key, group in arm_groups(rows, by):
         for epoch, at in group.groupby("epoch", sort=True):
             out.append({**dict(zip(by, key)), "arm": name(key), "metric": metric, "epoch": int(epoch),
                         **describe_sample(at[metric].astype(float).tolist(), confidence)})
@@ -574,8 +279,6 @@ def evolution(frame: pd.DataFrame, by: Sequence[str] = ARM, *,
 
 
 __all__ = [
-    "ARM", "MODE_ORDER", "PARTS", "aggregate", "aggregate_many", "arm_label", "arm_namer", "bootstrap_test", "cohens_d",
-    "compare_arms", "describe_sample", "epoch_curves", "evolution", "genotype_edges", "hedges_g", "holm",
-    "op_frequencies", "parse_genotype", "predecessor_frequencies", "present", "rank_genotypes", "searched_parts",
-    "t_quantile", "welch_t_test",
+    "aggregate", "aggregate_many", "bootstrap_test", "cohens_d", "compare_arms", "describe_sample", "epoch_curves",
+    "evolution", "hedges_g", "holm", "t_quantile", "welch_t_test",
 ]
