@@ -1,0 +1,133 @@
+"""The import structure: no circle between modules, and each package imports only the layers below it."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: each package's layer; a package may import only packages of a lower layer (and itself).
+#: A new package gets its place here.
+LAYERS: dict[str, int] = {
+    "ess.errors": 0,
+    "ess.checkpoint": 1, "ess.cli": 1, "ess.runtime": 1,
+    "ess.space": 2, "ess.guard": 2,
+    "ess.config": 3, "ess.kernels": 3, "ess.data": 3,
+    "ess.models": 4, "ess.runs": 4,
+    "ess.supernet": 5, "ess.evaluation": 5, "ess.tagging": 5,
+    "ess.search": 6, "ess.train": 6, "ess.transfer": 6,
+    "ess.adapters": 7,
+    "analysis": 8,
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module_name(p): p for folder in ("ess", "analysis") for p in (ROOT / folder).rglob("*.py")}
+
+
+def _package(module: str) -> str:
+    parts = module.split(".")
+    return ".".join(parts[:2]) if parts[0] == "ess" and len(parts) > 1 else parts[0]
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    return "TYPE_CHECKING" in ast.unparse(node.test)
+
+
+def imports_of(module: str) -> set[str]:
+    """The project modules ``module`` imports anywhere (functions too), except under ``if TYPE_CHECKING``;
+    ``from package import module`` is an edge to the module."""
+    path = MODULES[module]
+    package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join(package[:len(package) - node.level + 1]) if node.level else ""
+            target = ".".join(p for p in (base, node.module or "") if p)
+            submodules = {f"{target}.{a.name}" for a in node.names} & MODULES.keys()
+            found.update(submodules if len(submodules) == len(node.names) else {target, *submodules})
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text(encoding="utf-8")))
+    # a package's own __init__ always runs before its modules, so an import of an ancestor is no edge
+    return {name for name in found if name in MODULES and not module.startswith(name + ".") and name != module}
+
+
+GRAPH = {module: imports_of(module) for module in MODULES}
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def connect(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in graph.get(node, ()):
+            if nxt not in index:
+                connect(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                component.append(top)
+                if top == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            connect(node)
+    return found
+
+
+def test_circle_finder_finds_a_circle_and_a_self_contained_chain():
+    assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert circles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
+
+
+def test_the_graph_sees_relative_and_function_level_imports():
+    assert "ess.space.genotype" in GRAPH["ess.space.derive"]
+    assert any(name.startswith("ess.kernels") for name in GRAPH["ess.models.cells"])
+
+
+def test_no_import_circle_between_modules():
+    assert circles(GRAPH) == []
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_each_module_imports_only_lower_layers(module):
+    own = _package(module)
+    assert own in LAYERS or own == "ess", f"{module}: package {own!r} has no layer in tests/test_layout.py"
+    for target in sorted(GRAPH[module]):
+        other = _package(target)
+        if other == own or own == "ess":
+            continue
+        assert other in LAYERS, f"{target}: package {other!r} has no layer in tests/test_layout.py"
+        assert LAYERS[other] < LAYERS[own], \
+            f"{module} (layer {LAYERS[own]}) imports up: {target} (layer {LAYERS[other]})"
