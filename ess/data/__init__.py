@@ -1,37 +1,29 @@
-"""Language-model corpora (PTB, WikiText-2, generated planted-structure ones, user-registered ones)
-and BPTT batching.
+"""Language-model corpora: PTB, WikiText-2, generated planted-structure ones, user-registered ones.
 
-Loading follows the AWD-LSTM/DARTS ``data.py`` conventions; see :mod:`ess.data.corpus` for the
-tokenisation and validation rules, :mod:`ess.data.batching` for the batch layout and
-:mod:`ess.data.planted` for the generated corpora with a known perplexity floor (``planted``,
-``planted-k3``, ``planted-k4``). ``python -m ess.data`` lists, downloads, generates, verifies and counts
-corpora.
+Loading follows the AWD-LSTM/DARTS ``data.py`` conventions; see :mod:`ess.data.registry` for the known
+corpora, :mod:`ess.data.vocab` for the tokenisation rules, :mod:`ess.data.validation` for the file checks,
+:mod:`ess.data.batching` for the BPTT batch layout and :mod:`ess.data.planted` for the generated corpora
+with a known perplexity floor (``planted``, ``planted-k3``, ``planted-k4``). ``python -m ess.data`` lists,
+downloads, generates, verifies and counts corpora.
 """
 
 from ess.data.batching import BPTTIterator, batchify, get_batch, num_tokens
-from ess.data.corpus import (
+from ess.data.corpus import Corpus, clear_corpus_cache, load_corpus, unregister_corpus, verify_corpus
+from ess.data.download import download_corpus, ensure_corpus
+from ess.data.generated import ensure_generated
+from ess.data.planted import PlantedParams, planted_spec, register_planted
+from ess.data.registry import (
     CORPORA,
-    EOS,
     SPLITS,
-    UNK,
-    Corpus,
     CorpusSpec,
     DownloadSpec,
-    Vocabulary,
-    clear_corpus_cache,
     corpus_dir,
-    ensure_generated,
     generated_root,
     get_spec,
-    load_corpus,
     register_corpus,
     resolve_data_dir,
-    tokenize,
-    unregister_corpus,
-    verify_corpus,
 )
-from ess.data.download import download_corpus, ensure_corpus
-from ess.data.planted import PlantedParams, planted_spec, register_planted
+from ess.data.vocab import EOS, UNK, Vocabulary, tokenize
 
 register_planted()
 

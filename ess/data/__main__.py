@@ -14,19 +14,11 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 from ess.cli import run_main
-from ess.data.corpus import (
-    CORPORA,
-    SPLITS,
-    corpus_dir,
-    ensure_generated,
-    get_spec,
-    load_corpus,
-    read_manifest,
-    verify_corpus,
-    write_generated,
-)
+from ess.data.corpus import load_corpus, verify_corpus
 from ess.data.download import download_corpus
+from ess.data.generated import ensure_generated, read_manifest, write_generated
 from ess.data.planted import PlantedParams
+from ess.data.registry import CORPORA, SPLITS, corpus_dir, get_spec
 from ess.errors import DataError
 
 

@@ -28,7 +28,9 @@ from pathlib import Path, PurePosixPath
 from tqdm.auto import tqdm
 
 from ess.checkpoint import atomic_write_bytes
-from ess.data.corpus import SPLITS, CorpusSpec, check_split_bytes, corpus_dir, get_spec, one_line, verify_corpus
+from ess.data.corpus import verify_corpus
+from ess.data.registry import SPLITS, CorpusSpec, corpus_dir, get_spec
+from ess.data.validation import check_split_bytes, one_line
 from ess.errors import DataError
 
 CHUNK = 1 << 20

@@ -411,14 +411,14 @@ def summary(manifest: Mapping[str, Any]) -> str:
 
 def planted_spec(name: str, **params: Any):
     """A :class:`~ess.data.CorpusSpec` for a planted corpus (register it with ``register_corpus``)."""
-    from ess.data.corpus import _SPLIT_FILES, CorpusSpec
+    from ess.data.registry import SPLIT_FILES, CorpusSpec
 
-    return CorpusSpec(name=name, files=_SPLIT_FILES, generator=PlantedParams(**params))
+    return CorpusSpec(name=name, files=SPLIT_FILES, generator=PlantedParams(**params))
 
 
 def register_planted() -> None:
     """Register ``planted`` (k = 2), ``planted-k3`` (the oldest slot of m = 3) and ``planted-k4`` (beyond it)."""
-    from ess.data.corpus import register_corpus
+    from ess.data.registry import register_corpus
 
     for name, k in (("planted", 2), ("planted-k3", 3), ("planted-k4", 4)):
         register_corpus(planted_spec(name, k=k))

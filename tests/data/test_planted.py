@@ -27,7 +27,7 @@ from ess.data import (
     verify_corpus,
 )
 from ess.data.__main__ import main as cli_main
-from ess.data.corpus import write_generated
+from ess.data.generated import write_generated
 from ess.data.planted import (
     conditional_probabilities,
     decode_ids,

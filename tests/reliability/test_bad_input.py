@@ -38,6 +38,7 @@ from hypothesis import strategies as st
 from ess.adapters.ray.config import JobConfig
 from ess.config import config_from_mapping, config_to_dict, load_yaml, resolve_config, save_config
 from ess.data import (
+    SPLITS,
     CorpusSpec,
     DownloadSpec,
     download_corpus,
@@ -46,7 +47,6 @@ from ess.data import (
     tokenize,
     unregister_corpus,
 )
-from ess.data.corpus import SPLITS
 from ess.errors import ConfigError, DataError, ESSError, GenotypeError
 from ess.search import SearchConfig
 from ess.space.genotype import (
