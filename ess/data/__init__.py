@@ -1,7 +1,7 @@
 """Language-model corpora: PTB, WikiText-2, generated planted-structure ones, user-registered ones.
 
 Loading follows the AWD-LSTM/DARTS ``data.py`` conventions; see :mod:`ess.data.registry` for the known
-corpora, :mod:`ess.data.vocab` for the tokenisation rules, :mod:`ess.data.validation` for the file checks,
+corpora, :mod:`ess.data.tokens` for the tokenisation rules, :mod:`ess.data.validation` for the file checks,
 :mod:`ess.data.batching` for the BPTT batch layout and :mod:`ess.data.planted` for the generated corpora
 with a known perplexity floor (``planted``, ``planted-k3``, ``planted-k4``). ``python -m ess.data`` lists,
 downloads, generates, verifies and counts corpora.
@@ -23,7 +23,7 @@ from ess.data.registry import (
     register_corpus,
     resolve_data_dir,
 )
-from ess.data.vocab import EOS, UNK, Vocabulary, tokenize
+from ess.data.tokens import EOS, UNK, Vocabulary, tokenize
 
 register_planted()
 

@@ -1,7 +1,7 @@
 """Loading of a corpus as validated, tokenised id tensors, cached in-process.
 
 :mod:`ess.data.registry` says where a corpus's files are, :mod:`ess.data.generated` makes a generated
-one, :mod:`ess.data.validation` checks each file's bytes and :mod:`ess.data.vocab` tokenises them.
+one, :mod:`ess.data.validation` checks each file's bytes and :mod:`ess.data.tokens` tokenises them.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import torch
 
 from ess.data.generated import checked_spec
 from ess.data.registry import CORPORA, SPLITS, CorpusSpec, corpus_dir, get_spec
+from ess.data.tokens import Vocabulary, encode_split, tokenize
 from ess.data.validation import check_split_bytes, one_line, read_split_bytes, sha256_hex
-from ess.data.vocab import Vocabulary, encode_split, tokenize
 from ess.errors import DataError
 
 
