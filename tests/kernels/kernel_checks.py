@@ -44,6 +44,12 @@ def max_diff(a, b) -> float:
     return ((a - b).abs() / b.abs().clamp(min=1.0)).max().item()
 
 
+def close(a, b, tol=1e-10):
+    """Absolute agreement within ``tol`` (float64 cases: the fused kernels against the plain code)."""
+    assert a.shape == b.shape
+    assert (a - b).abs().max().item() <= tol, (a - b).abs().max().item()
+
+
 def grads(out, wrt):
     return torch.autograd.grad(out.pow(2).sum() + out.sum(), wrt)
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
 from ess import kernels
 from ess.supernet import MixedInterCell
 
-from kernel_checks import PASSES, TOL, backend_cases, grads, impl_of, max_diff, require_cpp, tolerance
+from kernel_checks import PASSES, TOL, backend_cases, close, grads, impl_of, max_diff, require_cpp, tolerance
 
 
 def _inter_results(cell, backends, alphas, inputs, need_w, need_theta):
@@ -81,3 +83,51 @@ def test_cpp_inter_cell_equals_autograd(combination, residual, m, n_nodes, grads
     assert max_diff(results["cpp"][0], results["autograd"][0]) <= TOL
     for a, b in zip(results["cpp"][1], results["autograd"][1]):
         assert max_diff(a, b) <= TOL
+
+
+# Moved from tests/supernet/test_supernet.py
+
+DT = torch.float64
+INTER_CASES = list(itertools.product(["node", "edge"], ["product", "sum", "search"], [True, False]))
+
+
+@pytest.mark.parametrize("scope,combination,residual", INTER_CASES)
+@pytest.mark.parametrize("grads_asked", list(PASSES))
+def test_fused_inter_equals_autograd(scope, combination, residual, grads_asked):
+    torch.manual_seed(0)
+    need_w, need_theta = PASSES[grads_asked]
+    m, n, d = 2, 3, 4
+    cell = MixedInterCell(d, m, n, combination, residual, scope).to(DT)
+    alphas = {k: torch.randn(*shape, dtype=DT) for k, shape in cell.arch_spec().items()}
+    inputs = [torch.randn(3, 2, d, dtype=DT) for _ in range(m)]
+    cell.W.requires_grad_(need_w)
+    results = []
+    for backend in ("eager", "autograd"):
+        al = {k: v.clone().requires_grad_(need_theta) for k, v in alphas.items()}
+        xs = [v.clone().requires_grad_(j == 0) for j, v in enumerate(inputs)]  # input 1: no gradient wanted
+        with kernels.backend(backend), cell.bound(al):
+            out = cell(xs)
+        wrt = xs[:1] + (list(al.values()) if need_theta else []) + ([cell.W] if need_w else [])
+        results.append((out, grads(out, wrt)))
+    cell.W.requires_grad_(True)
+    close(results[0][0], results[1][0])
+    for a, b in zip(results[0][1], results[1][1]):
+        close(a, b)
+
+
+@pytest.mark.parametrize("combination", ["product", "sum", "search"])
+def test_fused_inter_gradcheck(combination):
+    torch.manual_seed(2)
+    m, K, N, d = 2, 3, 4, 3
+    X = torch.randn(m, N, d, dtype=DT, requires_grad=True)
+    W = (0.5 * torch.randn(2, m + K - 1, d, d, dtype=DT)).requires_grad_()
+    theta_in = torch.rand(2, K, m, 4, dtype=DT, requires_grad=True)
+    theta_nodes = [torch.rand(2, k, 4, dtype=DT, requires_grad=True) for k in range(1, K)]
+    comb = torch.rand(2, dtype=DT, requires_grad=True) if combination == "search" else None
+    args = [X, W, theta_in, *([comb] if comb is not None else []), *theta_nodes]
+
+    def fn(X, W, theta_in, *rest):
+        c, nodes = (rest[0], rest[1:]) if comb is not None else (None, rest)
+        return kernels.InterSearchFunction.apply((combination, True), X, W, theta_in, c, *nodes)
+
+    assert torch.autograd.gradcheck(fn, args)

@@ -1,4 +1,5 @@
-"""The backend policy (:mod:`ess.kernels.policy`): the decision table, named gradient flags, tunables."""
+"""The backend policy (:mod:`ess.kernels.policy`): the decision table, named gradient flags, tunables, the backends
+on a whole search model."""
 
 from __future__ import annotations
 
@@ -7,8 +8,12 @@ import torch
 
 from ess import kernels
 from ess.kernels import policy
+from ess.models.cells import build_cell
+from ess.models.lm import lm_loss
+from ess.space.genotype import DARTS_V2
+from ess.supernet import MODES, build_search_model
 
-from kernel_checks import require_cpp
+from kernel_checks import PASSES, close, require_cpp
 
 F32, F64 = torch.float32, torch.float64
 CPP_MIN, COMPILE_MIN = kernels.CPP_MIN_ELEMENTS, kernels.COMPILE_MIN_ELEMENTS
@@ -115,3 +120,108 @@ def test_default_backend_uses_cpp_from_the_threshold():
         assert policy._choose(big) == "cpp"
         assert policy._choose(small) != "cpp"
         assert policy._choose(big.double()) != "cpp"  # float32 only
+
+
+# Moved from tests/supernet/test_supernet.py: the backends on the whole search model
+
+DT = torch.float64
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("grads_asked", list(PASSES))
+def test_fused_model_equals_reference_for_every_pass(mode, grads_asked):
+    """The whole search model, fused path vs the edge-by-edge reference, for each pass of the iteration."""
+    torch.manual_seed(0)
+    need_w, need_theta = PASSES[grads_asked]
+    kw = dict(mode=mode, ninp=4, nhid=4, steps=3, n_inter=2, m=2, combination="search", dropoute=0.1)
+    fast = build_search_model(20, **kw).to(DT)
+    ref = build_search_model(20, implementation="reference", **kw).to(DT)
+    ref.load_state_dict(fast.state_dict())
+    tokens, targets = torch.randint(0, 20, (5, 3)), torch.randint(0, 20, (5, 3))
+    results = []
+    for model, backend in ((fast, "eager"), (ref, "autograd")):
+        for p in model.weight_parameters():
+            p.requires_grad_(need_w)
+        for p in model.arch_parameters():
+            p.requires_grad_(need_theta)
+        torch.manual_seed(3)
+        with kernels.backend(backend):
+            out = model(tokens, model.init_state(3))
+            loss = lm_loss(out, targets)
+        params = [p for p in model.parameters() if p.requires_grad]
+        results.append((out.output, loss, torch.autograd.grad(loss, params), list(model.buffers())))
+        for p in model.parameters():
+            p.requires_grad_(True)
+    (o_f, l_f, g_f, b_f), (o_r, l_r, g_r, b_r) = results
+    close(o_f, o_r)
+    close(l_f, l_r)
+    for a, b in zip(g_f, g_r):
+        close(a, b)
+    for a, b in zip(b_f, b_r):
+        close(a.double(), b.double())
+
+
+def test_kernel_backends():
+    assert kernels.get_backend() in kernels.BACKENDS
+    with kernels.backend("autograd"):
+        assert not kernels.fused_enabled()
+        with kernels.backend("eager"):
+            assert kernels.fused_enabled()
+        assert kernels.get_backend() == "autograd"
+    with pytest.raises(ValueError, match="unknown kernel backend"):
+        kernels.set_backend("fastest")
+
+
+@pytest.mark.slow
+def test_compiled_kernels_equal_eager():
+    """torch.compile'd kernels (inductor) against the eager ones, every pass, search and discrete cells."""
+    torch.manual_seed(4)
+    kw = dict(mode="joint", ninp=24, nhid=24, steps=3, n_inter=2, m=2, combination="search")
+    model = build_search_model(30, **kw).to(DT)
+    tokens, targets = torch.randint(0, 30, (4, 8)), torch.randint(0, 30, (4, 8))
+    for need_w, need_theta in PASSES.values():
+        results = []
+        for backend in ("compile", "eager"):
+            for p in model.weight_parameters():
+                p.requires_grad_(need_w)
+            for p in model.arch_parameters():
+                p.requires_grad_(need_theta)
+            torch.manual_seed(5)
+            with kernels.backend(backend):
+                out = model(tokens, model.init_state(8))
+                loss = lm_loss(out, targets)
+            results.append((loss, torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad])))
+        close(results[0][0], results[1][0], 1e-9)
+        for a, b in zip(results[0][1], results[1][1]):
+            close(a, b, 1e-9)
+    # float32: the compiled kernels use a rational tanh (3e-7 relative error at most)
+    model = model.float()
+    results = []
+    for backend in ("compile", "eager"):
+        torch.manual_seed(5)
+        with kernels.backend(backend):
+            out = model(tokens, model.init_state(8))
+            loss = lm_loss(out, targets)
+        results.append((out.output, loss, torch.autograd.grad(loss, list(model.parameters()))))
+    for a, b in zip(results[0][:2] + tuple(results[0][2]), results[1][:2] + tuple(results[1][2])):
+        close(a, b, 1e-5)
+    assert not kernels._state["compile_broken"]
+
+
+# Moved from tests/models/test_lm.py
+
+
+def test_a_no_grad_step_does_not_leak_into_a_later_direct_apply():
+    """``apply_step`` under no_grad tells that one call to keep nothing; a later ``DartsStep.apply`` with
+    gradients (no ``apply_step``) still keeps what its backward needs."""
+    torch.manual_seed(5)
+    cell = build_cell("ess", 4, 4, DARTS_V2).intra.double()
+    x, h = torch.randn(3, 8, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    W0h, Wg = cell.W0[4:], cell.plan.group_weights(list(cell.Ws))
+    with torch.no_grad():
+        kernels.apply_step(kernels.DartsStep, cell.plan, None, x, h, None, W0h, *Wg)
+    out = kernels.DartsStep.apply(cell.plan, None, x, h, None, W0h, *Wg)
+    (dh,) = torch.autograd.grad(out.sum(), [h])
+    with kernels.backend("autograd"):
+        (expected,) = torch.autograd.grad(cell.step(x, h).sum(), [h])
+    torch.testing.assert_close(dh, expected, rtol=0, atol=1e-12)

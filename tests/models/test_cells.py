@@ -7,8 +7,6 @@ import math
 import pytest
 import torch
 
-from ess import kernels
-from ess.kernels import DartsPlan
 from ess.models.cells import CELLS, DARTSCell, InterCell, build_cell
 from ess.space.genotype import (
     DARTS_V2,
@@ -230,67 +228,7 @@ def test_variational_masks_are_shared_over_time():
 
 
 # --------------------------------------------------------------------------------------------------
-# The fused step (ess.kernels.DartsStep) against the plain autograd step
-
-
-@pytest.mark.parametrize("genotype", [DARTS_V2, ENAS], ids=["DARTS_V2", "ENAS"])
-@pytest.mark.parametrize("masked", [True, False])
-@pytest.mark.parametrize("need_w", [True, False])
-@pytest.mark.parametrize("max_group", [None, 1, 2])
-def test_fused_darts_step_equals_autograd(genotype, masked, need_w, max_group):
-    torch.manual_seed(9)
-    cell = DARTSCell(5, 4, genotype.intra).double()
-    cell.plan = DartsPlan.of(genotype.intra, max_group)
-    x = torch.randn(6, 8, dtype=torch.float64)  # x_proj: [B, 2 nhid]
-    h = torch.randn(6, 4, dtype=torch.float64)
-    mask = torch.bernoulli(torch.full((6, 4), 0.7, dtype=torch.float64)) / 0.7 if masked else None
-    weights = [cell.W0, *cell.Ws]
-    results = []
-    for backend in ("eager", "autograd"):
-        for w in weights:
-            w.requires_grad_(need_w)
-        xp, hp = x.clone().requires_grad_(), h.clone().requires_grad_()
-        with kernels.backend(backend):
-            out = cell.step(xp, hp, mask)
-        wrt = [xp, hp] + (weights if need_w else [])
-        results.append((out, torch.autograd.grad(out.pow(2).sum() + out.sum(), wrt)))
-    for w in weights:
-        w.requires_grad_(True)
-    torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=1e-12)
-    for a, b in zip(results[0][1], results[1][1]):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
-
-
-def test_darts_plan_groups_nodes_by_source():
-    plan = DartsPlan.of(DARTS_V2.intra)
-    # DARTS_V2: preds 0, 1, 1, 1, 2, 5, 3, 5 -> s_1 feeds nodes 2, 3, 4; s_5 feeds 6 and 8
-    assert plan.groups == ((0, (1,)), (1, (2, 3, 4)), (2, (5,)), (3, (7,)), (5, (6, 8)))
-    assert plan.concat == DARTS_V2.intra.concat
-    capped = DartsPlan.of(DARTS_V2.intra, max_group=2)  # a source feeding more nodes gets several groups
-    assert capped.groups == ((0, (1,)), (1, (2, 3)), (1, (4,)), (2, (5,)), (3, (7,)), (5, (6, 8)))
-    single = DartsPlan.of(DARTS_V2.intra, max_group=1).groups
-    assert [nodes for _, nodes in single] == [(1,), (2,), (3,), (4,), (5,), (7,), (6,), (8,)]
-    assert [j for j, _ in single] == [0, 1, 1, 1, 2, 3, 5, 5]
-
-
-@pytest.mark.parametrize("nhid,max_group", [(300, 3), (850, 1), (512, 2), (4, 256)])
-def test_darts_cell_groups_within_the_column_budget(nhid, max_group):
-    assert kernels.darts_group_size(nhid) == max_group
-    cell = DARTSCell(8, nhid, DARTS_V2.intra)
-    assert all(len(nodes) <= max_group for _, nodes in cell.plan.groups)
-
-
-def test_fused_darts_step_gradcheck():
-    torch.manual_seed(10)
-    cell = DARTSCell(3, 3, DARTS_V2.intra).double()
-    plan = cell.plan
-    x = torch.randn(2, 6, dtype=torch.float64, requires_grad=True)
-    h = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
-    mask = torch.rand(2, 3, dtype=torch.float64) + 0.5
-    W0h = cell.W0[3:].detach().clone().requires_grad_()
-    Wg = [w.detach().clone().requires_grad_() for w in plan.group_weights(list(cell.Ws))]
-    assert torch.autograd.gradcheck(lambda a, b, c, *ws: kernels.DartsStep.apply(plan, None, a, b, mask, c, *ws),
-                                    (x, h, W0h, *Wg))
+# The grouped weights of the fused step (ess.kernels.DartsStep), prepared by the cell once a sequence
 
 
 def test_sequence_prepares_the_grouped_weights_once():

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
 from ess import kernels
 from ess.models.cells import build_cell
@@ -80,63 +78,7 @@ def test_untrained_loss_is_near_uniform():
 
 
 # --------------------------------------------------------------------------------------------------
-# The decoder fused into the loss (ess.kernels.linear_cross_entropy)
-
-
-@pytest.mark.parametrize("chunk_rows", [1, 3, 1000])
-@pytest.mark.parametrize("bias", [True, False])
-def test_linear_cross_entropy_equals_decoder_then_cross_entropy(monkeypatch, chunk_rows, bias):
-    torch.manual_seed(1)
-    N, d, V = 7, 5, 11
-    monkeypatch.setattr(kernels, "CE_CHUNK_BYTES", chunk_rows * V * 8)  # float64: chunk_rows rows a chunk
-    x = torch.randn(N, d, dtype=torch.float64, requires_grad=True)
-    W = torch.randn(V, d, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(V, dtype=torch.float64, requires_grad=True) if bias else None
-    y = torch.randint(0, V, (N,))
-    params = [x, W] + ([b] if bias else [])
-    fused = kernels.linear_cross_entropy(x, W, b, y)
-    plain = F.cross_entropy(F.linear(x, W, b), y)
-    torch.testing.assert_close(fused, plain, rtol=0, atol=1e-12)
-    for g_f, g_p in zip(torch.autograd.grad(3 * fused, params), torch.autograd.grad(3 * plain, params)):
-        torch.testing.assert_close(g_f, g_p, rtol=0, atol=1e-12)
-    assert torch.autograd.gradcheck(lambda *p: kernels.linear_cross_entropy(*p[:2], p[2] if bias else None, y),
-                                    tuple(params))
-
-
-def test_linear_cross_entropy_computes_only_the_gradients_asked():
-    x, W = torch.randn(4, 3), torch.randn(6, 3, requires_grad=True)
-    loss = kernels.linear_cross_entropy(x, W, None, torch.randint(0, 6, (4,)))
-    dx, dW, db = loss.grad_fn.saved_tensors
-    assert dx is None and db is None and dW.shape == W.shape
-    with torch.no_grad():
-        assert not kernels.linear_cross_entropy(x, W, None, torch.randint(0, 6, (4,))).requires_grad
-
-
-def test_linear_cross_entropy_in_evaluation_makes_only_the_logits():
-    """Under no_grad (evaluation) the loss is the plain one and no gradient product is computed, although the
-    inputs require gradients (a Function's ``needs_input_grad`` would say they do)."""
-    x, W = torch.randn(4, 3, requires_grad=True), torch.randn(6, 3, requires_grad=True)
-    y = torch.randint(0, 6, (4,))
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        loss = kernels.linear_cross_entropy(x, W, None, y)
-    assert counter.get_total_flops() == 2 * 4 * 3 * 6  # x W^T only (dx would add as much again)
-    torch.testing.assert_close(loss, F.cross_entropy(x.detach() @ W.detach().t(), y))
-
-
-def test_a_no_grad_step_does_not_leak_into_a_later_direct_apply():
-    """``apply_step`` under no_grad tells that one call to keep nothing; a later ``DartsStep.apply`` with
-    gradients (no ``apply_step``) still keeps what its backward needs."""
-    torch.manual_seed(5)
-    cell = build_cell("ess", 4, 4, DARTS_V2).intra.double()
-    x, h = torch.randn(3, 8, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
-    W0h, Wg = cell.W0[4:], cell.plan.group_weights(list(cell.Ws))
-    with torch.no_grad():
-        kernels.apply_step(kernels.DartsStep, cell.plan, None, x, h, None, W0h, *Wg)
-    out = kernels.DartsStep.apply(cell.plan, None, x, h, None, W0h, *Wg)
-    (dh,) = torch.autograd.grad(out.sum(), [h])
-    with kernels.backend("autograd"):
-        (expected,) = torch.autograd.grad(cell.step(x, h).sum(), [h])
-    torch.testing.assert_close(dh, expected, rtol=0, atol=1e-12)
+# The loss of an LM output (lm_loss): the logits made only on demand, the decoder weights of its pass
 
 
 def test_lm_loss_never_makes_the_logits_but_they_are_there_on_demand():
