@@ -2,6 +2,7 @@
 
 * ``show FILE_OR_NAME [--out cell.png] [--title T]``: print the one-line description and, with
   ``--out``, draw the cells (``.png``, ``.svg``, or no suffix for both) and print the written paths.
+  A description (``"intra[...] history[...] input[...]"``) names a genotype too.
 * ``list``: the built-in genotypes.
 * ``validate FILE``: ``OK ...`` or the one-line error (exit status 2).
 * ``export NAME [--out FILE.json]``: write a built-in (or a file) as JSON, or print it.
@@ -25,7 +26,8 @@ def _parser() -> argparse.ArgumentParser:
                                      "ESS genotypes (JSON files or the built-ins " + ", ".join(BUILTINS) + ").")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     show = commands.add_parser("show", help="describe a genotype and optionally draw it")
-    show.add_argument("genotype", metavar="FILE_OR_NAME", help="a genotype JSON file or a built-in name")
+    show.add_argument("genotype", metavar="FILE_OR_NAME",
+                      help="a genotype JSON file, a built-in name or a description (intra[...] history[...] ...)")
     show.add_argument("--out", help="drawing to write: .png, .svg, or no suffix for both")
     show.add_argument("--title", help="title of the drawing (default: the genotype's name)")
     commands.add_parser("list", help="list the built-in genotypes")

@@ -191,18 +191,10 @@ class ESSGenotype:
         return genotype_from_dict(data, source)
 
     def describe(self) -> str:
-        """A compact one-line form for logs."""
-        intra = " ".join(f"{e.op}:{e.pred}" for e in self.intra.recurrent)
-        parts = [f"intra[{intra} | concat {','.join(map(str, self.intra.concat))}]"]
-        for name, inter in (("history", self.history), ("input", self.input)):
-            if inter.is_identity:
-                parts.append(f"{name}[identity{f' m={inter.m}' if inter.m > 1 else ''}]")
-            else:
-                nodes = " ".join(f"({n.a.op}:{n.a.pred}{'*' if inter.combination == 'product' else '+'}"
-                                 f"{n.b.op}:{n.b.pred})" for n in inter.nodes)
-                res = "+res" if inter.residual else ""
-                parts.append(f"{name}[m={inter.m} {nodes}{res}]")
-        return " ".join(parts)
+        """The one line of :mod:`ess.space.description` (``intra[s1=sigmoid(s0) ...] history[...] input[...]``)."""
+        from ess.space.description import describe
+
+        return describe(self)
 
 
 def _inter_to_dict(inter: InterGenotype) -> dict[str, Any]:
@@ -332,7 +324,8 @@ def builtin_name(ref: Any) -> str | None:
 
 def load_genotype(ref: ESSGenotype | str | os.PathLike) -> ESSGenotype:
     """The one resolver of a genotype reference: an :class:`ESSGenotype` as it is, a built-in by name
-    (case-insensitive: ``darts_v2``), genotype JSON text (``{...}``), or a genotype JSON file."""
+    (case-insensitive: ``darts_v2``), genotype JSON text (``{...}``), its description
+    (``intra[...] history[...] input[...]``, :meth:`ESSGenotype.describe`), or a genotype JSON file."""
     if isinstance(ref, ESSGenotype):
         return ref
     name = builtin_name(ref)
@@ -341,6 +334,10 @@ def load_genotype(ref: ESSGenotype | str | os.PathLike) -> ESSGenotype:
     key = str(ref)
     if isinstance(ref, str) and key.lstrip().startswith("{"):
         return parse_genotype_json(key, "genotype JSON text")
+    from ess.space.description import looks_like_description, parse_description
+
+    if isinstance(ref, str) and looks_like_description(key):
+        return parse_description(key.strip(), "genotype description")
     path = Path(key)
     if not os.path.exists(path):  # os.path: a name the OS refuses (too long, NUL byte) reads as missing
         raise GenotypeError(

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from ess.errors import ESSError, GenotypeError
 from ess.space.__main__ import main as cli_main
+from ess.space.description import parse_description
 from ess.space.draw import draw_genotype, output_paths, render_genotype
 from ess.space.genotype import (
     BUILTINS,
@@ -107,14 +108,17 @@ def test_edges_unpack_like_darts_tuples() -> None:
                                                                                            Edge("tanh", 0))
 
 
-def test_describe_is_one_line() -> None:
+def test_describe_is_one_line_in_the_pictures_notation() -> None:
     text = ESS_SAMPLE.describe()
     assert "\n" not in text
-    assert text.startswith("intra[sigmoid:0 relu:1")
-    assert "history[m=3 (relu:0*tanh:1)" in text and "+res" in text
-    assert "input[m=3 (relu:0+tanh:1)" in text
+    assert text.startswith("intra[s1=sigmoid(s0) s2=relu(s1) ")
+    assert "| mean(s1..s8)]" in text
+    assert "history[m=3 s1=relu(h_{t-1})*tanh(h_{t-2}) s2=sigmoid(s1)*identity(h_{t-3}) s3=tanh(s2)*relu(s1) +res]" \
+        in text
+    assert text.endswith("input[m=3 s1=relu(x_t)+tanh(x_{t-1}) s2=sigmoid(s1)+identity(x_{t-2}) s3=tanh(s2)+relu(s1)]")
     assert DARTS_V2.describe().endswith("history[identity] input[identity]")
     assert "history[identity m=3]" in ESSGenotype(DARTS_V2.intra, InterGenotype(m=3)).describe()
+    assert "| mean(s2, s5, s6, s9..s11)]" in ENAS.describe()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -403,6 +407,7 @@ def valid_genotypes(draw) -> ESSGenotype:
 def test_valid_genotypes_round_trip(genotype: ESSGenotype) -> None:
     assert _parse_or_error(json.loads(genotype.to_json())) == genotype
     assert "\n" not in genotype.describe()
+    assert parse_description(genotype.describe()) == genotype == load_genotype(genotype.describe())
     assert hash(genotype) == hash(parse_genotype_json(genotype.to_json(indent=None)))
 
 
@@ -507,7 +512,7 @@ def test_cli_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert parse_genotype_json(capsys.readouterr().out) == DARTS_V1
 
     assert cli_main(["validate", str(target)]) == 0
-    assert capsys.readouterr().out.startswith(f"OK {target}: intra[tanh:0")
+    assert capsys.readouterr().out.startswith(f"OK {target}: intra[s1=tanh(s0) s2=tanh(s1)")
 
     assert cli_main(["show", str(target)]) == 0
     assert capsys.readouterr().out.strip() == ENAS.describe()
