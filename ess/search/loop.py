@@ -350,7 +350,7 @@ def _derivation_from_dict(data: dict[str, Any], rule: DeriveRule) -> Derivation:
     from ess.space.derive import Choice
 
     choices = tuple(Choice(c["part"], c["where"], c["op"], c["pred"], c["weight"], c["runner_up"], c["uniform"],
-                           c["decided"]) for c in data["choices"])
+                           c["decided"], c.get("source", "")) for c in data["choices"])
     return Derivation(ESSGenotype.from_dict(data["genotype"]), choices, tuple(data["notes"]), rule)
 
 

@@ -28,6 +28,7 @@ from torch import Tensor
 from ess.evaluation import evaluate
 from ess.space.derive import Choice, Derivation, DeriveRule, build_inter
 from ess.space.genotype import COMBINATIONS, Edge, ESSGenotype, IntraGenotype
+from ess.space.notation import node_name, slot_name
 from ess.space.ops import PRIMITIVES, ZERO
 from ess.space.tables import BRANCHES, intra_offset
 from ess.space.tables import inter_from_dict as _inter_from_dict
@@ -103,7 +104,8 @@ def perturbation_derivation(model: SearchModel, source: Tensor, bptt: int, rule:
             s, j, c = ranked[0]
             runner = ranked[1][0] if len(ranked) > 1 else 0.0
             edges.append(Edge(PRIMITIVES[c], j))
-            choices.append(Choice("intra", f"node {i}", PRIMITIVES[c], j, s, runner, 0.0, _decided(s, runner, rule)))
+            choices.append(Choice("intra", slot_name("intra", i), PRIMITIVES[c], j, s, runner, 0.0,
+                                  _decided(s, runner, rule), node_name("intra", j)))
         intra = IntraGenotype(tuple(edges), tuple(range(1, entry["steps"] + 1)))
     else:
         intra = _intra_from_dict(entry["genotype"])
@@ -124,18 +126,19 @@ def perturbation_derivation(model: SearchModel, source: Tensor, bptt: int, rule:
             choices.append(Choice(part, "combination", combination, -1, values[best], values[1 - best], 0.5,
                                   values[best] >= rule.decision_ratio * values[1 - best]))
 
-        def choose(k: int, side: str, visible: list[int], part: str = part,
+        def choose(k: int, side: str, visible: list[int], part: str = part, m: int = module.m,
                    cols: list[int] = cols, can_say_no: bool = can_say_no) -> tuple[str, int, bool, Choice]:
             b = BRANCHES.index(side)
             scores = {(j, c): scorer.without(part, _zero_inter(k, b, j, c)) for j in visible for c in cols}
             ranked = _ranked(scores)
             s, j, c = ranked[0]
             no = can_say_no and 0.0 > rule.drop_ratio * s
+            where = slot_name(part, m + k, m, side)
             if no:
-                return PRIMITIVES[c], j, True, Choice(part, f"node {k} {side}", ZERO, -1, 0.0, s, 0.0, s < 0)
+                return PRIMITIVES[c], j, True, Choice(part, where, ZERO, -1, 0.0, s, 0.0, s < 0)
             runner = max(ranked[1][0] if len(ranked) > 1 else 0.0, 0.0 if can_say_no else float("-inf"))
-            return PRIMITIVES[c], j, False, Choice(part, f"node {k} {side}", PRIMITIVES[c], j, s, runner, 0.0,
-                                                   _decided(s, runner, rule))
+            return PRIMITIVES[c], j, False, Choice(part, where, PRIMITIVES[c], j, s, runner, 0.0,
+                                                   _decided(s, runner, rule), node_name(part, j, m))
 
         inter, found, said = build_inter(module.n_nodes, module.m, combination, module.residual, choose, rule, part)
         inters.append(inter)

@@ -41,6 +41,7 @@ from ess.space.genotype import (
     InterNode,
     IntraGenotype,
 )
+from ess.space.notation import node_name, slot_name
 from ess.space.ops import PRIMITIVES, ZERO
 from ess.space.tables import (
     BRANCHES,
@@ -87,13 +88,14 @@ class Choice:
     """One decision of the derivation: what was chosen, how strongly, against what."""
 
     part: str            # intra, history or input
-    where: str           # "node 3" (intra), "node 1 a" (inter branch), "combination"
+    where: str           # "s3" (intra), "s1.a" (inter branch), "combination" (ess.space.notation.slot_name)
     op: str              # the chosen op; "none" when an inter branch says no; the combination's name
     pred: int            # the chosen predecessor in the supernet's numbering (-1: none or combination)
     weight: float
     runner_up: float     # the best alternative's weight (0.0 when there is none)
     uniform: float       # the weight of this choice if its distribution were uniform
     decided: bool
+    source: str = ""     # the predecessor's name ("s1", "h_{t-2}"; "" for none or the combination)
 
     @property
     def margin(self) -> float:
@@ -105,8 +107,14 @@ class Choice:
         """``weight / uniform``."""
         return self.weight / self.uniform if self.uniform > 0 else math.inf
 
+    @property
+    def chosen(self) -> str:
+        """What was chosen, for people: ``relu(s1)``, ``none``, ``product``."""
+        return f"{self.op}({self.source})" if self.source else self.op
+
     def to_dict(self) -> dict[str, Any]:
-        return {"part": self.part, "where": self.where, "op": self.op, "pred": self.pred, "weight": self.weight,
+        return {"part": self.part, "where": self.where, "op": self.op, "pred": self.pred, "source": self.source,
+                "weight": self.weight,
                 "runner_up": self.runner_up, "uniform": self.uniform, "margin": _finite(self.margin),
                 "over_uniform": _finite(self.over_uniform), "decided": self.decided}
 
@@ -151,7 +159,7 @@ class Derivation:
         for part in self.searched_parts:
             weakest = min(self.of(part), key=lambda c: c.margin)
             parts.append(f"{part} {self.decided_share(part):.0%} decided (weakest {weakest.where}: "
-                         f"{weakest.op} x{weakest.margin:.2f} its runner-up)")
+                         f"{weakest.chosen} x{weakest.margin:.2f} its runner-up)")
         verdict = "decided" if self.decided else f"UNDECIDED (rule: every choice >= {self.rule.decision_ratio:g}x " \
                                                   "its runner-up)"
         return f"{verdict}; " + "; ".join(parts)
@@ -210,8 +218,8 @@ def _intra(table: Any, steps: int | None, concat: Sequence[int] | None, ops: Seq
         w, j, k = ranked[0]
         runner = ranked[1][0] if len(ranked) > 1 else 0.0
         edges.append(Edge(PRIMITIVES[k], j))
-        choices.append(Choice(part, f"node {i}", PRIMITIVES[k], j, w, runner, 1.0 / len(cols),
-                              w >= rule.decision_ratio * runner))
+        choices.append(Choice(part, slot_name("intra", i), PRIMITIVES[k], j, w, runner, 1.0 / len(cols),
+                              w >= rule.decision_ratio * runner, node_name("intra", j)))
     genotype = IntraGenotype(tuple(edges), tuple(concat) if concat is not None else tuple(range(1, steps + 1)))
     return genotype, choices
 
@@ -269,19 +277,20 @@ def build_inter(n_nodes: int, m: int, combination: str, residual: bool, choose: 
             edges.append(Edge(op, alias[j]))
             says_no.append(no)
         dropped = any(says_no) if combination == "product" else all(says_no)
+        name = node_name(part, index, m)
         if dropped:
-            notes.append(f"{part}: node {k} dropped (branch {'/'.join(s for s, n in zip(BRANCHES, says_no) if n)} "
+            notes.append(f"{part}: {name} dropped (branch {'/'.join(s for s, n in zip(BRANCHES, says_no) if n)} "
                          "says none)")
             continue
         if any(says_no):
-            notes.append(f"{part}: sum node {k} kept although branch {BRANCHES[says_no.index(True)]} says none")
+            notes.append(f"{part}: sum node {name} kept although branch {BRANCHES[says_no.index(True)]} says none")
         twin = next((q for q in survivors if kept_nodes[q] == tuple(edges)), None)
         if twin is not None and rule.merge_duplicates:
             alias[index] = twin
-            notes.append(f"{part}: node {k} duplicates node {twin - m}: merged")
+            notes.append(f"{part}: {name} duplicates {node_name(part, twin, m)}: merged")
             continue
         if twin is not None:
-            notes.append(f"{part}: node {k} duplicates node {twin - m} (kept: merge_duplicates is off)")
+            notes.append(f"{part}: {name} duplicates {node_name(part, twin, m)} (kept: merge_duplicates is off)")
         alias[index] = index
         survivors.append(index)
         kept_nodes[index] = (edges[0], edges[1])
@@ -325,12 +334,13 @@ def _inter(branch_tables: Sequence[Any], m: int, combination: str, residual: boo
         zero = max(rows[v][_ZERO_COL] for v in visible) if can_say_no else 0.0
         no = can_say_no and zero > rule.drop_ratio * w
         uniform = 1.0 / (len(cols) * (m + k)) if scope == "node" else 1.0 / len(cols)
+        where = slot_name(part, m + k, m, side)
         if no:
-            choice = Choice(part, f"node {k} {side}", ZERO, -1, zero, w, uniform, zero >= rule.decision_ratio * w)
+            choice = Choice(part, where, ZERO, -1, zero, w, uniform, zero >= rule.decision_ratio * w)
         else:
             runner = max(ranked[1][0] if len(ranked) > 1 else 0.0, zero)
-            choice = Choice(part, f"node {k} {side}", PRIMITIVES[col], j, w, runner, uniform,
-                            w >= rule.decision_ratio * runner)
+            choice = Choice(part, where, PRIMITIVES[col], j, w, runner, uniform, w >= rule.decision_ratio * runner,
+                            node_name(part, j, m))
         return PRIMITIVES[col], j, no, choice
 
     genotype, found, notes = build_inter(len(tables) // 2, m, combination, residual, choose, rule, part)
@@ -339,13 +349,14 @@ def _inter(branch_tables: Sequence[Any], m: int, combination: str, residual: boo
 
 def derive_inter(branch_tables: Sequence[Any], m: int, combination: str = "product", residual: bool = True,
                  combination_weights: Any = None, *, scope: str = "node", ops: Sequence[str] | None = None,
-                 rule: DeriveRule = DEFAULT_RULE) -> InterGenotype:
-    """Derive one inter cell: ``branch_tables`` lists node 0's a, b tables, then node 1's, ...
+                 rule: DeriveRule = DEFAULT_RULE, part: str = "history") -> InterGenotype:
+    """Derive one inter cell (``part``: history or input): ``branch_tables`` lists node 0's a, b tables, then
+    node 1's, ...
 
     The table of node ``k`` has ``m + k`` rows (predecessor indices). ``combination='search'`` needs
     ``combination_weights`` and derives their argmax.
     """
-    return _inter(branch_tables, m, combination, residual, combination_weights, scope, ops, rule, "inter")[0]
+    return _inter(branch_tables, m, combination, residual, combination_weights, scope, ops, rule, part)[0]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -410,27 +421,3 @@ __all__ = [
     "derive_combination",
     "derive_genotype", "derive_inter", "derive_intra", "identity_share",
 ]
-
-
-def arch_weight_rows(weights: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The architecture-weight tables (``arch_weights.json``) as one long table.
-
-    One row per (part, node/edge, branch, op) with the softmax weight, so a table view can sort and
-    filter it; parts fixed in the search mode contribute no rows.
-    """
-    rows: list[dict[str, Any]] = []
-    for part in ("intra", "history", "input"):
-        table = weights.get(part)
-        if not isinstance(table, Mapping) or not table.get("searched"):
-            continue
-        columns = list(table.get("columns") or weights.get("columns") or [])
-        if "rows" in table and "weights" in table:
-            for edge, values in zip(table["rows"], table["weights"]):
-                for op, w in zip(columns, values):
-                    rows.append({"part": part, "edge": str(edge), "branch": "", "op": op, "weight": float(w)})
-        for branch in table.get("branches", []) or []:
-            for source, values in zip(branch.get("rows", []), branch.get("weights", [])):
-                for op, w in zip(columns, values):
-                    rows.append({"part": part, "edge": f"node {branch.get('node')} <- {source}",
-                                 "branch": str(branch.get("branch", "")), "op": op, "weight": float(w)})
-    return rows

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ess.space.genotype import COMBINATIONS, Edge, InterGenotype, InterNode, IntraGenotype
+from ess.space.notation import edge_name
 from ess.space.ops import PRIMITIVES
 
 FORMAT = "ess-arch-weights/1"
@@ -203,8 +204,51 @@ def arch_entropy(arch_weights: Mapping[str, Any]) -> float:
     return sum(relative_entropy(d) for d in parts.values()) / len(parts)
 
 
+# --------------------------------------------------------------------------------------------------
+# The long table (for people: edges named as in the pictures)
+
+
+def _intra_steps(entry: Mapping[str, Any]) -> int:
+    """The node count of an intra table: its ``steps``, else from its row count ``steps (steps + 1) / 2``."""
+    if entry.get("steps") is not None:
+        return int(entry["steps"])
+    return int(round((math.sqrt(8 * len(entry["weights"]) + 1) - 1) / 2))
+
+
+def arch_weight_rows(weights: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The architecture-weight tables (``arch_weights.json``) as one long table.
+
+    One row per (part, edge, branch, op) with the softmax weight, so a table view can sort and filter
+    it; edges are named by :func:`ess.space.notation.edge_name` from the row layouts above (``s3 <- s1``,
+    ``s2 <- h_{t-3}`` with branch ``a``); parts fixed in the search mode contribute no rows.
+    """
+    rows: list[dict[str, Any]] = []
+    for part in PARTS:
+        table = weights.get(part)
+        if not isinstance(table, Mapping) or not table.get("searched"):
+            continue
+        columns = list(table.get("columns") or weights.get("columns") or [])
+        if "weights" in table and "branches" not in table:
+            edges = intra_rows(_intra_steps(table))
+            if len(edges) != len(table["weights"]):
+                raise ValueError(f"{part} table: {len(table['weights'])} rows is not a whole number of nodes")
+            for (i, j), values in zip(edges, table["weights"]):
+                for op, w in zip(columns, values):
+                    rows.append({"part": part, "edge": edge_name(part, i, j), "branch": "", "op": op,
+                                 "weight": float(w)})
+        for branch in table.get("branches", []) or []:
+            k, sources = int(branch["node"]), branch.get("weights", [])
+            m = int(table.get("m", len(sources) - k))   # node k reads m + k predecessors
+            for j, values in enumerate(sources):
+                for op, w in zip(columns, values):
+                    rows.append({"part": part, "edge": edge_name(part, m + k, j, m),
+                                 "branch": str(branch.get("branch", "")), "op": op, "weight": float(w)})
+    return rows
+
+
 __all__ = [
-    "BRANCHES", "FORMAT", "PARTS", "SCOPES", "arch_entropy", "as_rows", "distributions", "entropy", "fixed_part",
+    "BRANCHES", "FORMAT", "PARTS", "SCOPES", "arch_entropy", "arch_weight_rows", "as_rows", "distributions",
+    "entropy", "fixed_part",
     "inter_from_dict", "inter_offset", "inter_row_count", "inter_rows", "inter_table", "inter_to_dict",
     "intra_edge_count", "intra_from_dict", "intra_offset", "intra_rows", "intra_table", "intra_to_dict",
     "part_ops", "relative_entropy",

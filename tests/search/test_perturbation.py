@@ -40,8 +40,8 @@ def test_intra_choices_are_the_removals_that_hurt_most():
             with model.overridden({"intra": removed}):
                 scores[(j, c)] = evaluate(model, source, 7) - base
     (j, c), best = max(scores.items(), key=lambda kv: kv[1])
-    choice = [ch for ch in found.choices if ch.where == "node 2"][0]
-    assert (choice.pred, choice.op) == (j, PRIMITIVES[c])
+    choice = [ch for ch in found.choices if ch.where == "s2"][0]
+    assert (choice.pred, choice.op, choice.source) == (j, PRIMITIVES[c], f"s{j}")
     assert choice.weight == pytest.approx(best, abs=1e-12)
     assert found.genotype.intra.recurrent[1].pred == j and found.genotype.history == IDENTITY_INTER
     assert any("validation passes" in n for n in found.notes)
@@ -66,8 +66,8 @@ def test_a_branch_whose_removals_never_hurt_says_none(monkeypatch):
 
     monkeypatch.setattr(perturbation._Scorer, "without", without)
     found = perturbation.perturbation_derivation(model, torch.randint(0, 11, (20, 3)), 5, DeriveRule())
-    a = [c for c in found.choices if c.part == "history" and c.where == "node 0 a"][0]
+    a = [c for c in found.choices if c.part == "history" and c.where == "s1.a"][0]
     assert a.op == "none" and a.decided
-    assert any("history: node 0 dropped" in n for n in found.notes)
+    assert any("history: s1 dropped" in n for n in found.notes)
     assert len(found.genotype.history.nodes) == 1 and found.genotype.history.nodes[0].a.op == "tanh"
     assert found.genotype.input.nodes[0].a.op == "tanh" and found.decided_share("input") == 1.0

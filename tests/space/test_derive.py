@@ -38,12 +38,12 @@ def row(**weights: float) -> list[float]:
 
 def test_intra_darts_rule():
     table = [
-        row(none=0.9, tanh=0.05, relu=0.05),          # 1<-0: 'none' largest, still tanh (first of the tie)
-        row(sigmoid=0.3, relu=0.2),                   # 2<-0
-        row(identity=0.31, none=0.6),                 # 2<-1: best non-none 0.31 > 0.3 -> (identity, 1)
-        row(tanh=0.2, relu=0.25),                     # 3<-0
-        row(none=0.99, sigmoid=0.01),                 # 3<-1
-        row(relu=0.24, tanh=0.26, identity=0.25),     # 3<-2: 0.26 highest best -> (tanh, 2)
+        row(none=0.9, tanh=0.05, relu=0.05),          # s1 <- s0: 'none' largest, still tanh (first of the tie)
+        row(sigmoid=0.3, relu=0.2),                   # s2 <- s0
+        row(identity=0.31, none=0.6),                 # s2 <- s1: best non-none 0.31 > 0.3 -> identity(s1)
+        row(tanh=0.2, relu=0.25),                     # s3 <- s0
+        row(none=0.99, sigmoid=0.01),                 # s3 <- s1
+        row(relu=0.24, tanh=0.26, identity=0.25),     # s3 <- s2: 0.26 highest best -> tanh(s2)
     ]
     g = derive.derive_intra(table, 3)
     assert g.recurrent == (Edge("tanh", 0), Edge("identity", 1), Edge("tanh", 2))
@@ -156,7 +156,7 @@ def test_duplicate_nodes_are_merged_and_their_readers_redirected():
                                    "product", True)})
     g = found.genotype.history
     assert g.nodes == (InterNode(Edge("tanh", 0), Edge("relu", 1)), InterNode(Edge("identity", 2), Edge("sigmoid", 0)))
-    assert any("node 1 duplicates node 0: merged" in n for n in found.notes)
+    assert any("history: s2 duplicates s1: merged" in n for n in found.notes)
     kept = derive.derive_inter(branch_tables, m, "product", rule=DeriveRule(merge_duplicates=False))
     assert len(kept.nodes) == 3 and kept.nodes[0] == kept.nodes[1] and kept.nodes[2].a == Edge("identity", 3)
 
@@ -183,17 +183,19 @@ def test_choices_carry_their_margins_and_the_decision_rule():
     found = derive.derivation(_joint(intra, [[[row(tanh=0.9), row()], [row(relu=0.5), row(sigmoid=0.4)]]],
                                      [[[row(none=0.2, tanh=0.1), row()], [row(relu=1.0), row()]]]))
     by = {(c.part, c.where): c for c in found.choices}
-    one, two = by[("intra", "node 1")], by[("intra", "node 2")]
+    one, two = by[("intra", "s1")], by[("intra", "s2")]
     assert (one.op, one.pred, one.weight, one.runner_up, one.uniform) == ("relu", 0, 0.6, 0.2, 0.2)
+    assert (one.source, one.chosen, one.to_dict()["source"]) == ("s0", "relu(s0)", "s0")
     assert one.margin == pytest.approx(3.0) and one.over_uniform == pytest.approx(3.0) and one.decided
     assert two.margin == pytest.approx(1.2) and not two.decided      # below the default 1.5
-    b = by[("history", "node 0 b")]
-    assert (b.op, b.pred, b.runner_up) == ("relu", 0, 0.4) and b.uniform == pytest.approx(1 / 10) and not b.decided
-    no = by[("input", "node 0 a")]
-    assert (no.op, no.weight, no.runner_up) == ("none", 0.2, 0.1) and no.decided
+    b = by[("history", "s1.b")]
+    assert (b.op, b.pred, b.source, b.runner_up) == ("relu", 0, "h_{t-1}", 0.4) and not b.decided
+    assert b.uniform == pytest.approx(1 / 10)
+    no = by[("input", "s1.a")]
+    assert (no.op, no.weight, no.runner_up, no.source) == ("none", 0.2, 0.1, "") and no.decided
     assert found.genotype.input == IDENTITY_INTER
     assert not found.decided and found.decided_share("intra") == 0.5
-    assert "UNDECIDED" in found.summary() and "intra 50% decided" in found.summary()
+    assert "UNDECIDED" in found.summary() and "intra 50% decided (weakest s2: tanh(s0) x1.20" in found.summary()
     assert json.loads(json.dumps(found.to_dict()))["decided"] is False
     assert derive.derivation(_joint(intra, [[[row(tanh=0.9), row()], [row(relu=0.5), row(sigmoid=0.4)]]],
                                     [[[row(tanh=1.0), row()], [row(relu=1.0), row()]]]),
@@ -292,7 +294,7 @@ def test_random_inter_tables_under_the_drop_rule(m, n, ratio, data):
                                                              m, "node", "product", True)}, rule)
     g = found.genotype.history     # InterGenotype validates: no 'none', predecessors in range, in order
     assert g == IDENTITY_INTER or g.m == m
-    said_no = {c.where.rsplit(" ", 1)[0] for c in found.choices if c.op == "none"}
+    said_no = {c.where.split(".")[0] for c in found.choices if c.op == "none"}
     kept = n - len(said_no) - sum("merged" in note for note in found.notes)
     assert len(g.nodes) == kept
     for c in found.choices:   # a branch says none when its none weight beats ratio x its best choice

@@ -32,7 +32,7 @@ def test_metrics_per_part_on_hand_tables():
     ent = [(-(0.6 * math.log(0.6) + 0.4 * math.log(0.4))) / math.log(5), math.log(2) / math.log(5),
            (-(0.9 * math.log(0.9) + 0.1 * math.log(0.1))) / math.log(5)]
     assert m["arch/intra/entropy"] == pytest.approx(sum(ent) / 3)
-    # intra: node 1 identity (0.6 vs 0.4: undecided), node 2 relu from node 1? 0.9 on 2<-1 -> relu:1, decided
+    # intra: s1 identity (0.6 vs 0.4: undecided), s2 relu from s1? 0.9 on s2 <- s1 -> relu(s1), decided
     assert found.genotype.intra.recurrent[0].op == "identity"
     assert m["genotype/intra/identity_share"] == pytest.approx(0.5)
     assert m["genotype/intra/decided_share"] == pytest.approx(0.5)

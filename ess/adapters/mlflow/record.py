@@ -172,7 +172,7 @@ class RunRecord:
 
     def weight_table(self) -> list[dict[str, Any]]:
         """The search's last architecture weights as one long table (part, edge, branch, op, weight)."""
-        from ess.space.derive import arch_weight_rows
+        from ess.space.tables import arch_weight_rows
 
         weights = _json(self.root / "search" / "arch_weights.json")
         return arch_weight_rows(weights) if weights else []

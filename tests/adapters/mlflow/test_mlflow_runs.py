@@ -31,7 +31,7 @@ from ess.adapters.mlflow import (
     ui_hint,
 )
 from ess.errors import ConfigError
-from ess.space.derive import arch_weight_rows
+from ess.space.tables import arch_weight_rows
 
 from conftest import fake_record
 
@@ -88,18 +88,24 @@ def test_flat_params_tags_and_numeric_metrics():
 
 
 def test_arch_weight_rows_flattens_every_searched_part():
+    """Edges are named as in the pictures (s3 <- s1, s1 <- h_{t-2}) from the row layouts, not the stored labels."""
     weights = {"columns": ["none", "tanh"],
-               "intra": {"searched": True, "columns": ["none", "tanh"], "rows": ["1<-0", "2<-1"],
-                         "weights": [[0.3, 0.7], [0.6, 0.4]]},
-               "history": {"searched": True, "columns": ["none", "tanh"],
+               "intra": {"searched": True, "columns": ["none", "tanh"], "steps": 2, "rows": ["1<-0", "2<-0", "2<-1"],
+                         "weights": [[0.3, 0.7], [0.5, 0.5], [0.6, 0.4]]},
+               "history": {"searched": True, "m": 2, "columns": ["none", "tanh"],
                            "branches": [{"node": 0, "branch": "a", "rows": [0, 1],
-                                         "weights": [[0.5, 0.5], [0.1, 0.9]]}]},
+                                         "weights": [[0.5, 0.5], [0.1, 0.9]]},
+                                        {"node": 1, "branch": "b", "rows": [0, 1, 2],
+                                         "weights": [[1.0, 0.0], [1.0, 0.0], [0.2, 0.8]]}]},
                "input": {"searched": False, "genotype": {}}}
     rows = arch_weight_rows(weights)
-    assert len(rows) == 4 + 4
-    assert {"part": "intra", "edge": "2<-1", "branch": "", "op": "tanh", "weight": 0.4} in rows
-    assert {"part": "history", "edge": "node 0 <- 1", "branch": "a", "op": "none", "weight": 0.1} in rows
+    assert len(rows) == 6 + 4 + 6
+    assert {"part": "intra", "edge": "s2 <- s1", "branch": "", "op": "tanh", "weight": 0.4} in rows
+    assert {"part": "history", "edge": "s1 <- h_{t-2}", "branch": "a", "op": "none", "weight": 0.1} in rows
+    assert {"part": "history", "edge": "s2 <- s1", "branch": "b", "op": "tanh", "weight": 0.8} in rows
     assert not [r for r in rows if r["part"] == "input"]
+    del weights["intra"]["steps"], weights["history"]["m"]     # both follow from the row counts
+    assert arch_weight_rows(weights) == rows
 
 
 def _show(store, experiment, name, root, *, final=False, status=None, resume=False):
@@ -140,8 +146,8 @@ def test_parent_and_nested_runs_show_the_record(store, tmp_path):
         ["genotypes/epoch_001.json", "genotypes/epoch_002.json"]
     assert [f.path for f in client.list_artifacts(run_id, "model")] == ["model/checkpoint.pt"]
     table = Path(client.download_artifacts(run_id, "arch_weights_table.json", str(tmp_path / "dl")))
-    assert json.loads(table.read_text())["data"] == [["intra", "1<-0", "", "none", 0.3],
-                                                     ["intra", "1<-0", "", "tanh", 0.7]]
+    assert json.loads(table.read_text())["data"] == [["intra", "s1 <- s0", "", "none", 0.3],
+                                                     ["intra", "s1 <- s0", "", "tanh", 0.7]]
     assert child_runs(store, "ess-test", parent)[0].info.run_id == run_id
     # artifacts live next to the database, under an absolute path (trials run in other directories)
     assert child.info.artifact_uri.startswith(store[len("sqlite:///"):].replace("mlflow.db", "mlartifacts"))
