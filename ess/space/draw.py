@@ -1,21 +1,21 @@
 """Draw an :class:`~ess.space.genotype.ESSGenotype` as one figure, with matplotlib alone (no graphviz).
 
-The figure has three panels: the intra cell pi on top (inputs ``x^_t`` and ``h^_{t-1}`` feed node 0,
-the nodes are laid out as a tree by depth, the ``concat`` nodes feed ``h_t`` through a mean), and the
-two inter cells below (the history DAG f over ``h_{t-1..t-m}`` and the input DAG g over
-``x_t..x_{t-m+1}``; every node combines its branches ``a`` and ``b`` by a product or a sum, the output
-is the residual plus the mean of the nodes). Edges are coloured by op and labelled with it.
+The figure has three panels: the intra cell pi on top (inputs ``x^_t`` and ``h^_{t-1}`` feed ``s0``, the
+states are laid out as a tree by depth, the ``concat`` states feed ``h_t`` through a mean), and the two
+inter cells below it, side by side when they fit under it, else one above the other (the history DAG f
+over ``h_{t-1..t-m}``, the input DAG g over ``x_t..x_{t-m+1}``, each drawn with only the inputs it
+reads; its nodes ``s1, s2 ...`` in order, left to right, top to bottom; every node combines its branches
+``a`` and ``b`` by a product or a sum, the output is the residual plus the mean of the nodes). Boxes
+carry the names of :mod:`ess.space.notation`; edges are coloured by op and labelled with it.
 
-Everything is laid out in data units at one scale in x and y, so edge curves are computed in data
-coordinates: each edge tries a few arcs and S-curves and keeps the cheapest (crossing a box costs most,
-then retracing an earlier edge, leaving the panel and detours), and each label tries a few positions
-along its edge and keeps the first that covers no box, earlier label or other edge. Only the
+Everything is laid out in data units at one scale in x and y (:mod:`ess.space.routing` routes the
+edges and places the labels); fonts keep their size in points whatever the scale. Only the
 object-oriented API is used (``Figure`` and the Agg canvas), never pyplot, so no global state leaks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -28,13 +28,14 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 from matplotlib.path import Path as MplPath
-from matplotlib.text import Text
 from matplotlib.transforms import Bbox
 
 from ess.checkpoint import atomic_write_bytes
 from ess.errors import ESSError, GenotypeError
 from ess.space.genotype import ESSGenotype, InterGenotype, IntraGenotype
+from ess.space.notation import ARROW, INTRA_INPUTS, OUTPUTS, node_name, state, states_text, tex
 from ess.space.ops import PRIMITIVES, ZERO
+from ess.space.routing import BENDS, place_label, preferring, route
 
 FORMATS: tuple[str, ...] = ("png", "svg")
 DPI = 150
@@ -48,31 +49,43 @@ OP_COLOURS: dict[str, str] = {
 STRUCTURE_COLOUR = "#8c8c8c"  # edges that carry no op: cell inputs, the mean, the residual
 _FILL = {"input": "#e8eef7", "init": "#fdf0d5", "node": "#ffffff", "output": "#e3f1e0"}
 
-DX = 1.8  # column spacing (data units; one unit is at most one inch)
+# Font sizes in points, never scaled: at DPI 150 an edge label's lowercase letters are about 12 px tall
+# in the PNG itself, so they stay legible when a viewer (MLflow's artifact preview) shrinks it to fit.
+LABEL_PT = 10.5
+BOX_PT = 13.0
+TITLE_PT = 12.5
+LEGEND_PT = 10.5
+SUPTITLE_PT = 15.0
+EDGE_LABEL, NODE_LABEL = "edge-label", "node-label"   # gids of the drawn labels (SVG ids too)
+
+DX = 1.9  # column spacing of the intra cell (data units; one unit is at most one inch)
+DX_INTER = 2.3  # of the inter cells, whose edges carry longer labels ("a: identity")
 DY = 1.0  # row spacing
-NODE_SIZE = (0.62, 0.42)
-IO_SIZE = (0.9, 0.46)
+NODE_SIZE = (0.66, 0.44)
+IO_SIZE = (0.96, 0.5)
 MARGIN = 0.45  # data units around a panel's boxes
 MAX_WIDTH_IN = 22.0
-_BENDS = (0.0, 0.18, -0.18, 0.32, -0.32, 0.5, -0.5, 0.7, -0.7)
-_LABEL_TS = (0.5, 0.4, 0.6, 0.3, 0.7, 0.22, 0.78, 0.15, 0.85)
 
 
 # --------------------------------------------------------------------------------------------------
-# Panel model: boxes and arrows in data units
+# Panel model: boxes and arrows in data units, every box named by ess.space.notation
 
 
 @dataclass
 class _Box:
     x: float
     y: float
-    text: str
+    name: str  # the notation's name (s3, h_{t-1}, x^_t): the text drawn is its mathtext
     kind: str  # input, init, node or output
-    fontsize: float = 11.0
+    suffix: str = ""  # drawn after the name (the combination symbol of an inter node)
 
     @property
     def size(self) -> tuple[float, float]:
         return IO_SIZE if self.kind in ("input", "output") else NODE_SIZE
+
+    @property
+    def text(self) -> str:
+        return tex(self.name) + self.suffix
 
     def contains(self, points: np.ndarray, pad: float = 0.0) -> np.ndarray:
         w, h = self.size
@@ -89,14 +102,23 @@ class _Box:
 class _Arrow:
     src: str
     dst: str
-    label: str | None
+    op: str | None  # the edge's op (None: a structure edge)
     colour: str
+    branch: str = ""  # a or b (inter edges)
     dashed: bool = False
-    bends: tuple[float, ...] = _BENDS
+    bends: tuple[float, ...] = BENDS
+    note: str | None = None  # the label of a structure edge (residual, identity)
+
+    @property
+    def label(self) -> str | None:
+        if self.op is None:
+            return self.note
+        return f"{self.branch}: {self.op}" if self.branch else self.op
 
 
 @dataclass
 class _Panel:
+    part: str
     title: str
     boxes: dict[str, _Box] = field(default_factory=dict)
     arrows: list[_Arrow] = field(default_factory=list)
@@ -115,6 +137,11 @@ class _Panel:
             x0, x1 = min(x0, points[:, 0].min()), max(x1, points[:, 0].max())
             y0, y1 = min(y0, points[:, 1].min()), max(y1, points[:, 1].max())
         return x0 - MARGIN, x1 + MARGIN, y0 - MARGIN, y1 + MARGIN
+
+    def edges(self) -> list[tuple[str, str, str, str]]:
+        """``(part, edge, branch, op)`` of every op edge as drawn, edges named as in the weight tables."""
+        return [(self.part, f"{self.boxes[a.dst].name}{ARROW}{self.boxes[a.src].name}", a.branch, a.op)
+                for a in self.arrows if a.op is not None]
 
 
 def _op_colour(op: str) -> str:
@@ -153,16 +180,17 @@ def _intra_panel(intra: IntraGenotype) -> _Panel:
     row = _tree_rows(intra)
     rows = list(row.values())
     centre = -(min(rows) + max(rows)) / 2 * DY
-    concat = ", ".join(map(str, intra.concat))
-    panel = _Panel(title=f"intra cell $\\pi$ (DARTS cell): $h_t$ = mean of nodes {concat}")
+    out = OUTPUTS["intra"]
+    panel = _Panel("intra", f"intra cell $\\pi$ (DARTS cell): {tex(out)} = mean({states_text(intra.concat, tex)})")
     y0 = -row[0] * DY
-    panel.boxes["x"] = _Box(0.0, y0 + 0.36 * DY, r"$\hat{x}_t$", "input")
-    panel.boxes["h"] = _Box(0.0, y0 - 0.36 * DY, r"$\hat{h}_{t-1}$", "input")
+    for key, name, dy in zip(("x", "h"), INTRA_INPUTS, (0.36, -0.36)):
+        panel.boxes[key] = _Box(0.0, y0 + dy * DY, name, "input")
     for i in range(intra.steps + 1):
-        panel.boxes[f"n{i}"] = _Box((depth[i] + 1) * DX, -row[i] * DY, str(i), "init" if i == 0 else "node")
-    panel.boxes["out"] = _Box((max(depth.values()) + 2) * DX, centre, r"$h_t$", "output")
-    for name in ("x", "h"):
-        panel.arrows.append(_Arrow(name, "n0", None, STRUCTURE_COLOUR))
+        panel.boxes[f"n{i}"] = _Box((depth[i] + 1) * DX, -row[i] * DY, node_name("intra", i),
+                                    "init" if i == 0 else "node")
+    panel.boxes["out"] = _Box((max(depth.values()) + 2) * DX, centre, out, "output")
+    for key in ("x", "h"):
+        panel.arrows.append(_Arrow(key, "n0", None, STRUCTURE_COLOUR))
     for i, edge in enumerate(intra.recurrent, start=1):
         panel.arrows.append(_Arrow(f"n{edge.pred}", f"n{i}", edge.op, _op_colour(edge.op)))
     for i in intra.concat:
@@ -171,194 +199,108 @@ def _intra_panel(intra: IntraGenotype) -> _Panel:
 
 
 # --------------------------------------------------------------------------------------------------
-# Inter cells: m inputs in the first column, nodes in columns by depth, the output last
+# Inter cells: the inputs they read in the first column, nodes in order by depth, the output last
+
+_CELL_NAMES = {"history": "history cell $f$", "input": "input cell $g$"}
+_SYMBOLS = {"product": r"\odot", "sum": "+"}
 
 
-def _inter_names(kind: str, m: int) -> tuple[list[str], str, str]:
-    """Labels of the inputs, of the output and of the residual input for the history or input DAG."""
-    if kind == "history":
-        return [f"$h_{{t-{i + 1}}}$" for i in range(m)], r"$\hat{h}_{t-1}$", "h_{t-1}"
-    return (["$x_t$"] + [f"$x_{{t-{i}}}$" for i in range(1, m)]), r"$\hat{x}_t$", "x_t"
-
-
-def _inter_title(inter: InterGenotype, kind: str) -> str:
-    name = "history cell $f$" if kind == "history" else "input cell $g$"
-    _, out, base = _inter_names(kind, inter.m)
+def _inter_title(inter: InterGenotype, part: str) -> str:
+    out, base = tex(OUTPUTS[part]), tex(node_name(part, 0, inter.m))
     if inter.is_identity:
-        return f"{name}: identity ({out} = ${base}$, m={inter.m})"
-    symbol = r"\odot" if inter.combination == "product" else "+"
+        return f"{_CELL_NAMES[part]}: identity ({out} = {base}, m={inter.m})"
     n = len(inter.nodes)  # >= 1: a cell without nodes is the identity
-    mean = "$s_1$" if n == 1 else f"mean$(s_1..s_{{{n}}})$"
-    residual = f"${base}$ + " if inter.residual else ""
+    mean = tex(state(1)) if n == 1 else f"mean({states_text(range(1, n + 1), tex)})"
+    residual = f"{base} + " if inter.residual else ""
     settings = f"m={inter.m}, {inter.combination}, {'residual' if inter.residual else 'no residual'}"
-    return f"{name} ({settings})\n{out} = {residual}{mean},  $s_k = a_k {symbol} b_k$"
+    return (f"{_CELL_NAMES[part]} ({settings})\n{out} = {residual}{mean},  "
+            f"$s_k = a_k {_SYMBOLS[inter.combination]} b_k$")
 
 
-def _inter_panel(inter: InterGenotype, kind: str) -> _Panel:
-    m = inter.m
-    inputs, out_text, _ = _inter_names(kind, m)
-    panel = _Panel(title=_inter_title(inter, kind))
-    centre = -(m - 1) / 2 * DY
-    ys = [-i * DY for i in range(m)]
-    depth = [0] * m
-    for i, text in enumerate(inputs):
-        panel.boxes[f"i{i}"] = _Box(0.0, ys[i], text, "input")
+def _inter_columns(inter: InterGenotype) -> list[int]:
+    """The column of every node: one right of its deepest predecessor, never left of the node before it
+    (so ``s1, s2, ...`` read left to right, top to bottom)."""
+    m, columns = inter.m, []
     for node in inter.nodes:
-        depth.append(1 + max(depth[node.a.pred], depth[node.b.pred]))
-        # provisional row: the barycentre of its two predecessors, used to order each column
-        ys.append((ys[node.a.pred] + ys[node.b.pred]) / 2)
-    symbol = r"\odot" if inter.combination == "product" else "+"
-    for d in range(1, max(depth) + 1):
-        # top to bottom by provisional row (rows are negative going down), ties by index
-        column = sorted((i for i in range(m, len(depth)) if depth[i] == d), key=lambda i: (-ys[i], i))
-        for j, i in enumerate(column):
-            ys[i] = centre + ((len(column) - 1) / 2 - j) * DY
-            panel.boxes[f"i{i}"] = _Box(d * DX, ys[i], f"$s_{{{i - m + 1}}}\\ {symbol}$", "node")
-    out_x = (max(depth) + 1) * DX if inter.nodes else 1.3 * DX
-    panel.boxes["out"] = _Box(out_x, centre, out_text, "output")
+        deps = [columns[e.pred - m] if e.pred >= m else 0 for e in (node.a, node.b)]
+        columns.append(max(1 + max(deps), columns[-1] if columns else 1))
+    return columns
+
+
+def _inter_panel(inter: InterGenotype, part: str) -> _Panel:
+    m = inter.m
+    panel = _Panel(part, _inter_title(inter, part))
+    used = sorted({e.pred for n in inter.nodes for e in (n.a, n.b) if e.pred < m} | ({0} if inter.residual else set()))
+    centre = -(len(used) - 1) / 2 * DY
+    for r, j in enumerate(used):  # only the inputs the cell reads
+        panel.boxes[f"i{j}"] = _Box(0.0, -r * DY, node_name(part, j, m), "input")
+    columns = _inter_columns(inter)
+    symbol = f"$\\ {_SYMBOLS[inter.combination]}$"
+    for d in sorted(set(columns)):
+        column = [k for k, c in enumerate(columns) if c == d]
+        for r, k in enumerate(column):
+            y = centre + ((len(column) - 1) / 2 - r) * DY
+            panel.boxes[f"i{m + k}"] = _Box(d * DX_INTER, y, node_name(part, m + k, m), "node", symbol)
+    out_x = (max(columns) + 1) * DX_INTER if inter.nodes else 1.3 * DX_INTER
+    panel.boxes["out"] = _Box(out_x, centre, OUTPUTS[part], "output")
     for k, node in enumerate(inter.nodes):
         dst = f"i{m + k}"
         same = node.a.pred == node.b.pred
-        panel.arrows.append(_Arrow(f"i{node.a.pred}", dst, f"a: {node.a.op}", _op_colour(node.a.op),
-                                   bends=_preferring(0.22 if same else 0.0)))
-        panel.arrows.append(_Arrow(f"i{node.b.pred}", dst, f"b: {node.b.op}", _op_colour(node.b.op),
-                                   bends=_preferring(-0.22 if same else 0.0)))
+        for edge, branch, bend in ((node.a, "a", -0.22), (node.b, "b", 0.22)):  # a above b
+            panel.arrows.append(_Arrow(f"i{edge.pred}", dst, edge.op, _op_colour(edge.op), branch=branch,
+                                       bends=preferring(bend if same else 0.0)))
     for k in range(len(inter.nodes)):
         panel.arrows.append(_Arrow(f"i{m + k}", "out", None, STRUCTURE_COLOUR, dashed=True))
     if inter.residual:
-        label = "residual" if inter.nodes else "identity"
-        panel.arrows.append(_Arrow("i0", "out", label, STRUCTURE_COLOUR))
+        panel.arrows.append(_Arrow("i0", "out", None, STRUCTURE_COLOUR,
+                                   note="residual" if inter.nodes else "identity"))
     return panel
 
 
-def _preferring(bend: float) -> tuple[float, ...]:
-    """The bend candidates with ``bend`` first and the others ordered by closeness to it."""
-    return tuple(sorted(set(_BENDS) | {bend}, key=lambda b: (abs(b - bend), -b * np.sign(bend or 1))))
+def _panels(genotype: ESSGenotype) -> list[_Panel]:
+    return [_intra_panel(genotype.intra), _inter_panel(genotype.history, "history"),
+            _inter_panel(genotype.input, "input")]
+
+
+def picture_edges(genotype: ESSGenotype) -> list[tuple[str, str, str, str]]:
+    """``(part, edge, branch, op)`` of every op edge the picture of ``genotype`` draws, in drawing order;
+    ``edge`` joins the names of the boxes it connects (``s3 <- s1``), as the weight tables name edges."""
+    return [edge for panel in _panels(genotype) for edge in panel.edges()]
 
 
 # --------------------------------------------------------------------------------------------------
 # Rendering
 
 
-def _cubic(p0: np.ndarray, c1: np.ndarray, c2: np.ndarray, p3: np.ndarray, n: int = 160) -> np.ndarray:
-    t = np.linspace(0.0, 1.0, n)[:, None]
-    return (1 - t) ** 3 * p0 + 3 * (1 - t) ** 2 * t * c1 + 3 * (1 - t) * t ** 2 * c2 + t ** 3 * p3
-
-
-def _candidates(p0: np.ndarray, p3: np.ndarray, bends: Sequence[float]) -> list[np.ndarray]:
-    """Curves from p0 to p3: arcs bent sideways by ``bends`` x length, then S-curves leaving and
-    arriving horizontally that change rows early, midway or late."""
-    d = p3 - p0
-    curves = []
-    for bend in bends:
-        control = (p0 + p3) / 2 + bend * np.array([d[1], -d[0]])
-        curves.append(_cubic(p0, p0 + 2 / 3 * (control - p0), p3 + 2 / 3 * (control - p3), p3))
-    for early, late in ((0.5, 0.5), (0.9, 0.1), (0.1, 0.9), (1.0, 0.0), (0.0, 1.0)):
-        c1 = p0 + np.array([early * d[0], 0.0])
-        c2 = p3 - np.array([late * d[0], 0.0])
-        curves.append(_cubic(p0, c1, c2, p3))
-    return curves
-
-
-def _clip(points: np.ndarray, src: _Box, dst: _Box, pad: float = 0.03) -> np.ndarray:
-    """The part of the curve between the border of the source box and the border of the target box."""
-    outside_src = ~src.contains(points, pad)
-    outside_dst = ~dst.contains(points, pad)
-    first = int(np.argmax(outside_src))
-    last = len(points) - 1 - int(np.argmax(outside_dst[::-1]))
-    return points[first:last + 1] if last > first + 1 else points[[0, -1]]
-
-
-def _length(points: np.ndarray) -> float:
-    return float(np.hypot(*np.diff(points, axis=0).T).sum())
-
-
-def _route(arrow: _Arrow, boxes: dict[str, _Box], drawn: list[np.ndarray],
-           extent: tuple[float, float, float, float]) -> np.ndarray:
-    """The cheapest curve: crossing another box costs most, then retracing an earlier edge, then
-    leaving the area of the boxes and detours, then the arrow's own order of preference."""
-    src, dst = boxes[arrow.src], boxes[arrow.dst]
-    p0, p3 = np.array([src.x, src.y]), np.array([dst.x, dst.y])
-    others = [b for name, b in boxes.items() if name not in (arrow.src, arrow.dst)]
-    x0, x1, y0, y1 = extent
-    straight = max(float(np.hypot(*(p3 - p0))), 1e-9)
-    best, best_cost = None, float("inf")
-    for rank, curve in enumerate(_candidates(p0, p3, arrow.bends)):
-        points = _clip(curve, src, dst)
-        hits = sum(bool(b.contains(points, pad=0.1).any()) for b in others)
-        mid = points[len(points) // 2]
-        retrace = sum(bool(np.min(np.hypot(*(path - mid).T)) < 0.15) for path in drawn)
-        excursion = max(0.0, y0 - points[:, 1].min()) + max(0.0, points[:, 1].max() - y1) + \
-            max(0.0, x0 - points[:, 0].min()) + max(0.0, points[:, 0].max() - x1)
-        detour = _length(curve) / straight - 1
-        cost = 100 * hits + 10 * retrace + 4 * excursion + 2 * detour + 0.05 * rank
-        if cost < best_cost:
-            best, best_cost = points, cost
-    return best
-
-
 def _route_all(panel: _Panel) -> None:
     extent = panel.box_extent()
     panel.routes = []
     for arrow in panel.arrows:
-        panel.routes.append(_route(arrow, panel.boxes, panel.routes, extent))
+        src, dst = panel.boxes[arrow.src], panel.boxes[arrow.dst]
+        others = [b for name, b in panel.boxes.items() if name not in (arrow.src, arrow.dst)]
+        panel.routes.append(route(src, dst, others, arrow.bends, panel.routes, extent))
 
 
-def _overlap(a: Bbox, others: Iterable[Bbox]) -> float:
-    total = 0.0
-    for b in others:
-        w = min(a.x1, b.x1) - max(a.x0, b.x0)
-        h = min(a.y1, b.y1) - max(a.y0, b.y0)
-        if w > 0 and h > 0:
-            total += w * h
-    return total
-
-
-def _crossings(box: Bbox, curves: Iterable[np.ndarray]) -> int:
-    """How many curves pass under ``box``."""
-    return sum(bool(((points[:, 0] >= box.x0) & (points[:, 0] <= box.x1)
-                     & (points[:, 1] >= box.y0) & (points[:, 1] <= box.y1)).any()) for points in curves)
-
-
-def _place_label(ax, renderer: RendererBase, text: Text, points: np.ndarray, taken: list[Bbox],
-                 other_curves: list[np.ndarray]) -> None:
-    """Move ``text`` along its edge to the first spot that overlaps no box, earlier label or other edge."""
-    to_data = ax.transData.inverted()
-    best, best_cost = None, float("inf")
-    for rank, t in enumerate(_LABEL_TS):
-        x, y = points[int(round(t * (len(points) - 1)))]
-        text.set_position((x, y))
-        box = text.get_window_extent(renderer).transformed(to_data).expanded(1.12, 1.25)
-        cost = _overlap(box, taken) * 1000 + _crossings(box, other_curves) * 0.5 + rank * 1e-3
-        if cost < best_cost:
-            best, best_cost = ((x, y), box), cost
-        if cost < 1e-2:
-            break
-    (x, y), box = best
-    text.set_position((x, y))
-    taken.append(box)
-
-
-def _draw_panel(ax, panel: _Panel, renderer: RendererBase, font: float) -> None:
+def _draw_panel(ax, panel: _Panel, renderer: RendererBase) -> None:
     ax.set_axis_off()
-    ax.set_title(panel.title, fontsize=11 * font, loc="left")
+    ax.set_title(panel.title, fontsize=TITLE_PT, loc="left")
     taken = [b.bbox(pad=0.04) for b in panel.boxes.values()]
     for box in panel.boxes.values():
         w, h = box.size
         ax.add_patch(FancyBboxPatch((box.x - w / 2, box.y - h / 2), w, h, boxstyle="round,pad=0,rounding_size=0.08",
                                     facecolor=_FILL[box.kind], edgecolor="#333333", linewidth=1.1, zorder=3))
-        ax.text(box.x, box.y, box.text, ha="center", va="center", fontsize=box.fontsize * font, zorder=4)
+        ax.text(box.x, box.y, box.text, ha="center", va="center", fontsize=BOX_PT, zorder=4, gid=NODE_LABEL)
     for index, (arrow, points) in enumerate(zip(panel.arrows, panel.routes)):
-        ax.add_patch(FancyArrowPatch(path=MplPath(points), arrowstyle="-|>", mutation_scale=11 * font,
-                                     color=arrow.colour, linewidth=1.6 if arrow.label else 1.1,
+        ax.add_patch(FancyArrowPatch(path=MplPath(points), arrowstyle="-|>", mutation_scale=13,
+                                     color=arrow.colour, linewidth=1.7 if arrow.op else 1.2,
                                      linestyle="--" if arrow.dashed else "-", zorder=2,
                                      shrinkA=0, shrinkB=0))
         if arrow.label:
-            text = ax.text(0, 0, arrow.label, ha="center", va="center", fontsize=8.5 * font, color=arrow.colour,
-                           zorder=5, bbox={"boxstyle": "round,pad=0.15", "facecolor": "white",
-                                           "edgecolor": "none"})
+            text = ax.text(0, 0, arrow.label, ha="center", va="center", fontsize=LABEL_PT, color=arrow.colour,
+                           zorder=5, gid=EDGE_LABEL, bbox={"boxstyle": "round,pad=0.15", "facecolor": "white",
+                                                           "edgecolor": "none"})
             others = panel.routes[:index] + panel.routes[index + 1:]
-            _place_label(ax, renderer, text, points, taken, others)
+            place_label(ax, renderer, text, points, taken, others)
 
 
 def _legend_handles() -> list[Line2D]:
@@ -368,42 +310,54 @@ def _legend_handles() -> list[Line2D]:
     return handles
 
 
-def _figure(genotype: ESSGenotype, title: str | None) -> Figure:
-    """Lay the three panels out at one scale (inches per data unit) and draw them."""
-    panels = [_intra_panel(genotype.intra), _inter_panel(genotype.history, "history"),
-              _inter_panel(genotype.input, "input")]
+def _rows(widths: Sequence[float]) -> list[list[int]]:
+    """Panels by row: the intra cell on top, the inter cells side by side below it when they fit under
+    its width (or under :data:`SIDE_BY_SIDE_IN`), else one above the other, so the figure stays narrow."""
+    if widths[1] + widths[2] + GAP_IN <= max(widths[0], SIDE_BY_SIDE_IN):
+        return [[0], [1, 2]]
+    return [[0], [1], [2]]
+
+
+SIDE, GAP_IN, HEAD_IN = 0.4, 0.5, 0.9  # inches: figure sides, between panels, above the first row
+SIDE_BY_SIDE_IN = 12.0
+
+
+def figure(genotype: ESSGenotype, title: str | None = None) -> Figure:
+    """The picture of ``genotype`` as a matplotlib Figure (Agg canvas): the panels at one scale, laid out in
+    rows. Its edge labels carry the gid :data:`EDGE_LABEL`, its box labels :data:`NODE_LABEL`."""
+    panels = _panels(genotype)
     for panel in panels:
         _route_all(panel)
     extents = [p.extent() for p in panels]
     widths = [x1 - x0 for x0, x1, _, _ in extents]
     heights = [y1 - y0 for _, _, y0, y1 in extents]
-    gap, side, head = 0.5, 0.4, 0.8  # inches
-    heads = [0.45, 0.75 if "\n" in panels[1].title + panels[2].title else 0.45]  # room for the panel titles
-    content = max(widths[0], widths[1] + widths[2])
-    scale = min(1.0, (MAX_WIDTH_IN - 2 * side - gap) / content)
-    font = max(0.6, scale)
-    fig_w = max(content * scale + 2 * side + gap, 8.0)
-    rows = [heights[0] * scale, max(heights[1], heights[2]) * scale]
-    fig_h = head + heads[0] + rows[0] + heads[1] + rows[1] + side
+    rows = _rows(widths)
+    content = max(sum(widths[i] for i in row) + GAP_IN * (len(row) - 1) for row in rows)
+    scale = min(1.0, (MAX_WIDTH_IN - 2 * SIDE) / content)
+    fig_w = max(content * scale + 2 * SIDE, 8.0)
+    heads = [0.85 if any("\n" in panels[i].title for i in row) else 0.5 for row in rows]  # room for titles
+    row_h = [max(heights[i] for i in row) * scale for row in rows]
+    fig_h = HEAD_IN + sum(heads) + sum(row_h) + SIDE
     fig = Figure(figsize=(fig_w, fig_h), dpi=100)
-    canvas = FigureCanvasAgg(fig)
-    renderer = canvas.get_renderer()
-    fig.suptitle(title or "ESS genotype", fontsize=14, y=1 - 0.3 / fig_h)
-    fig.legend(handles=_legend_handles(), loc="upper center", ncol=6, frameon=False, fontsize=9,
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.suptitle(title or "ESS genotype", fontsize=SUPTITLE_PT, y=1 - 0.3 / fig_h)
+    fig.legend(handles=_legend_handles(), loc="upper center", ncol=6, frameon=False, fontsize=LEGEND_PT,
                bbox_to_anchor=(0.5, 1 - 0.5 / fig_h))
-    avail = fig_w - 2 * side
-    extra = avail - gap - (widths[1] + widths[2]) * scale
-    rects = [  # (left, bottom, width, height) in inches
-        (side, side + rows[1] + heads[1], avail, rows[0]),
-        (side, side, widths[1] * scale + extra / 2, rows[1]),
-        (side + widths[1] * scale + extra / 2 + gap, side, widths[2] * scale + extra / 2, rows[1]),
-    ]
-    for panel, (x0, x1, y0, y1), (left, bottom, w, h) in zip(panels, extents, rects):
-        ax = fig.add_axes((left / fig_w, bottom / fig_h, w / fig_w, h / fig_h))
-        cx, cy = (x0 + x1) / 2, (y1 + y0) / 2
-        ax.set_xlim(cx - w / scale / 2, cx + w / scale / 2)
-        ax.set_ylim(cy - h / scale / 2, cy + h / scale / 2)
-        _draw_panel(ax, panel, renderer, font)
+    avail, top = fig_w - 2 * SIDE, fig_h - HEAD_IN
+    for row, head, h in zip(rows, heads, row_h):
+        top -= head + h
+        extra = (avail - GAP_IN * (len(row) - 1) - sum(widths[i] for i in row) * scale) / len(row)
+        left = SIDE
+        for i in row:
+            w = widths[i] * scale + extra
+            ax = fig.add_axes((left / fig_w, top / fig_h, w / fig_w, h / fig_h))
+            x0, x1, y0, y1 = extents[i]
+            cx, cy = (x0 + x1) / 2, (y1 + y0) / 2
+            ax.set_xlim(cx - w / scale / 2, cx + w / scale / 2)
+            ax.set_ylim(cy - h / scale / 2, cy + h / scale / 2)
+            ax.set_gid(panels[i].part)
+            _draw_panel(ax, panels[i], renderer)
+            left += w + GAP_IN
     return fig
 
 
@@ -435,7 +389,7 @@ def render_genotype(genotype: ESSGenotype, fmt: str, title: str | None = None) -
         raise ESSError(f"unsupported drawing format {fmt!r} (supported: {', '.join(FORMATS)})")
     if not isinstance(genotype, ESSGenotype):
         raise GenotypeError(f"cannot draw a {type(genotype).__name__}: expected an ESSGenotype")
-    fig = _figure(genotype, title)
+    fig = figure(genotype, title)
     try:
         return _save(fig, fmt)
     finally:
@@ -461,7 +415,7 @@ def draw_genotype(genotype: ESSGenotype, out: str | Path, title: str | None = No
     if not isinstance(genotype, ESSGenotype):
         raise GenotypeError(f"cannot draw a {type(genotype).__name__}: expected an ESSGenotype")
     targets = output_paths(Path(out), formats)
-    fig = _figure(genotype, title)
+    fig = figure(genotype, title)
     try:
         return [atomic_write_bytes(path, _save(fig, fmt)) for path, fmt in targets]
     finally:

@@ -1,11 +1,15 @@
-"""One notation: the names of states, inputs and edges; the description that reads back as the genotype."""
+"""One notation: weight tables, derivations, descriptions and pictures name the same states and edges."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 
 from ess.errors import GenotypeError
+from ess.space import derive, tables
 from ess.space.description import parse_description
+from ess.space.draw import picture_edges, render_genotype
 from ess.space.genotype import (
     DARTS_V2,
     ENAS,
@@ -17,6 +21,7 @@ from ess.space.genotype import (
     load_genotype,
 )
 from ess.space.notation import edge_name, node_name, slot_name, states_from_text, states_text, tex
+from ess.space.ops import PRIMITIVES
 
 #: a hand-built ESS genotype: a history cell over h_{t-1..t-3}, an input cell (sum, no residual) over x_t, x_{t-1}
 ESS = ESSGenotype(
@@ -39,6 +44,63 @@ def test_names_of_states_inputs_and_edges():
     assert states_from_text("s2, s5, s6, s9..s11") == [2, 5, 6, 9, 10, 11]
     with pytest.raises(ValueError, match="unknown genotype part 'output'"):
         node_name("output", 0)
+
+
+def _hot(op: str) -> list[float]:
+    return [float(p == op) for p in PRIMITIVES]
+
+
+def _one_hot_weights(genotype: ESSGenotype) -> dict:
+    """The arch-weights JSON a search would write if its weights were one-hot on ``genotype``'s edges."""
+    intra = genotype.intra
+    rows = [_hot(intra.recurrent[i - 1].op) if intra.recurrent[i - 1].pred == j else [0.0] * len(PRIMITIVES)
+            for i, j in tables.intra_rows(intra.steps)]
+    out = {"format": tables.FORMAT, "columns": list(PRIMITIVES), "intra": tables.intra_table(rows, intra.steps)}
+    for part in ("history", "input"):
+        inter = getattr(genotype, part)
+        if inter.is_identity:
+            out[part] = tables.fixed_part(inter)
+            continue
+        branches = [[[_hot(e.op) if j == e.pred else [0.0] * len(PRIMITIVES) for j in range(inter.m + k)]
+                     for e in (node.a, node.b)] for k, node in enumerate(inter.nodes)]
+        out[part] = tables.inter_table(branches, inter.m, "node", inter.combination, inter.residual)
+    return out
+
+
+def _described_edges(text: str) -> set[tuple[str, str, str, str]]:
+    """``(part, edge, branch, op)`` read off a description with plain regular expressions."""
+    edges = set()
+    for part, body in re.findall(r"(\w+)\[([^\]]*)\]", text):
+        if part == "intra":
+            found = re.findall(r"(s\d+)=(\w+)\(([^()]*)\)", body)
+            edges |= {(part, f"{dst} <- {src}", "", op) for dst, op, src in found}
+            continue
+        for dst, op_a, src_a, op_b, src_b in re.findall(r"(s\d+)=(\w+)\(([^()]*)\)[*+](\w+)\(([^()]*)\)", body):
+            edges |= {(part, f"{dst} <- {src_a}", "a", op_a), (part, f"{dst} <- {src_b}", "b", op_b)}
+    return edges
+
+
+@pytest.mark.parametrize("genotype", [DARTS_V2, ESS], ids=["DARTS_V2", "ESS"])
+def test_table_derivation_description_and_picture_name_the_same_edges(genotype):
+    weights = _one_hot_weights(genotype)
+    table = {(r["part"], r["edge"], r["branch"], r["op"]) for r in tables.arch_weight_rows(weights)
+             if r["weight"] == 1.0}
+    found = derive.derivation(weights)
+    assert found.genotype == genotype
+    choices = {(c.part, f"{c.where.split('.')[0]} <- {c.source}", c.where.partition(".")[2], c.op)
+               for c in found.choices}
+    described = _described_edges(genotype.describe())
+    drawn = set(picture_edges(genotype))
+    assert table == choices == described == drawn
+    assert len(drawn) == genotype.intra.steps + 2 * (len(genotype.history.nodes) + len(genotype.input.nodes))
+    assert ("intra", "s3 <- s1", "", "relu") in drawn and ("intra", "s1 <- s0", "", "sigmoid") in drawn
+    if genotype is ESS:
+        assert ("history", "s2 <- h_{t-3}", "b", "identity") in drawn
+        assert ("input", "s2 <- s1", "a", "identity") in drawn
+    assert parse_description(genotype.describe()) == genotype
+    svg = render_genotype(genotype, "svg").decode()   # the op labels are the picture's own text
+    for _, _, branch, op in drawn:
+        assert (f"{branch}: {op}" if branch else op) in svg
 
 
 def test_the_description_is_a_genotype_reference():
