@@ -13,23 +13,42 @@ also each of its checkpoints)::
 
 Each phase maps to the MLflow names the jobs have always used: ``search.*`` / ``retrain.*`` /
 ``transfer.*`` params, metrics with ``step = epoch`` (retraining keys prefixed ``retrain/``), files
-under ``genotypes/``, ``arch_weights/``, ``retrain/``, ``transfer/`` and ``model/``.
+under ``genotypes/``, ``arch_weights/``, ``retrain/``, ``transfer/`` and ``model/``. A retraining's
+``genotype`` param is the genotype's name or description (not the scratch file its config names), and
+its run shows the genotype's picture (``retrain/genotype.png``), drawn from its ``genotype.json``.
 """
 
 from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ess.adapters.mlflow.client import flat_params, numeric_metrics
 from ess.config import parse_yaml
+from ess.errors import ESSError
 
 TRIAL_FILE = "trial.json"
 SYSTEM_FILE = "system_metrics.jsonl"
+GENOTYPE_FILE, PICTURE_FILE = "genotype.json", "genotype.png"
+
+
+def genotype_param(value: Any, folder: Path) -> str:
+    """A phase's genotype as a param: a built-in's name, else the one-line description of the genotype
+    the phase wrote (``folder/genotype.json``; the config's reference when it wrote none)."""
+    from ess.space.genotype import builtin_name, load_genotype
+
+    name = builtin_name(value)
+    if name is not None:
+        return name
+    written = folder / GENOTYPE_FILE
+    try:
+        return load_genotype(written if written.is_file() else str(value)).describe()
+    except ESSError:
+        return str(value)
 
 
 @dataclass(frozen=True)
@@ -44,13 +63,17 @@ class Phase:
     model: str           # its weights, logged under model/ when the trial has ended
     skip_params: tuple[str, ...] = ()
     skip_final: tuple[str, ...] = ()
+    #: ``(config key, view)``: the param shows ``view(value, phase folder)`` instead of the value
+    param_views: tuple[tuple[str, Callable[[Any, Path], str]], ...] = ()
+    picture: bool = False    # drawn from its genotype.json when the trial has ended, if it drew none
 
 
 PHASES = (
     Phase("search", "search.", "", None, ("arch_weights.json", "genotype.json", "genotype.png", "genotype.svg",
                                           "config.yaml", "metrics.jsonl"), "checkpoint.pt"),
     Phase("retrain", "retrain.", "retrain/", "retrain", ("final.json", "config.yaml", "metrics.jsonl",
-                                                         "genotype.json"), "best.pt"),
+                                                         "genotype.json", "genotype.png"), "best.pt",
+          param_views=(("genotype", genotype_param),), picture=True),
     Phase("transfer", "transfer.", "", "transfer", ("final.json", "config.yaml", "metrics.jsonl",
                                                     "test_report.txt", "genotype.json"), "best.pt",
           skip_params=("cell",), skip_final=("seed",)),
@@ -142,7 +165,11 @@ class RunRecord:
             path = folder / "config.yaml"
             if path.is_file():
                 data = parse_yaml(path.read_text(encoding="utf-8"), str(path)) or {}
-                out.update(flat_params({k: v for k, v in data.items() if k not in phase.skip_params}, phase.params))
+                data = {k: v for k, v in data.items() if k not in phase.skip_params}
+                for key, view in phase.param_views:
+                    if data.get(key) is not None:
+                        data[key] = view(data[key], folder)
+                out.update(flat_params(data, phase.params))
         return out
 
     def files(self) -> list[File]:
@@ -170,6 +197,13 @@ class RunRecord:
 
         return {"ess.genotype": load_genotype(genotype).to_json(None)}
 
+    def pictures(self) -> list[tuple[Path, str | None, str]]:
+        """``(genotype.json, MLflow folder, title)`` of each phase to be drawn for its run: the phases
+        that show a picture but drew none themselves (a retraining)."""
+        name = self.identity().get("run_name") or self.root.name
+        return [(folder / GENOTYPE_FILE, phase.folder, f"{phase.name}: {name}") for phase, folder in self.phases()
+                if phase.picture and (folder / GENOTYPE_FILE).is_file() and not (folder / PICTURE_FILE).is_file()]
+
     def weight_table(self) -> list[dict[str, Any]]:
         """The search's last architecture weights as one long table (part, edge, branch, op, weight)."""
         from ess.space.tables import arch_weight_rows
@@ -178,4 +212,5 @@ class RunRecord:
         return arch_weight_rows(weights) if weights else []
 
 
-__all__ = ["EPOCH_FOLDERS", "PHASES", "SYSTEM_FILE", "TRIAL_FILE", "File", "Phase", "RunRecord"]
+__all__ = ["EPOCH_FOLDERS", "GENOTYPE_FILE", "PHASES", "PICTURE_FILE", "SYSTEM_FILE", "TRIAL_FILE", "File", "Phase",
+           "RunRecord", "genotype_param"]

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ess.adapters.mlflow.client import connect, retry
-from ess.adapters.mlflow.record import EPOCH_FOLDERS, File, RunRecord
+from ess.adapters.mlflow.record import EPOCH_FOLDERS, PICTURE_FILE, File, RunRecord
 
 METRICS_PER_BATCH = 1000   # MLflow's log_batch limit
 PARAMS_PER_BATCH = 100
@@ -91,20 +91,27 @@ class RunView:
         return 1
 
     def _final(self, record: RunRecord) -> None:
-        """The end-of-trial extras: the genotype tag and the long table of the last architecture weights."""
+        """The end-of-trial extras: the genotype tag, the pictures of phases that drew none (a retraining's
+        genotype) and the long table of the last architecture weights."""
         self.set_tags(record.final_tags())
-        rows = record.weight_table()
-        if not rows:
-            return
         with tempfile.TemporaryDirectory() as tmp:
+            for genotype, folder, title in record.pictures():
+                picture = Path(tmp) / (folder or "") / PICTURE_FILE
+                if File(picture, folder).artifact not in self.sent:   # the genotype of a trial never changes
+                    from ess.space.draw import render_genotype
+                    from ess.space.genotype import load_genotype
+
+                    picture.parent.mkdir(parents=True, exist_ok=True)
+                    picture.write_bytes(render_genotype(load_genotype(genotype), "png", title=title))
+                    self._send(File(picture, folder))
+            rows = record.weight_table()
+            if not rows:
+                return
             # the format MlflowClient.log_table writes, but replacing the file (log_table appends to it)
             path = Path(tmp) / "arch_weights_table.json"
             columns = list(rows[0])
             path.write_text(json.dumps({"columns": columns, "data": [[r[c] for c in columns] for r in rows]}))
-            digest = _digest(path)
-            if self.sent.get(path.name) != digest:
-                retry(lambda: self.client.log_artifact(self.run_id, str(path)), "log_artifact")
-                self.sent[path.name] = digest
+            self._send(File(path, None))
         self._mark_table("arch_weights_table.json")
 
     def _mark_table(self, name: str) -> None:

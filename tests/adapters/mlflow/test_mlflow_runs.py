@@ -31,6 +31,7 @@ from ess.adapters.mlflow import (
     ui_hint,
 )
 from ess.errors import ConfigError
+from ess.space.genotype import DARTS_V2
 from ess.space.tables import arch_weight_rows
 
 from conftest import fake_record
@@ -148,9 +149,57 @@ def test_parent_and_nested_runs_show_the_record(store, tmp_path):
     table = Path(client.download_artifacts(run_id, "arch_weights_table.json", str(tmp_path / "dl")))
     assert json.loads(table.read_text())["data"] == [["intra", "s1 <- s0", "", "none", 0.3],
                                                      ["intra", "s1 <- s0", "", "tanh", 0.7]]
+    assert "retrain" not in paths                                    # a search draws its own pictures
     assert child_runs(store, "ess-test", parent)[0].info.run_id == run_id
     # artifacts live next to the database, under an absolute path (trials run in other directories)
     assert child.info.artifact_uri.startswith(store[len("sqlite:///"):].replace("mlflow.db", "mlartifacts"))
+
+
+def _retrain_record(root, genotype):
+    """A retrain trial's run directory, as ``retrain_trainable`` leaves it: the genotype written to a scratch
+    file of the trial (the path its config names), the retraining's own files beside its copy."""
+    import shutil
+
+    import yaml
+
+    root = fake_record(root, epochs=(1,))
+    shutil.rmtree(root / "search")
+    scratch = root / "genotype.json"
+    scratch.write_text(genotype.to_json())
+    retrain = root / "retrain"
+    retrain.mkdir()
+    (retrain / "config.yaml").write_text(yaml.safe_dump({"genotype": str(scratch), "epochs": 1, "lr": 20.0}))
+    (retrain / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "valid/ppl": 80.0}) + "\n")
+    (retrain / "final.json").write_text(json.dumps({"epoch": 1, "test/ppl": 90.0}))
+    (retrain / "genotype.json").write_text(genotype.to_json())
+    (retrain / "best.pt").write_bytes(b"weights")
+    return root
+
+
+def test_a_retrain_run_shows_its_genotype_by_description_and_picture(store, tmp_path):
+    """Gap: a retrain run logged ``retrain.genotype = <trial dir>/genotype.json`` (a scratch path) and no picture.
+    Now the param is the genotype's description (which reads back as the genotype), its picture is drawn."""
+    from ess.adapters.mlflow.record import genotype_param
+    from ess.space.genotype import Edge, ESSGenotype, InterGenotype, InterNode, load_genotype
+
+    genotype = ESSGenotype(DARTS_V2.intra, history=InterGenotype(3, (InterNode(Edge("relu", 0), Edge("tanh", 2)),)),
+                           input=InterGenotype(2, (InterNode(Edge("sigmoid", 1), Edge("relu", 0)),), "sum"))
+    root = _retrain_record(tmp_path / "run", genotype)
+    _, run_id, _, _ = _show(store, "ess-test", "exp-retrain", root, final=True, status="FINISHED")
+    client = MlflowClient(store)
+    params = client.get_run(run_id).data.params
+    assert params["retrain.genotype"] == genotype.describe() and "/" not in params["retrain.genotype"]
+    assert load_genotype(params["retrain.genotype"]) == genotype and params["retrain.epochs"] == "1"
+    assert "history[m=3 s1=relu(h_{t-1})*tanh(h_{t-3}) +res]" in params["retrain.genotype"]
+    files = {f.path for f in client.list_artifacts(run_id, "retrain")}
+    assert {"retrain/genotype.json", "retrain/genotype.png", "retrain/config.yaml", "retrain/final.json"} <= files
+    picture = Path(client.download_artifacts(run_id, "retrain/genotype.png", str(tmp_path / "dl")))
+    data = picture.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    logged = Path(client.download_artifacts(run_id, "retrain/genotype.json", str(tmp_path / "dl")))
+    assert load_genotype(logged) == genotype
+    assert genotype_param("darts_v2", tmp_path) == "DARTS_V2"         # a built-in keeps its name
+    assert genotype_param("gone.json", tmp_path) == "gone.json"       # nothing to read: the value as it is
 
 
 def test_a_sync_repeated_sends_nothing_and_a_later_epoch_only_its_own(store, tmp_path):
