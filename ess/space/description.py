@@ -1,14 +1,4 @@
-"""The one-line description of a genotype in the shared notation, read back by :func:`parse_description`.
-
-Grammar (names of :mod:`ess.space.notation`; a part left out is the identity)::
-
-    intra[s1=sigmoid(s0) s2=relu(s1) ... s8=relu(s5) | mean(s1..s8)]
-    history[m=3 s1=relu(h_{t-1})*tanh(h_{t-2}) s2=sigmoid(s1)*identity(h_{t-3}) +res]
-    input[identity]          input[identity m=2]          input[m=2 s1=relu(x_t)+tanh(x_{t-1})]
-
-``*`` is the product combination, ``+`` the sum; ``+res`` the residual. An identity cell with the sum
-combination says so (``identity sum``), so that every genotype reads back as itself.
-"""
+"""The one-line description of a genotype in the shared notation, read back by :func:`parse_description`."""
 
 from __future__ import annotations
 
@@ -51,7 +41,15 @@ def describe_inter(part: str, inter: InterGenotype) -> str:
 
 
 def describe(genotype: ESSGenotype) -> str:
-    """The genotype on one line (the grammar of the module docstring)."""
+    """The genotype on one line, in the names of :mod:`ess.space.notation` (a part left out is the identity)::
+
+        intra[s1=sigmoid(s0) s2=relu(s1) ... s8=relu(s5) | mean(s1..s8)]
+        history[m=3 s1=relu(h_{t-1})*tanh(h_{t-2}) s2=sigmoid(s1)*identity(h_{t-3}) +res]
+        input[identity]          input[identity m=2]          input[m=2 s1=relu(x_t)+tanh(x_{t-1})]
+
+    ``*`` is the product combination, ``+`` the sum; ``+res`` the residual. An identity cell with the sum
+    combination says so (``identity sum``), so that every genotype reads back as itself.
+    """
     return " ".join([describe_intra(genotype.intra), describe_inter("history", genotype.history),
                      describe_inter("input", genotype.input)])
 

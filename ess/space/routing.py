@@ -1,9 +1,4 @@
-"""Edge curves and label spots of the genotype pictures, in data units (one scale in x and y).
-
-Each edge tries a few arcs and S-curves and keeps the cheapest (crossing a box costs most, then retracing
-an earlier edge, leaving the panel and detours); each label tries spots along its edge, then beside it,
-and keeps the first that covers no box, earlier label or other edge.
-"""
+"""Where the edges of a genotype picture run, where their labels sit (in data units, one scale in x, y)."""
 
 from __future__ import annotations
 

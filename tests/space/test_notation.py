@@ -1,4 +1,4 @@
-"""One notation: weight tables, derivations, descriptions and pictures name the same states and edges."""
+"""One notation: weight tables, derivations, descriptions, pictures name the same states, inputs, edges."""
 
 from __future__ import annotations
 
