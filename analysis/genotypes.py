@@ -29,6 +29,7 @@ from analysis.arms import (
     sorted_arms,
 )
 from analysis.errors import AnalysisWarning, MissingMetricError
+from ess.space.description import describe
 
 #: the genotype parts: the intra cell, the history inter cell, the input inter cell
 PARTS = ("intra", "history", "input")
@@ -37,7 +38,7 @@ PARTS = ("intra", "history", "input")
 def parse_genotype(text: Any) -> Any:
     """An :class:`ess.space.ESSGenotype` from JSON text or a built-in name; None when it is not one."""
     from ess.errors import ESSError
-    from ess.space.genotype import load_genotype
+    from ess.space.refs import load_genotype
 
     if is_missing(text) or not str(text).strip():
         return None
@@ -190,7 +191,7 @@ def rank_genotypes(summary: pd.DataFrame, value: str = "final_valid_ppl", *, hig
         out.append({"mean": float(values.mean()), "best": float(values.max() if higher_is_better else values.min()),
                     "n": len(group), "arms": "; ".join(sorted({name(r) for r in group[by].to_dict(orient="records")})),
                     "runs": ", ".join(str(r) for r in group["run_name"]) if "run_name" in group else "",
-                    "identity_share": identity_share(genotype), "describe": genotype.describe(),
+                    "identity_share": identity_share(genotype), "describe": describe(genotype),
                     "genotype": genotype.to_json(None)})
     table = pd.DataFrame(out).sort_values(["mean", "n"], ascending=[not higher_is_better, False], kind="stable")
     table.insert(0, "rank", range(1, len(table) + 1))

@@ -62,7 +62,7 @@ def canonical_genotype(text: Any) -> str | None:
     if not text:
         return None
     try:
-        from ess.space.genotype import load_genotype
+        from ess.space.refs import load_genotype
 
         return load_genotype(text).to_json(None)
     except Exception:

@@ -357,7 +357,7 @@ def check_genotype(name_or_path: str, field: str) -> None:
     """Raise ``ConfigError('field: ...')`` unless ``name_or_path`` is a built-in genotype or a valid genotype
     file: for ``__post_init__`` validation, so that a bad genotype fails before any data is loaded."""
     from ess.errors import GenotypeError
-    from ess.space.genotype import load_genotype
+    from ess.space.refs import load_genotype
 
     try:
         load_genotype(name_or_path)

@@ -50,7 +50,8 @@ from ess.models.cells import build_cell, detach_state
 from ess.models.lm import RNNModel, lm_loss, regularisation
 from ess.runs import EpochReport, OnEpoch, check_resumable, ignore_report, parse_run_args, print_report, write_metrics
 from ess.runtime import perplexity, pick_device, set_threads
-from ess.space.genotype import load_genotype, save_genotype
+from ess.space.genotype import save_genotype
+from ess.space.refs import load_genotype
 
 
 def _help(text: str) -> Any:

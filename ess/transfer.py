@@ -42,7 +42,8 @@ from ess.errors import CheckpointError
 from ess.guard import HELP_LR_FACTOR, HELP_MAX_ROLLBACKS, Diverged, DivergenceGuard, last_good_state
 from ess.runs import EpochReport, OnEpoch, check_resumable, ignore_report, parse_run_args, print_report, write_metrics
 from ess.runtime import pick_device, set_threads
-from ess.space.genotype import load_genotype, save_genotype
+from ess.space.genotype import save_genotype
+from ess.space.refs import load_genotype
 from ess.tagging.conll import TASKS, Sentence, load_task, write_conll
 from ess.tagging.embeddings import init_embeddings, lookup, read_glove
 from ess.tagging.metrics import SpanScores, span_f1

@@ -24,7 +24,8 @@ from ess.adapters.ray.experiment import Experiment
 from ess.adapters.ray.grid import search_variants
 from ess.adapters.ray.trainables import retrain_trainable, search_trainable
 from ess.adapters.ray.trial import RETRAIN_METRIC, SEARCH_METRIC
-from ess.space.genotype import ESSGenotype, load_genotype
+from ess.space.genotype import ESSGenotype
+from ess.space.refs import load_genotype
 
 
 def search_stage(exp: Experiment, job: JobConfig, variants: list[dict[str, Any]], *,

@@ -20,7 +20,8 @@ from ess.adapters.ray.experiment import Experiment
 from ess.adapters.ray.trainables import retrain_trainable
 from ess.adapters.ray.trial import RETRAIN_METRIC, SEARCH_METRIC
 from ess.errors import ConfigError
-from ess.space.genotype import ESSGenotype, builtin_name, load_genotype
+from ess.space.genotype import ESSGenotype, builtin_name
+from ess.space.refs import load_genotype
 
 
 def sources(job: JobConfig, exp: Experiment) -> tuple[dict[str, ESSGenotype | str], dict[str, dict[str, Any]]]:

@@ -40,7 +40,8 @@ from ess.adapters.ray.experiment import Experiment
 from ess.adapters.ray.grid import transfer_variants
 from ess.adapters.ray.trainables import retrain_trainable, search_trainable, transfer_trainable
 from ess.adapters.ray.trial import RETRAIN_METRIC, SEARCH_METRIC
-from ess.space.genotype import load_genotype
+from ess.space.description import describe
+from ess.space.refs import load_genotype
 from ess.space.sample import random_genotypes
 
 
@@ -177,7 +178,7 @@ def _planted(exp: Experiment, job: JobConfig, callbacks: Sequence[Any]) -> list[
         out.append({"mode": r["variant"]["mode"], "floor_ppl": floor, "k": params.k,
                     "search_valid_ppl": r["metrics"].get(SEARCH_METRIC),
                     "retrain_valid_ppl": r["metrics"].get(RETRAIN_METRIC),
-                    "reaches_x_t_minus_k": reaches_planted_input(genotype, params.k), "genotype": genotype.describe()})
+                    "reaches_x_t_minus_k": reaches_planted_input(genotype, params.k), "genotype": describe(genotype)})
     return out
 
 

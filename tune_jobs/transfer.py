@@ -21,7 +21,8 @@ from ess.adapters.ray import jobs
 from ess.adapters.ray.config import JobConfig
 from ess.adapters.ray.grid import transfer_variants
 from ess.adapters.ray.trainables import transfer_trainable
-from ess.space.genotype import ESSGenotype, builtin_name, load_genotype
+from ess.space.genotype import ESSGenotype, builtin_name
+from ess.space.refs import load_genotype
 
 
 def sources(job: JobConfig) -> tuple[dict[str, ESSGenotype | str], dict[str, dict[str, Any]]]:

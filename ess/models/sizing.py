@@ -15,7 +15,8 @@ import torch
 from ess.errors import ConfigError
 from ess.models.cells import build_cell
 from ess.models.lm import RNNModel
-from ess.space.genotype import ESSGenotype, load_genotype
+from ess.space.genotype import ESSGenotype
+from ess.space.refs import load_genotype
 
 TOLERANCE = 0.01
 MAX_HIDDEN = 8192

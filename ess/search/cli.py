@@ -11,6 +11,7 @@ from ess.data import ensure_corpus
 from ess.runs import parse_run_args, print_report
 from ess.search.config import PRESETS, SearchConfig
 from ess.search.loop import search
+from ess.space.description import describe
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[SearchConfig, argparse.Namespace]:
@@ -25,6 +26,6 @@ def main(argv: list[str] | None = None) -> int:
     ensure_corpus(cfg.dataset, cfg.data_dir)   # as the Tune jobs: fetched (or generated) when missing
     start = time.perf_counter()
     result = search(cfg, resume=args.resume, on_epoch=print_report)
-    print(json.dumps({"genotype": result.genotype.to_dict(), "describe": result.genotype.describe(),
+    print(json.dumps({"genotype": result.genotype.to_dict(), "describe": describe(result.genotype),
                       "seconds": round(time.perf_counter() - start, 1), "run_dir": str(result.run_dir)}), flush=True)
     return 0

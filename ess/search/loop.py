@@ -60,7 +60,8 @@ from ess.runtime import perplexity, pick_device, set_threads
 from ess.search.architect import Architect, requires_grad
 from ess.search.config import SearchConfig
 from ess.space.derive import Derivation, DeriveRule
-from ess.space.genotype import ESSGenotype, load_genotype, save_genotype
+from ess.space.genotype import ESSGenotype, save_genotype
+from ess.space.refs import load_genotype
 from ess.supernet.model import SearchModel, build_search_model
 
 # Fields that define the supernet and the data: they must match when resuming.

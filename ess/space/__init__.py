@@ -21,10 +21,10 @@ from ess.space.genotype import (
     InterNode,
     IntraGenotype,
     genotype_from_dict,
-    load_genotype,
     parse_genotype_json,
     save_genotype,
 )
+from ess.space.refs import load_genotype
 
 __all__ = [
     "BUILTINS", "COMBINATIONS", "DARTS_V1", "DARTS_V2", "ENAS", "IDENTITY_INTER", "Edge", "ESSGenotype",

@@ -18,7 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ess.cli import run_main
-from ess.space.genotype import BUILTINS, load_genotype, save_genotype
+from ess.space.description import describe
+from ess.space.genotype import BUILTINS, save_genotype
+from ess.space.refs import load_genotype
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,7 +47,7 @@ def _show(args: argparse.Namespace) -> int:
         from ess.space.draw import draw_genotype, output_paths  # matplotlib is only needed to draw
 
         output_paths(Path(args.out), None)  # a bad suffix fails before anything is printed
-    print(genotype.describe())
+    print(describe(genotype))
     if args.out:
         for path in draw_genotype(genotype, args.out, title=args.title or str(args.genotype)):
             print(path)
@@ -55,13 +57,13 @@ def _show(args: argparse.Namespace) -> int:
 def _list(_: argparse.Namespace) -> int:
     width = max(map(len, BUILTINS))
     for name, genotype in BUILTINS.items():
-        print(f"{name:<{width}}  {genotype.describe()}")
+        print(f"{name:<{width}}  {describe(genotype)}")
     return 0
 
 
 def _validate(args: argparse.Namespace) -> int:
     genotype = load_genotype(args.genotype)
-    print(f"OK {args.genotype}: {genotype.describe()}")
+    print(f"OK {args.genotype}: {describe(genotype)}")
     return 0
 
 

@@ -190,12 +190,6 @@ class ESSGenotype:
     def from_dict(cls, data: Any, source: str = "genotype") -> ESSGenotype:
         return genotype_from_dict(data, source)
 
-    def describe(self) -> str:
-        """The one line of :mod:`ess.space.description` (``intra[s1=sigmoid(s0) ...] history[...] input[...]``)."""
-        from ess.space.description import describe
-
-        return describe(self)
-
 
 def _inter_to_dict(inter: InterGenotype) -> dict[str, Any]:
     return {
@@ -320,38 +314,3 @@ def builtin_name(ref: Any) -> str | None:
     if isinstance(ref, str) and ref.strip().upper() in BUILTINS:
         return ref.strip().upper()
     return None
-
-
-def load_genotype(ref: ESSGenotype | str | os.PathLike) -> ESSGenotype:
-    """The one resolver of a genotype reference: an :class:`ESSGenotype` as it is, a built-in by name
-    (case-insensitive: ``darts_v2``), genotype JSON text (``{...}``), its description
-    (``intra[...] history[...] input[...]``, :meth:`ESSGenotype.describe`), or a genotype JSON file."""
-    if isinstance(ref, ESSGenotype):
-        return ref
-    name = builtin_name(ref)
-    if name is not None:
-        return BUILTINS[name]
-    key = str(ref)
-    if isinstance(ref, str) and key.lstrip().startswith("{"):
-        return parse_genotype_json(key, "genotype JSON text")
-    from ess.space.description import looks_like_description, parse_description
-
-    if isinstance(ref, str) and looks_like_description(key):
-        return parse_description(key.strip(), "genotype description")
-    path = Path(key)
-    if not os.path.exists(path):  # os.path: a name the OS refuses (too long, NUL byte) reads as missing
-        raise GenotypeError(
-            f"{key}: no such genotype file and not a built-in (built-ins: {', '.join(BUILTINS)})")
-    if not os.path.isfile(path):
-        raise GenotypeError(f"{path}: cannot read genotype (not a regular file)")
-    try:
-        data = path.read_bytes()
-    except (OSError, ValueError) as err:
-        raise GenotypeError(f"{path}: cannot read genotype ({getattr(err, 'strerror', None) or err})") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        raise GenotypeError(f"{path}: cannot read genotype: not UTF-8 text: invalid byte 0x{data[err.start]:02x} "
-                            f"at byte offset {err.start} (line {line})") from None
-    return parse_genotype_json(text, str(path))

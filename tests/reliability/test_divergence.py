@@ -24,7 +24,7 @@ from ess.errors import DivergenceError
 from ess.search import PRESETS as SEARCH_PRESETS
 from ess.search import SearchConfig, search
 from ess.search.architect import Architect
-from ess.space.genotype import load_genotype
+from ess.space.refs import load_genotype
 from ess.tagging.model import Tagger
 from ess.train import PRESETS as TRAIN_PRESETS
 from ess.train import TrainConfig, Trainer, train

@@ -29,7 +29,7 @@ from ess.config import config_from_mapping, load_yaml, parse_yaml
 from ess.data import CORPORA, SPLITS, CorpusSpec, DownloadSpec, download_corpus, register_corpus, unregister_corpus
 from ess.errors import CheckpointError, ConfigError, DataError, GenotypeError
 from ess.search import SearchConfig
-from ess.space.genotype import load_genotype
+from ess.space.refs import load_genotype
 
 ROOT = Path(__file__).resolve().parents[2]
 SCANNED = ("ess", "analysis", "tune_jobs")

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from ess.errors import ESSError, GenotypeError
 from ess.space.__main__ import main as cli_main
-from ess.space.description import parse_description
+from ess.space.description import describe, parse_description
 from ess.space.draw import draw_genotype, output_paths, render_genotype
 from ess.space.genotype import (
     BUILTINS,
@@ -30,11 +30,11 @@ from ess.space.genotype import (
     InterNode,
     IntraGenotype,
     genotype_from_dict,
-    load_genotype,
     parse_genotype_json,
     save_genotype,
 )
 from ess.space.ops import PRIMITIVES
+from ess.space.refs import load_genotype
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -109,16 +109,16 @@ def test_edges_unpack_like_darts_tuples() -> None:
 
 
 def test_describe_is_one_line_in_the_pictures_notation() -> None:
-    text = ESS_SAMPLE.describe()
+    text = describe(ESS_SAMPLE)
     assert "\n" not in text
     assert text.startswith("intra[s1=sigmoid(s0) s2=relu(s1) ")
     assert "| mean(s1..s8)]" in text
     assert "history[m=3 s1=relu(h_{t-1})*tanh(h_{t-2}) s2=sigmoid(s1)*identity(h_{t-3}) s3=tanh(s2)*relu(s1) +res]" \
         in text
     assert text.endswith("input[m=3 s1=relu(x_t)+tanh(x_{t-1}) s2=sigmoid(s1)+identity(x_{t-2}) s3=tanh(s2)+relu(s1)]")
-    assert DARTS_V2.describe().endswith("history[identity] input[identity]")
-    assert "history[identity m=3]" in ESSGenotype(DARTS_V2.intra, InterGenotype(m=3)).describe()
-    assert "| mean(s2, s5, s6, s9..s11)]" in ENAS.describe()
+    assert describe(DARTS_V2).endswith("history[identity] input[identity]")
+    assert "history[identity m=3]" in describe(ESSGenotype(DARTS_V2.intra, InterGenotype(m=3)))
+    assert "| mean(s2, s5, s6, s9..s11)]" in describe(ENAS)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -406,8 +406,8 @@ def valid_genotypes(draw) -> ESSGenotype:
 @given(valid_genotypes())
 def test_valid_genotypes_round_trip(genotype: ESSGenotype) -> None:
     assert _parse_or_error(json.loads(genotype.to_json())) == genotype
-    assert "\n" not in genotype.describe()
-    assert parse_description(genotype.describe()) == genotype == load_genotype(genotype.describe())
+    assert "\n" not in describe(genotype)
+    assert parse_description(describe(genotype)) == genotype == load_genotype(describe(genotype))
     assert hash(genotype) == hash(parse_genotype_json(genotype.to_json(indent=None)))
 
 
@@ -485,7 +485,7 @@ def test_cli_show_writes_the_drawing(tmp_path: Path) -> None:
     result = _run_cli("show", "darts_v2", "--out", str(tmp_path / "cell.png"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines == [DARTS_V2.describe(), str(tmp_path / "cell.png")]
+    assert lines == [describe(DARTS_V2), str(tmp_path / "cell.png")]
     _check_png(tmp_path / "cell.png")
 
 
@@ -515,7 +515,7 @@ def test_cli_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert capsys.readouterr().out.startswith(f"OK {target}: intra[s1=tanh(s0) s2=tanh(s1)")
 
     assert cli_main(["show", str(target)]) == 0
-    assert capsys.readouterr().out.strip() == ENAS.describe()
+    assert capsys.readouterr().out.strip() == describe(ENAS)
 
     for argv in (["validate", str(tmp_path / "missing.json")], ["show", "enas", "--out", str(tmp_path / "x.pdf")],
                  ["export", "nope"]):

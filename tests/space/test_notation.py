@@ -8,7 +8,7 @@ import pytest
 
 from ess.errors import GenotypeError
 from ess.space import derive, tables
-from ess.space.description import parse_description
+from ess.space.description import describe, parse_description
 from ess.space.draw import picture_edges, render_genotype
 from ess.space.genotype import (
     DARTS_V2,
@@ -18,10 +18,10 @@ from ess.space.genotype import (
     InterGenotype,
     InterNode,
     IntraGenotype,
-    load_genotype,
 )
 from ess.space.notation import edge_name, node_name, slot_name, states_from_text, states_text, tex
 from ess.space.ops import PRIMITIVES
+from ess.space.refs import load_genotype
 
 #: a hand-built ESS genotype: a history cell over h_{t-1..t-3}, an input cell (sum, no residual) over x_t, x_{t-1}
 ESS = ESSGenotype(
@@ -89,7 +89,7 @@ def test_table_derivation_description_and_picture_name_the_same_edges(genotype):
     assert found.genotype == genotype
     choices = {(c.part, f"{c.where.split('.')[0]} <- {c.source}", c.where.partition(".")[2], c.op)
                for c in found.choices}
-    described = _described_edges(genotype.describe())
+    described = _described_edges(describe(genotype))
     drawn = set(picture_edges(genotype))
     assert table == choices == described == drawn
     assert len(drawn) == genotype.intra.steps + 2 * (len(genotype.history.nodes) + len(genotype.input.nodes))
@@ -97,7 +97,7 @@ def test_table_derivation_description_and_picture_name_the_same_edges(genotype):
     if genotype is ESS:
         assert ("history", "s2 <- h_{t-3}", "b", "identity") in drawn
         assert ("input", "s2 <- s1", "a", "identity") in drawn
-    assert parse_description(genotype.describe()) == genotype
+    assert parse_description(describe(genotype)) == genotype
     svg = render_genotype(genotype, "svg").decode()   # the op labels are the picture's own text
     for _, _, branch, op in drawn:
         assert (f"{branch}: {op}" if branch else op) in svg
@@ -105,11 +105,11 @@ def test_table_derivation_description_and_picture_name_the_same_edges(genotype):
 
 def test_the_description_is_a_genotype_reference():
     for genotype in (DARTS_V2, ENAS, ESS):
-        assert load_genotype(genotype.describe()) == genotype
-        assert load_genotype("  " + genotype.describe() + "\n") == genotype
+        assert load_genotype(describe(genotype)) == genotype
+        assert load_genotype("  " + describe(genotype) + "\n") == genotype
     identity_sum = ESSGenotype(DARTS_V2.intra, InterGenotype(m=3, combination="sum"))
-    assert "history[identity m=3 sum]" in identity_sum.describe()
-    assert parse_description(identity_sum.describe()) == identity_sum
+    assert "history[identity m=3 sum]" in describe(identity_sum)
+    assert parse_description(describe(identity_sum)) == identity_sum
     # parts left out are the identity
     assert parse_description("intra[s1=relu(s0) | mean(s1)]") == ESSGenotype(IntraGenotype((Edge("relu", 0),), (1,)))
 

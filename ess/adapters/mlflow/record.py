@@ -39,14 +39,16 @@ GENOTYPE_FILE, PICTURE_FILE = "genotype.json", "genotype.png"
 def genotype_param(value: Any, folder: Path) -> str:
     """A phase's genotype as a param: a built-in's name, else the one-line description of the genotype
     the phase wrote (``folder/genotype.json``; the config's reference when it wrote none)."""
-    from ess.space.genotype import builtin_name, load_genotype
+    from ess.space.description import describe
+    from ess.space.genotype import builtin_name
+    from ess.space.refs import load_genotype
 
     name = builtin_name(value)
     if name is not None:
         return name
     written = folder / GENOTYPE_FILE
     try:
-        return load_genotype(written if written.is_file() else str(value)).describe()
+        return describe(load_genotype(written if written.is_file() else str(value)))
     except ESSError:
         return str(value)
 
@@ -193,7 +195,7 @@ class RunRecord:
         genotype = self.root / "search" / "genotype.json"
         if not genotype.is_file():
             return {}
-        from ess.space.genotype import load_genotype
+        from ess.space.refs import load_genotype
 
         return {"ess.genotype": load_genotype(genotype).to_json(None)}
 

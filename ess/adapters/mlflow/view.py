@@ -99,7 +99,7 @@ class RunView:
                 picture = Path(tmp) / (folder or "") / PICTURE_FILE
                 if File(picture, folder).artifact not in self.sent:   # the genotype of a trial never changes
                     from ess.space.draw import render_genotype
-                    from ess.space.genotype import load_genotype
+                    from ess.space.refs import load_genotype
 
                     picture.parent.mkdir(parents=True, exist_ok=True)
                     picture.write_bytes(render_genotype(load_genotype(genotype), "png", title=title))

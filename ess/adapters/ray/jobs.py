@@ -117,12 +117,13 @@ def artifact_files(checkpoint: str | None, sub: str) -> dict[str, str]:
 
 def describe(genotype: str | None) -> str:
     """A genotype of a summary (a built-in name or JSON text) in a few lines; other text stays as it is."""
-    from ess.space.genotype import load_genotype
+    from ess.space.description import describe as one_line
+    from ess.space.refs import load_genotype
 
     if not genotype:
         return "(none)"
     try:
-        return load_genotype(genotype).describe()
+        return one_line(load_genotype(genotype))
     except ESSError:
         return genotype
 

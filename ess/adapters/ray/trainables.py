@@ -17,7 +17,8 @@ from ess.adapters.ray.trial import Trial
 from ess.errors import ConfigError
 from ess.runs import EpochReport
 from ess.search.config import SearchConfig
-from ess.space.genotype import ESSGenotype, builtin_name, load_genotype, save_genotype
+from ess.space.genotype import ESSGenotype, builtin_name, save_genotype
+from ess.space.refs import load_genotype
 from ess.train import TrainConfig
 
 

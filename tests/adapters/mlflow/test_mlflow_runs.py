@@ -31,6 +31,7 @@ from ess.adapters.mlflow import (
     ui_hint,
 )
 from ess.errors import ConfigError
+from ess.space.description import describe
 from ess.space.genotype import DARTS_V2
 from ess.space.tables import arch_weight_rows
 
@@ -180,7 +181,8 @@ def test_a_retrain_run_shows_its_genotype_by_description_and_picture(store, tmp_
     """Gap: a retrain run logged ``retrain.genotype = <trial dir>/genotype.json`` (a scratch path) and no picture.
     Now the param is the genotype's description (which reads back as the genotype), its picture is drawn."""
     from ess.adapters.mlflow.record import genotype_param
-    from ess.space.genotype import Edge, ESSGenotype, InterGenotype, InterNode, load_genotype
+    from ess.space.genotype import Edge, ESSGenotype, InterGenotype, InterNode
+    from ess.space.refs import load_genotype
 
     genotype = ESSGenotype(DARTS_V2.intra, history=InterGenotype(3, (InterNode(Edge("relu", 0), Edge("tanh", 2)),)),
                            input=InterGenotype(2, (InterNode(Edge("sigmoid", 1), Edge("relu", 0)),), "sum"))
@@ -188,7 +190,7 @@ def test_a_retrain_run_shows_its_genotype_by_description_and_picture(store, tmp_
     _, run_id, _, _ = _show(store, "ess-test", "exp-retrain", root, final=True, status="FINISHED")
     client = MlflowClient(store)
     params = client.get_run(run_id).data.params
-    assert params["retrain.genotype"] == genotype.describe() and "/" not in params["retrain.genotype"]
+    assert params["retrain.genotype"] == describe(genotype) and "/" not in params["retrain.genotype"]
     assert load_genotype(params["retrain.genotype"]) == genotype and params["retrain.epochs"] == "1"
     assert "history[m=3 s1=relu(h_{t-1})*tanh(h_{t-3}) +res]" in params["retrain.genotype"]
     files = {f.path for f in client.list_artifacts(run_id, "retrain")}
