@@ -116,19 +116,21 @@ def curves_figure(frame: pd.DataFrame, metric: str = "valid/ppl", by: Sequence[s
 
 
 def final_figure(summary: pd.DataFrame, value: str = "final_valid_ppl", by: Sequence[str] = ARM, *,
-                 interval: str = "ci", title: str | None = None) -> Figure:
+                 interval: str = "ci", title: str | None = None, scale: str = "t") -> Figure:
     """``value`` per arm: the mean over seeds with error bars (``ci``: 95% Student-t interval, ``std``,
-    ``sem``) and each seed as a dot."""
+    ``sem``) and each seed as a dot. ``scale`` is :func:`analysis.stats.aggregate`'s: on the log scale the
+    point is the geometric mean and the bars its interval (never below zero)."""
     if interval not in INTERVALS:
         raise AnalysisError(f"interval: unknown {interval!r} ({', '.join(INTERVALS)})")
-    table = aggregate(summary, value, by, warn_single=False)
+    table = aggregate(summary, value, by, warn_single=False, scale=scale)
     rows = present(summary, value)
     arms = table["arm"].tolist()
     colours = _colours(arms)
     fig = Figure(figsize=(max(4.0, 1.1 * len(arms) + 2.0), 4.0), layout="constrained")
     ax = fig.subplots()
     x = np.arange(len(arms), dtype=float)
-    means = table["mean"].to_numpy(dtype=float)
+    geometric = interval == "ci" and "geo_mean" in table and table["geo_mean"].notna().any()
+    means = table["geo_mean" if geometric else "mean"].to_numpy(dtype=float)
     if interval == "ci":
         err = np.vstack([means - table["ci_low"].to_numpy(dtype=float), table["ci_high"].to_numpy(dtype=float) - means])
     elif interval in ("std", "sem"):
@@ -151,6 +153,9 @@ def final_figure(summary: pd.DataFrame, value: str = "final_valid_ppl", by: Sequ
     ax.set_xlim(-0.6, len(arms) - 0.4)
     ax.set_ylabel(label(value))
     what = {"ci": "95% CI of the mean", "std": "mean +- 1 sd", "sem": "mean +- 1 sem", "none": "mean"}[interval]
+    if geometric:   # the interval of the geometric mean is symmetric on a log axis
+        what = "geometric mean, 95% CI"
+        ax.set_yscale("log")
     ax.set_title(title or f"{label(value)} per arm ({what}; dots: seeds)", fontsize=10)
     ax.grid(True, axis="y", alpha=0.3)
     return fig

@@ -4,7 +4,10 @@ The arms (:mod:`analysis.arms`) are the groups; the seeds of an arm are its repl
 takes ``by`` to group differently (``("mode",)``).
 
 * :func:`aggregate`: per arm the count, mean, sample standard deviation (ddof = 1), standard error
-  and the Student-t confidence interval of the mean, ``mean +- t_{(1+c)/2, n-1} s / sqrt(n)``.
+  and the Student-t confidence interval of the mean, ``mean +- t_{(1+c)/2, n-1} s / sqrt(n)``; with
+  ``scale="auto"`` a positive metric (perplexity, seconds, parameters) gets that interval on the log scale
+  mapped back (:func:`log_interval`, the interval of the geometric mean: never negative) and a bounded one
+  (F1 in percent, a share, an entropy) the interval intersected with its range (:func:`interval_scale`).
 * :func:`compare_arms`: every pair of arms, by Welch's unequal-variance t-test (Welch 1947: ``t`` and
   the Welch-Satterthwaite degrees of freedom) or a studentized bootstrap test (Efron & Tibshirani
   1993, algorithm 16.2), with Holm's (1979) step-down adjustment over the pairs and the effect
@@ -45,39 +48,87 @@ def t_quantile(confidence: float, dof: float) -> float:
     return float(stats.t.ppf((1.0 + confidence) / 2.0, dof))
 
 
-def describe_sample(values: Sequence[float], confidence: float = 0.95) -> dict[str, float]:
-    """``n, mean, std, sem, ci_low, ci_high, min, max`` of one sample.
+#: the range of a bounded metric's values, by :func:`interval_scale`'s name for it
+BOUNDS = {"percent": (0.0, 100.0), "share": (0.0, 1.0), "nonnegative": (0.0, math.inf)}
+SCALES = ("t", "log", *BOUNDS)
+_SCALE_WORDS = (("log", ("ppl", "seconds", "params", "tokens")), ("percent", ("f1", "acc", "precision", "recall")),
+                ("share", ("share", "mass")), ("nonnegative", ("entropy", "loss")))
+
+
+def interval_scale(metric: str) -> str:
+    """How the confidence interval of ``metric`` is formed, from its name: ``log`` for a positive metric
+    (perplexity, seconds, parameters, tokens), ``percent`` (F1, accuracy: [0, 100]), ``share`` ([0, 1]),
+    ``nonnegative`` (entropy, loss), else ``t`` (the plain Student-t interval)."""
+    name = str(metric).lower()
+    for scale, words in _SCALE_WORDS:
+        if any(word in name for word in words):
+            return scale
+    return "t"
+
+
+def log_interval(values: Sequence[float], confidence: float = 0.95) -> dict[str, float]:
+    """``n``, ``mean``, ``geo_mean`` and the interval ``ci_low``/``ci_high`` of the geometric mean: the
+    Student-t interval of the log values mapped back, ``exp(mean log +- t s_log / sqrt(n))`` (positive values
+    only; never negative)."""
+    x = np.asarray([float(v) for v in values if not is_missing(v) and math.isfinite(float(v)) and float(v) > 0])
+    n = len(x)
+    if not n:
+        return {"n": 0, "mean": math.nan, "geo_mean": math.nan, "ci_low": math.nan, "ci_high": math.nan}
+    logs = np.log(x)
+    half = t_quantile(confidence, n - 1) * logs.std(ddof=1) / math.sqrt(n) if n > 1 else math.nan
+    return {"n": n, "mean": float(x.mean()), "geo_mean": float(math.exp(logs.mean())),
+            "ci_low": float(math.exp(logs.mean() - half)), "ci_high": float(math.exp(logs.mean() + half))}
+
+
+def describe_sample(values: Sequence[float], confidence: float = 0.95, *, scale: str = "t") -> dict[str, float]:
+    """``n, mean, std, sem, ci_low, ci_high, min, max`` of one sample (and ``geo_mean`` with ``scale="log"``).
 
     ``std`` is the sample standard deviation (ddof = 1), ``sem = std / sqrt(n)`` and the interval is
     Student's ``mean +- t_{(1+c)/2, n-1} * sem``; with one value the spread and interval are NaN.
+    ``scale`` (:func:`interval_scale`): ``log`` makes the interval :func:`log_interval`'s (when every value
+    is positive); a bounded scale intersects it with the metric's range (:data:`BOUNDS`), which keeps its
+    coverage since the true mean lies in that range.
     """
+    if scale not in SCALES:
+        raise AnalysisError(f"scale: unknown interval scale {scale!r} ({', '.join(SCALES)})")
     x = np.asarray([float(v) for v in values if not is_missing(v)], dtype=float)
     n = len(x)
     mean = float(x.mean()) if n else math.nan
     std = float(x.std(ddof=1)) if n > 1 else math.nan
     sem = std / math.sqrt(n) if n > 1 else math.nan
     half = t_quantile(confidence, n - 1) * sem if n > 1 else math.nan
-    return {"n": n, "mean": mean, "std": std, "sem": sem, "ci_low": mean - half, "ci_high": mean + half,
-            "min": float(x.min()) if n else math.nan, "max": float(x.max()) if n else math.nan}
+    out = {"n": n, "mean": mean, "std": std, "sem": sem, "ci_low": mean - half, "ci_high": mean + half,
+           "min": float(x.min()) if n else math.nan, "max": float(x.max()) if n else math.nan}
+    if scale == "log" and n and (x > 0).all():
+        logs = log_interval(x, confidence)
+        out.update({"ci_low": logs["ci_low"], "ci_high": logs["ci_high"], "geo_mean": logs["geo_mean"]})
+    elif scale != "t" and n > 1:
+        low, high = BOUNDS.get(scale, BOUNDS["nonnegative"])
+        out.update({"ci_low": max(out["ci_low"], low), "ci_high": min(out["ci_high"], high)})
+    return out
 
 
 def aggregate(summary: pd.DataFrame, value: str = "final_valid_ppl", by: Sequence[str] = ARM, *,
-              confidence: float = 0.95, strict: bool = False, warn_single: bool = True) -> pd.DataFrame:
+              confidence: float = 0.95, strict: bool = False, warn_single: bool = True,
+              scale: str = "t") -> pd.DataFrame:
     """Per arm: ``n`` (seeds with the metric), ``mean``, ``std`` (ddof = 1), ``sem``, the ``confidence``
     Student-t interval ``ci_low``/``ci_high``, ``min``, ``max`` and the ``seeds``.
 
     One row per arm (the ``by`` columns, then ``arm``, a printable name); ``metric`` names ``value``.
-    An arm with a single run warns (no spread) unless ``warn_single=False``.
+    An arm with a single run warns (no spread) unless ``warn_single=False``. ``scale`` is
+    :func:`describe_sample`'s (``auto``: :func:`interval_scale` of ``value``), named in ``interval``; on the
+    log scale ``geo_mean`` is the geometric mean the interval is about.
     """
     by = check_by(summary, by)
     rows = present(summary, value, strict=strict, what=f"the {value} aggregates")
     name = arm_namer(summary, by)
+    scale = interval_scale(value) if scale == "auto" else scale
     out = []
     for key, group in arm_groups(rows, by):
-        stats = describe_sample(group[value].tolist(), confidence)
-        seeds = sorted({format_value(s) for s in group["seed"]}) if "seed" in group else []
+        stats = describe_sample(group[value].tolist(), confidence, scale=scale)
+        seeds = sorted({format_value(s) for s in group["seed"] if not is_missing(s)}) if "seed" in group else []
         out.append({**dict(zip(by, key)), "arm": name(key), "metric": value, **stats,
-                    "seeds": ",".join(seeds)})
+                    "seeds": ",".join(seeds), "interval": scale})
         if stats["n"] < 2 and warn_single:
             warnings.warn(f"arm {name(key)!r} has {stats['n']} run(s) with {value!r}: no standard "
                           "deviation or confidence interval", AnalysisWarning, stacklevel=2)
@@ -87,7 +138,7 @@ def aggregate(summary: pd.DataFrame, value: str = "final_valid_ppl", by: Sequenc
 
 
 def aggregate_many(summary: pd.DataFrame, values: Sequence[str], by: Sequence[str] = ARM, *,
-                   confidence: float = 0.95, warn_single: bool = True) -> pd.DataFrame:
+                   confidence: float = 0.95, warn_single: bool = True, scale: str = "t") -> pd.DataFrame:
     """:func:`aggregate` of several metrics stacked (the ``metric`` column tells them apart).
 
     Metrics that no run has are skipped silently (a search without retraining has no test perplexity).
@@ -95,7 +146,8 @@ def aggregate_many(summary: pd.DataFrame, values: Sequence[str], by: Sequence[st
     tables = []
     for value in values:
         if value in summary and pd.to_numeric(summary[value], errors="coerce").notna().any():
-            tables.append(aggregate(summary, value, by, confidence=confidence, warn_single=warn_single))
+            tables.append(aggregate(summary, value, by, confidence=confidence, warn_single=warn_single,
+                                    scale=scale))
     if not tables:
         raise MissingMetricError(f"metrics: no run has any of {', '.join(values)}")
     return pd.concat(tables, ignore_index=True)
@@ -241,36 +293,38 @@ def compare_arms(summary: pd.DataFrame, value: str = "final_valid_ppl", by: Sequ
 
 
 def epoch_curves(frame: pd.DataFrame, metric: str = "valid/ppl", by: Sequence[str] = ARM, *,
-                 stage: str = "search", confidence: float = 0.95) -> pd.DataFrame:
+                 stage: str = "search", confidence: float = 0.95, scale: str = "t") -> pd.DataFrame:
     """``metric`` per arm and epoch over seeds: ``n``, ``mean``, ``std``, ``ci_low``, ``ci_high``, ``min``, ``max``.
 
     ``frame`` is the flat per-epoch frame of :func:`analysis.load.load_runs`; only rows of ``stage``.
+    ``scale`` is :func:`describe_sample`'s (``auto``: :func:`interval_scale` of ``metric``).
     """
+    scale = interval_scale(metric) if scale == "auto" else scale
     by = check_by(frame, by)
     rows = frame[frame["stage"] == stage] if "stage" in frame else frame
     if metric not in rows.columns or not pd.to_numeric(rows[metric], errors="coerce").notna().any():
         known = sorted(c for c in rows.columns if "/" in c and not c.startswith("config.")
                        and rows[c].notna().any())
         raise MissingMetricError(f"metric {metric!r}: no {stage} epoch has it (metrics: {', '.join(known) or 'none'})")
+    name = arm_namer(rows, by)   # named by the factors that vary between the stage's runs
     rows = rows[pd.to_numeric(rows[metric], errors="coerce").notna()]
-    name = arm_namer(frame, by)
     out = []
     for key, group in arm_groups(rows, by):
         for epoch, at in group.groupby("epoch", sort=True):
             out.append({**dict(zip(by, key)), "arm": name(key), "metric": metric, "epoch": int(epoch),
-                        **describe_sample(at[metric].astype(float).tolist(), confidence)})
+                        **describe_sample(at[metric].astype(float).tolist(), confidence, scale=scale)})
     return pd.DataFrame(out)
 
 
 def evolution(frame: pd.DataFrame, by: Sequence[str] = ARM, *,
               metrics: Sequence[str] = ("arch/entropy", "genotype/identity_share"),
-              confidence: float = 0.95) -> pd.DataFrame:
+              confidence: float = 0.95, scale: str = "t") -> pd.DataFrame:
     """:func:`epoch_curves` of the search's collapse signals, stacked: the mean entropy (nats) of the
     architecture-weight softmaxes and the share of parameter-free ops in the genotype derived each epoch."""
     tables = []
     for metric in metrics:
         try:
-            tables.append(epoch_curves(frame, metric, by, confidence=confidence))
+            tables.append(epoch_curves(frame, metric, by, confidence=confidence, scale=scale))
         except MissingMetricError:
             continue
     if not tables:
@@ -279,6 +333,6 @@ def evolution(frame: pd.DataFrame, by: Sequence[str] = ARM, *,
 
 
 __all__ = [
-    "aggregate", "aggregate_many", "bootstrap_test", "cohens_d", "compare_arms", "describe_sample", "epoch_curves",
-    "evolution", "hedges_g", "holm", "t_quantile", "welch_t_test",
+    "BOUNDS", "SCALES", "aggregate", "aggregate_many", "bootstrap_test", "cohens_d", "compare_arms", "describe_sample",
+    "epoch_curves", "evolution", "hedges_g", "holm", "interval_scale", "log_interval", "t_quantile", "welch_t_test",
 ]

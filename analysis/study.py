@@ -13,24 +13,11 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from analysis.stats import compare_arms, t_quantile
+from analysis.stats import compare_arms, log_interval
 
 VALUES = ("retrain_valid_ppl", "retrain_test_ppl")
-
-
-def log_interval(values: Sequence[float], confidence: float = 0.95) -> dict[str, float]:
-    """``n``, ``mean``, ``geo_mean`` and the interval ``ci_low``/``ci_high`` of the geometric mean."""
-    x = np.asarray([float(v) for v in values if v is not None and math.isfinite(float(v)) and float(v) > 0])
-    n = len(x)
-    if not n:
-        return {"n": 0, "mean": math.nan, "geo_mean": math.nan, "ci_low": math.nan, "ci_high": math.nan}
-    logs = np.log(x)
-    half = t_quantile(confidence, n - 1) * logs.std(ddof=1) / math.sqrt(n) if n > 1 else math.nan
-    return {"n": n, "mean": float(x.mean()), "geo_mean": float(math.exp(logs.mean())),
-            "ci_low": float(math.exp(logs.mean() - half)), "ci_high": float(math.exp(logs.mean() + half))}
 
 
 def arm_table(rows: Sequence[Mapping[str, Any]], arms: Sequence[str],
@@ -64,10 +51,7 @@ def pair_tests(rows: Sequence[Mapping[str, Any]], value: str = "retrain_valid_pp
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        table = compare_arms(frame, value, by=("arm",))
-    for col in ("arm_a", "arm_b"):   # "arm=joint" -> "joint"
-        table[col] = table[col].str.replace("arm=", "", regex=False)
-    return table
+        return compare_arms(frame, value, by=("arm",))   # arms named by value: "joint"
 
 
 def study_rows(summary: pd.DataFrame) -> list[dict[str, Any]]:
