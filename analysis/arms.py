@@ -21,6 +21,8 @@ from analysis.errors import AnalysisError, AnalysisWarning, MissingMetricError
 #: the default arm: search mode and node counts (intra steps, inter nodes, inter window)
 ARM: tuple[str, ...] = ("mode", "steps", "n_inter", "m")
 MODE_ORDER = ("intra", "inter", "joint")
+#: factors an arm's name shows by value alone (``joint``, ``DARTS_V2``, ``conll2003 lstm``)
+UNNAMED = ("mode", "genotype_label", "task", "cell", "arm", "trial")
 #: runs named in a warning before ``and N more``
 LIST_LIMIT = 8
 
@@ -46,7 +48,8 @@ def format_value(value: Any) -> str:
 
 def arm_label(values: Mapping[str, Any] | Sequence[Any], by: Sequence[str] = ARM,
               show: Sequence[str] | None = None) -> str:
-    """A short name of an arm: ``joint steps=8 n_inter=3 m=2`` (``mode`` unnamed); ``all`` for no factors.
+    """A short name of an arm: ``joint steps=8 n_inter=3 m=2`` (:data:`UNNAMED` factors by value); ``all``
+    for no factors.
 
     ``show`` limits the name to those factors (:func:`arm_namer` passes the ones that vary).
     """
@@ -55,7 +58,7 @@ def arm_label(values: Mapping[str, Any] | Sequence[Any], by: Sequence[str] = ARM
     if not by:
         return "all"
     pairs = [(k, v) for k, v in zip(by, values) if show is None or k in show]
-    return " ".join(format_value(v) if k == "mode" else f"{k}={format_value(v)}" for k, v in pairs) or "all"
+    return " ".join(format_value(v) if k in UNNAMED else f"{k}={format_value(v)}" for k, v in pairs) or "all"
 
 
 def arm_namer(table: pd.DataFrame, by: Sequence[str] = ARM):
@@ -66,7 +69,7 @@ def arm_namer(table: pd.DataFrame, by: Sequence[str] = ARM):
     """
     by = list(by)
     varying = [k for k in by if k in table and table[k].astype(str).nunique(dropna=False) > 1]
-    show = [k for k in by if k == "mode" or k in varying] or by
+    show = [k for k in by if k in UNNAMED or k in varying] or by
 
     def name(values: Mapping[str, Any] | Sequence[Any]) -> str:
         return arm_label(values, by, show)
@@ -144,6 +147,6 @@ def present(summary: pd.DataFrame, value: str, *, strict: bool = False, what: st
 
 
 __all__ = [
-    "ARM", "LIST_LIMIT", "MODE_ORDER", "arm_groups", "arm_label", "arm_namer", "check_by", "format_value",
+    "ARM", "LIST_LIMIT", "MODE_ORDER", "UNNAMED", "arm_groups", "arm_label", "arm_namer", "check_by", "format_value",
     "is_missing", "present", "run_name", "sorted_arms",
 ]
