@@ -24,7 +24,7 @@ import pandas as pd
 from analysis.errors import EmptyExperimentError
 from analysis.mlflow_store import load_mlflow
 from analysis.ray_results import load_ray_results
-from analysis.schema import CONFIG_COLUMNS, IDENTITY
+from analysis.schema import CONFIG_COLUMNS, IDENTITY, SOURCE_PREFIX
 from ess.adapters.mlflow import DEFAULT_STORAGE
 
 
@@ -54,7 +54,7 @@ def _col(rows: pd.DataFrame, name: str) -> pd.Series:
 def trial_summary(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per trial of a flat frame from :func:`load_mlflow` / :func:`load_ray_results`.
 
-    Columns: the identity and config columns, then
+    Columns: the identity, config and ``source.*`` columns, then
 
     * ``epochs``: search epochs reported; ``final_valid_ppl``: search valid perplexity at the last
       epoch; ``best_valid_ppl``: the lowest over the search epochs;
@@ -66,12 +66,13 @@ def trial_summary(frame: pd.DataFrame) -> pd.DataFrame:
     * ``search_seconds``: training time of the search summed over epochs (``train/seconds``; excludes
       evaluation and checkpoints), ``tokens_per_s``: mean search throughput, ``wall_seconds``: the
       run's wall time (MLflow end minus start; Tune's ``time_total_s``), search and retrain together;
+    * a tagger run (stage ``transfer``): ``epochs`` its own, ``params`` the tagger's, ``best_epoch`` (of dev F1);
     * ``genotype``: the final genotype (canonical JSON);
     * the last value of every metric under its own name (``valid/ppl``, ``retrain/test/ppl``, ``dev/f1`` ...).
     """
     if frame is None or not len(frame):
         raise EmptyExperimentError("no runs to summarise (the frame is empty)")
-    config = [c for c in CONFIG_COLUMNS if c in frame]
+    config = [c for c in CONFIG_COLUMNS if c in frame] + [c for c in frame.columns if c.startswith(SOURCE_PREFIX)]
     metrics = [c for c in frame.columns if "/" in c and not c.startswith("config.")]
     out = []
     for _, rows in frame.groupby("run_id", sort=False, dropna=False):
@@ -96,6 +97,11 @@ def trial_summary(frame: pd.DataFrame) -> pd.DataFrame:
         })
         if pd.isna(row["retrain_valid_ppl"]):
             row["retrain_valid_ppl"] = _col(retrain, "retrain/valid/ppl").min()
+        transfer = rows[rows["stage"] == "transfer"].sort_values("epoch")
+        if len(transfer):   # a tagger run: its own epochs, parameters and best dev epoch
+            row["epochs"] = int(transfer["epoch"].max()) if transfer["epoch"].notna().any() else 0
+            row["params"] = _last(_col(transfer, "params"))
+            row["best_epoch"] = _last(_col(transfer, "best_epoch"))
         ordered = rows.sort_values(["epoch"], kind="stable")
         for name in metrics:
             row[name] = _last(ordered[name])

@@ -30,6 +30,7 @@ from analysis.errors import (
 from analysis.schema import (
     CONFIG_COLUMNS,
     RETRAIN_PREFIX,
+    SOURCE_PREFIX,
     Trial,
     as_number,
     canonical_genotype,
@@ -203,6 +204,22 @@ def _epoch_genotypes(client: Any, uri: str, run: Any, tmp: Path) -> dict[int, st
     return out
 
 
+def _source_tags(client: Any, tags: Mapping[str, str]) -> dict[str, str]:
+    """The run's ``source.*`` tags; a retrain job's genotype from an MLflow run (``source.source = mlflow:ID``)
+    that does not name its search's seed gets it (and the mode) from that run."""
+    out = {k: v for k, v in tags.items() if k.startswith(SOURCE_PREFIX)}
+    ref = out.get(f"{SOURCE_PREFIX}source", "")
+    if ref.startswith("mlflow:") and f"{SOURCE_PREFIX}seed" not in out:
+        run_id = ref.removeprefix("mlflow:")
+        out.setdefault(f"{SOURCE_PREFIX}search_run_id", run_id)
+        try:
+            found = client.get_run(run_id).data.tags
+        except Exception:   # deleted, or in a store no longer reachable: the seed stays unknown
+            return out
+        out.update({f"{SOURCE_PREFIX}{k}": found[k] for k in ("seed", "mode") if found.get(k)})
+    return out
+
+
 def _mlflow_trial(client: Any, uri: str, experiment: str, run: Any, parent_names: Mapping[str, str],
                   genotypes: bool, tmp: Path) -> Trial:
     tags, info = run.data.tags, run.info
@@ -218,7 +235,8 @@ def _mlflow_trial(client: Any, uri: str, experiment: str, run: Any, parent_names
     trial = Trial({
         "experiment": experiment, "parent": parent_names.get(parent_id, tags.get("ray.experiment")),
         "run_id": info.run_id, "run_name": info.run_name, "trial_id": tags.get(TRIAL_TAG),
-        "status": info.status, "phase": tags.get(PHASE_TAG), **config,
+        "status": info.status, "phase": tags.get(PHASE_TAG), "job": tags.get("job"), **config,
+        **_source_tags(client, tags),
         "wall_seconds": (end - start) / 1000.0 if start and end else np.nan,
         "start_time": pd.Timestamp(start, unit="ms", tz="UTC") if start else pd.NaT,
         **{f"config.{k}": as_number(v) for k, v in run.data.params.items()},
@@ -283,8 +301,10 @@ def load_mlflow(experiment: str, tracking_uri: str | None = None, *, parent: str
                                    "; did its job log to this store?")
     with tempfile.TemporaryDirectory(prefix="ess-analysis-") as tmp:
         loaded = [_mlflow_trial(client, uri, exp_name, r, parent_names, genotypes, Path(tmp)) for r in trials]
+    jobs = {r.data.tags.get("job") for r in (*parents, *trials)} - {None, ""}   # the job kind, when one
     return flat_frame(loaded, {"kind": "mlflow", "tracking_uri": uri, "experiment": experiment,
-                               "mlflow_experiment": exp_name, "parent": parent})
+                               "mlflow_experiment": exp_name, "parent": parent,
+                               "job": jobs.pop() if len(jobs) == 1 else None})
 
 
 __all__ = ["load_mlflow"]

@@ -22,6 +22,7 @@ from analysis.errors import AnalysisError, EmptyExperimentError, UnknownExperime
 from analysis.schema import (
     CONFIG_COLUMNS,
     RETRAIN_PREFIX,
+    SOURCE_PREFIX,
     Trial,
     as_number,
     canonical_genotype,
@@ -143,8 +144,12 @@ def _ray_trial(trial_dir: Path, statuses: Mapping[str, str]) -> Trial:
     info_config = {k: values[k] for k in CONFIG_COLUMNS if k in values and values[k] is not None}
     if variant.get("genotype_label") is not None:
         info_config["genotype_label"] = variant["genotype_label"]
+        source = (spec.get("genotype_info") or {}).get(variant["genotype_label"]) or {}
+        info_config.update({f"{SOURCE_PREFIX}{k}": v for k, v in source.items() if v is not None})
     if variant.get("cell_label") is not None:
         info_config["cell"] = variant["cell_label"]
+        source = (spec.get("cell_info") or {}).get(variant["cell_label"]) or {}
+        info_config.update({f"{SOURCE_PREFIX}{k}": v for k, v in source.items() if v is not None})
     trial_id = str(last.get("trial_id") or trial_dir.name.rsplit("_", 1)[-1])
     status = statuses.get(trial_dir.name) or statuses.get(trial_id)
     if status is None:
@@ -155,7 +160,7 @@ def _ray_trial(trial_dir: Path, statuses: Mapping[str, str]) -> Trial:
         "parent": spec.get("experiment_name") or trial_dir.parent.parent.name,
         "run_id": run_id or f"{trial_dir.parent.name}/{trial_dir.name}",
         "run_name": trial_dir.name.removesuffix(f"_{trial_id}"),   # the variant label, as the MLflow run name
-        "trial_id": trial_id, "status": status, "phase": phase, **info_config,
+        "trial_id": trial_id, "status": status, "phase": phase, "job": spec.get("job"), **info_config,
         "wall_seconds": float(last["time_total_s"]) if last.get("time_total_s") is not None else np.nan,
         "start_time": (pd.Timestamp(rows[0]["timestamp"] - rows[0].get("time_total_s", 0), unit="s", tz="UTC")
                        if rows and rows[0].get("timestamp") is not None else pd.NaT),
@@ -214,7 +219,9 @@ def load_ray_results(path: str | os.PathLike, experiment: str | None = None) -> 
                 f"experiment: no Tune experiment {keep!r} under {root} (known: "
                 f"{short_list(t.info.get('parent') for t in trials)}; or give its folder as --ray-results)")
         trials = kept
-    return flat_frame(trials, {"kind": "ray", "path": str(root.resolve()), "experiment": experiment})
+    jobs = {t.info.get("job") for t in trials} - {None, ""}   # the job kind, when one
+    return flat_frame(trials, {"kind": "ray", "path": str(root.resolve()), "experiment": experiment,
+                               "job": jobs.pop() if len(jobs) == 1 else None})
 
 
 __all__ = ["load_ray_results"]

@@ -3,7 +3,9 @@
 :mod:`analysis.mlflow_store` and :mod:`analysis.ray_results` both return this frame:
 
 * identity: ``experiment``, ``parent`` (the Tune experiment), ``run_id``, ``run_name``, ``trial_id``,
-  ``status`` (MLflow's FINISHED / FAILED / KILLED / RUNNING), ``phase``;
+  ``status`` (MLflow's FINISHED / FAILED / KILLED / RUNNING), ``phase``, ``job`` (the job kind that ran it);
+* where a retrain's genotype came from, as ``source.<key>`` columns (``source.search_run_id``,
+  ``source.seed``, ``source.mode`` of the search that found it; ``source.source`` of a retrain job);
 * the arm and seed: ``mode``, ``seed``, ``dataset``, ``steps``, ``n_inter``, ``m`` (and ``genotype_label``,
   ``cell``, ``task`` for retrain and transfer jobs), numbers where they are numbers;
 * ``stage`` (``search``, ``retrain`` or ``transfer``) and ``epoch`` (the stage's own epoch, from 1);
@@ -31,7 +33,9 @@ import numpy as np
 import pandas as pd
 
 #: identity columns of every row
-IDENTITY = ("experiment", "parent", "run_id", "run_name", "trial_id", "status", "phase")
+IDENTITY = ("experiment", "parent", "run_id", "run_name", "trial_id", "status", "phase", "job")
+#: prefix of the columns naming a retrain's source (``source.search_run_id`` ...): tags ``source.<key>``
+SOURCE_PREFIX = "source."
 #: the trial's arm, seed and data: tags of the MLflow run (``genotype`` of retrain runs is ``genotype_label``)
 CONFIG_COLUMNS = ("mode", "seed", "dataset", "steps", "n_inter", "m", "genotype_label", "cell", "task", "arm")
 #: per trial, repeated on every row of the trial
@@ -131,14 +135,15 @@ def flat_frame(trials: Sequence[Trial], source: Mapping[str, Any]) -> pd.DataFra
     for col in (*IDENTITY, "stage", "epoch"):
         if col not in frame:
             frame[col] = None
-    for col in CONFIG_COLUMNS:
-        if col in frame:
+    for col in [*CONFIG_COLUMNS, *(c for c in frame.columns if str(c).startswith(SOURCE_PREFIX))]:
+        if col in frame and not str(col).endswith(("run_id", ".source")):
             frame[col] = _numeric_column(frame[col])
     metrics = [c for c in frame.columns if "/" in c and not c.startswith("config.")]
     search_metrics = sorted(c for c in metrics if not c.startswith(RETRAIN_PREFIX))
     retrain_metrics = sorted(c for c in metrics if c.startswith(RETRAIN_PREFIX))
     config = sorted(c for c in frame.columns if c.startswith("config."))
-    first = [*IDENTITY, *[c for c in CONFIG_COLUMNS if c in frame], "stage", "epoch"]
+    sources = sorted(c for c in frame.columns if str(c).startswith(SOURCE_PREFIX))
+    first = [*IDENTITY, *[c for c in CONFIG_COLUMNS if c in frame], *sources, "stage", "epoch"]
     middle = [*search_metrics, *retrain_metrics, *[c for c in ("genotype", "timestamp") if c in frame]]
     last = [c for c in TRIAL_COLUMNS if c in frame]
     rest = [c for c in frame.columns if c not in {*first, *middle, *last, *config}]
@@ -164,6 +169,6 @@ def _numeric_column(column: pd.Series) -> pd.Series:
 
 
 __all__ = [
-    "CONFIG_COLUMNS", "IDENTITY", "RETRAIN_PREFIX", "STAGES", "SUMMARY_VALUES", "TRIAL_COLUMNS", "Trial",
-    "as_number", "canonical_genotype", "flat_frame", "is_metric", "short_list",
+    "CONFIG_COLUMNS", "IDENTITY", "RETRAIN_PREFIX", "SOURCE_PREFIX", "STAGES", "SUMMARY_VALUES", "TRIAL_COLUMNS",
+    "Trial", "as_number", "canonical_genotype", "flat_frame", "is_metric", "short_list",
 ]
