@@ -53,7 +53,8 @@ def sources(job: JobConfig, exp: Experiment) -> tuple[dict[str, ESSGenotype | st
             ref = run.data.tags.get("ess.genotype") or \
                 download_artifact(exp.uri, run.info.run_id, "genotype.json", Path(exp.root) / "sources" / label)
             genotypes[label] = load_genotype(ref)
-            info[label] = {"source": f"mlflow:{run.info.run_id}",
+            info[label] = {"source": f"mlflow:{run.info.run_id}", "search_run_id": run.info.run_id,
+                           "seed": run.data.tags.get("seed"), "mode": run.data.tags.get("mode"),
                            "search_valid_ppl": run.data.metrics.get(SEARCH_METRIC)}
     if not genotypes:
         raise ConfigError("genotypes: nothing to retrain; give --genotypes NAME_OR_FILE ... or --source-experiment")
