@@ -1,4 +1,4 @@
-"""Analysis of searches and ablations: runs into pandas tables, statistics, figures and a report.
+"""Analysis of the jobs' runs: pandas tables, statistics, figures, a report.
 
     from analysis import load_runs, trial_summary, aggregate, compare_arms
     runs = load_runs("ess-ablation", tracking_uri="sqlite:///runs/tune/mlflow.db")   # or ray_results="runs/tune/NAME"
@@ -10,7 +10,9 @@ Modules: :mod:`analysis.load` (MLflow and Ray Tune results to a flat frame, per-
 :mod:`analysis.mlflow_store` and :mod:`analysis.ray_results`, the frame's columns :mod:`analysis.schema`),
 :mod:`analysis.stats` (per-arm statistics, tests, curves over epochs; the arms themselves in :mod:`analysis.arms`),
 :mod:`analysis.genotypes` (genotype ranking, op and predecessor frequencies),
-:mod:`analysis.figures` (PNG and SVG figures) and :mod:`analysis.report` (``python -m analysis.report``).
+:mod:`analysis.trials` (a search joined with its retrain), :mod:`analysis.figures` (PNG and SVG figures) and
+:mod:`analysis.report` (``python -m analysis.report``: per job kind, :mod:`analysis.jobs`; its sections
+:mod:`analysis.sections` on the page of :mod:`analysis.page`).
 Ray is never imported; MLflow only when loading from an MLflow store.
 """
 

@@ -1,4 +1,4 @@
-"""Errors and warnings of the analysis package.
+"""The analysis package's errors, its warning too.
 
 Every error a user can cause (an unknown or empty experiment, a metric no run has, a folder that
 holds no Tune results) is an :class:`ess.errors.ESSError`, so the report command prints one line

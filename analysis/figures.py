@@ -1,5 +1,6 @@
-"""Figures of an ablation (matplotlib, Agg; no pyplot state): each function returns a ``Figure`` and
-:func:`save_figure` writes it as PNG and SVG (atomically, with no timestamps, so reruns are identical).
+"""Figures of a job's runs (matplotlib, Agg; no pyplot state), each a ``Figure`` for :func:`save_figure`.
+
+:func:`save_figure` writes a figure as PNG and SVG (atomically, with no timestamps, so reruns are identical).
 
 * :func:`curves_figure`: a per-epoch metric (search valid perplexity) per arm, the line the mean over
   seeds and the band its spread (one standard deviation by default);
