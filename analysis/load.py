@@ -80,7 +80,7 @@ def trial_summary(frame: pd.DataFrame) -> pd.DataFrame:
         search = rows[rows["stage"] == "search"].sort_values("epoch")
         retrain = rows[rows["stage"] == "retrain"].sort_values("epoch")
         valid = _col(search, "valid/ppl")
-        row: dict[str, Any] = {k: first[k] for k in (*IDENTITY, *config)}
+        row: dict[str, Any] = {k: first.get(k) for k in (*IDENTITY, *config)}
         row.update({
             "epochs": int(search["epoch"].max()) if len(search) and search["epoch"].notna().any() else 0,
             "final_valid_ppl": _last(valid),

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import os
+import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -133,11 +134,43 @@ def _finished(frame: pd.DataFrame, trials: pd.DataFrame, page: Page) -> tuple[pd
                   "--include-unfinished keeps them")
     trials = trials[trials["status"] == "FINISHED"].copy()
     broken = trials["retrain_status"].notna() & (trials["retrain_status"] != "FINISHED")
-    if broken.any():
+    if broken.any():   # one note for the trial, not one per retrain metric it lacks
         values = [c for c in trials.columns if c in ("retrain_valid_ppl", "test_ppl", "params")
                   or str(c).startswith("retrain/")]
         trials.loc[broken, values] = float("nan")
+        trials.loc[broken, "retrained"] = False
+        page.note(f"retrain of {', '.join(map(str, trials.loc[broken, 'trial']))} not finished "
+                  f"({', '.join(map(str, trials.loc[broken, 'retrain_status']))}): the trial keeps its search only")
     return kept, trials.reset_index(drop=True)
+
+
+_MISSING = re.compile(r"metric '(?P<metric>.+?)' is missing in (?P<runs>\d+ run\(s\): .+?); left out of (?P<where>.+)")
+
+
+def _merge(messages: Sequence[str], primary: str) -> list[str]:
+    """Warnings as notes, once each: the metrics missing in the same runs are one note (``primary`` named first,
+    then the others), listing the tables they were left out of."""
+    notes: dict[str, dict[str, list[str]] | None] = {}
+    for message in messages:
+        match = _MISSING.fullmatch(message)
+        if match is None:
+            notes.setdefault(message, None)
+            continue
+        entry = notes.setdefault(match["runs"], {"metrics": [], "where": []})
+        for key, field_ in (("metric", "metrics"), ("where", "where")):
+            if match[key] not in entry[field_]:
+                entry[field_].append(match[key])
+    out = []
+    for head, entry in notes.items():
+        if entry is None:
+            out.append(head)
+            continue
+        metrics = sorted(entry["metrics"], key=lambda m: m != primary)
+        also = f" (also {', '.join(repr(m) for m in metrics[1:])})" if len(metrics) > 1 else ""
+        where = dict.fromkeys("the per-arm table" if re.fullmatch(r"the .+ aggregates", w) else w
+                              for w in entry["where"])
+        out.append(f"metric {metrics[0]!r} is missing in {head}{also}; left out of {' and '.join(where)}")
+    return out
 
 
 def write_report(frame: pd.DataFrame, out: str | os.PathLike, *, title: str | None = None,
@@ -190,9 +223,8 @@ def write_report(frame: pd.DataFrame, out: str | os.PathLike, *, title: str | No
             if section == "arms" and "arm" in runs and runs["arm"].notna().any():
                 study_section(ctx, runs)
 
-    for w in caught:
-        if issubclass(w.category, AnalysisWarning):
-            page.note(str(w.message))
+    for note in _merge([str(w.message) for w in caught if issubclass(w.category, AnalysisWarning)], primary):
+        page.note(note)
     markdown, html_path = page.write(heading)
     return Report(out=out, markdown=markdown, html=html_path, tables=page.tables, figures=page.figures,
                   notes=page.notes, kind=kind.name)

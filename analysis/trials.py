@@ -6,7 +6,8 @@ in runs of their own (phase ``retrain``), each naming its search by the tags ``s
 puts each such retrain on its search's row (the search's seed stays the trial's ``seed``; the retrain's
 is ``retrain_seed``), so a trial is counted once and its arm is its search's. A retrain whose search is not
 among the runs (``tune_jobs/retrain.py``: built-ins, files, another experiment's runs) stays a row of its
-own, its ``seed`` the search's (``source.seed``) when known, else empty.
+own, its ``seed`` the search's (``source.seed``) when known, else empty; a retrain that names no source at
+all (a study's baseline, seeded as its replicate) keeps its own seed.
 
 :func:`expected` says which trials should carry a metric: retrain metrics only trials that were
 retrained, search metrics only trials that searched, so a search the job never meant to retrain is
@@ -87,9 +88,10 @@ def join_stages(summary: pd.DataFrame) -> pd.DataFrame:
         if target is None or target in joined:   # a retrain of its own (or a second retrain of one search)
             for key, value in own.items():
                 out.at[index, key] = value
-            out.at[index, "seed"] = _source(row, "seed")
-            if is_missing(row.get("mode")):
-                out.at[index, "mode"] = _source(row, "mode")
+            if any(str(k).startswith(SOURCE_PREFIX) and not is_missing(v) for k, v in row.items()):
+                out.at[index, "seed"] = _source(row, "seed")   # a found genotype: its search's seed, if any
+                if is_missing(row.get("mode")):
+                    out.at[index, "mode"] = _source(row, "mode")
             continue
         joined.add(target)
         drop.append(index)
