@@ -20,6 +20,7 @@ import pytest
 pytest.importorskip("mlflow")
 scipy_stats = pytest.importorskip("scipy.stats")
 
+from report_helpers import check_intervals, check_real_arms, check_title, read_report  # noqa: E402
 from test_analysis import TRIALS, TUNE_NAME, build_ray_results, shared_store  # noqa: E402
 
 from analysis.report import main, markdown_table  # noqa: E402
@@ -101,6 +102,8 @@ def test_report_notes_runs_that_miss_metrics(store, tmp_path, capsys):
     assert "## Notes" in markdown
     assert "1 unfinished trial run(s) left out (1 FAILED)" in markdown
     assert "'test_ppl' is missing in 1 run(s): intra_s2_n3-2-2" in markdown
+    notes = markdown.split("## Notes", 1)[1]   # the run's missing retrain metrics are one note, naming them all
+    assert notes.count("is missing") == 1 and "(also 'retrain_valid_ppl', 'params')" in notes
     assert "note: metric 'test_ppl' is missing" in err and "Traceback" not in err
     assert (out / "report.html").is_file() and not (out / "figures").exists()
 
@@ -197,3 +200,15 @@ def test_report_of_a_real_smoke_ablation(tmp_path):
     summary = json.loads((tmp_path / "tune" / "abl" / "summary.json").read_text())
     by_mode = {t["mode"]: t["retrain_test_ppl"] for t in summary["trials"]}
     assert dict(zip(trials["mode"], trials["test_ppl"])) == pytest.approx(by_mode)
+    report = read_report(out)   # the job's own table per arm: one seed each, so one note
+    check_title(report, "ablation", "abl")
+    check_title(read_report(ray_out), "ablation", "abl")
+    test = report.arms("test_ppl")
+    assert set(test.index) == {"intra", "inter", "joint"} and (test["n"] == 1).all() and (test["seeds"] == "1").all()
+    assert test["mean"].to_dict() == pytest.approx(by_mode)
+    search = report.arms("final_valid_ppl")["mean"].to_dict()
+    assert search == pytest.approx({t["mode"]: t["search_valid_ppl"] for t in summary["trials"]})
+    check_intervals(report)
+    check_real_arms(report)
+    assert report.notes == ["arm(s) with one seed: intra, inter, joint (no standard deviation, confidence interval "
+                            "or test; run more seeds)"]

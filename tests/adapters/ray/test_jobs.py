@@ -13,7 +13,9 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
+from report_helpers import check_intervals, check_real_arms, check_title, job_report
 
 from conftest import DATA_DIR, load_job, requires_ptb
 
@@ -104,6 +106,16 @@ def test_hparam_search_interrupted_and_resumed_keeps_the_study(tmp_path):
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"   # the resumed run kept its parent
     assert len(children) == 3 and {c.info.status for c in children} == {"FINISHED"}
 
+    report = job_report(tmp_path / "report", "hp", store=store)   # the sampled configurations, ranked
+    check_title(report, "hparam_search", "hp")
+    configs = report.tables["configs"]
+    assert len(configs) == 3 and configs["rank"].tolist() == [1, 2, 3] and "arms" not in report.tables
+    best = configs.iloc[0]
+    assert best["final_valid_ppl"] == pytest.approx(summary["best_valid_ppl"])
+    for key, value in summary["best_config"].items():   # the tuned values, by name (m, n_inter: their columns)
+        assert best[key if key in configs else f"config.search.{key}"] == pytest.approx(value), key
+    assert report.notes == [] and "3 sampled configuration(s) of mode joint, seed 1" in report.markdown
+
 
 # -- the smoke jobs, in this process, sharing one local Ray ------------------------------------------------
 
@@ -187,7 +199,34 @@ def test_joint_search_smoke(joint):
     print(f"\njoint_search --smoke-test wall time: {joint['seconds']:.1f} s")
 
 
-def test_retrain_job_takes_the_best_runs_of_an_experiment(joint, capsys):
+def test_joint_search_report_joins_the_retrain_to_its_search(joint, tmp_path):
+    """The report of the joint smoke: one row per search, the retrain on its search's row, the search seeds."""
+    summary = json.loads((joint["tmp"] / "tune" / "smoke" / "summary.json").read_text())
+    report = job_report(tmp_path, "smoke", store=joint["store"])
+    check_title(report, "joint_search", "smoke")
+    trials = report.trials().set_index("run_name")
+    searched = {s["label"]: s for s in summary["searched"]}
+    assert set(trials.index) == set(searched) and len(trials) == len(searched)   # no retrain row of its own
+    for label, s in searched.items():
+        assert trials.loc[label, "seed"] == s["seed"] and trials.loc[label, "mode"] == s["mode"]
+        assert trials.loc[label, "final_valid_ppl"] == pytest.approx(s["valid_ppl"])
+    retrained = summary["retrained"][0]
+    row = trials.loc[retrained["label"]]
+    assert row["retrain_run"] == f"retrain_{retrained['label']}" and row["retrain_seed"] != row["seed"]
+    assert row["test_ppl"] == pytest.approx(retrained["retrain_test_ppl"])
+    assert row["retrain_valid_ppl"] == pytest.approx(retrained["retrain_valid_ppl"])
+    search = report.arms("final_valid_ppl")
+    assert list(search.index) == ["joint"] and search.loc["joint", "n"] == len(searched)
+    assert search.loc["joint", "mean"] == pytest.approx(sum(s["valid_ppl"] for s in searched.values()) / len(searched))
+    assert search.loc["joint", "seeds"] == ",".join(sorted(str(s["seed"]) for s in searched.values()))
+    test = report.arms("test_ppl")
+    assert test.loc["joint", "n"] == 1 and test.loc["joint", "seeds"] == str(searched[retrained["label"]]["seed"])
+    check_intervals(report)
+    check_real_arms(report)
+    assert report.notes == []   # the search not among the top_k was never meant to be retrained
+
+
+def test_retrain_job_takes_the_best_runs_of_an_experiment(joint, capsys, tmp_path):
     """retrain.py with --source-experiment (the joint smoke's MLflow store) and a built-in genotype."""
     tmp, store = joint["tmp"], joint["store"]
     argv = ["--smoke-test", "--storage-path", str(tmp / "tune"), "--tracking-uri", store, "--name", "re",
@@ -203,6 +242,19 @@ def test_retrain_job_takes_the_best_runs_of_an_experiment(joint, capsys):
     assert len(parents) == 1 and len(children) == 2
     assert {c.data.tags["genotype"] for c in children} == labels
     assert "best genotype:" in capsys.readouterr().out
+
+    report = job_report(tmp_path / "report", "re", store=store)   # arms by genotype, the search's seed
+    check_title(report, "retrain", "re")
+    trials = report.trials().set_index("genotype_label")
+    assert set(trials.index) == labels
+    assert trials.loc[joint_best["label"], "seed"] == joint_best["seed"] and pd.isna(trials.loc["DARTS_V2", "seed"])
+    assert trials["retrain_seed"].notna().all()
+    test = report.arms("test_ppl")
+    assert set(test.index) == labels and (test["n"] == 1).all()
+    for r in summary["retrained"]:
+        assert test.loc[r["label"], "mean"] == pytest.approx(r["retrain_test_ppl"])
+    check_intervals(report)
+    assert report.notes == []   # one retrain per genotype is the job's design, not a gap
 
 
 def test_ablation_smoke(local_ray, tmp_path, capsys):

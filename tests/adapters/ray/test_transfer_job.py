@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+from report_helpers import check_intervals, check_real_arms, check_title, job_report
 
 from conftest import DATA_DIR, load_job
 
@@ -17,7 +18,7 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not HAS_CONLL2003, reason="needs CoNLL-2003 in $ESS_DATA_DIR/conll2003")]
 
 
-def test_transfer_smoke_job_compares_cells_in_mlflow(tmp_path, capsys, monkeypatch):
+def test_transfer_smoke_job_compares_cells_in_mlflow_and_its_report(tmp_path, capsys, monkeypatch):
     import ray
     from mlflow import MlflowClient
 
@@ -68,3 +69,19 @@ def test_transfer_smoke_job_compares_cells_in_mlflow(tmp_path, capsys, monkeypat
         assert len(client.get_metric_history(c.info.run_id, "train/loss")) >= 2
         assert "test/f1" in c.data.metrics
         assert "transfer" in {f.path for f in client.list_artifacts(c.info.run_id)}
+
+    report = job_report(tmp_path / "report", "tt", store=store)   # arms by task and cell, span F1
+    check_title(report, "transfer", "tt")
+    dev, test = report.arms("dev/f1"), report.arms("test/f1")
+    assert set(dev.index) == {"conll2003 lstm", "conll2003 DARTS_V2"}
+    for row in summary["by_cell"]:
+        arm = f"{row['task']} {row['cell']}"
+        assert dev.loc[arm, "n"] == row["dev_f1_count"] and dev.loc[arm, "seeds"] == "1"
+        assert dev.loc[arm, "mean"] == pytest.approx(row["dev_f1_mean"])
+        assert test.loc[arm, "mean"] == pytest.approx(row["test_f1_mean"])
+    params = report.trials().set_index("cell")["params"].to_dict()
+    assert params == {t["cell"]: t["params"] for t in summary["trials"]}
+    assert "primary metric test/f1 (higher is better)" in report.markdown
+    check_intervals(report)
+    check_real_arms(report)
+    assert len(report.notes) == 1 and report.notes[0].startswith("arm(s) with one seed: ")   # smoke: seed 1 only
