@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.ticker
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -111,6 +112,7 @@ def curves_figure(frame: pd.DataFrame, metric: str = "valid/ppl", by: Sequence[s
     ax.set_ylabel(label(metric))
     if logy:
         ax.set_yscale("log")
+        _plain_log_labels(ax)
     ax.set_title(title or f"{label(metric)} per arm ({_band_text(band)})", fontsize=10)
     fig.legend(*ax.get_legend_handles_labels(), loc="outside right upper", fontsize=8, frameon=False)
     return fig
@@ -157,9 +159,18 @@ def final_figure(summary: pd.DataFrame, value: str = "final_valid_ppl", by: Sequ
     if geometric:   # the interval of the geometric mean is symmetric on a log axis
         what = "geometric mean, 95% CI"
         ax.set_yscale("log")
+        _plain_log_labels(ax)
     ax.set_title(title or f"{label(value)} per arm ({what}; dots: seeds)", fontsize=10)
     ax.grid(True, axis="y", alpha=0.3)
     return fig
+
+
+def _plain_log_labels(ax: Any) -> None:
+    """Plain numbers on a log axis (1,500, not 1.5 x 10^3); the minor ticks labelled only within a decade."""
+    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 10 else f"{v:.3g}")
+    low, high = ax.get_ylim()
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain if low > 0 and high / low < 10 else matplotlib.ticker.NullFormatter())
 
 
 def op_heatmap_figure(op_freq: pd.DataFrame, *, title: str | None = None) -> Figure:
