@@ -140,7 +140,7 @@ def op_frequencies(summary: pd.DataFrame, by: Sequence[str] = ARM) -> pd.DataFra
                 count = int((part_rows["op"] == op).sum())
                 out.append({**dict(zip(by, key)), "arm": name(key), "part": part, "op": op,
                             "count": count, "share": count / total, "trials": trials})
-    return pd.DataFrame(out, columns=[*by, "arm", "part", "op", "count", "share", "trials"])
+    return pd.DataFrame(out, columns=list(dict.fromkeys([*by, "arm", "part", "op", "count", "share", "trials"])))
 
 
 def predecessor_frequencies(summary: pd.DataFrame, by: Sequence[str] = ARM) -> pd.DataFrame:
@@ -153,14 +153,19 @@ def predecessor_frequencies(summary: pd.DataFrame, by: Sequence[str] = ARM) -> p
     by = check_by(summary, by)
     edges = _edge_table(summary, by)
     if not len(edges):
-        return pd.DataFrame(columns=[*by, "arm", "part", "node", "pred", "pred_name", "count", "share"])
+        return pd.DataFrame(columns=list(dict.fromkeys([*by, "arm", "part", "node", "pred", "pred_name", "count",
+                                                        "share"])))
     keys = [*by, "part", "node", "pred", "pred_name"]
     counts = edges.groupby(keys, dropna=False, sort=False).size().rename("count").reset_index()
     totals = edges.groupby([*by, "part", "node"], dropna=False, sort=False).size().rename("total").reset_index()
     table = counts.merge(totals, on=[*by, "part", "node"], how="left")
     table["share"] = table["count"] / table["total"]
     name = arm_namer(summary, by)
-    table.insert(len(by), "arm", [name(r) for r in table[by].to_dict(orient="records")] if by else "all")
+    names = [name(r) for r in table[by].to_dict(orient="records")] if by else "all"
+    if "arm" in by:   # a study's arms are their own column
+        table["arm"] = names
+    else:
+        table.insert(len(by), "arm", names)
     part_order = {p: i for i, p in enumerate(PARTS)}
     table["_p"] = table["part"].map(part_order)
     table["_n"] = table["node"].str.extract(r"(\d+)$", expand=False).astype(int)

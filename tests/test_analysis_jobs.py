@@ -144,6 +144,21 @@ def test_a_frame_of_no_known_job_gets_a_neutral_title(joint_store, tmp_path):
     assert "<title>Report: x</title>" in report.html.read_text()
 
 
+def test_a_study_groups_by_its_arm_tag(joint_store, tmp_path):
+    """A study tags each run with its arm: the arms (and the genotype tables) group by that one column."""
+    import pandas as pd
+
+    frame = load_mlflow(NAME, joint_store)
+    frame["arm"] = frame["mode"].where(frame["phase"] == "search", None).map(lambda m: m and f"{m}-arm")
+    report = write_report(frame, tmp_path, job="study", draw=False)
+    assert report.markdown.read_text().startswith(f"# Study report: {NAME}\n")
+    arms = pd.read_csv(report.tables["arms"])
+    assert set(arms["arm"]) == {"joint-arm"} and set(arms[arms["metric"] == "test_ppl"]["n"]) == {2}
+    ops = pd.read_csv(report.tables["op_frequency"])
+    assert list(ops.columns[:2]) == ["arm", "part"] and set(ops["arm"]) == {"joint-arm"}
+    assert "study_arms" in report.tables
+
+
 def _ray_job(root: Path) -> Path:
     """The joint search's Tune folders (search/ and retrain/ stages) run without MLflow."""
     job = root / "js-ray"
