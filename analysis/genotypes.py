@@ -61,28 +61,24 @@ def searched_parts(mode: Any) -> tuple[str, ...]:
 
 
 def _pred_name(part: str, pred: int, m: int) -> str:
-    if part == "intra":
-        return "node 0 (init)" if pred == 0 else f"node {pred}"
-    if pred < m:
-        if part == "history":
-            return f"h[t-{pred + 1}]"
-        return "x[t]" if pred == 0 else f"x[t-{pred}]"
-    return f"s{pred - m + 1}"
+    from ess.space.notation import node_name
+
+    return node_name(part, pred, m)
 
 
 def genotype_edges(genotype: Any, parts: Sequence[str] = PARTS) -> list[dict[str, Any]]:
     """The chosen edges of ``genotype`` in ``parts``: one dict per edge with ``part``, ``node``, ``branch``,
     ``op``, ``pred`` and ``pred_name``.
 
-    Intra nodes are numbered from 1 (predecessor 0 is the initial node); inter nodes are ``s1, s2 ...``
-    with branches ``a`` and ``b``, and predecessors below ``m`` are the inputs (``h[t-1]`` ... for the
-    history cell, ``x[t]``, ``x[t-1]`` ... for the input cell).
+    Names are the pictures' (:mod:`ess.space.notation`): intra states ``s1 ... sN`` read ``s0`` (the
+    initial state) or an earlier state; inter nodes ``s1, s2 ...`` with branches ``a`` and ``b`` read the
+    inputs (``h_{t-1}`` ... for the history cell, ``x_t``, ``x_{t-1}`` ... for the input cell) or a node.
     """
     edges = []
     for part in parts:
         if part == "intra":
             for i, edge in enumerate(genotype.intra.recurrent, start=1):
-                edges.append({"part": part, "node": f"node {i}", "branch": "", "op": edge.op, "pred": edge.pred,
+                edges.append({"part": part, "node": _pred_name(part, i, 0), "branch": "", "op": edge.op, "pred": edge.pred,
                               "pred_name": _pred_name(part, edge.pred, 0)})
         else:
             inter = genotype.history if part == "history" else genotype.input
@@ -147,7 +143,7 @@ def predecessor_frequencies(summary: pd.DataFrame, by: Sequence[str] = ARM) -> p
     """How often each predecessor feeds each node in the final genotypes of each arm.
 
     Columns: the arm, ``part``, ``node`` (``node 1`` ... for the intra cell, ``s1`` ... for the inter
-    cells), ``pred`` (index), ``pred_name`` (``node 0 (init)``, ``h[t-1]``, ``x[t]``, ``s1`` ...), ``count``
+    cells), ``pred`` (index), ``pred_name`` (``s0``, ``h_{t-1}``, ``x_t``, ``s1`` ...), ``count``
     and ``share`` (over the node's incoming edges in the arm; the two branches of an inter node both count).
     """
     by = check_by(summary, by)

@@ -56,7 +56,7 @@ _LIST_LIMIT = 20
 def canonical_genotype(text: Any) -> str | None:
     """Genotype JSON in one canonical compact form (so equal genotypes compare equal); None if empty.
 
-    Text that is not a genotype reference (:func:`ess.space.genotype.load_genotype`) is returned unchanged.
+    Text that is not a genotype reference (:func:`ess.space.refs.load_genotype`) is returned unchanged.
     """
     if text is None or (isinstance(text, float) and math.isnan(text)):
         return None

@@ -337,9 +337,9 @@ def test_op_and_predecessor_frequencies_of_searched_parts(trials):
     for _, part in ops.reset_index().groupby(["mode", "part"]):
         assert part["share"].sum() == pytest.approx(1.0)
     preds = predecessor_frequencies(trials).set_index(["mode", "part", "node", "pred_name"])
-    assert preds.loc[("intra", "intra", "node 3", "node 1"), "share"] == pytest.approx(2 / 3)
-    assert preds.loc[("joint", "history", "s1", "h[t-2]"), "count"] == 3
-    assert preds.loc[("joint", "input", "s1", "x[t]"), "share"] == pytest.approx(0.5)
+    assert preds.loc[("intra", "intra", "s3", "s1"), "share"] == pytest.approx(2 / 3)
+    assert preds.loc[("joint", "history", "s1", "h_{t-2}"), "count"] == 3
+    assert preds.loc[("joint", "input", "s1", "x_t"), "share"] == pytest.approx(0.5)
 
 
 def test_epoch_curves_and_evolution(runs):
