@@ -78,8 +78,8 @@ def genotype_edges(genotype: Any, parts: Sequence[str] = PARTS) -> list[dict[str
     for part in parts:
         if part == "intra":
             for i, edge in enumerate(genotype.intra.recurrent, start=1):
-                edges.append({"part": part, "node": _pred_name(part, i, 0), "branch": "", "op": edge.op, "pred": edge.pred,
-                              "pred_name": _pred_name(part, edge.pred, 0)})
+                edges.append({"part": part, "node": _pred_name(part, i, 0), "branch": "", "op": edge.op,
+                              "pred": edge.pred, "pred_name": _pred_name(part, edge.pred, 0)})
         else:
             inter = genotype.history if part == "history" else genotype.input
             for k, node in enumerate(inter.nodes, start=1):
