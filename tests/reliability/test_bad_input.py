@@ -56,10 +56,10 @@ from ess.space.genotype import (
     InterGenotype,
     InterNode,
     genotype_from_dict,
-    load_genotype,
     parse_genotype_json,
 )
 from ess.space.ops import PRIMITIVES
+from ess.space.refs import load_genotype
 from ess.tagging.conll import TASKS, parse_conll, read_conll
 from ess.tagging.embeddings import read_glove
 from ess.tagging.schemes import is_valid_tag
