@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ess.adapters.mlflow.client import (
     DEFAULT_STORAGE,
+    NAME_TAG,
     PHASE_TAG,
     ROLE_TAG,
     connect,
@@ -34,7 +35,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     ui.add_argument("--port", type=int, default=5000)
     ui.add_argument("--print", dest="print_only", action="store_true", help="print the command, do not run it")
-    ui.add_argument("--experiment", default="", help="print the address of this experiment's runs view too")
+    ui.add_argument("--experiment", default="", help="print the address of this experiment's runs view too "
+                    "(the MLflow experiment, ess-<job>, or a job's name)")
     runs = sub.add_parser("runs", help="list the runs of an experiment with their main metric")
     runs.add_argument("experiment")
     runs.add_argument("--tracking-uri", default="")
@@ -74,9 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     if uri is None:
         raise ConfigError("tracking_uri: tracking is off (MLFLOW_TRACKING_URI=none)")
     if args.command == "ui":
-        experiment_id = experiment_id_of(uri, args.experiment) if args.experiment else None
-        if args.experiment and experiment_id is None:
-            raise ConfigError(f"experiment: no MLflow experiment {args.experiment!r} in {uri}")
+        experiment_id = _experiment_of(uri, args.experiment) if args.experiment else None
         if is_http(uri):
             print(f"the store is an MLflow server: open {uri.rstrip('/')}{runs_path(experiment_id)}")
             return 0
@@ -99,6 +99,24 @@ def main(argv: list[str] | None = None) -> int:
                           "mode": tags.get("mode"), "seed": tags.get("seed"),
                           args.metric: run.data.metrics.get(args.metric)}))
     return 0
+
+
+def _experiment_of(uri: str, name: str) -> str:
+    """The id of MLflow experiment ``name``, or of the experiment holding job ``name``'s parent run."""
+    found = experiment_id_of(uri, name)
+    if found is not None:
+        return found
+    try:
+        client = connect(uri)
+        experiments = client.search_experiments()
+        parents = client.search_runs([e.experiment_id for e in experiments],
+                                     filter_string=f"tags.`{NAME_TAG}` = '{name}'", max_results=1)
+    except Exception as err:  # noqa: BLE001 - one line, whatever the store says
+        raise ConfigError(f"experiment: cannot read {uri} ({str(err).splitlines()[0][:200]})") from None
+    if parents:
+        return parents[0].info.experiment_id
+    known = ", ".join(e.name for e in experiments if e.name != "Default") or "none"
+    raise ConfigError(f"experiment: no MLflow experiment or job {name!r} in {uri} (experiments: {known})")
 
 
 __all__ = ["main"]

@@ -159,8 +159,9 @@ def print_decision(best: Mapping[str, Any], out=None) -> None:
     w(f"  UNDECIDED: {share:.0%} of the choices are decided; the architecture weights are still near uniform "
       f"(relative entropy {entropy:.3f}, 1 = uniform)" if share is not None and entropy is not None else
       "  UNDECIDED: the search has not decided its genotype")
-    w("  this genotype is the argmax of nearly equal weights: a pipeline demonstration, not a finding; a longer"
-      " search (more epochs and data, e.g. --preset paper) is needed before it means anything")
+    w("  this genotype is the argmax of nearly equal weights: a pipeline demonstration, not a finding. No CPU"
+      " preset decides (the study's cpu-small searches: none of them); the paper preset (50 epochs at 300 units,"
+      " a GPU) is the one meant to, not yet measured here")
 
 
 def write_best_genotype(exp: Experiment, genotype: Any, title: str) -> None:

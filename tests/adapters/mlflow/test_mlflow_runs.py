@@ -315,6 +315,12 @@ def test_ui_command_and_cli(tmp_path, store_dir, store, monkeypatch):
     command, address = out.stdout.strip().splitlines()
     assert command == f"mlflow ui --backend-store-uri {store} --host 127.0.0.1 --port 5000"
     assert re.fullmatch(r"then open http://127\.0\.0\.1:5000/#/experiments/\d+/runs", address)
+    by_job = subprocess.run([sys.executable, "-m", "ess.adapters.mlflow", "ui", "--print", "--storage-path",
+                             str(store_dir), "--experiment", "p"], capture_output=True, text=True, timeout=120)
+    assert by_job.returncode == 0 and by_job.stdout.strip().splitlines()[1] == address   # the job's name works too
+    unknown = subprocess.run([sys.executable, "-m", "ess.adapters.mlflow", "ui", "--print", "--storage-path",
+                              str(store_dir), "--experiment", "nope"], capture_output=True, text=True, timeout=120)
+    assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1 and "(experiments: ess-ui" in unknown.stderr
     missing = subprocess.run([sys.executable, "-m", "ess.adapters.mlflow", "ui", "--print", "--storage-path",
                               str(tmp_path / "nothing")], capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "no MLflow database" in missing.stderr
