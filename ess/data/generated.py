@@ -21,6 +21,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from ess.checkpoint import fsync_dir
 from ess.data.registry import GENERATED_DIR_ENV, SPLITS, CorpusGenerator, CorpusSpec, corpus_dir, get_spec
 from ess.data.validation import one_line
 from ess.errors import DataError
@@ -69,7 +70,7 @@ def write_generated(generator: CorpusGenerator, name: str, target: str | os.Path
     try:
         tmp.mkdir()
         generator.generate(tmp, name)
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         try:
             os.rename(tmp, target)
         except OSError:
@@ -80,7 +81,7 @@ def write_generated(generator: CorpusGenerator, name: str, target: str | os.Path
                 raise DataError(f"{target}: exists and is not a generated corpus; remove it or choose "
                                 "another directory") from None
             raise
-        _fsync_dir(parent)
+        fsync_dir(parent)
         return True
     except OSError as err:
         raise DataError(f"{target}: cannot write generated corpus {name!r} ({one_line(err.strerror or err)}); "
@@ -90,17 +91,6 @@ def write_generated(generator: CorpusGenerator, name: str, target: str | os.Path
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def ensure_generated(name: str) -> tuple[Path, dict[str, Any]]:
