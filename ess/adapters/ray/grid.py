@@ -61,7 +61,7 @@ def variant_label(v: Mapping[str, Any]) -> str:
         return f"retrain_{v['genotype_label']}"
     if "cell_label" in v:
         return f"{v.get('task')}_{v['cell_label']}_s{v.get('seed')}"
-    parts = [str(v.get("mode", "search")), f"s{v.get('seed')}"]
+    parts = [str(v.get("mode", "search"))] + ([f"s{v['seed']}"] if v.get("seed") is not None else [])
     if "steps" in v:
         parts.append(f"n{v['steps']}-{v.get('n_inter')}-{v.get('m')}")
     if v.get("label"):

@@ -134,3 +134,4 @@ def test_variants_grid_and_collapse():
     assert len({json.dumps(v, sort_keys=True) for v in variants}) == len(variants)
     assert variant_label({"mode": "joint", "seed": 3, "steps": 8, "n_inter": 3, "m": 2}) == "joint_s3_n8-3-2"
     assert variant_label({"genotype_label": "DARTS_V2"}) == "retrain_DARTS_V2"
+    assert variant_label({"lr": 20.0}) == "search"   # a sampled configuration has no seed of its own: no "sNone"
