@@ -59,7 +59,7 @@ from ess.runs import (
 from ess.runtime import perplexity, pick_device, set_threads
 from ess.search.architect import Architect, requires_grad
 from ess.search.config import SearchConfig
-from ess.space.derive import Derivation, DeriveRule
+from ess.space.derive import Derivation, DeriveRule, identity_share
 from ess.space.genotype import ESSGenotype, save_genotype
 from ess.space.refs import load_genotype
 from ess.supernet.model import SearchModel, build_search_model
@@ -328,7 +328,8 @@ class Searcher:
             found = perturbation_derivation(self.model, self.valid_source(cfg.pt_tokens), cfg.bptt, self.rule)
             return found, {"criterion": "perturbation", "epoch": self.epoch, "pt_tokens": cfg.pt_tokens,
                            "reason": "DARTS-PT: each choice is the candidate whose removal raises the final "
-                                     "supernet's valid loss most", "decided": found.decided}
+                                     "supernet's valid loss most", "decided": found.decided,
+                           **self.shares(found)}
         epoch = self.epoch
         if cfg.select == "best_valid" and self.rows:
             epoch = int(min(self.rows, key=lambda r: (r["valid/ppl"], r["epoch"]))["epoch"])
@@ -337,7 +338,14 @@ class Searcher:
         why = ("the last epoch's" if cfg.select == "last" else
                f"the epoch of the lowest supernet valid perplexity ({self.rows[epoch - 1]['valid/ppl']:.2f})")
         return found, {"criterion": cfg.select, "epoch": epoch, "reason": f"{why} argmax derivation",
-                       "decided": found.decided}
+                       "decided": found.decided, **self.shares(found)}
+
+    def shares(self, found: Derivation) -> dict[str, Any]:
+        """Identity and decided shares per searched part of the genotype the search returns (the epoch rows'
+        ``genotype/*`` follow each epoch's argmax derivation, which perturbation selection does not return)."""
+        parts = list(self.model.searched_parts())
+        return {"identity_share": {p: identity_share(found.genotype, (p,)) for p in parts},
+                "decided_share": {p: found.decided_share(p) for p in parts}}
 
     def valid_source(self, tokens: int) -> torch.Tensor:
         """The first ``tokens`` validation tokens, batchified at the search batch size (perturbation scores)."""

@@ -16,6 +16,7 @@ from ess.checkpoint import load_checkpoint
 from ess.errors import CheckpointError, ConfigError
 from ess.evaluation import evaluate
 from ess.search import PRESETS, SearchConfig, Searcher, search
+from ess.space.derive import identity_share
 from ess.space.genotype import DARTS_V2, ESSGenotype
 from ess.space.refs import load_genotype
 from ess.supernet import MODES
@@ -123,6 +124,11 @@ def test_darts_loop_and_remedies_run_and_say_how_the_genotype_was_chosen(tmp_pat
     assert reasons["genotype"] == result.genotype.to_dict() == load_genotype(tmp_path / "genotype.json").to_dict()
     assert all(e.op != "identity" for e in result.genotype.intra.recurrent)
     assert any("validation passes" in n for n in reasons["notes"])
+    # the shares of the genotype returned, not of the last epoch's argmax derivation
+    assert set(selection["identity_share"]) == {"intra", "history", "input"}
+    for part, share in selection["identity_share"].items():
+        assert share == identity_share(result.genotype, (part,))
+    assert selection["identity_share"]["intra"] == 0.0   # identity is not among the intra ops here
 
 
 def test_best_valid_selection_takes_the_epoch_of_the_lowest_valid_perplexity(tmp_path):
