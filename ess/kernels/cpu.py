@@ -10,12 +10,17 @@ step is one call from Python. Same equations, same saved tensors, same outputs a
 (float32 rounding apart; ``tests/kernels`` holds them together).
 
 It is compiled with ``torch.utils.cpp_extension.load`` (a C++ compiler and ninja are needed) into
-:func:`build_directory`, one module per CPU capability (AVX512, AVX2, ...), either on purpose
+:func:`build_directory`, one module per CPU capability (AVX512, AVX2, ...) and source content (so checkouts
+of the same source share one build and different ones never rebuild each other's), either on purpose
 (``python -m ess.kernels build``) or by the first step that uses it, which prints one line to stderr
 before the build (about a minute) and one after. It is not built at ``pip install`` time: a build
 backend compiling against torch would run in pip's isolated build environment, where pip installs the
 default torch wheel (several GB of CUDA libraries) whatever torch the target environment has, and the
 module would be compiled for the build machine's CPU rather than the one it runs on.
+
+Builders of one directory take turns under :func:`build_lock`, an ``flock`` the kernel drops when its holder
+dies: torch's own lock file, left behind by a build that was killed (a Ctrl+C, a trial or CI job cut
+short), would otherwise make every later build wait for it forever.
 
 If it cannot be built, :func:`load` says so in one line and returns ``None``: the cells then use the Python
 kernels (compiled by ``torch.compile`` where they pay). ``ESS_CPU_KERNELS=0`` turns it off.
@@ -23,10 +28,14 @@ kernels (compiled by ``torch.compile`` where they pay). ``ESS_CPU_KERNELS=0`` tu
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +45,11 @@ from ess.kernels.activations import KERNEL_OPS
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "ess_cpu.cpp"
 FUNCTIONS = ("intra_fwd", "intra_bwd", "darts_fwd", "darts_bwd", "inter_fwd", "inter_bwd")
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: torch's lock file alone
+    fcntl = None
 
 _state: dict[str, Any] = {"module": None, "tried": False}
 _lock = threading.Lock()
@@ -51,16 +65,28 @@ def module_name() -> str:
     return f"ess_kernels_cpu_{torch.backends.cpu.get_cpu_capability().lower()}"
 
 
+@functools.cache
+def _digest(source: Path, flags: tuple[str, ...]) -> str:
+    h = hashlib.sha256(source.read_bytes())
+    h.update("\0".join((torch.__version__, *flags)).encode())
+    return h.hexdigest()[:12]
+
+
+def source_digest() -> str:
+    """12 hex digits of the source's content, the compiler flags and torch's version: what a build depends on."""
+    return _digest(SOURCE, tuple(_flags()))
+
+
 def build_directory() -> Path:
-    """Where the module is built and cached: ``$TORCH_EXTENSIONS_DIR/<name>``, else torch's default root
-    (``~/.cache/torch_extensions/py<version>_<cpu|cuXY>/<name>``)."""
+    """Where the module is built and cached: ``$TORCH_EXTENSIONS_DIR/<name>-<digest>``, else under torch's default
+    root (``~/.cache/torch_extensions/py<version>_<cpu|cuXY>/``); see :func:`source_digest`."""
     root = os.environ.get("TORCH_EXTENSIONS_DIR")
     if root is None:
         from torch.utils.cpp_extension import get_default_build_root
 
         tag = f"cu{torch.version.cuda.replace('.', '')}" if torch.version.cuda else "cpu"
         root = os.path.join(get_default_build_root(), f"py{sys.version_info.major}{sys.version_info.minor}_{tag}")
-    return Path(root) / module_name()
+    return Path(root) / f"{module_name()}-{source_digest()}"
 
 
 def library_path() -> Path:
@@ -70,8 +96,7 @@ def library_path() -> Path:
 
 def is_built() -> bool:
     """Whether a module built from the current source is cached (loading it then takes a fraction of a second)."""
-    library = library_path()
-    return library.is_file() and library.stat().st_mtime >= SOURCE.stat().st_mtime
+    return library_path().is_file()
 
 
 def _flags() -> list[str]:
@@ -91,8 +116,14 @@ def build(verbose: bool = False) -> Any:
 
     directory = build_directory()
     directory.mkdir(parents=True, exist_ok=True)
-    module = load_extension(name=module_name(), sources=[str(SOURCE)], extra_cflags=_flags(), extra_ldflags=[],
-                            build_directory=str(directory), verbose=verbose)
+    with build_lock(directory):
+        source = directory / SOURCE.name   # built from a copy: one path whichever checkout asks
+        if not source.is_file() or source.read_bytes() != SOURCE.read_bytes():
+            partial = source.with_name(f".{source.name}.{os.getpid()}")
+            partial.write_bytes(SOURCE.read_bytes())
+            partial.replace(source)
+        module = load_extension(name=module_name(), sources=[str(source)], extra_cflags=_flags(), extra_ldflags=[],
+                                build_directory=str(directory), verbose=verbose)
     missing = [name for name in FUNCTIONS if not hasattr(module, name)]
     if missing:
         raise RuntimeError(f"{library_path()} lacks {', '.join(missing)}")
@@ -100,6 +131,29 @@ def build(verbose: bool = False) -> Any:
         raise RuntimeError(f"{SOURCE.name} computes the ops {tuple(getattr(module, 'KERNEL_OPS', ()))}, "
                            f"ess.kernels expects {KERNEL_OPS}")
     return module
+
+
+@contextmanager
+def build_lock(directory: Path) -> Iterator[None]:
+    """Hold ``directory``'s build lock, waiting (said once) for a live builder; then clear the lock file torch's
+    ``load`` leaves when its process dies mid-build, which is stale, since every builder holds this lock."""
+    if fcntl is None:
+        yield
+        return
+    with open(directory / "ess-build.flock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _say(f"waiting for another process building the C++ CPU kernels in {directory} ...")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        stale = directory / "lock"
+        if stale.exists():
+            stale.unlink(missing_ok=True)
+            _say(f"removed {stale}, left by a build that was interrupted")
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def load() -> Any | None:

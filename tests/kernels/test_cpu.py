@@ -90,9 +90,89 @@ def test_a_module_with_another_op_order_is_refused_in_one_line(fresh, monkeypatc
 def test_the_module_is_cached_per_cpu_capability():
     capability = torch.backends.cpu.get_cpu_capability().lower()
     assert cpu.module_name().endswith(capability)
-    assert cpu.build_directory().name == cpu.module_name()
+    assert cpu.build_directory().name == f"{cpu.module_name()}-{cpu.source_digest()}"
     assert cpu.library_path().parent == cpu.build_directory()
     assert cpu.SOURCE.is_file() and cpu.SOURCE.suffix == ".cpp"
+
+
+def test_the_build_directory_follows_the_source_content_not_its_path(tmp_path, monkeypatch):
+    here = cpu.build_directory()
+    copy = tmp_path / "checkout" / "ess_cpu.cpp"             # another checkout of the same source
+    copy.parent.mkdir()
+    copy.write_bytes(cpu.SOURCE.read_bytes())
+    monkeypatch.setattr(cpu, "SOURCE", copy)
+    assert cpu.build_directory() == here
+    copy.write_bytes(cpu.SOURCE.read_bytes() + b"\n// edited\n")
+    cpu._digest.cache_clear()
+    assert cpu.build_directory() != here and cpu.build_directory().parent == here.parent
+    cpu._digest.cache_clear()
+
+
+_HOLDER = """
+import fcntl, os, sys, time
+from pathlib import Path
+d = Path(sys.argv[1])
+handle = open(d / "ess-build.flock", "a+")
+fcntl.flock(handle, fcntl.LOCK_EX)
+(d / "lock").touch()                 # torch's lock file, as load() creates it while building
+(d / "ready").touch()
+if sys.argv[2] == "die":
+    os.kill(os.getpid(), 9)          # killed mid-build: torch's lock file stays behind
+time.sleep(1.5)
+(d / "lock").unlink()                # a build that finishes removes it
+(d / "done").touch()
+"""
+
+
+def _holder(tmp_path, how):
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(tmp_path), how])
+    deadline = time.time() + 60
+    while not (tmp_path / "ready").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert (tmp_path / "ready").exists()
+    return proc
+
+
+@pytest.mark.skipif(cpu.fcntl is None, reason="flock is POSIX")
+def test_a_build_killed_midway_does_not_block_the_next_one(tmp_path, capsys):
+    proc = _holder(tmp_path, "die")
+    assert proc.wait(timeout=60) == -9 and (tmp_path / "lock").exists()
+    with cpu.build_lock(tmp_path):
+        assert not (tmp_path / "lock").exists()
+    assert capsys.readouterr().err.splitlines() == [
+        f"ess.kernels: removed {tmp_path / 'lock'}, left by a build that was interrupted"]
+
+
+@pytest.mark.skipif(cpu.fcntl is None, reason="flock is POSIX")
+def test_a_live_build_is_waited_for_not_broken_into(tmp_path, capsys):
+    proc = _holder(tmp_path, "live")
+    with cpu.build_lock(tmp_path):
+        assert (tmp_path / "done").exists()                 # entered only once the other build was done
+        assert not (tmp_path / "lock").exists()
+    proc.wait(timeout=60)
+    assert capsys.readouterr().err.splitlines() == [
+        f"ess.kernels: waiting for another process building the C++ CPU kernels in {tmp_path} ..."]
+
+
+def test_a_stale_torch_lock_in_the_cache_does_not_hang_the_next_process():
+    """The CI hang of session 5: a process killed while building left torch's lock file in the cache."""
+    import subprocess
+    import sys
+
+    require_cpp()
+    stale = cpu.build_directory() / "lock"
+    stale.touch()
+    try:
+        done = subprocess.run([sys.executable, "-c", "from ess.kernels import cpu; assert cpu.load() is not None"],
+                              capture_output=True, text=True, timeout=300)
+    finally:
+        stale.unlink(missing_ok=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"removed {stale}, left by a build that was interrupted" in done.stderr
 
 
 # Moved from tests/test_cpu_kernels.py
