@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from ess.errors import ConfigError
+from ess.errors import ConfigError, decode_utf8
 
 C = TypeVar("C")
 
@@ -266,13 +266,7 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     except (OSError, ValueError) as err:
         reason = getattr(err, "strerror", None) or err
         raise ConfigError(f"{path}: cannot read config ({_one_line(reason)})") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        raise ConfigError(f"{path}: not UTF-8 text: invalid byte 0x{data[err.start]:02x} at byte offset "
-                          f"{err.start} (line {line})") from None
-    data = parse_yaml(text, str(path))
+    data = parse_yaml(decode_utf8(data, str(path), ConfigError), str(path))
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -17,6 +17,16 @@ def one_line_message(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def decode_utf8(data: bytes, where: str, error: type[Exception]) -> str:
+    """``data`` as UTF-8 text, else ``error`` naming ``where``, the first invalid byte, its offset and line."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise error(f"{where}: not UTF-8 text: invalid byte 0x{data[err.start]:02x} at byte offset {err.start} "
+                    f"(line {line})") from None
+
+
 class ESSError(Exception):
     """Base class of every user-facing error in ess.
 

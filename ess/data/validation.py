@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from ess.data.registry import SPLITS, CorpusSpec
-from ess.errors import DataError
+from ess.errors import DataError, decode_utf8
 
 
 def one_line(text: object) -> str:
@@ -58,13 +58,7 @@ def check_split_bytes(spec: CorpusSpec, split: str, path: Path | str, data: byte
         raise DataError(f"{path}: truncated: {len(data):,} bytes, expected {expected:,}")
     if expected is not None and len(data) > expected:
         raise DataError(f"{path}: {len(data):,} bytes, expected {expected:,} (not the registered {spec.name} file)")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        raise DataError(
-            f"{path}: not UTF-8 text: invalid byte 0x{data[err.start]:02x} at byte offset {err.start} (line {line})"
-        ) from None
+    text = decode_utf8(data, str(path), DataError)
     if not data.endswith((b"\n", b"\r")):
         start = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1
         raise DataError(f"{path}: truncated: the last line (from byte offset {start}) has no trailing newline")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ess.errors import GenotypeError
+from ess.errors import GenotypeError, decode_utf8
 from ess.space.description import looks_like_description, parse_description
 from ess.space.genotype import BUILTINS, ESSGenotype, builtin_name, parse_genotype_json
 
@@ -34,13 +34,7 @@ def load_genotype(ref: ESSGenotype | str | os.PathLike) -> ESSGenotype:
         data = path.read_bytes()
     except (OSError, ValueError) as err:
         raise GenotypeError(f"{path}: cannot read genotype ({getattr(err, 'strerror', None) or err})") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        raise GenotypeError(f"{path}: cannot read genotype: not UTF-8 text: invalid byte 0x{data[err.start]:02x} "
-                            f"at byte offset {err.start} (line {line})") from None
-    return parse_genotype_json(text, str(path))
+    return parse_genotype_json(decode_utf8(data, f"{path}: cannot read genotype", GenotypeError), str(path))
 
 
 __all__ = ["load_genotype"]
