@@ -69,6 +69,18 @@ def variant_label(v: Mapping[str, Any]) -> str:
     return "_".join(parts)
 
 
+def _sample_mark(config: Mapping[str, Any], trial_id: str) -> str:
+    """``#k`` (k from the trial id) for a configuration a searcher sampled: its trials share one variant."""
+    number = trial_id.rsplit("_", 1)[-1]
+    sampled = any(k not in ("ess", "variant") for k in config)
+    return f"#{int(number)}" if sampled and number.isdigit() else ""
+
+
+def trial_label(config: Mapping[str, Any], trial_id: str) -> str:
+    """A trial's label in progress lines: its variant's, marked when sampled (``joint_s3_n8-3-3#2``)."""
+    return variant_label(variant_of(config)) + _sample_mark(config, trial_id)
+
+
 def trial_name(trial: Any) -> str:
     """Tune trial names from the variant (``joint_s3_n8-3-3``) instead of the whole dict."""
     variant = trial.config.get("variant")
@@ -113,7 +125,7 @@ def trial_identity(config: Mapping[str, Any], trial_id: str, trial_name: str,
         tags = {**config_tags(values), **{f"variant.{k}": v for k, v in variant.items() if k not in values}}
         if not MODES[configs["search"].mode].searches_intra:   # its ``steps`` tag is moot: the intra cell is fixed
             tags["ess.fixed_intra"] = configs["search"].intra_genotype
-        run_name = variant_label({**values, **variant})
+        run_name = variant_label({**values, **variant}) + _sample_mark(config, trial_id)
     elif configs["transfer"] is not None:
         phase, cfg, label = "transfer", configs["transfer"], str(variant.get("cell_label"))
         tags = {"task": cfg.task, "cell": label, "seed": str(cfg.seed),
@@ -147,5 +159,6 @@ def tune_space(job: JobConfig) -> dict[str, Any]:
             for name, spec in (job.space or default).items()}
 
 
-__all__ = ["run_configs", "search_variants", "transfer_variants", "trial_config", "trial_identity", "trial_name",
+__all__ = ["run_configs", "search_variants", "transfer_variants", "trial_config", "trial_identity", "trial_label",
+           "trial_name",
            "tune_space", "variant_label", "variant_of"]

@@ -9,7 +9,7 @@ from typing import Any, TextIO
 
 from ray.tune import Callback
 
-from ess.adapters.ray.grid import variant_label, variant_of
+from ess.adapters.ray.grid import trial_label
 
 WIDTH = 100
 
@@ -58,21 +58,21 @@ class ProgressLines(Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         spec = trial.config.get("ess") or {}
-        variant = variant_of(trial.config)
         epochs = {stage: int(spec[key]["epochs"]) for stage, key in (("search", "search"), ("retrain", "train"))
                   if spec.get(key)}
         started = self._started.setdefault(trial.trial_id, time.time() - float(result.get("time_total_s", 0.0)))
-        line = progress_line(variant_label(variant), result, epochs, started, time.time())
+        line = progress_line(trial_label(trial.config, trial.trial_id), result, epochs, started, time.time())
         if line:
             print(line, file=self.out or sys.stdout, flush=True)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         done = sum(t.status == "TERMINATED" for t in trials if t is not trial) + 1
-        print(f"{self.stage}: {done}/{len(trials)} trials finished ({variant_label(variant_of(trial.config))})"[:WIDTH],
-              file=self.out or sys.stdout, flush=True)
+        label = trial_label(trial.config, trial.trial_id)
+        print(f"{self.stage}: {done}/{len(trials)} trials finished ({label})"[:WIDTH], file=self.out or sys.stdout,
+              flush=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        print(f"{self.stage}: trial {variant_label(variant_of(trial.config))} failed (its error file: Tune's "
+        print(f"{self.stage}: trial {trial_label(trial.config, trial.trial_id)} failed (its error file: Tune's "
               f"trial folder)"[:WIDTH], file=self.out or sys.stdout, flush=True)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ess.adapters.ray.config import JOB_PRESETS, JobConfig, job_base, parse_job_args
-from ess.adapters.ray.grid import search_variants, trial_config, variant_label
+from ess.adapters.ray.grid import search_variants, trial_config, trial_identity, trial_label, variant_label
 from ess.config import config_from_mapping, config_to_dict
 from ess.errors import ConfigError
 from ess.search import PRESETS as SEARCH_PRESETS
@@ -135,3 +135,20 @@ def test_variants_grid_and_collapse():
     assert variant_label({"mode": "joint", "seed": 3, "steps": 8, "n_inter": 3, "m": 2}) == "joint_s3_n8-3-2"
     assert variant_label({"genotype_label": "DARTS_V2"}) == "retrain_DARTS_V2"
     assert variant_label({"lr": 20.0}) == "search"   # a sampled configuration has no seed of its own: no "sNone"
+
+
+def test_sampled_trials_are_told_apart_in_run_names_and_progress_lines():
+    job = job_base("hparam_search", "smoke")
+    spec = {"ess": {"search": config_to_dict(job.search), "job": "hparam_search"}}
+    names = set()
+    for k, lr in enumerate((10.0, 20.0, 30.0)):     # Optuna's trials: one variant, different sampled values
+        config, trial_id = {**spec, "lr": lr}, f"5f0a1_{k:05d}"
+        label = trial_label(config, trial_id)
+        identity = trial_identity(config, trial_id, f"search_{trial_id}")
+        assert label.endswith(f"#{k}") and identity["run_name"] == f"joint_s{job.search.seed}_n" + \
+            f"{job.search.steps}-{job.search.n_inter}-{job.search.m}#{k}"
+        names.add(identity["run_name"])
+    assert len(names) == 3
+    grid = {**spec, "variant": {"mode": "joint", "seed": 1, "steps": 8, "n_inter": 3, "m": 3}}
+    assert trial_label(grid, "5f0a1_00004") == "joint_s1_n8-3-3"   # a grid's variants differ already: no mark
+    assert trial_identity(grid, "5f0a1_00004", "t")["run_name"] == "joint_s1_n8-3-3"
