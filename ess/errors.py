@@ -18,13 +18,15 @@ def one_line_message(text: str) -> str:
 
 
 def decode_utf8(data: bytes, where: str, error: type[Exception]) -> str:
-    """``data`` as UTF-8 text, else ``error`` naming ``where``, the first invalid byte, its offset and line."""
+    """``data`` as UTF-8 text, else ``error`` naming ``where``, the first invalid byte, its offset and line (put
+    into ``where`` where it holds ``{line}``, as in ``file:{line}``)."""
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
         line = data.count(b"\n", 0, err.start) + 1
-        raise error(f"{where}: not UTF-8 text: invalid byte 0x{data[err.start]:02x} at byte offset {err.start} "
-                    f"(line {line})") from None
+        tail = "" if "{line}" in where else f" (line {line})"
+        raise error(f"{where.replace('{line}', str(line))}: not UTF-8 text: invalid byte 0x{data[err.start]:02x} "
+                    f"at byte offset {err.start}{tail}") from None
 
 
 class ESSError(Exception):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ess.data import resolve_data_dir
-from ess.errors import DataError
+from ess.errors import DataError, decode_utf8
 from ess.tagging.schemes import is_valid_tag, normalise_scheme
 
 DOCSTART = "-DOCSTART-"
@@ -80,15 +80,6 @@ def get_task(name: str) -> TaskSpec:
         return TASKS[name]
     except KeyError:
         raise DataError(f"unknown task {name!r} (known: {', '.join(TASKS)})") from None
-
-
-def _decode(path: Path, data: bytes) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        raise DataError(f"{path}:{line}: not UTF-8 text (invalid byte 0x{data[err.start]:02x} "
-                        f"at byte offset {err.start})") from None
 
 
 def parse_conll(text: str, fmt: ColumnFormat, source: str = "<text>") -> list[Sentence]:
@@ -150,7 +141,7 @@ def read_conll(path: str | os.PathLike, fmt: ColumnFormat) -> list[Sentence]:
         data = path.read_bytes()
     except (OSError, ValueError) as err:
         raise DataError(f"{path}: cannot read ({getattr(err, 'strerror', None) or err})") from None
-    sentences = parse_conll(_decode(path, data), fmt, str(path))
+    sentences = parse_conll(decode_utf8(data, f"{path}:{{line}}", DataError), fmt, str(path))
     if not sentences:
         raise DataError(f"{path}: no sentences (empty file or only -DOCSTART-/blank lines)")
     return sentences
