@@ -67,17 +67,48 @@ def _store_summary(summary: Mapping[str, Any]) -> pd.DataFrame:
         return pd.DataFrame(), pd.DataFrame()
 
 
-def part_shares(trials: pd.DataFrame, arms: Sequence[str]) -> list[dict[str, Any]]:
-    """Per search arm: the mean identity share of the final genotype per part, the decided share, n."""
+def retrained_genotypes(summary: Mapping[str, Any]) -> dict[tuple[str, int], Any]:
+    """Per (search arm, seed): the genotype its retrain trained (``retrain/genotype.json`` of the trial's
+    checkpoint, else the summary's ``genotype``), which a derivation other than the last epoch's argmax
+    (``joint-pt``) makes different from the epoch rows' ``genotype/*``."""
+    from ess.space.refs import load_genotype
+
+    out = {}
+    for t in summary["trials"]:
+        if t.get("kind") != "search":
+            continue
+        path = Path(t.get("checkpoint") or "", "retrain", "genotype.json")
+        ref = str(path) if t.get("checkpoint") and path.is_file() else t.get("genotype")
+        if ref:
+            out[(t["arm"], t["seed"])] = load_genotype(ref)
+    return out
+
+
+def _part_share(genotype: Any, part: str) -> float:
+    """``part``'s identity share; NaN for an inter cell without nodes (no edge to count)."""
+    from ess.space.derive import identity_share
+
+    if part != "intra" and not getattr(genotype, part).nodes:
+        return float("nan")
+    return identity_share(genotype, (part,))
+
+
+def part_shares(trials: pd.DataFrame, arms: Sequence[str],
+                genotypes: Mapping[tuple[str, int], Any] | None = None) -> list[dict[str, Any]]:
+    """Per search arm: the identity share per searched part of the retrained genotypes (``genotypes``; else the
+    final epoch's, from the store), the final epoch's decided share and relative entropy, n."""
     out = []
     for arm in arms:
         group = trials[trials.get("arm") == arm] if "arm" in trials else trials.iloc[0:0]
         if not len(group):
             continue
         row: dict[str, Any] = {"arm": arm, "n": len(group)}
+        mine = [g for (a, _), g in (genotypes or {}).items() if a == arm]
         for part in PARTS:
             key = f"genotype/{part}/identity_share"
             values = pd.to_numeric(group[key], errors="coerce") if key in group else pd.Series(dtype=float)
+            if mine and values.notna().any():   # a searched part: its share in what was retrained
+                values = pd.Series([_part_share(g, part) for g in mine], dtype=float)
             row[part] = _f(values.mean(), 2) if values.notna().any() else "-"
         for key, name in (("genotype/decided_share", "decided_share"), ("arch/entropy", "entropy")):
             values = pd.to_numeric(group[key], errors="coerce") if key in group else pd.Series(dtype=float)
@@ -137,22 +168,24 @@ def render(summary: Mapping[str, Any], figures_dir: Path, rel: str, notes: str =
     search_arms = [a["arm"] for a in arms if any(t["arm"] == a["arm"] and t["kind"] == "search"
                                                  for t in summary["trials"])]
     if len(store):
+        genotypes = retrained_genotypes(summary)
         md += ["## What the searches decided", "",
-               "Per search arm, the final derived genotype's share of `identity` edges per part, the share of its "
-               "choices that are decided (weight at least 1.5x the runner-up) and the architecture weights' "
-               "entropy relative to uniform (1 = uniform), mean over seeds.", "",
-               _table(part_shares(store, search_arms),
+               "Per search arm, mean over seeds: the retrained genotype's share of `identity` edges per searched "
+               "part (an inter cell without nodes left out), and at the search's last epoch the share of the "
+               "argmax choices that are decided (weight at least 1.5x the runner-up) and the architecture "
+               "weights' entropy relative to uniform (1 = uniform).", "",
+               _table(part_shares(store, search_arms, genotypes),
                       [("arm", "arm"), ("n", "n"), ("identity share: intra", "intra"), ("history", "history"),
                        ("input", "input"), ("decided share", "decided_share"), ("relative entropy", "entropy")])]
         remedies = [a for a in REMEDY_ARMS if a in search_arms]
         if len(remedies) > 1:
             by_arm = {a["arm"]: a for a in arms}
             rows = [{**r, "valid": _interval(by_arm[r["arm"]], "retrain_valid_ppl")}
-                    for r in part_shares(store, remedies)]
+                    for r in part_shares(store, remedies, genotypes)]
             md += ["## Collapse remedies (issue \"A search that can say no\", item 6)", "",
                    "joint: no remedy; joint-beta: beta-decay regularisation (beta-DARTS); joint-pt: perturbation-"
-                   "based derivation (DARTS-PT). Identity share per part of the final genotype and the retrained "
-                   "valid perplexity.", "",
+                   "based derivation (DARTS-PT). Identity share per part of the retrained genotype, the last epoch's "
+                   "decided share and the retrained valid perplexity.", "",
                    _table(rows, [("arm", "arm"), ("n", "n"), ("identity: intra", "intra"), ("history", "history"),
                                  ("input", "input"), ("decided share", "decided_share"),
                                  ("retrained valid ppl [95% CI]", "valid")])]
@@ -178,12 +211,12 @@ def render(summary: Mapping[str, Any], figures_dir: Path, rel: str, notes: str =
         g = t.groupby(["task", "cell"])[["dev_f1", "test_f1"]].agg(["mean", "std", "count"]).reset_index()
         g.columns = ["_".join(c).strip("_") for c in g.columns]
         md += ["## Transfer: the best joint and intra cells in the NER tagger", "",
-               "Span F1 (conlleval) of the BiRNN-CRF tagger with each cell, mean and standard deviation over seeds.",
+               "Span F1 in percent (conlleval) of the BiRNN-CRF tagger with each cell, mean and standard deviation "
+               "over seeds.",
                "", _table(g.to_dict(orient="records"),
                           [("task", "task"), ("cell", "cell"), ("n", "dev_f1_count"),
-                           ("dev F1", lambda r: f"{_f(100 * r['dev_f1_mean'], 2)} ± {_f(100 * r['dev_f1_std'], 2)}"),
-                           ("test F1", lambda r: f"{_f(100 * r['test_f1_mean'], 2)} ± "
-                                                 f"{_f(100 * r['test_f1_std'], 2)}")])]
+                           ("dev F1", lambda r: f"{_f(r['dev_f1_mean'], 2)} ± {_f(r['dev_f1_std'], 2)}"),
+                           ("test F1", lambda r: f"{_f(r['test_f1_mean'], 2)} ± {_f(r['test_f1_std'], 2)}")])]
     if summary.get("wikitext2"):
         md += ["## WikiText-2: the PTB-searched cells retrained", "", "One seed each, same budget as on PTB.", "",
                _table(summary["wikitext2"], [("genotype", "arm"), ("valid ppl", lambda r: _f(r["retrain_valid_ppl"])),

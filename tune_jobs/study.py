@@ -72,8 +72,10 @@ def row(r: dict[str, Any], arm: str, kind: str, seed: int, genotype: str | None 
     retrain_s, retrain_t = _totals(r["checkpoint"], "retrain")
     return {"arm": arm, "kind": kind, "seed": seed, "search_valid_ppl": m.get(SEARCH_METRIC),
             "retrain_valid_ppl": m.get(RETRAIN_METRIC), "retrain_test_ppl": m.get("retrain/test/ppl"),
-            "params": m.get("retrain/params"), "identity_share": m.get("genotype/identity_share"),
-            "decided": m.get("genotype/decided"), "search_seconds": search_s, "search_tokens": search_t,
+            "params": m.get("retrain/params"),
+            "identity_share": m.get("selected/identity_share", m.get("genotype/identity_share")),
+            "decided": m.get("selected/decided", m.get("genotype/decided")), "search_seconds": search_s,
+            "search_tokens": search_t,
             "retrain_seconds": retrain_s, "retrain_tokens": retrain_t,
             "genotype": genotype or m.get("genotype"), "checkpoint": r["checkpoint"],
             "mlflow_run_id": m.get("mlflow_run_id")}

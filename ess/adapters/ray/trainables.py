@@ -51,10 +51,32 @@ def run_search(trial: Trial, cfg: SearchConfig, *, last_phase: bool = True) -> t
 
     result = search(cfg, resume=(Path(cfg.run_dir) / "checkpoint.pt").is_file(), on_epoch=on_epoch)
     if last:
+        last.update(selected(result))
         trial.report(dict(last), last=last_phase)
     elif result.rows:  # restored after the last epoch: nothing new to report
-        last.update({**result.rows[-1], "genotype": result.genotype.to_json(None)})
+        last.update({**result.rows[-1], **selected(result)})
     return result, last
+
+
+def selected(result: Any) -> dict[str, Any]:
+    """The genotype the search returns (what is retrained) and its shares, as ``genotype`` and ``selected/*``.
+
+    The epoch rows' ``genotype/*`` describe each epoch's argmax derivation; the returned genotype may be
+    another (``--derive perturbation``, ``--select best_valid``)."""
+    from ess.space.derive import identity_share
+
+    selection = result.selection or {}
+    shares = selection.get("identity_share") or {}
+    out: dict[str, Any] = {"genotype": result.genotype.to_json(None)}
+    for part, share in shares.items():
+        out[f"selected/{part}/identity_share"] = share
+    for part, share in (selection.get("decided_share") or {}).items():
+        out[f"selected/{part}/decided_share"] = share
+    if shares:
+        out["selected/identity_share"] = identity_share(result.genotype, tuple(shares))
+    if "decided" in selection:
+        out["selected/decided"] = float(selection["decided"])
+    return out
 
 
 def run_retrain(trial: Trial, cfg: TrainConfig, *, prefix: str = "retrain/") -> dict[str, Any]:
@@ -127,4 +149,5 @@ def transfer_trainable(config: dict[str, Any]) -> None:
         trial.report({**{k: v for k, v in numeric_metrics(final).items() if k != "seed"}, "final": 1})
 
 
-__all__ = ["genotype_ref", "retrain_trainable", "run_retrain", "run_search", "search_trainable", "transfer_trainable"]
+__all__ = ["genotype_ref", "retrain_trainable", "run_retrain", "run_search", "search_trainable", "selected",
+           "transfer_trainable"]

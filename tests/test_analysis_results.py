@@ -1,0 +1,41 @@
+"""docs/results.md's writer (:mod:`analysis.results`): which genotype its shares describe, the transfer units."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from analysis.results import part_shares, render, retrained_genotypes
+from ess.space.genotype import DARTS_V2, ENAS, save_genotype
+
+
+def test_shares_describe_the_retrained_genotype_not_the_last_epochs_argmax(tmp_path):
+    checkpoint = tmp_path / "trial" / "checkpoint_000003"
+    (checkpoint / "retrain").mkdir(parents=True)
+    save_genotype(DARTS_V2, checkpoint / "retrain" / "genotype.json")   # what perturbation selection returned
+    summary = {"trials": [
+        {"arm": "joint-pt", "kind": "search", "seed": 1, "checkpoint": str(checkpoint), "genotype": ENAS.to_json(None)},
+        {"arm": "joint-pt", "kind": "search", "seed": 2, "checkpoint": None, "genotype": ENAS.to_json(None)},
+        {"arm": "lstm", "kind": "baseline", "seed": 1, "checkpoint": None, "genotype": "lstm"}]}
+    genotypes = retrained_genotypes(summary)
+    assert genotypes == {("joint-pt", 1): DARTS_V2, ("joint-pt", 2): ENAS}   # the file wins over the summary
+    store = pd.DataFrame({"arm": ["joint-pt", "joint-pt"], "genotype/intra/identity_share": [0.9, 0.9],
+                          "genotype/history/identity_share": [0.5, 0.5], "genotype/decided_share": [0.0, 0.5],
+                          "arch/entropy": [0.99, 0.97]})
+    (row,) = part_shares(store, ["joint-pt"], genotypes)
+    enas_identity = sum(op == "identity" for op, _ in ENAS.intra.recurrent) / len(ENAS.intra.recurrent)
+    assert row["intra"] == f"{(0.125 + enas_identity) / 2:.2f}"
+    assert row["history"] == "-"          # neither genotype has a history node: no edge to count
+    assert row["input"] == "-"            # not a part this store's search reported
+    assert row["decided_share"] == "0.250" and row["entropy"] == "0.980"
+    (old,) = part_shares(store, ["joint-pt"])   # without the genotypes: the store's last-epoch shares
+    assert old["intra"] == "0.90" and old["history"] == "0.50"
+
+
+def test_transfer_f1_is_reported_in_percent_as_measured(tmp_path):
+    summary = {"name": "s", "tracking_uri": f"sqlite:///{tmp_path / 'none.db'}", "mlflow_experiment": "ess-study",
+               "experiment_dir": str(tmp_path / "s"), "parent_run_id": "0",
+               "arms": [], "pairs": {}, "trials": [], "headline": {}, "best": {},
+               "transfer": [{"task": "conll2003", "cell": "joint", "seed": s, "dev_f1": f, "test_f1": f - 5}
+                            for s, f in ((1, 88.0), (2, 89.0))]}
+    text = render(summary, tmp_path / "figures", "figures")
+    assert "| conll2003 | joint | 2 | 88.50 ± 0.71 | 83.50 ± 0.71 |" in text
