@@ -232,8 +232,10 @@ def render(summary: Mapping[str, Any], figures_dir: Path, rel: str, notes: str =
                                            ("distance to floor", lambda r: _f(r["retrain_valid_ppl"] - r["floor_ppl"],
                                                                               2)),
                                            ("reaches x_{t-k}", "reaches_x_t_minus_k"), ("genotype", "genotype")])]
+    storage = Path(summary["experiment_dir"]).parent
     md += ["## Reproduce", "", "```bash",
-           f"python tune_jobs/study.py --name {summary['name']}            # this study (study-cpu preset)",
+           f"python tune_jobs/study.py --name {summary['name']} --storage-path {storage} "
+           f"--arms {','.join(a['arm'] for a in arms)}   # this study; after a stop: the same with --resume",
            "python tune_jobs/study.py --preset study-gpu --address auto     # the paper's scale, on GPUs",
            f"python -m analysis.results --study {summary['experiment_dir']} --out docs/results.md",
            f"python -m analysis.report --experiment {summary['name']} --tracking-uri {summary['tracking_uri']}",

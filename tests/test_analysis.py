@@ -376,6 +376,10 @@ def test_genotype_tables_skip_runs_without_a_genotype(store):
     with pytest.warns(AnalysisWarning, match="no readable final genotype: joint_s1"):
         ops = op_frequencies(trials, by=("mode",))
     assert set(ops["mode"]) == {"intra"}
+    lstm = trials.assign(cell=["lstm" if m == "joint" else "" for m in trials["mode"]])   # a study's LSTM baseline
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AnalysisWarning)   # an LSTM has no genotype to miss
+        assert set(op_frequencies(lstm, by=("mode",))["mode"]) == {"intra"}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -8,8 +8,8 @@
 Stages (``--stages``), all on real PTB unless said, every retrain at the same budget and parameter count
 (``train.match_params``) and seeded with its arm's seed:
 
-1. ``search``: each search arm (``--arms``: intra = DARTS, inter, joint, and joint with a collapse remedy)
-   x seed: a search, then a retrain of its genotype;
+1. ``search``: each search arm (``--arms``: intra = DARTS, inter, joint; ``joint-beta``, ``joint-pt``: joint
+   with a collapse remedy, when asked for) x seed: a search, then a retrain of its genotype;
 2. ``baselines``: an LSTM and the published DARTS_V2 cell retrained per seed;
 3. ``random``: per seed, ``random_k`` random genotypes of the joint space short-retrained
    (``random_epochs``), the best by valid perplexity retrained in full;
