@@ -260,10 +260,16 @@ def genotypes_section(ctx: Context) -> None:
 
 def study_section(ctx: Context, summary: pd.DataFrame) -> None:
     """The study's arms (tagged ``arm``) at equal budget: log-scale intervals and pair tests."""
-    from analysis.study import study_tables
+    from analysis.study import study_rows, study_tables
+    from ess.adapters.ray.arms import ARMS
 
-    study_arms, study_pairs = study_tables(summary)
+    tagged = list(dict.fromkeys(r["arm"] for r in study_rows(summary)))
+    side = [a for a in tagged if a not in ARMS]   # random-screen, wt2-*, planted-*: their own budget or corpus
+    study_arms, study_pairs = study_tables(summary, [a for a in tagged if a in ARMS] or None)
     ctx.page.heading("Study: arms at equal budget and parameter count")
+    if side:
+        ctx.page.text(f"Other stages of the study, at their own budget or corpus, are not in this table: "
+                      f"{', '.join(side)}.")
     ctx.page.table("study_arms", study_arms, "Per study arm: seeds, and the geometric mean of the retrained valid and "
                    "test perplexity with its 95% interval (Student-t on log perplexity); mean parameters.",
                    ["arm", "n", "seeds", "retrain_valid_ppl_geo_mean", "retrain_valid_ppl_ci_low",

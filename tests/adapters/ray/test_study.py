@@ -52,6 +52,15 @@ def test_study_smoke_tables_and_the_report_from_the_store_agree(tmp_path):
         assert p["p_holm"] == pytest.approx(q["p_holm"], nan_ok=True) and p["diff"] == pytest.approx(q["diff"])
     report = write_report(frame, tmp_path / "report", draw=False)
     assert "study_arms" in report.tables and "Study: arms at equal budget" in report.markdown.read_text()
+    import pandas as pd
+
+    shown = pd.read_csv(report.tables["study_arms"])   # the job's arms only: not the screen or planted stages
+    assert shown["arm"].tolist() == list(arms)
+    for row in shown.to_dict(orient="records"):
+        assert row["retrain_valid_ppl_geo_mean"] == pytest.approx(arms[row["arm"]]["retrain_valid_ppl_geo_mean"])
+    for p in pd.read_csv(report.tables["study_pairs"]).to_dict(orient="records"):
+        assert p["p_holm"] == pytest.approx(job_pairs[(p["arm_a"], p["arm_b"], p["metric"])]["p_holm"], nan_ok=True)
+    assert "not in this table: random-screen, planted-" in report.markdown.read_text()
     assert not math.isnan(table["retrain_valid_ppl_ci_low"].iloc[0])
 
     from analysis.results import main as results_main
