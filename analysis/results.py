@@ -117,6 +117,46 @@ def part_shares(trials: pd.DataFrame, arms: Sequence[str],
     return out
 
 
+def study_figures(summary: Mapping[str, Any], store: pd.DataFrame, frame: pd.DataFrame,
+                  genotypes: Mapping[tuple[str, int], Any], figures_dir: Path, rel: str) -> list[str]:
+    """The report's figures for the study's arms (``analysis.figures``), each a Markdown line; a figure the
+    data cannot make is left out with the reason. The op heatmap counts the retrained genotypes."""
+    from analysis import figures as figs
+    from analysis.genotypes import op_frequencies
+
+    arms = [a["arm"] for a in summary["arms"]]
+    search_arms = [a for a in arms if any(t["arm"] == a and t["kind"] == "search" for t in summary["trials"])]
+    rows = store[store["arm"].isin(arms)] if "arm" in store else store
+    searched = store[store["arm"].isin(search_arms)] if "arm" in store else store
+    if "genotype" in searched:
+        searched = searched.assign(genotype=[
+            genotypes[(a, int(s))].to_json(None) if (a, int(s)) in genotypes else g
+            for a, s, g in zip(searched["arm"], searched["seed"], searched["genotype"])])
+    epochs = frame[frame["arm"].isin(search_arms)] if "arm" in frame else frame
+    plots = [
+        ("final", "retrained valid perplexity per arm: geometric mean with its 95% CI, dots are seeds",
+         lambda: figs.final_figure(rows, "retrain_valid_ppl", ("arm",), scale="auto")),
+        ("curves", "the supernet's valid perplexity over the search, per search arm (mean +- 1 sd over seeds)",
+         lambda: figs.curves_figure(epochs, "valid/ppl", ("arm",), stage="search")),
+        ("entropy", "the architecture weights' entropy relative to uniform over the search",
+         lambda: figs.entropy_figure(epochs, ("arm",))),
+        ("parts", "per part: entropy, mass on none and identity share over the search",
+         lambda: figs.parts_figure(epochs, ("arm",))),
+        ("ops", "ops of the retrained genotypes, per search arm (share of the part's edges)",
+         lambda: figs.op_heatmap_figure(op_frequencies(searched, ("arm",)))),
+    ]
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name, caption, make in plots:
+        try:
+            figs.save_figure(make(), figures_dir / name, formats=("png",))
+        except Exception as err:  # noqa: BLE001 - a figure the data cannot make is left out, said
+            out += [f"({name} figure left out: {str(err).splitlines()[0]})", ""]
+            continue
+        out += [f"![{name}]({rel}/{name}.png)", "", f"*{caption}*", ""]
+    return out
+
+
 def reading(summary: Mapping[str, Any]) -> list[str]:
     """Plain sentences about the headline comparisons, as the numbers say them."""
     lines = []
@@ -189,15 +229,7 @@ def render(summary: Mapping[str, Any], figures_dir: Path, rel: str, notes: str =
                    _table(rows, [("arm", "arm"), ("n", "n"), ("identity: intra", "intra"), ("history", "history"),
                                  ("input", "input"), ("decided share", "decided_share"),
                                  ("retrained valid ppl [95% CI]", "valid")])]
-        figures_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            from analysis import figures as figs
-
-            search = frame[frame["arm"].isin(search_arms)] if "arm" in frame else frame
-            figs.save_figure(figs.parts_figure(search, ("arm",)), figures_dir / "parts", formats=("png",))
-            md += ["## Collapse diagnostics over the search", "", f"![per part]({rel}/parts.png)", ""]
-        except Exception as err:  # noqa: BLE001 - a figure the data cannot make is left out, said
-            md += [f"(per-part figure left out: {str(err).splitlines()[0]})", ""]
+        md += ["## Figures", "", *study_figures(summary, store, frame, genotypes, figures_dir, rel)]
     for arm in ("joint", "intra"):
         best = summary.get("best", {}).get(arm)
         if best and best.get("genotype"):

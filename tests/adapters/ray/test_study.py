@@ -70,4 +70,6 @@ def test_study_smoke_tables_and_the_report_from_the_store_agree(tmp_path):
     for arm in arms:   # the main table has a row per arm with the job's own numbers
         assert f"| {arm} | 2 |" in text and f"{arms[arm]['retrain_valid_ppl_geo_mean']:,.1f}" in text
     assert "joint vs intra" in text and "## The planted-structure corpus" in text
-    assert (tmp_path / "results" / "parts.png").is_file()
+    for figure in ("final", "curves", "entropy", "parts", "ops"):   # the report's figures, for the study's arms
+        assert (tmp_path / "results" / f"{figure}.png").is_file() and f"(results/{figure}.png)" in text, figure
+    assert "figure left out" not in text
