@@ -164,13 +164,13 @@ def reading(summary: Mapping[str, Any]) -> list[str]:
     n = min((a["n"] for a in summary["arms"]), default=0)
     for key, h in summary.get("headline", {}).items():
         other = key.removeprefix("joint_vs_")
-        better = "lower (better)" if h["diff"] < 0 else "higher (worse)"
+        direction, better = ("lower", "better") if h["diff"] < 0 else ("higher", "worse")
         verdict = ("a difference the test can tell from seed noise" if h["p_holm"] < 0.05 else
                    "not distinguishable from seed noise at this n")
         need = h["seeds_for_80pct_power"]
         lines.append(
-            f"- **joint vs {other}**: joint's retrained valid perplexity is {_f(abs(h['diff']), 2)} {better} "
-            f"({_f(arms.get('joint', {}).get('retrain_valid_ppl_geo_mean'))} vs "
+            f"- **joint vs {other}**: joint's retrained valid perplexity is {_f(abs(h['diff']), 2)} {direction} than "
+            f"{other}'s ({better}: {_f(arms.get('joint', {}).get('retrain_valid_ppl_geo_mean'))} vs "
             f"{_f(arms.get(other, {}).get('retrain_valid_ppl_geo_mean'))}); Hedges' g = {_f(h['hedges_g'], 2)}, "
             f"Holm-adjusted p = {h['p_holm']:.3g}: {verdict}. Detecting an effect of this size with 80% power "
             f"would take about {need} seeds per arm (this study: {n}).")
