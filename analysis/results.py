@@ -117,7 +117,7 @@ def part_shares(trials: pd.DataFrame, arms: Sequence[str],
     return out
 
 
-def study_figures(summary: Mapping[str, Any], store: pd.DataFrame, frame: pd.DataFrame,
+def study_figures(summary: Mapping[str, Any], search_arms: Sequence[str], store: pd.DataFrame, frame: pd.DataFrame,
                   genotypes: Mapping[tuple[str, int], Any], figures_dir: Path, rel: str) -> list[str]:
     """The report's figures for the study's arms (``analysis.figures``), each a Markdown line; a figure the
     data cannot make is left out with the reason. The op heatmap counts the retrained genotypes."""
@@ -125,7 +125,6 @@ def study_figures(summary: Mapping[str, Any], store: pd.DataFrame, frame: pd.Dat
     from analysis.genotypes import op_frequencies
 
     arms = [a["arm"] for a in summary["arms"]]
-    search_arms = [a for a in arms if any(t["arm"] == a and t["kind"] == "search" for t in summary["trials"])]
     rows = store[store["arm"].isin(arms)] if "arm" in store else store
     searched = store[store["arm"].isin(search_arms)] if "arm" in store else store
     if "genotype" in searched:
@@ -229,7 +228,7 @@ def render(summary: Mapping[str, Any], figures_dir: Path, rel: str, notes: str =
                    _table(rows, [("arm", "arm"), ("n", "n"), ("identity: intra", "intra"), ("history", "history"),
                                  ("input", "input"), ("decided share", "decided_share"),
                                  ("retrained valid ppl [95% CI]", "valid")])]
-        md += ["## Figures", "", *study_figures(summary, store, frame, genotypes, figures_dir, rel)]
+        md += ["## Figures", "", *study_figures(summary, search_arms, store, frame, genotypes, figures_dir, rel)]
     for arm in ("joint", "intra"):
         best = summary.get("best", {}).get(arm)
         if best and best.get("genotype"):

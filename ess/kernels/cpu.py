@@ -117,10 +117,10 @@ def build(verbose: bool = False) -> Any:
     directory = build_directory()
     directory.mkdir(parents=True, exist_ok=True)
     with build_lock(directory):
-        source = directory / SOURCE.name   # built from a copy: one path whichever checkout asks
-        if not source.is_file() or source.read_bytes() != SOURCE.read_bytes():
+        source, code = directory / SOURCE.name, SOURCE.read_bytes()   # built from a copy: one path for all checkouts
+        if not source.is_file() or source.read_bytes() != code:
             partial = source.with_name(f".{source.name}.{os.getpid()}")
-            partial.write_bytes(SOURCE.read_bytes())
+            partial.write_bytes(code)
             partial.replace(source)
         module = load_extension(name=module_name(), sources=[str(source)], extra_cflags=_flags(), extra_ldflags=[],
                                 build_directory=str(directory), verbose=verbose)
