@@ -156,6 +156,56 @@ def study_figures(summary: Mapping[str, Any], search_arms: Sequence[str], store:
     return out
 
 
+def _with_intervals(trials: pd.DataFrame, grouped: pd.DataFrame) -> list[dict[str, Any]]:
+    """``grouped``'s rows with the 95% interval of the mean dev and test F1 of each (task, cell)."""
+    from analysis.stats import describe_sample
+
+    rows = []
+    for r in grouped.to_dict(orient="records"):
+        mine = trials[(trials["task"] == r["task"]) & (trials["cell"] == r["cell"])]
+        for split in ("dev", "test"):
+            d = describe_sample(mine[f"{split}_f1"].tolist(), scale="percent")
+            r[f"{split}_ci"] = f"[{_f(d['ci_low'], 2)}, {_f(d['ci_high'], 2)}]"
+        rows.append(r)
+    return rows
+
+
+def seeds_for_gains(summary: Mapping[str, Any], arms: Sequence[str] = ("joint", "intra"),
+                    gains: Sequence[float] = (0.02, 0.03, 0.05)) -> tuple[float, dict[float, int]]:
+    """The pooled seed sd of log retrained valid perplexity over ``arms``, and per relative gain the seeds per
+    arm that detect it with 80% power (two-sided 5%, :func:`analysis.study.required_seeds`)."""
+    import numpy as np
+
+    from analysis.study import required_seeds
+
+    logs = [np.log([t["retrain_valid_ppl"] for t in summary["trials"] if t["arm"] == a]) for a in arms]
+    variances = [x.var(ddof=1) for x in logs if len(x) > 1]
+    if not variances:
+        return math.nan, {}
+    sd = math.sqrt(float(np.mean(variances)))
+    return sd, {g: required_seeds(-math.log(1 - g) / sd) for g in gains}
+
+
+def cost(experiment_dir: str | Path) -> tuple[int, dict[str, float], float]:
+    """From the study's Tune result files: trials, trial-minutes per stage, and the hours of wall time in which
+    at least one trial ran (the union of the reported iterations: stops between sessions not counted)."""
+    minutes: dict[str, float] = {}
+    spans, trials = [], 0
+    for path in sorted(Path(experiment_dir).glob("*/*/result.json")):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if not rows:
+            continue
+        trials += 1
+        stage = path.parent.parent.name
+        minutes[stage] = minutes.get(stage, 0.0) + rows[-1].get("time_total_s", 0.0) / 60
+        spans += [(r["timestamp"] - r.get("time_this_iter_s", 0.0), r["timestamp"]) for r in rows]
+    busy, end = 0.0, -math.inf
+    for start, stop in sorted(spans):
+        busy += max(0.0, stop - max(start, end))
+        end = max(end, stop)
+    return trials, minutes, busy / 3600
+
+
 def reading(summary: Mapping[str, Any]) -> list[str]:
     """Plain sentences about the headline comparisons, as the numbers say them."""
     lines = []
@@ -195,7 +245,19 @@ def render(summary: Mapping[str, Any], figures_dir: Path, rel: str, notes: str =
                          ("retrain s", lambda r: _f(r.get("retrain_seconds"), 0)),
                          ("train tokens (search + retrain)",
                           lambda r: _f((r.get("search_tokens") or 0) + (r.get("retrain_tokens") or 0), 0))])]
-    md += ["## Reading", "", *reading(summary), ""]
+    md += ["## Reading", "", *reading(summary)]
+    sd, need = seeds_for_gains(summary)
+    if need:
+        md += [f"- At the pooled seed sd of log perplexity of joint and intra ({100 * sd:.1f}%, n = "
+               f"{sum(t['arm'] in ('joint', 'intra') for t in summary['trials'])} retrains), detecting a relative "
+               "gain of " + ", ".join(f"{100 * g:.0f}% takes about {k} seeds per arm" for g, k in need.items())
+               + " (80% power, two-sided 5%)."]
+    trials, minutes, hours = cost(summary["experiment_dir"])
+    if trials:
+        md += ["", "## Cost", "", f"{trials} trials, {sum(minutes.values()):,.0f} trial-minutes ("
+               + ", ".join(f"{k} {v:,.0f}" for k, v in minutes.items()) + f"); {hours:.1f} h of wall time with "
+               "at least one trial running (from the Tune result files of the experiment folder)."]
+    md += [""]
     pairs = summary["pairs"].get("retrain_valid_ppl", []) + summary["pairs"].get("retrain_test_ppl", [])
     md += ["## Every pair of arms", "", "Welch's t-test on the perplexities (diff = a - b), Holm-adjusted over the "
            "pairs of each metric, Hedges' g.", "",
@@ -242,12 +304,13 @@ def render(summary: Mapping[str, Any], figures_dir: Path, rel: str, notes: str =
         g = t.groupby(["task", "cell"])[["dev_f1", "test_f1"]].agg(["mean", "std", "count"]).reset_index()
         g.columns = ["_".join(c).strip("_") for c in g.columns]
         md += ["## Transfer: the best joint and intra cells in the NER tagger", "",
-               "Span F1 in percent (conlleval) of the BiRNN-CRF tagger with each cell, mean and standard deviation "
-               "over seeds.",
-               "", _table(g.to_dict(orient="records"),
+               "Span F1 in percent (conlleval) of the BiRNN-CRF tagger with each cell: mean ± standard deviation "
+               "over seeds, and the 95% Student-t interval of the mean (within [0, 100]).",
+               "", _table(_with_intervals(t, g),
                           [("task", "task"), ("cell", "cell"), ("n", "dev_f1_count"),
                            ("dev F1", lambda r: f"{_f(r['dev_f1_mean'], 2)} ± {_f(r['dev_f1_std'], 2)}"),
-                           ("test F1", lambda r: f"{_f(r['test_f1_mean'], 2)} ± {_f(r['test_f1_std'], 2)}")])]
+                           ("test F1", lambda r: f"{_f(r['test_f1_mean'], 2)} ± {_f(r['test_f1_std'], 2)}"),
+                           ("dev 95% CI", "dev_ci"), ("test 95% CI", "test_ci")])]
     if summary.get("wikitext2"):
         md += ["## WikiText-2: the PTB-searched cells retrained", "", "One seed each, same budget as on PTB.", "",
                _table(summary["wikitext2"], [("genotype", "arm"), ("valid ppl", lambda r: _f(r["retrain_valid_ppl"])),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 from analysis.results import part_shares, render, retrained_genotypes
 from ess.space.genotype import DARTS_V2, ENAS, save_genotype
@@ -39,3 +40,36 @@ def test_transfer_f1_is_reported_in_percent_as_measured(tmp_path):
                             for s, f in ((1, 88.0), (2, 89.0))]}
     text = render(summary, tmp_path / "figures", "figures")
     assert "| conll2003 | joint | 2 | 88.50 ± 0.71 | 83.50 ± 0.71 |" in text
+
+
+def test_seeds_for_a_relative_gain_at_the_pooled_seed_noise():
+    import math
+
+    from analysis.results import seeds_for_gains
+    from analysis.study import required_seeds
+
+    ppl = {"joint": [100.0, 110.0, 121.0], "intra": [200.0, 220.0, 242.0]}   # log sd = log(1.1) in both arms
+    summary = {"trials": [{"arm": a, "retrain_valid_ppl": v} for a, vs in ppl.items() for v in vs]}
+    sd, need = seeds_for_gains(summary, gains=(0.03,))
+    assert sd == pytest.approx(math.log(1.1))
+    assert need == {0.03: required_seeds(-math.log(0.97) / math.log(1.1))}
+
+
+def test_cost_counts_trial_minutes_and_the_wall_time_any_trial_ran(tmp_path):
+    import json
+
+    from analysis.results import cost
+
+    def trial(stage, name, rows):
+        d = tmp_path / stage / name
+        d.mkdir(parents=True)
+        (d / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    # two trials side by side in [0, 60] s and one alone in [100, 160] s
+    trial("search", "a", [{"timestamp": 30, "time_this_iter_s": 30, "time_total_s": 30},
+                          {"timestamp": 60, "time_this_iter_s": 30, "time_total_s": 60}])
+    trial("search", "b", [{"timestamp": 60, "time_this_iter_s": 60, "time_total_s": 60}])
+    trial("baselines", "c", [{"timestamp": 160, "time_this_iter_s": 60, "time_total_s": 60}])
+    trials, minutes, hours = cost(tmp_path)
+    assert trials == 3 and minutes == {"baselines": 1.0, "search": 2.0}
+    assert hours == pytest.approx(120 / 3600)
