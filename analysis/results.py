@@ -312,13 +312,15 @@ def render(summary: Mapping[str, Any], figures_dir: Path, rel: str, notes: str =
                            ("test F1", lambda r: f"{_f(r['test_f1_mean'], 2)} ± {_f(r['test_f1_std'], 2)}"),
                            ("dev 95% CI", "dev_ci"), ("test 95% CI", "test_ci")])]
     if summary.get("wikitext2"):
-        md += ["## WikiText-2: the PTB-searched cells retrained", "", "One seed each, same budget as on PTB.", "",
+        md += ["## WikiText-2: the PTB-searched cells retrained", "",
+               "One seed each (n = 1: no interval), same budget as on PTB.", "",
                _table(summary["wikitext2"], [("genotype", "arm"), ("valid ppl", lambda r: _f(r["retrain_valid_ppl"])),
                                              ("test ppl", lambda r: _f(r["retrain_test_ppl"])),
                                              ("params", lambda r: _f(r["params"], 0))])]
     if summary.get("planted"):
         md += ["## The planted-structure corpus", "",
-               "Each mode searched (then retrained) on the generated corpus whose exact perplexity floor is known; "
+               "Each mode searched (then retrained) on the generated corpus whose exact perplexity floor is known, "
+               "one seed per mode (n = 1: no interval); "
                "`reaches x_{t-k}`: the derived input cell reads the planted input.", "",
                _table(summary["planted"], [("mode", "mode"), ("floor", lambda r: _f(r["floor_ppl"], 3)),
                                            ("search valid ppl", lambda r: _f(r["search_valid_ppl"], 2)),
