@@ -171,9 +171,12 @@ def _with_intervals(trials: pd.DataFrame, grouped: pd.DataFrame) -> list[dict[st
 
 
 def seeds_for_gains(summary: Mapping[str, Any], arms: Sequence[str] = ("joint", "intra"),
-                    gains: Sequence[float] = (0.02, 0.03, 0.05)) -> tuple[float, dict[float, int]]:
+                    gains: Sequence[float] = (0.02, 0.03, 0.05), alpha: float = 0.05) -> tuple[float, dict[float, int]]:
     """The pooled seed sd of log retrained valid perplexity over ``arms``, and per relative gain the seeds per
-    arm that detect it with 80% power (two-sided 5%, :func:`analysis.study.required_seeds`)."""
+    arm that detect it with 80% power (two-sided ``alpha``, exact noncentral t: :func:`analysis.study.required_seeds`).
+
+    The sd is itself an estimate (its degrees of freedom are the seeds less one per arm), so these counts are
+    as uncertain as it is."""
     import numpy as np
 
     from analysis.study import required_seeds
@@ -183,7 +186,7 @@ def seeds_for_gains(summary: Mapping[str, Any], arms: Sequence[str] = ("joint", 
     if not variances:
         return math.nan, {}
     sd = math.sqrt(float(np.mean(variances)))
-    return sd, {g: required_seeds(-math.log(1 - g) / sd) for g in gains}
+    return sd, {g: required_seeds(-math.log(1 - g) / sd, alpha) for g in gains}
 
 
 def cost(experiment_dir: str | Path) -> tuple[int, dict[str, float], float]:
@@ -207,22 +210,31 @@ def cost(experiment_dir: str | Path) -> tuple[int, dict[str, float], float]:
 
 
 def reading(summary: Mapping[str, Any]) -> list[str]:
-    """Plain sentences about the headline comparisons, as the numbers say them."""
+    """Plain sentences about the headline comparisons, as the numbers say them, on the scale of the geometric
+    means the tables show: their difference, their ratio and its 95% interval (Welch on log perplexity)."""
     lines = []
     arms = {a["arm"]: a for a in summary["arms"]}
-    n = min((a["n"] for a in summary["arms"]), default=0)
     for key, h in summary.get("headline", {}).items():
         other = key.removeprefix("joint_vs_")
-        direction, better = ("lower", "better") if h["diff"] < 0 else ("higher", "worse")
-        verdict = ("a difference the test can tell from seed noise" if h["p_holm"] < 0.05 else
-                   "not distinguishable from seed noise at this n")
-        need = h["seeds_for_80pct_power"]
-        lines.append(
-            f"- **joint vs {other}**: joint's retrained valid perplexity is {_f(abs(h['diff']), 2)} {direction} than "
-            f"{other}'s ({better}: {_f(arms.get('joint', {}).get('retrain_valid_ppl_geo_mean'))} vs "
-            f"{_f(arms.get(other, {}).get('retrain_valid_ppl_geo_mean'))}); Hedges' g = {_f(h['hedges_g'], 2)}, "
-            f"Holm-adjusted p = {h['p_holm']:.3g}: {verdict}. Detecting an effect of this size with 80% power "
-            f"would take about {need} seeds per arm (this study: {n}).")
+        mine, theirs = (arms.get(a, {}).get("retrain_valid_ppl_geo_mean") for a in ("joint", other))
+        head = f"- **joint vs {other}**: geometric-mean retrained valid perplexity {_f(mine)} vs {_f(theirs)}"
+        if "ratio" not in h:   # a summary written before ratios were reported: arithmetic means only
+            lines.append(f"{head}; the arithmetic means differ by {_f(h['diff'], 2)}, Holm-adjusted p = "
+                         f"{h['p_holm']:.3g}.")
+            continue
+        if min(h.get("n_a", 0), h.get("n_b", 0)) < 2 or not math.isfinite(h.get("ci_low", math.nan)):
+            lines.append(f"{head}: no comparison (it needs at least two seeds per arm).")
+            continue
+        low, high = 100 * (h["ci_low"] - 1), 100 * (h["ci_high"] - 1)
+        if h["ci_low"] <= 1 <= h["ci_high"]:
+            verdict = (f"cannot be told apart: the interval runs from joint {abs(low):.1f}% lower to "
+                       f"{high:.1f}% higher")
+        else:
+            verdict = f"joint is {'lower' if h['ci_high'] < 1 else 'higher'} by {min(abs(low), abs(high)):.1f}% " \
+                      f"to {max(abs(low), abs(high)):.1f}%"
+        lines.append(f"{head} (difference {h['diff']:+.1f}); ratio {h['ratio']:.3f}, 95% interval "
+                     f"[{h['ci_low']:.3f}, {h['ci_high']:.3f}] (n = {h['n_a']} and {h['n_b']}; Welch on log "
+                     f"perplexity p = {h['p_value']:.3g}, Holm p = {h['p_holm']:.3g}): {verdict}.")
     return lines
 
 
@@ -248,10 +260,11 @@ def render(summary: Mapping[str, Any], figures_dir: Path, rel: str, notes: str =
     md += ["## Reading", "", *reading(summary)]
     sd, need = seeds_for_gains(summary)
     if need:
-        md += [f"- At the pooled seed sd of log perplexity of joint and intra ({100 * sd:.1f}%, n = "
-               f"{sum(t['arm'] in ('joint', 'intra') for t in summary['trials'])} retrains), detecting a relative "
+        n = sum(t['arm'] in ('joint', 'intra') for t in summary['trials'])
+        md += [f"- At the pooled seed sd of log perplexity of joint and intra ({100 * sd:.1f}%, from n = {n} "
+               f"retrains, {n - 2} degrees of freedom: an estimate as uncertain as that), detecting a relative "
                "gain of " + ", ".join(f"{100 * g:.0f}% takes about {k} seeds per arm" for g, k in need.items())
-               + " (80% power, two-sided 5%)."]
+               + " (80% power, two-sided 5%, exact noncentral t)."]
     trials, minutes, hours = cost(summary["experiment_dir"])
     if trials:
         md += ["", "## Cost", "", f"{trials} trials, {sum(minutes.values()):,.0f} trial-minutes ("

@@ -181,6 +181,74 @@ def welch_t_test(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
     return {"t": float(t), "df": float(df), "p_value": float(2 * stats.t.sf(abs(t), df)), "se": math.sqrt(se2)}
 
 
+def ratio_test(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> dict[str, float]:
+    """Welch's t-test on the log values: the ratio of the geometric means ``a / b`` with its interval.
+
+    ``ratio = exp(mean log a - mean log b)``, interval ``exp(diff +- t_{(1+c)/2, df} se)`` and ``p`` of
+    :func:`welch_t_test` on ``log a`` and ``log b``: the comparison on the scale of geometric means, which is
+    where perplexities are summarised (a ratio of 1.03 is "a is 3% higher"). Also ``diff_geo``, the difference
+    of the geometric means. NaN (but the ratio) when an arm has fewer than two positive values.
+    """
+    a = np.asarray([v for v in a if not is_missing(v) and float(v) > 0], dtype=float)
+    b = np.asarray([v for v in b if not is_missing(v) and float(v) > 0], dtype=float)
+    out = {"n_a": len(a), "n_b": len(b), "ratio": math.nan, "ci_low": math.nan, "ci_high": math.nan,
+           "p_value": math.nan, "df": math.nan, "diff_geo": math.nan}
+    if not len(a) or not len(b):
+        return out
+    la, lb = np.log(a), np.log(b)
+    diff = float(la.mean() - lb.mean())
+    out.update({"ratio": math.exp(diff), "diff_geo": math.exp(la.mean()) - math.exp(lb.mean())})
+    test = welch_t_test(la, lb)
+    if not math.isfinite(test["t"]):
+        return out
+    half = t_quantile(confidence, test["df"]) * test["se"]
+    out.update({"ci_low": math.exp(diff - half), "ci_high": math.exp(diff + half), "p_value": test["p_value"],
+                "df": test["df"]})
+    return out
+
+
+def seeds_for_power(effect: float, alpha: float = 0.05, power: float = 0.8, max_n: int = 10_000) -> int:
+    """The smallest seeds per arm ``n`` at which a two-sided two-sample t-test at level ``alpha`` detects a
+    standardised effect ``effect`` (difference / common sd) with probability ``power``.
+
+    Exact: the power of the pooled t-test with ``2n - 2`` degrees of freedom is
+    ``P(|T'| > t_{1-alpha/2})`` for ``T'`` noncentral t with noncentrality ``effect sqrt(n / 2)`` (no normal
+    approximation, which undercounts at few seeds). 0 for no effect; ``max_n + 1`` when out of reach.
+    """
+    from scipy import stats
+
+    if not effect or not math.isfinite(effect):
+        return 0
+    for n in range(2, max_n + 1):
+        df = 2 * n - 2
+        crit = stats.t.ppf(1 - alpha / 2, df)
+        nc = abs(effect) * math.sqrt(n / 2)
+        if stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc) >= power:
+            return n
+    return max_n + 1
+
+
+def detectable_effect(n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest standardised effect that ``n`` seeds per arm detect with ``power`` (inverse of
+    :func:`seeds_for_power`, by bisection on the exact noncentral-t power)."""
+    from scipy import stats
+
+    if n < 2:
+        return math.inf
+    df = 2 * n - 2
+    crit = stats.t.ppf(1 - alpha / 2, df)
+
+    def achieved(d: float) -> float:
+        nc = d * math.sqrt(n / 2)
+        return stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc)
+
+    low, high = 0.0, 100.0
+    for _ in range(100):
+        mid = (low + high) / 2
+        low, high = (mid, high) if achieved(mid) < power else (low, mid)
+    return high
+
+
 def cohens_d(a: Sequence[float], b: Sequence[float]) -> float:
     """Cohen's d: ``(mean_a - mean_b) / s_p``, pooled ``s_p^2 = ((n_a-1) s_a^2 + (n_b-1) s_b^2) / (n_a+n_b-2)``."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
@@ -334,5 +402,6 @@ def evolution(frame: pd.DataFrame, by: Sequence[str] = ARM, *,
 
 __all__ = [
     "BOUNDS", "SCALES", "aggregate", "aggregate_many", "bootstrap_test", "cohens_d", "compare_arms", "describe_sample",
-    "epoch_curves", "evolution", "hedges_g", "holm", "interval_scale", "log_interval", "t_quantile", "welch_t_test",
+    "detectable_effect", "epoch_curves", "evolution", "hedges_g", "holm", "interval_scale", "log_interval",
+    "ratio_test", "seeds_for_power", "t_quantile", "welch_t_test",
 ]

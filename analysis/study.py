@@ -3,8 +3,10 @@
 Perplexities are positive and skewed, so each interval is a Student-t interval of the *log* perplexity,
 mapped back (``exp(mean log +- t s / sqrt(n))``): it is never negative and is the interval of the geometric
 mean. Pairs are compared by Welch's t-test on the perplexities (:func:`analysis.stats.compare_arms`), Holm
-adjusted over all pairs, with Hedges' g; :func:`required_seeds` says how many seeds per arm would detect a
-given standardised effect. The study job and ``analysis.report`` both build their tables here.
+adjusted over all pairs, with Hedges' g; :func:`ratio_tests` compares named pairs on the scale of the geometric
+means (ratio and interval from Welch on log values, Holm over those pairs); :func:`required_seeds` says how many
+seeds per arm would detect a given standardised effect (exact noncentral t). The study job and
+``analysis.report`` both build their tables here.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from analysis.stats import compare_arms, log_interval
+from analysis.stats import compare_arms, holm, log_interval, ratio_test, seeds_for_power
 
 VALUES = ("retrain_valid_ppl", "retrain_test_ppl")
 
@@ -77,14 +79,29 @@ def study_tables(summary: pd.DataFrame, arms: Sequence[str] | None = None) -> tu
 
 
 def required_seeds(effect: float, alpha: float = 0.05, power: float = 0.8) -> int:
-    """Seeds per arm for a two-sided two-sample test to detect a standardised effect ``effect`` (normal
-    approximation: ``n = 2 ((z_{1-alpha/2} + z_power) / d)^2``)."""
-    from scipy import stats
-
-    if not effect or not math.isfinite(effect):
-        return 0
-    z = stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)
-    return int(math.ceil(2 * (z / abs(effect)) ** 2))
+    """Seeds per arm for a two-sided two-sample t-test at level ``alpha`` to detect a standardised effect
+    ``effect`` with ``power``: exact noncentral t (:func:`analysis.stats.seeds_for_power`)."""
+    return seeds_for_power(effect, alpha, power)
 
 
-__all__ = ["VALUES", "arm_table", "log_interval", "pair_tests", "required_seeds", "study_rows", "study_tables"]
+def ratio_tests(rows: Sequence[Mapping[str, Any]], pairs: Sequence[tuple[str, str]],
+                value: str = "retrain_valid_ppl", confidence: float = 0.95) -> pd.DataFrame:
+    """The named ``(a, b)`` pairs on ``value``: ratio of geometric means ``a / b`` with its interval and Welch's
+    p on log values (:func:`analysis.stats.ratio_test`), Holm-adjusted over these pairs only."""
+    frame = pd.DataFrame(list(rows))
+    out = []
+    for a, b in pairs:
+        def values(arm: str) -> list[float]:
+            if not len(frame) or value not in frame:
+                return []
+            return pd.to_numeric(frame[frame["arm"] == arm][value], errors="coerce").dropna().tolist()
+
+        out.append({"metric": value, "arm_a": a, "arm_b": b, **ratio_test(values(a), values(b), confidence)})
+    table = pd.DataFrame(out)
+    if len(table):
+        table["p_holm"] = holm(table["p_value"].tolist())
+    return table
+
+
+__all__ = ["VALUES", "arm_table", "log_interval", "pair_tests", "ratio_tests", "required_seeds", "study_rows",
+           "study_tables"]

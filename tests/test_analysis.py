@@ -498,3 +498,29 @@ def test_summary_of_nothing_is_an_error():
         warnings.simplefilter("error")
         assert math.isnan(aggregate(pd.DataFrame({"mode": ["a"], "seed": [1], "x": [1.0], "run_id": ["r"]}),
                                     "x", by=("mode",), warn_single=False)["std"].iloc[0])
+
+
+def test_ratio_test_is_welch_on_log_values_by_hand():
+    from analysis.stats import ratio_test
+
+    a, b = [math.e ** 1, math.e ** 2, math.e ** 3], [1.0, math.e, math.e ** 2]   # logs 1,2,3 and 0,1,2
+    out = ratio_test(a, b)
+    se, t = math.sqrt(1 / 3 + 1 / 3), 2.7764451051977987   # t_{0.975, 4}; Welch df = 4 with equal variances
+    assert out["ratio"] == pytest.approx(math.e)
+    assert out["df"] == pytest.approx(4.0)
+    assert out["ci_low"] == pytest.approx(math.exp(1 - t * se))
+    assert out["ci_high"] == pytest.approx(math.exp(1 + t * se))
+    assert out["p_value"] == pytest.approx(0.2878641347266506, rel=1e-6)
+    assert out["diff_geo"] == pytest.approx(math.exp(2) - math.exp(1))
+    one = ratio_test([100.0], [90.0, 95.0])
+    assert one["ratio"] == pytest.approx(100 / math.sqrt(90 * 95)) and math.isnan(one["ci_low"])
+
+
+@pytest.mark.parametrize("effect, n", [(1.0, 17), (0.5, 64), (0.8, 26)])   # Cohen (1988), table 2.4.1
+def test_seeds_for_power_matches_the_exact_t_tables(effect, n):
+    from analysis.stats import detectable_effect, seeds_for_power
+
+    assert seeds_for_power(effect) == n
+    assert seeds_for_power(-effect) == n
+    assert detectable_effect(n) <= effect < detectable_effect(n - 1)
+    assert seeds_for_power(0.0) == 0

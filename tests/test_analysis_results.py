@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -73,3 +76,31 @@ def test_cost_counts_trial_minutes_and_the_wall_time_any_trial_ran(tmp_path):
     trials, minutes, hours = cost(tmp_path)
     assert trials == 3 and minutes == {"baselines": 1.0, "search": 2.0}
     assert hours == pytest.approx(120 / 3600)
+
+
+def test_reading_reports_ratios_of_geometric_means_and_says_cannot_be_told_apart():
+    from analysis.results import reading
+
+    summary = {"arms": [{"arm": "joint", "retrain_valid_ppl_geo_mean": 432.6},
+                        {"arm": "intra", "retrain_valid_ppl_geo_mean": 421.9},
+                        {"arm": "lstm", "retrain_valid_ppl_geo_mean": 500.0}],
+               "headline": {"joint_vs_intra": {"diff": 10.7, "ratio": 1.025, "ci_low": 0.946, "ci_high": 1.111,
+                                               "p_value": 0.33, "p_holm": 0.9, "n_a": 3, "n_b": 3},
+                            "joint_vs_lstm": {"diff": -67.4, "ratio": 0.865, "ci_low": 0.8, "ci_high": 0.93,
+                                              "p_value": 0.01, "p_holm": 0.02, "n_a": 3, "n_b": 3}}}
+    intra, lstm = reading(summary)
+    assert "432.6 vs 421.9" in intra and "(difference +10.7)" in intra
+    assert "cannot be told apart: the interval runs from joint 5.4% lower to 11.1% higher" in intra
+    assert "joint is lower by 7.0% to 20.0%" in lstm
+
+
+def test_a_comparison_with_one_seed_says_it_needs_two():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("study_job", Path(__file__).parents[1] / "tune_jobs" / "study.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    line = job.headline_line("joint_vs_intra", {"diff": 1.0, "ratio": 1.01, "ci_low": math.nan, "ci_high": math.nan,
+                                                "p_value": math.nan, "p_holm": math.nan, "n_a": 1, "n_b": 1})
+    assert line == "joint_vs_intra: no comparison: it needs at least two seeds per arm (has 1 and 1)"
+    assert "nan" not in line

@@ -32,7 +32,7 @@ from typing import Any
 
 from ray import tune
 
-from analysis.study import arm_table, pair_tests, required_seeds
+from analysis.study import arm_table, pair_tests, ratio_tests
 from ess.adapters.ray import jobs
 from ess.adapters.ray.arms import arms as named_arms
 from ess.adapters.ray.config import JobConfig
@@ -121,8 +121,12 @@ def run(job: JobConfig, *, resume: bool = False, callbacks: Sequence[Any] = ()) 
             for r in tune_stage(exp, "random", retrain_trainable, exp.spec(train=train, genotypes=chosen),
                                 [{"genotype_label": f"random_s{s}", "arm": "random", "seed": s} for s in job.seeds],
                                 callbacks):
-                label = r["variant"]["genotype_label"]
-                trials.append(row(r, "random", "random", r["variant"]["seed"], chosen[label].to_json(None)))
+                label, seed = r["variant"]["genotype_label"], r["variant"]["seed"]
+                screened = [_totals(x["checkpoint"], "retrain") for x in screen if x["variant"]["seed"] == seed]
+                # the screen is this arm's search: its cost is counted as the searches' are
+                trials.append({**row(r, "random", "random", seed, chosen[label].to_json(None)),
+                               "search_seconds": sum(s for s, _ in screened),
+                               "search_tokens": sum(t for _, t in screened)})
         best = _best_by_arm(trials)
         if "transfer" in job.stages and {"joint", "intra"} <= set(best):
             jobs.ensure_tasks(job.tasks, job.data_dir or None)
@@ -188,19 +192,14 @@ def _summary(job: JobConfig, trials: list[dict[str, Any]], extra: dict[str, Any]
              best: dict[str, dict[str, Any]]) -> dict[str, Any]:
     table = arm_table(trials, [a for a in job.arms if any(t["arm"] == a for t in trials)])
     pairs = {v: pair_tests(trials, v) for v in ("retrain_valid_ppl", "retrain_test_ppl")}
+    others = [o for o in ("intra", "random", "darts_v2", "lstm", "inter") if o in set(t["arm"] for t in trials)]
     headline = {}
-    valid = pairs["retrain_valid_ppl"]
-    for other in ("intra", "random", "darts_v2", "lstm", "inter"):
-        hit = valid[(valid["arm_a"] == "joint") & (valid["arm_b"] == other)] if len(valid) else valid
-        hit = hit if len(hit) else (valid[(valid["arm_a"] == other) & (valid["arm_b"] == "joint")] if len(valid)
-                                    else valid)
-        if len(hit):
-            h = hit.iloc[0]
-            sign = 1 if h["arm_a"] == "joint" else -1
-            g = sign * float(h["hedges_g"])
-            headline[f"joint_vs_{other}"] = {"diff": sign * float(h["diff"]), "hedges_g": g,
-                                             "p_holm": float(h["p_holm"]),
-                                             "seeds_for_80pct_power": required_seeds(g)}
+    if "joint" in {t["arm"] for t in trials}:
+        ratios = ratio_tests(trials, [("joint", o) for o in others])
+        for h in ratios.to_dict(orient="records"):
+            headline[f"joint_vs_{h['arm_b']}"] = {
+                "diff": h["diff_geo"], "ratio": h["ratio"], "ci_low": h["ci_low"], "ci_high": h["ci_high"],
+                "p_value": h["p_value"], "p_holm": h["p_holm"], "n_a": h["n_a"], "n_b": h["n_b"]}
     return {"arms": table.to_dict(orient="records"),
             "pairs": {k: v.to_dict(orient="records") for k, v in pairs.items()},
             "trials": trials, "headline": headline, **extra,
@@ -229,9 +228,20 @@ def report(summary: dict[str, Any]) -> None:
     if len(arms):
         print(arms[[c for c in cols if c in arms]].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     for name, h in summary["headline"].items():
-        print(f"{name}: valid ppl diff {h['diff']:+.2f}, Hedges' g {h['hedges_g']:+.2f}, Holm p {h['p_holm']:.3g}"
-              f" (seeds per arm for 80% power at this g: {h['seeds_for_80pct_power']})")
+        print(headline_line(name, h))
     print(f"tables: {summary['experiment_dir']}/study_arms.csv, study_pairs.csv, study.csv")
+
+
+def headline_line(name: str, h: dict[str, Any]) -> str:
+    """One comparison of the summary in words: the ratio of geometric means and its interval, or why there is none."""
+    if min(h.get("n_a", 0), h.get("n_b", 0)) < 2:
+        return (f"{name}: no comparison: it needs at least two seeds per arm (has {h.get('n_a', 0)} and "
+                f"{h.get('n_b', 0)})")
+    verdict = ("cannot be told apart" if h["ci_low"] <= 1 <= h["ci_high"] else
+               "lower" if h["ci_high"] < 1 else "higher")
+    return (f"{name}: valid ppl ratio {h['ratio']:.3f} (geometric means differ by {h['diff']:+.2f}), 95% interval "
+            f"[{h['ci_low']:.3f}, {h['ci_high']:.3f}]: {verdict}; Welch on log ppl p {h['p_value']:.3g}, "
+            f"Holm p {h['p_holm']:.3g} (Holm over the joint_vs_* comparisons)")
 
 
 def main(argv: list[str] | None = None) -> int:
