@@ -41,7 +41,7 @@ def balance(norm: str, seeds: list[int], batches: int, args: argparse.Namespace)
     sums: dict[str, dict[str, list[float]]] = {}
     for seed in seeds:
         seed_everything(seed)
-        model = build_search_model(len(corpus.vocab), mode=args.mode, ninp=args.nhid, nhid=args.nhid, m=args.m,
+        model = build_search_model(len(corpus.vocab), mode=args.mode, emsize=args.nhid, nhid=args.nhid, m=args.m,
                                    n_inter=args.n_inter, inter_norm=norm)
         architect = Architect(model, beta=1e-3)
         model.train()

@@ -47,8 +47,8 @@ SMOKE = dict(size=16, steps=3, n_inter=2, m=2, ntoken=50, bptt=5, batches=[4], w
 
 def build(mode: str, impl: str, size: int, ntoken: int, steps: int, n_inter: int, m: int, seed: int) -> SearchModel:
     torch.manual_seed(seed)
-    return build_search_model(ntoken, mode=mode, ninp=size, nhid=size, steps=steps, n_inter=n_inter, m=m,
-                              implementation=impl)
+    return build_search_model(ntoken, mode=mode, emsize=size, nhid=size, steps=steps, n_inter=n_inter, m=m,
+                              implementation=impl, inter_norm="none")
 
 
 # --------------------------------------------------------------------------------------------------

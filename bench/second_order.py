@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     train = batchify(corpus.train[:200_000], args.batch_size)
     valid = batchify(corpus.valid[:50_000], args.batch_size)
     seed_everything(args.seed)
-    model = build_search_model(len(corpus.vocab), mode=args.mode, ninp=args.nhid, nhid=args.nhid)
+    model = build_search_model(len(corpus.vocab), mode=args.mode, emsize=args.nhid, nhid=args.nhid)
     model.train()
     rows: dict[str, list[dict[str, float]]] = {"darts": [], "exact": []}
     for b in range(args.batches):

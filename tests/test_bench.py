@@ -137,7 +137,7 @@ def test_search_flop_count_is_what_the_fused_path_runs(mode):
     running-statistics update, and node 0's input gradient at t = 0 where it reads the initial state."""
     torch.manual_seed(0)
     T, B, d, steps, K, m = 4, 3, 48, 3, 2, 2
-    model = build_search_model(30, mode=mode, ninp=d, nhid=d, steps=steps, n_inter=K, m=m)
+    model = build_search_model(30, mode=mode, emsize=d, nhid=d, steps=steps, n_inter=K, m=m, inter_norm="none")
     inter_cells = {"intra": 0, "inter": 2, "joint": 2}[mode]
     mixing = 2 * 2 * (K * 4 * m + sum(4 * k for k in range(1, K))) * d * T * B  # per inter cell and bmm set
     norm = 2 * 2 * (steps + 1) * d * T if mode != "inter" else 0  # two [steps+1] x [steps+1, d] per step
@@ -160,7 +160,7 @@ def test_retrain_flop_count_is_exact(cell):
 
 def test_flop_count_of_the_darts_search_iteration():
     """DARTS's search cell at 300: 38 products of 300 x 600 per token and step, plus the 10k decoder."""
-    model = build_search_model(10_000, mode="intra", ninp=300, nhid=300)
+    model = build_search_model(10_000, mode="intra", emsize=300, nhid=300)
     per_token_fwd = 38 * 2 * 300 * 600 + 2 * 300 * 10_000
     T, B = 35, 64
     assert common.pass_flops(model, T, B, None) == per_token_fwd * T * B

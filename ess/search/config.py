@@ -5,11 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ess.config import check, check_genotype
+from ess.config import check
 from ess.guard import HELP_LR_FACTOR, HELP_MAX_PPL, HELP_MAX_ROLLBACKS
-from ess.space.ops import PRIMITIVES
-from ess.supernet.base import INTER_COMBINATIONS, INTER_NORMS, SOFTMAX_SCOPES
-from ess.supernet.model import IMPLEMENTATIONS, MODES, check_ops
+from ess.supernet.model import SUPERNET_FIXED, SupernetFields
 
 SECOND_ORDER = ("darts", "exact")
 LENGTHS = ("normal", "darts")
@@ -20,30 +18,12 @@ DERIVATIONS = ("argmax", "perturbation")
 
 
 @dataclass(frozen=True)
-class SearchConfig:
-    """Search config; defaults are the DARTS recurrent search values (reference.md section 3)."""
+class SearchConfig(SupernetFields):
+    """Search config; defaults are the DARTS recurrent search values (reference.md section 3). The fields that
+    define the supernet (:class:`ess.supernet.model.SupernetFields`) come first, declared and checked there."""
 
-    mode: str = field(default="joint", metadata={"help": f"what is searched: {', '.join(MODES)}"})
     dataset: str = field(default="ptb", metadata={"help": "registered corpus"})
     data_dir: str | None = field(default=None, metadata={"help": "else $ESS_DATA_DIR, else ./data"})
-    emsize: int = field(default=300, metadata={"help": "embedding size (tied: equals nhid)"})
-    nhid: int = field(default=300, metadata={"help": "hidden size"})
-    steps: int = field(default=8, metadata={"help": "intra-cell nodes"})
-    n_inter: int = field(default=3, metadata={"help": "nodes of each inter cell"})
-    m: int = field(default=3, metadata={"help": "inter-cell window: h_{t-1..t-m}, x_{t..t-m+1}"})
-    combination: str = field(default="product", metadata={"help": "inter node: product, sum or search"})
-    residual: bool = field(default=True, metadata={"help": "inter output = newest input + mean(nodes)"})
-    softmax_scope: str = field(default="node", metadata={"help": "inter softmax: node (I-DARTS) or edge (DARTS)"})
-    intra_genotype: str = field(default="DARTS_V2", metadata={"help": "fixed intra cell in inter mode"})
-    batchnorm: bool = field(default=True, metadata={"help": "affine-free batch norm on intra nodes"})
-    implementation: str = field(default="fast", metadata={"help": f"{' or '.join(IMPLEMENTATIONS)}"})
-    intra_ops: tuple[str, ...] = field(default=PRIMITIVES, metadata={
-        "help": "candidate ops of the intra cell, e.g. none,tanh,relu,sigmoid (a no-identity ablation)"})
-    inter_ops: tuple[str, ...] = field(default=PRIMITIVES, metadata={"help": "candidate ops of the inter cells"})
-    inter_norm: str = field(default="op", metadata={
-        "help": f"search-only normalisation in the inter cells: {', '.join(INTER_NORMS)} (docs/method.md 10)"})
-    emb_init: float = field(default=0.1, metadata={
-        "help": "embedding initialised U(-r, r): AWD-LSTM 0.1, DARTS's search 0.04"})
     order: int = field(default=1, metadata={"help": "1: first-order, 2: second-order (unrolled) gradient"})
     second_order: str = field(default="darts", metadata={
         "help": "with order 2: darts (v clipped to --clip, as the public DARTS code) or exact (unclipped)"})
@@ -76,11 +56,6 @@ class SearchConfig:
     eval_batch_size: int = field(default=10, metadata={"help": "validation batch size"})
     bptt: int = field(default=35, metadata={"help": "mean sequence length"})
     max_seq_len_delta: int = field(default=20, metadata={"help": "longest sequence is bptt + this"})
-    dropout: float = field(default=0.75, metadata={"help": "locked dropout on the cell output"})
-    dropouth: float = field(default=0.25, metadata={"help": "variational dropout on h and node inputs"})
-    dropoutx: float = field(default=0.75, metadata={"help": "variational dropout on x"})
-    dropouti: float = field(default=0.2, metadata={"help": "locked dropout on the embeddings"})
-    dropoute: float = field(default=0.0, metadata={"help": "word dropout"})
     alpha: float = field(default=0.0, metadata={"help": "AR coefficient"})
     beta: float = field(default=1e-3, metadata={"help": "TAR coefficient"})
     seed: int = field(default=3, metadata={"help": "fixes initialisation, data order and dropout"})
@@ -96,41 +71,29 @@ class SearchConfig:
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self) -> None:
-        for name in ("emsize", "nhid", "steps", "n_inter", "m", "epochs", "batch_size", "eval_batch_size", "bptt"):
+        super().__post_init__()
+        for name in ("epochs", "batch_size", "eval_batch_size", "bptt"):
             check(getattr(self, name) > 0, name, f"must be positive, got {getattr(self, name)}")
-        for name in ("dropout", "dropouth", "dropoutx", "dropouti", "dropoute"):
-            check(0.0 <= getattr(self, name) < 1.0, name, f"must be in [0, 1), got {getattr(self, name)}")
         for name in ("lr", "clip", "wdecay", "arch_lr", "arch_wdecay", "alpha", "beta", "max_seq_len_delta",
                      "max_train_tokens", "max_eval_tokens", "threads", "max_rollbacks", "max_ppl", "beta_decay"):
             check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
         check(0.0 < self.rollback_lr_factor <= 1.0, "rollback_lr_factor",
               f"must be in (0, 1], got {self.rollback_lr_factor}")
-        check(self.mode in MODES, "mode", f"unknown mode {self.mode!r} (known: {', '.join(MODES)})")
         check(self.order in (1, 2), "order", f"must be 1 or 2, got {self.order}")
-        check(self.emsize == self.nhid, "emsize", f"tied weights need emsize == nhid ({self.emsize} != {self.nhid})")
-        check(self.combination in INTER_COMBINATIONS, "combination",
-              f"unknown combination {self.combination!r} (known: {', '.join(INTER_COMBINATIONS)})")
-        check(self.softmax_scope in SOFTMAX_SCOPES, "softmax_scope",
-              f"unknown softmax_scope {self.softmax_scope!r} (known: {', '.join(SOFTMAX_SCOPES)})")
-        check(self.implementation in IMPLEMENTATIONS, "implementation",
-              f"unknown implementation {self.implementation!r} (known: {', '.join(IMPLEMENTATIONS)})")
-        check(self.combination != "search" or MODES[self.mode].searches_inter, "combination",
-              f"'search' searches the inter-cell combination weights, but mode {self.mode!r} fixes the inter "
-              "cells to the identity (use product or sum, or mode inter or joint)")
-        if not MODES[self.mode].searches_intra:
-            check_genotype(self.intra_genotype, "intra_genotype")
-        object.__setattr__(self, "intra_ops", check_ops(self.intra_ops, "intra_ops"))
-        object.__setattr__(self, "inter_ops", check_ops(self.inter_ops, "inter_ops"))
-        for name, known in (("inter_norm", tuple(INTER_NORMS)), ("second_order", SECOND_ORDER), ("lengths", LENGTHS),
-                            ("valid_batches", VALID_BATCHES), ("arch_bn_stats", ARCH_BN_STATS),
-                            ("select", SELECTIONS), ("derive", DERIVATIONS)):
+        for name, known in (("second_order", SECOND_ORDER), ("lengths", LENGTHS), ("valid_batches", VALID_BATCHES),
+                            ("arch_bn_stats", ARCH_BN_STATS), ("select", SELECTIONS), ("derive", DERIVATIONS)):
             check(getattr(self, name) in known, name,
                   f"unknown {getattr(self, name)!r} (known: {', '.join(known)})")
-        check(0 < self.emb_init < 10, "emb_init", f"must be in (0, 10), got {self.emb_init}")
         check(self.drop_ratio > 0, "drop_ratio", f"must be positive (inf: never drop), got {self.drop_ratio}")
         check(1 <= self.decision_ratio < float("inf"), "decision_ratio",
               f"must be a finite number >= 1, got {self.decision_ratio}")
         check(self.pt_tokens >= 100, "pt_tokens", f"must be >= 100, got {self.pt_tokens}")
+
+
+#: the fields that must match when a search resumes: the supernet's (:data:`ess.supernet.model.SUPERNET_FIXED`)
+#: and the data's
+RESUME_FIXED: tuple[str, ...] = (*SUPERNET_FIXED, "dataset", "batch_size", "seed", "max_train_tokens",
+                                 "max_eval_tokens")
 
 
 PRESETS: dict[str, dict[str, Any]] = {

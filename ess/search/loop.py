@@ -58,28 +58,17 @@ from ess.runs import (
 )
 from ess.runtime import perplexity, pick_device, set_threads
 from ess.search.architect import Architect, requires_grad
-from ess.search.config import SearchConfig
+from ess.search.config import RESUME_FIXED, SearchConfig
 from ess.space.derive import Derivation, DeriveRule, identity_share
 from ess.space.genotype import ESSGenotype, save_genotype
-from ess.space.refs import load_genotype
-from ess.supernet.model import SearchModel, build_search_model
+from ess.supernet.model import SearchModel, SupernetConfig
 
-# Fields that define the supernet and the data: they must match when resuming.
-_RESUME_FIXED = ("mode", "dataset", "emsize", "nhid", "steps", "n_inter", "m", "combination", "residual",
-                 "softmax_scope", "intra_genotype", "batchnorm", "batch_size", "seed", "max_train_tokens",
-                 "max_eval_tokens", "intra_ops", "inter_ops", "inter_norm", "emb_init")
 _CHECKPOINT_FIELDS = ("config", "model", "optimizer", "architect", "epoch", "best_valid", "rows", "rng",
                       "lengths_rng")
 
 
 def build_model(cfg: SearchConfig, ntoken: int) -> SearchModel:
-    return build_search_model(
-        ntoken, mode=cfg.mode, ninp=cfg.emsize, nhid=cfg.nhid, steps=cfg.steps, n_inter=cfg.n_inter, m=cfg.m,
-        combination=cfg.combination, residual=cfg.residual, softmax_scope=cfg.softmax_scope,
-        intra_genotype=load_genotype(cfg.intra_genotype), dropout=cfg.dropout, dropouth=cfg.dropouth,
-        dropoutx=cfg.dropoutx, dropouti=cfg.dropouti, dropoute=cfg.dropoute, batchnorm=cfg.batchnorm,
-        implementation=cfg.implementation, intra_ops=cfg.intra_ops, inter_ops=cfg.inter_ops,
-        inter_norm=cfg.inter_norm, emb_init=cfg.emb_init)
+    return SearchModel(SupernetConfig.of(cfg, ntoken))
 
 
 def derive_rule(cfg: SearchConfig) -> DeriveRule:
@@ -165,7 +154,7 @@ class Searcher:
         self.load_state_dict(state)
 
     def load_state_dict(self, state: dict[str, Any], restore_rng: bool = True) -> None:
-        check_resumable(state["config"], self.cfg, _RESUME_FIXED, self.checkpoint_path)
+        check_resumable(state["config"], self.cfg, RESUME_FIXED, self.checkpoint_path)
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])

@@ -10,12 +10,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ess.config import check
+from ess.config import check, check_genotype
 from ess.models.cells import DARTSCell, ESSCell, InterCell, State
 from ess.models.lm import LMOutput, RNNModel
 from ess.space import derive, tables
 from ess.space.diagnostics import epoch_metrics
-from ess.space.genotype import DARTS_V2, IDENTITY_INTER, ESSGenotype, IntraGenotype
+from ess.space.genotype import IDENTITY_INTER, ESSGenotype, IntraGenotype
 from ess.space.ops import OPS, PRIMITIVES, ZERO
 from ess.supernet.base import INTER_COMBINATIONS, INTER_NORMS, SOFTMAX_SCOPES, ArchBound
 from ess.supernet.cells import MixedInterCell, MixedIntraCell
@@ -50,7 +50,7 @@ def _searched_intra(cfg: SupernetConfig, impl: Implementation) -> nn.Module:
 
 
 def _fixed_intra(cfg: SupernetConfig, impl: Implementation) -> nn.Module:
-    return DARTSCell(cfg.ninp, cfg.nhid, cfg.intra_genotype)
+    return DARTSCell(cfg.ninp, cfg.nhid, cfg.intra_cell)
 
 
 def _searched_inter(cfg: SupernetConfig, impl: Implementation, dim: int) -> nn.Module:
@@ -111,72 +111,130 @@ def check_ops(ops: Any, name: str) -> tuple[str, ...]:
     return tuple(op for op in PRIMITIVES if op in ops)
 
 
+def _ref_or_cell(value: Any) -> bool:
+    return isinstance(value, (str, IntraGenotype, ESSGenotype))
+
+
+#: metadata of a field that defines the supernet's parameters or its data: it must match when a run resumes
+FIXED = {"resume": "fixed"}
+
+
 @dataclass(frozen=True)
-class SupernetConfig:
-    """Everything that defines a search model; validated on construction (ConfigError naming the field).
+class SupernetFields:
+    """The fields that define a search model, declared once: :class:`SupernetConfig` (the model) and
+    :class:`ess.search.SearchConfig` (a search run) both inherit them, with their defaults and checks.
 
     ``steps`` is used when the intra cell is searched, ``n_inter``/``m``/``combination``/``residual``/
-    ``softmax_scope``/``inter_norm`` when the inter cells are, ``intra_genotype`` when the intra cell is fixed.
-    ``intra_ops``/``inter_ops`` are each part's candidate ops (an op left out gets weight 0: its logit is
-    masked before the softmax); ``emb_init`` the range of the embedding's uniform initialisation.
+    ``softmax_scope``/``inter_norm`` when the inter cells are, ``intra_genotype`` (a built-in name, a genotype
+    file or a genotype) when the intra cell is fixed. ``intra_ops``/``inter_ops`` are each part's candidate ops
+    (an op left out gets weight 0: its logit is masked before the softmax). Fields with :data:`FIXED` metadata
+    must match when a run resumes.
     """
 
-    ntoken: int
-    mode: str = "joint"
-    ninp: int = 300
-    nhid: int = 300
-    steps: int = 8
-    n_inter: int = 3
-    m: int = 3
-    combination: str = "product"
-    residual: bool = True
-    softmax_scope: str = "node"
-    intra_genotype: IntraGenotype = field(default=DARTS_V2.intra)
-    dropout: float = 0.75
-    dropouth: float = 0.25
-    dropoutx: float = 0.75
-    dropouti: float = 0.2
-    dropoute: float = 0.0
-    batchnorm: bool = True
-    implementation: str = "fast"
-    intra_ops: tuple[str, ...] = PRIMITIVES
-    inter_ops: tuple[str, ...] = PRIMITIVES
-    inter_norm: str = "none"
-    emb_init: float = 0.1
+    mode: str = field(default="joint", metadata={**FIXED, "help": f"what is searched: {', '.join(MODES)}"})
+    emsize: int = field(default=300, metadata={**FIXED, "help": "embedding size (tied: equals nhid)"})
+    nhid: int = field(default=300, metadata={**FIXED, "help": "hidden size"})
+    steps: int = field(default=8, metadata={**FIXED, "help": "intra-cell nodes"})
+    n_inter: int = field(default=3, metadata={**FIXED, "help": "nodes of each inter cell"})
+    m: int = field(default=3, metadata={**FIXED, "help": "inter-cell window: h_{t-1..t-m}, x_{t..t-m+1}"})
+    combination: str = field(default="product", metadata={**FIXED, "help": "inter node: product, sum or search"})
+    residual: bool = field(default=True, metadata={**FIXED, "help": "inter output = newest input + mean(nodes)"})
+    softmax_scope: str = field(default="node", metadata={
+        **FIXED, "help": "inter softmax: node (I-DARTS) or edge (DARTS)"})
+    intra_genotype: str | IntraGenotype | ESSGenotype = field(default="DARTS_V2", metadata={
+        **FIXED, "help": "fixed intra cell in inter mode (a built-in name or a genotype file)"})
+    batchnorm: bool = field(default=True, metadata={**FIXED, "help": "affine-free batch norm on intra nodes"})
+    implementation: str = field(default="fast", metadata={"help": f"{' or '.join(IMPLEMENTATIONS)}"})
+    intra_ops: tuple[str, ...] = field(default=PRIMITIVES, metadata={
+        **FIXED, "help": "candidate ops of the intra cell, e.g. none,tanh,relu,sigmoid (a no-identity ablation)"})
+    inter_ops: tuple[str, ...] = field(default=PRIMITIVES, metadata={
+        **FIXED, "help": "candidate ops of the inter cells"})
+    inter_norm: str = field(default="op", metadata={
+        **FIXED, "help": f"search-only normalisation in the inter cells: {', '.join(INTER_NORMS)} (docs/method.md 10)"})
+    emb_init: float = field(default=0.1, metadata={
+        **FIXED, "help": "embedding initialised U(-r, r): AWD-LSTM 0.1, DARTS's search 0.04"})
+    dropout: float = field(default=0.75, metadata={"help": "locked dropout on the cell output"})
+    dropouth: float = field(default=0.25, metadata={"help": "variational dropout on h and node inputs"})
+    dropoutx: float = field(default=0.75, metadata={"help": "variational dropout on x"})
+    dropouti: float = field(default=0.2, metadata={"help": "locked dropout on the embeddings"})
+    dropoute: float = field(default=0.0, metadata={"help": "word dropout"})
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "intra_ops", check_ops(self.intra_ops, "intra_ops"))
-        object.__setattr__(self, "inter_ops", check_ops(self.inter_ops, "inter_ops"))
-        check(self.inter_norm in INTER_NORMS, "inter_norm",
-              f"unknown {self.inter_norm!r} (known: {', '.join(INTER_NORMS)})")
-        check(isinstance(self.emb_init, (int, float)) and not isinstance(self.emb_init, bool)
-              and 0 < self.emb_init < 10, "emb_init", f"expected a number in (0, 10), got {self.emb_init!r}")
-        if isinstance(self.intra_genotype, ESSGenotype):
-            object.__setattr__(self, "intra_genotype", self.intra_genotype.intra)
-        check(self.mode in MODES, "mode", f"unknown {self.mode!r} (known: {', '.join(MODES)})")
+        check(self.mode in MODES, "mode", f"unknown mode {self.mode!r} (known: {', '.join(MODES)})")
         check(self.implementation in IMPLEMENTATIONS, "implementation",
-              f"unknown {self.implementation!r} (known: {', '.join(IMPLEMENTATIONS)})")
+              f"unknown implementation {self.implementation!r} (known: {', '.join(IMPLEMENTATIONS)})")
         mode = MODES[self.mode]
-        counts = ("ntoken", "ninp", "nhid", "m", *(("steps",) if mode.searches_intra else ()),
+        counts = ("emsize", "nhid", "m", *(("steps",) if mode.searches_intra else ()),
                   *(("n_inter",) if mode.searches_inter else ()))
         for name in counts:
             value = getattr(self, name)
-            check(_count(value), name, f"expected an integer >= 1, got {value!r}")
-        check(self.ninp == self.nhid, "nhid", f"tied weights need ninp == nhid (got {self.ninp} and {self.nhid})")
+            check(_count(value), name, f"must be positive, got {value}" if isinstance(value, int) else
+                  f"expected an integer >= 1, got {value!r}")
+        check(self.emsize == self.nhid, "nhid", f"tied weights need emsize == nhid ({self.emsize} != {self.nhid})")
         check(self.combination in INTER_COMBINATIONS, "combination",
-              f"unknown {self.combination!r} (known: {', '.join(INTER_COMBINATIONS)})")
+              f"unknown combination {self.combination!r} (known: {', '.join(INTER_COMBINATIONS)})")
+        check(self.combination != "search" or mode.searches_inter, "combination",
+              f"'search' searches the inter-cell combination weights, but mode {self.mode!r} fixes the inter "
+              "cells to the identity (use product or sum, or mode inter or joint)")
         check(self.softmax_scope in SOFTMAX_SCOPES, "softmax_scope",
-              f"unknown {self.softmax_scope!r} (known: {', '.join(SOFTMAX_SCOPES)})")
-        check(isinstance(self.residual, bool), "residual", f"expected true or false, got {self.residual!r}")
-        check(isinstance(self.intra_genotype, IntraGenotype), "intra_genotype",
-              f"expected an IntraGenotype or ESSGenotype, got {type(self.intra_genotype).__name__}")
+              f"unknown softmax_scope {self.softmax_scope!r} (known: {', '.join(SOFTMAX_SCOPES)})")
+        check(self.inter_norm in INTER_NORMS, "inter_norm",
+              f"unknown {self.inter_norm!r} (known: {', '.join(INTER_NORMS)})")
+        for name in ("residual", "batchnorm"):
+            check(isinstance(getattr(self, name), bool), name, f"expected true or false, got {getattr(self, name)!r}")
+        check(_ref_or_cell(self.intra_genotype), "intra_genotype",
+              f"expected a genotype name, file or genotype, got {type(self.intra_genotype).__name__}")
+        if not mode.searches_intra and isinstance(self.intra_genotype, str):
+            check_genotype(self.intra_genotype, "intra_genotype")
+        object.__setattr__(self, "intra_ops", check_ops(self.intra_ops, "intra_ops"))
+        object.__setattr__(self, "inter_ops", check_ops(self.inter_ops, "inter_ops"))
+        check(isinstance(self.emb_init, (int, float)) and not isinstance(self.emb_init, bool)
+              and 0 < self.emb_init < 10, "emb_init", f"must be in (0, 10), got {self.emb_init!r}")
         for name in ("dropout", "dropouth", "dropoutx", "dropouti", "dropoute"):
-            check(_fraction(getattr(self, name)), name, f"expected a number in [0, 1), got {getattr(self, name)!r}")
-        check(isinstance(self.batchnorm, bool), "batchnorm", f"expected true or false, got {self.batchnorm!r}")
+            check(_fraction(getattr(self, name)), name, f"must be in [0, 1), got {getattr(self, name)!r}")
+
+    @property
+    def ninp(self) -> int:
+        """The input size of the cell: the embedding size."""
+        return self.emsize
+
+    @property
+    def intra_cell(self) -> IntraGenotype:
+        """The fixed intra cell, resolved (the one place its reference becomes a genotype)."""
+        from ess.space.refs import load_genotype
+
+        g = self.intra_genotype
+        return g if isinstance(g, IntraGenotype) else (g if isinstance(g, ESSGenotype) else load_genotype(g)).intra
+
+
+def supernet_fields(config: Any) -> dict[str, Any]:
+    """The :class:`SupernetFields` values of any config that has them (a SearchConfig, a SupernetConfig)."""
+    return {f.name: getattr(config, f.name) for f in fields(SupernetFields)}
+
+
+#: the fields that must match when a run resumes, as declared by :data:`FIXED`
+SUPERNET_FIXED: tuple[str, ...] = tuple(f.name for f in fields(SupernetFields) if f.metadata.get("resume") == "fixed")
+
+
+@dataclass(frozen=True)
+class SupernetConfig(SupernetFields):
+    """Everything that defines a search model (:class:`SupernetFields`) and its vocabulary size; validated on
+    construction (ConfigError naming the field)."""
+
+    ntoken: int = field(default=0, kw_only=True, metadata={"help": "vocabulary size"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(_count(self.ntoken), "ntoken", f"expected an integer >= 1, got {self.ntoken!r}")
+
+    @classmethod
+    def of(cls, config: Any, ntoken: int) -> SupernetConfig:
+        """The supernet of a run config (:class:`ess.search.SearchConfig`) over ``ntoken`` words."""
+        return cls(ntoken=ntoken, **supernet_fields(config))
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
-        out["intra_genotype"] = tables.intra_to_dict(self.intra_genotype)
+        out["intra_genotype"] = tables.intra_to_dict(self.intra_cell)
         out["intra_ops"], out["inter_ops"] = list(self.intra_ops), list(self.inter_ops)
         return out
 
@@ -370,6 +428,7 @@ class SearchModel(RNNModel):
         return fresh
 
 
-def build_search_model(ntoken: int, **fields: Any) -> SearchModel:
-    """``SearchModel(SupernetConfig(ntoken, **fields))``: build and validate (``ConfigError`` naming the field)."""
-    return SearchModel(SupernetConfig(ntoken=ntoken, **fields))
+def build_search_model(ntoken: int, **values: Any) -> SearchModel:
+    """``SearchModel(SupernetConfig(ntoken=ntoken, **values))``: build and validate (``ConfigError`` naming the
+    field). Defaults are :class:`SupernetFields`' (the search's), ``inter_norm='op'`` among them."""
+    return SearchModel(SupernetConfig(ntoken=ntoken, **values))

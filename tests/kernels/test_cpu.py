@@ -183,7 +183,7 @@ def test_cpp_search_model_equals_reference(mode):
     """A whole BPTT segment of the search model, C++ steps vs the edge-by-edge reference, float32."""
     require_cpp()
     torch.manual_seed(13)
-    kw = dict(mode=mode, ninp=16, nhid=16, steps=3, n_inter=2, m=2, dropoute=0.0)
+    kw = dict(mode=mode, emsize=16, nhid=16, steps=3, n_inter=2, m=2, dropoute=0.0, inter_norm="none")
     fast = build_search_model(40, **kw)
     ref = build_search_model(40, implementation="reference", **kw)
     ref.load_state_dict(fast.state_dict())

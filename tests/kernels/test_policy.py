@@ -133,7 +133,8 @@ def test_fused_model_equals_reference_for_every_pass(mode, grads_asked):
     """The whole search model, fused path vs the edge-by-edge reference, for each pass of the iteration."""
     torch.manual_seed(0)
     need_w, need_theta = PASSES[grads_asked]
-    kw = dict(mode=mode, ninp=4, nhid=4, steps=3, n_inter=2, m=2, combination="search", dropoute=0.1)
+    kw = dict(mode=mode, emsize=4, nhid=4, steps=3, n_inter=2, m=2, dropoute=0.1, inter_norm="none",
+              combination="search" if mode != "intra" else "product")
     fast = build_search_model(20, **kw).to(DT)
     ref = build_search_model(20, implementation="reference", **kw).to(DT)
     ref.load_state_dict(fast.state_dict())
@@ -176,7 +177,7 @@ def test_kernel_backends():
 def test_compiled_kernels_equal_eager():
     """torch.compile'd kernels (inductor) against the eager ones, every pass, search and discrete cells."""
     torch.manual_seed(4)
-    kw = dict(mode="joint", ninp=24, nhid=24, steps=3, n_inter=2, m=2, combination="search")
+    kw = dict(mode="joint", emsize=24, nhid=24, steps=3, n_inter=2, m=2, combination="search", inter_norm="none")
     model = build_search_model(30, **kw).to(DT)
     tokens, targets = torch.randint(0, 30, (4, 8)), torch.randint(0, 30, (4, 8))
     for need_w, need_theta in PASSES.values():

@@ -26,7 +26,8 @@ def _seed():
 
 def tiny(mode: str, dropout: bool = False, **kw):
     drops = {} if dropout else dict(dropout=0.0, dropouth=0.0, dropoutx=0.0, dropouti=0.0, dropoute=0.0)
-    args = dict(mode=mode, ninp=5, nhid=5, steps=3, n_inter=2, m=2, combination="search")
+    args = dict(mode=mode, emsize=5, nhid=5, steps=3, n_inter=2, m=2, inter_norm="none",
+                combination="search" if mode != "intra" else "product")
     args.update(drops)
     args.update(kw)
     model = build_search_model(NTOKEN, **args).to(DT)

@@ -19,7 +19,7 @@ def _seed():
 
 
 def _model(mode="joint"):
-    model = build_search_model(11, mode=mode, ninp=6, nhid=6, steps=2, n_inter=2, m=2).double()
+    model = build_search_model(11, mode=mode, emsize=6, nhid=6, steps=2, n_inter=2, m=2).double()
     with torch.no_grad():
         for p in model.arch_parameters():
             p.normal_()

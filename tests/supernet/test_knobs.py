@@ -25,7 +25,7 @@ def _seed():
 
 
 def _tiny(**kw):
-    args = dict(mode="joint", ninp=6, nhid=6, steps=3, n_inter=2, m=2, dropout=0.0, dropouth=0.0, dropoutx=0.0,
+    args = dict(mode="joint", emsize=6, nhid=6, steps=3, n_inter=2, m=2, dropout=0.0, dropouth=0.0, dropoutx=0.0,
                 dropouti=0.0)
     args.update(kw)
     return build_search_model(17, **args).to(DT)

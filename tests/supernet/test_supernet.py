@@ -68,7 +68,7 @@ def hand_intra_step(cell, probs, x_proj, h_prev, h_mask, batchnorm=True):
     return torch.stack(states[1:]).mean(0)
 
 
-def _intra_inputs(ninp=5, nhid=4, batch=6):
+def _intra_inputs(emsize=5, nhid=4, batch=6):
     x_proj = torch.randn(batch, 2 * nhid, dtype=DT)
     h_prev = torch.randn(batch, nhid, dtype=DT)
     h_mask = torch.bernoulli(torch.full((batch, nhid), 0.7, dtype=DT)) / 0.7
@@ -106,7 +106,7 @@ def test_unbound_cell_raises_and_model_unbinds_after_forward():
     cell = MixedIntraCell(3, 3, steps=2)
     with pytest.raises(RuntimeError, match="not bound"):
         cell.step(torch.zeros(2, 6), torch.zeros(2, 3))
-    model = build_search_model(20, mode="joint", ninp=4, nhid=4, steps=2, n_inter=1, m=2)
+    model = build_search_model(20, mode="joint", emsize=4, nhid=4, steps=2, n_inter=1, m=2)
     model(torch.randint(0, 20, (3, 2)), model.init_state(2))
     for module in model.searched_parts().values():
         assert module._bound_weights is None
@@ -221,8 +221,8 @@ def test_one_hot_search_model_equals_discrete_model():
     history = InterGenotype(m=2, nodes=INTER_NODES[:2], combination="product")
     inputs_g = InterGenotype(m=2, nodes=(InterNode(Edge("sigmoid", 1), Edge("tanh", 0)),
                                          InterNode(Edge("relu", 0), Edge("identity", 2))), combination="product")
-    model = build_search_model(30, mode="joint", ninp=4, nhid=4, steps=4, n_inter=2, m=2, batchnorm=False,
-                               dropoute=0.1).to(DT)
+    model = build_search_model(30, mode="joint", emsize=4, nhid=4, steps=4, n_inter=2, m=2, batchnorm=False,
+                               dropoute=0.1, inter_norm="none").to(DT)
     with torch.no_grad():
         model.alphas["intra"].copy_(intra_one_hot(INTRA_G))
         model.alphas["history"].copy_(inter_one_hot(history, "node"))
@@ -296,7 +296,7 @@ def darts_search_reference(model: SearchModel, tokens: torch.Tensor) -> torch.Te
 
 
 def test_intra_mode_is_the_darts_search_model():
-    model = build_search_model(25, mode="intra", ninp=4, nhid=4, steps=3, dropout=0.0, dropouth=0.0,
+    model = build_search_model(25, mode="intra", emsize=4, nhid=4, steps=3, dropout=0.0, dropouth=0.0,
                                dropoutx=0.0, dropouti=0.0, dropoute=0.0).to(DT)
     history, inputs = model.cell.history, model.cell.inputs
     for inter in (history, inputs):
@@ -316,7 +316,8 @@ def test_intra_mode_is_the_darts_search_model():
 
 @pytest.mark.parametrize("mode", list(MODES))
 def test_fast_model_equals_reference_model(mode):
-    kw = dict(mode=mode, ninp=4, nhid=4, steps=3, n_inter=2, m=2, combination="search", dropoute=0.1)
+    kw = dict(mode=mode, emsize=4, nhid=4, steps=3, n_inter=2, m=2, dropoute=0.1, inter_norm="none",
+              combination="search" if MODES[mode].searches_inter else "product")
     fast = build_search_model(20, **kw).to(DT)
     ref = build_search_model(20, implementation="reference", **kw).to(DT)
     ref.load_state_dict(fast.state_dict())
@@ -342,7 +343,11 @@ EXPECTED_ARCH = {
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("combination", ["product", "search"])
 def test_arch_and_weight_parameters_partition(mode, combination):
-    model = build_search_model(20, mode=mode, ninp=6, nhid=6, combination=combination)
+    if combination == "search" and not MODES[mode].searches_inter:   # nothing to search: refused
+        with pytest.raises(ConfigError, match="^combination: 'search' searches the inter-cell"):
+            build_search_model(20, mode=mode, emsize=6, nhid=6, combination=combination)
+        return
+    model = build_search_model(20, mode=mode, emsize=6, nhid=6, combination=combination)
     names = [n for n, _ in model.named_arch_parameters()]
     expected = list(EXPECTED_ARCH[mode])
     if combination == "search" and mode != "intra":
@@ -366,7 +371,7 @@ def test_arch_and_weight_parameters_partition(mode, combination):
 
 
 def test_arch_weights_json_genotype_and_entropy():
-    model = build_search_model(20, mode="joint", ninp=6, nhid=6, steps=3, n_inter=2, m=2, combination="search",
+    model = build_search_model(20, mode="joint", emsize=6, nhid=6, steps=3, n_inter=2, m=2, combination="search",
                                softmax_scope="edge")
     aw = json.loads(json.dumps(model.arch_weights()))
     assert aw["mode"] == "joint" and aw["columns"] == list(PRIMITIVES)
@@ -383,18 +388,18 @@ def test_arch_weights_json_genotype_and_entropy():
 
 
 def test_arch_weights_fixed_parts():
-    intra = build_search_model(20, mode="intra", ninp=6, nhid=6)
+    intra = build_search_model(20, mode="intra", emsize=6, nhid=6)
     aw = intra.arch_weights()
     assert aw["history"] == {"searched": False, "genotype": tables.inter_to_dict(IDENTITY_INTER)}
     g = intra.genotype()
     assert g.history.is_identity and g.input.is_identity and g.intra.steps == 8
-    inter = build_search_model(20, mode="inter", ninp=6, nhid=6, n_inter=2)
+    inter = build_search_model(20, mode="inter", emsize=6, nhid=6, n_inter=2)
     g = inter.genotype()
     assert g.intra == DARTS_V2.intra and len(g.history.nodes) == 2 and g.history.m == 3
 
 
 def test_new_copies_architecture():
-    model = build_search_model(20, mode="joint", ninp=4, nhid=4, steps=2, n_inter=1, m=2).to(DT)
+    model = build_search_model(20, mode="joint", emsize=4, nhid=4, steps=2, n_inter=1, m=2).to(DT)
     fresh = model.new()
     assert fresh.config == model.config and fresh.encoder.weight.dtype == DT
     for a, b in zip(fresh.arch_parameters(), model.arch_parameters()):
@@ -421,20 +426,20 @@ def test_new_copies_architecture():
     (dict(mode="joint", implementation="gpu"), "implementation"),
 ])
 def test_build_validation(kwargs, field):
-    kw = dict(ninp=4, nhid=4)
+    kw = dict(emsize=4, nhid=4)
     kw.update(kwargs)
     with pytest.raises(ConfigError, match=f"^{field}:"):
         build_search_model(20, **kw)
 
 
 def test_intra_mode_ignores_inter_counts():
-    model = build_search_model(20, mode="intra", ninp=4, nhid=4, steps=2, n_inter=0)
+    model = build_search_model(20, mode="intra", emsize=4, nhid=4, steps=2, n_inter=0)
     assert model.cell.history.is_identity
 
 
 def test_training_step_all_modes_finite():
     for mode in MODES:
-        model = build_search_model(20, mode=mode, ninp=4, nhid=4, steps=2, n_inter=1, m=2)
+        model = build_search_model(20, mode=mode, emsize=4, nhid=4, steps=2, n_inter=1, m=2)
         out = model(torch.randint(0, 20, (4, 2)), model.init_state(2))
         lm_loss(out, torch.randint(0, 20, (4, 2))).backward()
         for name, p in model.named_parameters():

@@ -34,8 +34,6 @@ ARMS: dict[str, Arm] = {arm.name: arm for arm in (
         about="joint with beta-decay regularisation (beta-DARTS; weight 0 -> 25 over the search)"),
     Arm("joint-pt", "search", "joint", {"derive": "perturbation"},
         about="joint with perturbation-based derivation (DARTS-PT)"),
-    Arm("joint-opnorm", "search", "joint", {"inter_norm": "op"},
-        about="joint with each inter op's activation layer-normalised in the supernet"),
     Arm("joint-nonorm", "search", "joint", {"inter_norm": "none"},
         about="joint without inter-cell normalisation"),
     Arm("lstm", "baseline", cell="lstm", about="an LSTM of the same parameter count"),
