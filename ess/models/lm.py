@@ -86,10 +86,12 @@ class RNNModel(nn.Module):
     def init_state(self, batch: int) -> State:
         return self.cell.init_state(batch, self.encoder.weight.device)
 
-    def forward(self, tokens: Tensor, state: State) -> LMOutput:
+    def forward(self, tokens: Tensor, state: State, cell: nn.Module | None = None) -> LMOutput:
+        """``tokens`` ``[T, B]`` through the embedding, ``cell`` (default: the model's own; a cell restricted to
+        paths of a supernet, :class:`ess.supernet.path.PathCell`, shares its weights) and the tied decoder."""
         emb = embedded_dropout(self.encoder, tokens, self.dropoute, self.training)
         emb = locked_dropout(emb, self.dropouti, self.training)
-        raw, new_state = self.cell(emb, state)
+        raw, new_state = (cell if cell is not None else self.cell)(emb, state)
         out = locked_dropout(raw, self.dropout, self.training)
         return LMOutput(None, new_state, raw, out, decoder=(self.decoder.weight, self.decoder.bias))
 
