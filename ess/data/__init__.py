@@ -23,6 +23,7 @@ from ess.data.registry import (
     register_corpus,
     resolve_data_dir,
 )
+from ess.data.roles import VALID_PARTS, valid_part
 from ess.data.tokens import EOS, UNK, Vocabulary, tokenize
 
 register_planted()
@@ -32,6 +33,7 @@ __all__ = [
     "EOS",
     "SPLITS",
     "UNK",
+    "VALID_PARTS",
     "BPTTIterator",
     "Corpus",
     "CorpusSpec",
@@ -54,5 +56,6 @@ __all__ = [
     "resolve_data_dir",
     "tokenize",
     "unregister_corpus",
+    "valid_part",
     "verify_corpus",
 ]

@@ -1,6 +1,7 @@
-"""The bilevel search: DARTS's architecture step (the architect) inside the search loop."""
+"""The search: DARTS's bilevel search (the architect inside the loop) and random search with weight sharing."""
 
 from ess.search.config import PRESETS, SearchConfig
-from ess.search.loop import Searcher, SearchResult, build_model, search
+from ess.search.loop import Searcher, SearchResult, build_model
+from ess.search.methods import METHODS, search, searcher
 
-__all__ = ["PRESETS", "SearchConfig", "SearchResult", "Searcher", "build_model", "search"]
+__all__ = ["METHODS", "PRESETS", "SearchConfig", "SearchResult", "Searcher", "build_model", "search", "searcher"]

@@ -10,7 +10,7 @@ from ess.cli import run_main
 from ess.data import ensure_corpus
 from ess.runs import parse_run_args, print_report
 from ess.search.config import PRESETS, SearchConfig
-from ess.search.loop import search
+from ess.search.methods import search
 from ess.space.description import describe
 
 

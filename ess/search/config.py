@@ -14,7 +14,8 @@ LENGTHS = ("normal", "darts")
 VALID_BATCHES = ("contiguous", "darts")
 ARCH_BN_STATS = ("frozen", "update")
 SELECTIONS = ("last", "best_valid")
-DERIVATIONS = ("argmax", "perturbation")
+DERIVATIONS = ("argmax", "perturbation", "rank")
+METHODS = ("darts", "rsws")
 
 
 @dataclass(frozen=True)
@@ -22,8 +23,15 @@ class SearchConfig(SupernetFields):
     """Search config; defaults are the DARTS recurrent search values (reference.md section 3). The fields that
     define the supernet (:class:`ess.supernet.model.SupernetFields`) come first, declared and checked there."""
 
+    method: str = field(default="darts", metadata={
+        "help": "how the supernet is trained: darts (bilevel, architecture weights by gradient) or rsws (random "
+                "search with weight sharing: one uniformly sampled path per step, then the best of rank_samples "
+                "random genotypes by shared-weight ranking; Li & Talwalkar 2019)"})
     dataset: str = field(default="ptb", metadata={"help": "registered corpus"})
     data_dir: str | None = field(default=None, metadata={"help": "else $ESS_DATA_DIR, else ./data"})
+    valid_part: str = field(default="search", metadata={
+        "help": "the validation tokens the search fits, scores and ranks on: search (the first half; the second "
+                "selects among searches, ess.data.roles) or all"})
     order: int = field(default=1, metadata={"help": "1: first-order, 2: second-order (unrolled) gradient"})
     second_order: str = field(default="darts", metadata={
         "help": "with order 2: darts (v clipped to --clip, as the public DARTS code) or exact (unclipped)"})
@@ -38,7 +46,15 @@ class SearchConfig(SupernetFields):
     beta_decay: float = field(default=0.0, metadata={
         "help": "beta-decay regularisation of the architecture (beta-DARTS): weight at the last epoch (0: off)"})
     derive: str = field(default="argmax", metadata={
-        "help": "derivation: argmax (DARTS) or perturbation (DARTS-PT: the supernet's valid loss without each choice)"})
+        "help": "derivation: argmax (DARTS), perturbation (DARTS-PT: the supernet's valid loss without each choice) "
+                "or rank (the best by shared-weight ranking of the argmax genotype, its one-edit neighbours and "
+                "rank_samples random genotypes); rsws always ranks"})
+    rank_samples: int = field(default=1000, metadata={
+        "help": "random genotypes ranked by the supernet at the end (rsws, derive rank)"})
+    rank_tokens: int = field(default=20_000, metadata={
+        "help": "validation tokens (of the search part) that rank a genotype"})
+    rank_pool: int = field(default=32, metadata={
+        "help": "rsws: random genotypes (drawn once) ranked after each epoch; the epoch's genotype is their best"})
     pt_tokens: int = field(default=5_000, metadata={"help": "validation tokens per perturbation measurement"})
     drop_ratio: float = field(default=1.5, metadata={
         "help": "an inter branch says none when its none weight exceeds this times its best choice (inf: never)"})
@@ -81,19 +97,31 @@ class SearchConfig(SupernetFields):
               f"must be in (0, 1], got {self.rollback_lr_factor}")
         check(self.order in (1, 2), "order", f"must be 1 or 2, got {self.order}")
         for name, known in (("second_order", SECOND_ORDER), ("lengths", LENGTHS), ("valid_batches", VALID_BATCHES),
-                            ("arch_bn_stats", ARCH_BN_STATS), ("select", SELECTIONS), ("derive", DERIVATIONS)):
+                            ("arch_bn_stats", ARCH_BN_STATS), ("select", SELECTIONS), ("derive", DERIVATIONS),
+                            ("method", METHODS), ("valid_part", ("search", "all"))):
             check(getattr(self, name) in known, name,
                   f"unknown {getattr(self, name)!r} (known: {', '.join(known)})")
         check(self.drop_ratio > 0, "drop_ratio", f"must be positive (inf: never drop), got {self.drop_ratio}")
         check(1 <= self.decision_ratio < float("inf"), "decision_ratio",
               f"must be a finite number >= 1, got {self.decision_ratio}")
         check(self.pt_tokens >= 100, "pt_tokens", f"must be >= 100, got {self.pt_tokens}")
+        for name in ("rank_samples", "rank_pool"):
+            check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        check(self.rank_tokens >= 100, "rank_tokens", f"must be >= 100, got {self.rank_tokens}")
+        if self.method == "rsws":   # no architecture weights to fit or read
+            check(self.derive != "perturbation", "derive",
+                  "rsws has no architecture weights to perturb: it ranks (use derive rank or argmax)")
+            check(self.order == 1, "order", "rsws takes no architecture step (second order needs one)")
+            check(self.beta_decay == 0, "beta_decay", "rsws has no architecture weights to regularise")
+            check(self.inter_norm == "none", "inter_norm",
+                  f"rsws trains single paths, where {self.inter_norm!r} normalisation puts unit-scale terms into x^ "
+                  "and h^ and the supernet does not learn (docs/method.md 12): use --inter-norm none")
 
 
 #: the fields that must match when a search resumes: the supernet's (:data:`ess.supernet.model.SUPERNET_FIXED`)
 #: and the data's
-RESUME_FIXED: tuple[str, ...] = (*SUPERNET_FIXED, "dataset", "batch_size", "seed", "max_train_tokens",
-                                 "max_eval_tokens")
+RESUME_FIXED: tuple[str, ...] = (*SUPERNET_FIXED, "method", "dataset", "valid_part", "batch_size", "seed",
+                                 "max_train_tokens", "max_eval_tokens")
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -37,8 +37,8 @@ from ess.checkpoint import (
     save_checkpoint,
     seed_everything,
 )
-from ess.config import config_to_dict, save_config
-from ess.data import BPTTIterator, batchify, get_batch, load_corpus
+from ess.config import config_to_dict
+from ess.data import BPTTIterator, batchify, get_batch, load_corpus, valid_part
 from ess.errors import CheckpointError
 from ess.evaluation import evaluate
 from ess.guard import (
@@ -63,6 +63,7 @@ from ess.space.derive import Derivation, DeriveRule, identity_share
 from ess.space.genotype import ESSGenotype, save_genotype
 from ess.supernet.model import SearchModel, SupernetConfig
 
+EPOCH_DIRS = ("genotypes", "derivations", "arch_weights", "rankings")   # per-epoch files: epoch_NNN.*
 _CHECKPOINT_FIELDS = ("config", "model", "optimizer", "architect", "epoch", "best_valid", "rows", "rng",
                       "lengths_rng")
 
@@ -98,7 +99,7 @@ class Searcher:
         self.checkpoint_path = self.run_dir / "checkpoint.pt"
         corpus = load_corpus(cfg.dataset, cfg.data_dir)
         self.ntoken = len(corpus.vocab)
-        valid = _slice(corpus.valid, cfg.max_eval_tokens)
+        valid = _slice(valid_part(corpus.valid, cfg.valid_part), cfg.max_eval_tokens)
         self.train_data = batchify(_slice(corpus.train, cfg.max_train_tokens), cfg.batch_size, self.device)
         self.search_data = batchify(valid, cfg.batch_size, self.device)  # architecture batches (DARTS)
         self.valid_data = batchify(valid, cfg.eval_batch_size, self.device)
@@ -195,6 +196,30 @@ class Searcher:
         data, targets = get_batch(self.search_data, pos, seq_len)
         return (data, targets), pos + data.size(0), state
 
+    # -- what the method does (DARTS here; ess.search.rsws.RSWSSearcher overrides these) -----------------
+    def architecture_step(self, batch: tuple[torch.Tensor, torch.Tensor], state, valid_pos: int, valid_state,
+                          train_pos: int, lr: float) -> tuple[int, Any]:
+        """DARTS: one Adam step of the architecture logits on the next architecture batch (before the weights')."""
+        cfg = self.cfg
+        valid_batch, valid_pos, valid_state = self._valid_batch(valid_pos, batch[0].size(0), valid_state, train_pos)
+        valid_state = self.architect.step(batch, valid_batch, state, valid_state, network_lr=lr,
+                                          network_weight_decay=cfg.wdecay, network_clip=cfg.clip)
+        return valid_pos, valid_state
+
+    def forward(self, data: torch.Tensor, state):
+        """The weight step's forward pass: DARTS trains the whole mixture."""
+        return self.model(data, state)
+
+    def validate(self) -> float:
+        """The epoch's validation loss: the supernet's, on the search's validation tokens."""
+        return evaluate(self.model, self.valid_data, self.cfg.bptt)
+
+    def readout(self) -> tuple[Derivation, dict[str, float], dict[str, Any]]:
+        """The epoch's derivation, its diagnostics and the tables written beside it (``<dir>/epoch_NNN.json``
+        and the latest ``<name>.json``): DARTS's argmax of the architecture weights, the weight tables."""
+        found, diagnostics = self.model.diagnostics(self.rule)
+        return found, diagnostics, {"arch_weights": self.model.arch_weights()}
+
     def train_epoch(self) -> dict[str, float]:
         cfg, model, optimizer = self.cfg, self.model, self.optimizer
         model.train()
@@ -211,14 +236,12 @@ class Searcher:
             for step, (data, targets, seq_len) in enumerate(batches, 1):
                 lr = self.lr * seq_len / cfg.bptt
                 state = detach_state(state)
-                valid_batch, valid_pos, valid_state = self._valid_batch(valid_pos, seq_len, valid_state,
-                                                                        batches.i - seq_len)
-                valid_state = self.architect.step((data, targets), valid_batch, state, valid_state, network_lr=lr,
-                                                  network_weight_decay=cfg.wdecay, network_clip=cfg.clip)
+                valid_pos, valid_state = self.architecture_step((data, targets), state, valid_pos, valid_state,
+                                                                batches.i - seq_len, lr)
                 guard.check_finite(arch, "architecture weights", epoch, step)
                 optimizer.param_groups[0]["lr"] = lr
                 with requires_grad(arch, False):  # the weight step computes no architecture gradient
-                    out = model(data, state)
+                    out = self.forward(data, state)
                     raw_loss = lm_loss(out, targets)
                     guard.check_loss(raw_loss, epoch, step)
                     loss = raw_loss + regularisation(out, cfg.alpha, cfg.beta)
@@ -242,19 +265,20 @@ class Searcher:
         return {"train/loss": mean, "train/ppl": perplexity(mean), "train/tokens_per_s": total_tokens / elapsed,
                 "train/seconds": elapsed}
 
-    def write_artifacts(self, found: Derivation) -> dict[str, Path]:
-        """Genotype JSON (and picture), its derivation and the full softmax tables of this epoch, plus the
-        latest copies."""
+    def write_artifacts(self, found: Derivation, tables: dict[str, Any]) -> dict[str, Path]:
+        """Genotype JSON (and picture), its derivation and the method's tables of this epoch (``tables``: the
+        softmax weights, a ranking), plus the latest copies."""
         genotype, tag = found.genotype, f"epoch_{self.epoch:03d}"
-        weights = json.dumps(self.model.arch_weights(), indent=1) + "\n"
         reasons = json.dumps(found.to_dict(), indent=1) + "\n"
         paths = {
             "genotype": save_genotype(genotype, self.run_dir / "genotypes" / f"{tag}.json"),
-            "arch_weights": atomic_write_text(self.run_dir / "arch_weights" / f"{tag}.json", weights),
             "derivation": atomic_write_text(self.run_dir / "derivations" / f"{tag}.json", reasons),
         }
+        for name, table in tables.items():
+            text = json.dumps(table, indent=1) + "\n"
+            paths[name] = atomic_write_text(self.run_dir / name / f"{tag}.json", text)
+            atomic_write_text(self.run_dir / f"{name}.json", text)
         save_genotype(genotype, self.run_dir / "genotype.json")
-        atomic_write_text(self.run_dir / "arch_weights.json", weights)
         atomic_write_text(self.run_dir / "derivation.json", reasons)
         if self.cfg.draw:
             from ess.space.draw import draw_genotype
@@ -268,17 +292,17 @@ class Searcher:
             self._initial = copy.deepcopy(self.state_dict())
         # The epoch files on disk are those of the checkpoint's epochs: later ones (of a checkpoint that was
         # lost) go, and the checkpoint's own are written again if a crash came before they were.
-        for stale in [*self.run_dir.glob("genotypes/epoch_*"), *self.run_dir.glob("arch_weights/epoch_*"),
-                      *self.run_dir.glob("derivations/epoch_*")]:
+        for stale in [p for d in EPOCH_DIRS for p in self.run_dir.glob(f"{d}/epoch_*")]:
             if int(stale.stem.split("_")[1]) > self.epoch:
                 stale.unlink()
         tag = f"epoch_{self.epoch:03d}.json"
         if self.epoch > 0 and not all((self.run_dir / d / tag).exists() for d in ("genotypes", "derivations")):
-            self.write_artifacts(self.model.derivation(self.rule))
+            found, _, tables = self.readout()
+            self.write_artifacts(found, tables)
         while self.epoch < self.cfg.epochs:
             try:
                 row = self.train_epoch()
-                valid = evaluate(self.model, self.valid_data, self.cfg.bptt)
+                valid = self.validate()
                 # checked before anything is derived or saved: no genotype comes from a diverged state
                 self.guard.check_ppl(perplexity(valid), self.epoch + 1)
                 self.guard.check_finite(self.model.arch_parameters(), "architecture weights", self.epoch + 1)
@@ -287,7 +311,7 @@ class Searcher:
                 continue
             self.epoch += 1
             self.best_valid = min(self.best_valid, valid)
-            found, diagnostics = self.model.diagnostics(self.rule)
+            found, diagnostics, tables = self.readout()
             row = {"epoch": self.epoch, **row, "valid/loss": valid, "valid/ppl": perplexity(valid),
                    "valid/best_ppl": perplexity(self.best_valid), **diagnostics, "params": self.params,
                    "rollbacks": self.rollbacks, "lr_scale": self.guard.lr_scale(self.rollbacks)}
@@ -295,7 +319,7 @@ class Searcher:
                 row["arch/beta_decay_weight"] = self.cfg.beta_decay * (self.epoch - 1) / self.cfg.epochs
             self.rows.append(row)
             save_checkpoint(self.checkpoint_path, self.state_dict())
-            artifacts = self.write_artifacts(found)   # after its checkpoint: never beside an older one
+            artifacts = self.write_artifacts(found, tables)   # after its checkpoint: never beside an older one
             write_metrics(self.run_dir, self.rows)
             on_epoch(EpochReport(self.epoch, row, self.run_dir, self.checkpoint_path, found.genotype, artifacts))
         found, selection = self.select()
@@ -319,6 +343,9 @@ class Searcher:
                            "reason": "DARTS-PT: each choice is the candidate whose removal raises the final "
                                      "supernet's valid loss most", "decided": found.decided,
                            **self.shares(found)}
+        if cfg.derive == "rank":
+            argmax = self.model.derivation(self.rule).genotype
+            return self.ranked([("argmax", argmax)], argmax)
         epoch = self.epoch
         if cfg.select == "best_valid" and self.rows:
             epoch = int(min(self.rows, key=lambda r: (r["valid/ppl"], r["epoch"]))["epoch"])
@@ -329,17 +356,42 @@ class Searcher:
         return found, {"criterion": cfg.select, "epoch": epoch, "reason": f"{why} argmax derivation",
                        "decided": found.decided, **self.shares(found)}
 
+    def ranked(self, first: list[tuple[str, ESSGenotype]], centre: ESSGenotype | None) -> tuple[Derivation,
+                                                                                                dict[str, Any]]:
+        """The best of ``first``, the one-edit neighbours of ``centre`` and ``rank_samples`` random genotypes by
+        shared-weight ranking (:mod:`ess.search.ranking`) on the first ``rank_tokens`` search tokens; the
+        ranking is written to ``ranking.json``."""
+        from ess.search.ranking import neighbours, rank, samples, space_of
+
+        cfg, space = self.cfg, space_of(self.model)
+        candidates = list(first) + [("neighbour", g) for g in (neighbours(centre, space) if centre else ())]
+        candidates += [("sample", g) for g in samples(f"rank-{cfg.seed}", cfg.rank_samples, space)]
+        ranking = rank(self.model, candidates, self.valid_source(cfg.rank_tokens), cfg.bptt)
+        atomic_write_text(self.run_dir / "ranking.json", json.dumps(ranking.to_dict(), indent=1) + "\n")
+        best = ranking.best
+        found = Derivation(best.genotype, notes=(f"ranked {len(ranking.entries)} candidates on {ranking.tokens} "
+                                                 f"validation tokens: best is a {best.origin}",), rule=self.rule)
+        return found, {"criterion": "rank", "epoch": self.epoch, "rank_tokens": ranking.tokens,
+                       "candidates": len(ranking.entries), "origin": best.origin, "loss": best.loss,
+                       "rank_of_argmax": ranking.rank_of("argmax"), "rank_seconds": ranking.seconds,
+                       "reason": "the lowest validation loss on its path through the final supernet (shared-weight "
+                                 "ranking)", **self.shares(found)}
+
     def shares(self, found: Derivation) -> dict[str, Any]:
         """Identity and decided shares per searched part of the genotype the search returns (the epoch rows'
-        ``genotype/*`` follow each epoch's argmax derivation, which perturbation selection does not return)."""
+        ``genotype/*`` follow each epoch's argmax derivation, which perturbation selection does not return); a
+        ranked genotype has no weights to be decided by, so no decided share."""
         parts = list(self.model.searched_parts())
-        return {"identity_share": {p: identity_share(found.genotype, (p,)) for p in parts},
-                "decided_share": {p: found.decided_share(p) for p in parts}}
+        out: dict[str, Any] = {"identity_share": {p: identity_share(found.genotype, (p,)) for p in parts}}
+        if found.choices:
+            out["decided_share"] = {p: found.decided_share(p) for p in parts}
+        return out
 
     def valid_source(self, tokens: int) -> torch.Tensor:
-        """The first ``tokens`` validation tokens, batchified at the search batch size (perturbation scores)."""
+        """The first ``tokens`` of the search's validation tokens, batchified at the search batch size
+        (perturbation and ranking scores)."""
         corpus = load_corpus(self.cfg.dataset, self.cfg.data_dir)
-        valid = _slice(_slice(corpus.valid, self.cfg.max_eval_tokens), tokens)
+        valid = _slice(_slice(valid_part(corpus.valid, self.cfg.valid_part), self.cfg.max_eval_tokens), tokens)
         return batchify(valid, min(self.cfg.batch_size, max(1, valid.numel() // 40)), self.device)
 
 
@@ -350,13 +402,3 @@ def _derivation_from_dict(data: dict[str, Any], rule: DeriveRule) -> Derivation:
     choices = tuple(Choice(c["part"], c["where"], c["op"], c["pred"], c["weight"], c["runner_up"], c["uniform"],
                            c["decided"], c.get("source", "")) for c in data["choices"])
     return Derivation(ESSGenotype.from_dict(data["genotype"]), choices, tuple(data["notes"]), rule)
-
-
-def search(cfg: SearchConfig, *, resume: bool = False, on_epoch: OnEpoch = ignore_report) -> SearchResult:
-    """Run (or continue) a search; returns the derived genotype and the per-epoch rows."""
-    searcher = Searcher(cfg)
-    searcher.run_dir.mkdir(parents=True, exist_ok=True)
-    if resume:
-        searcher.resume()
-    save_config(cfg, searcher.run_dir / "config.yaml")
-    return searcher.fit(on_epoch)
