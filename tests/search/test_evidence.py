@@ -315,7 +315,7 @@ def test_normal_p_beyond_ten_against_permutations():
 
 
 def _tie_variance(x, y):
-    """Kendall's variance of S with ties, written out from the formula (Kendall 1970, eq. 4.3)."""
+    """Kendall's variance of S with ties (Kendall 1970), written out term by term."""
     n = len(x)
     t = np.unique(x, return_counts=True)[1]
     u = np.unique(y, return_counts=True)[1]
