@@ -14,12 +14,20 @@ One architecture step updates ``alpha`` with Adam (betas 0.9/0.999, L2 ``arch_we
       d2_{alpha,w} L_train v ~ (dalpha L_train(w+, alpha) - dalpha L_train(w-, alpha)) / (2R),
       w+- = w +- R v,  R = 0.01 / ||v||.
 
-  Two forms (``second_order``): ``darts`` (default) is the public DARTS code's: ``v`` is first clipped to the
-  weights' clip norm (``v <- v min(1, clip / ||v||)``), which scales the Hessian term by ``clip / ||v||``
-  when ``||v||`` is larger, so results compare with DARTS's ``--unrolled``; ``exact`` leaves ``v`` as it is,
-  the finite-difference form of the exact gradient of the unrolled objective (held to double backward in
-  the tests). Both multiply the Hessian term by ``xi`` times the clip factor of the training gradient, as
-  DARTS does.
+  Two forms (``second_order``):
+
+  * ``darts`` (default) is the public DARTS code's ``_backward_step_unrolled`` (quark0/darts, rnn/architect.py,
+    after its "better hessian-vector multiplication" commit), so results compare with DARTS's ``--unrolled``:
+    ``v`` is first clipped to the weights' clip norm (``v <- v min(1, clip / ||v||)``: never scaled up), and
+    the Hessian term is multiplied by ``xi clip / ||g||``, ``g = dw L_train`` the training gradient, *not*
+    clamped to 1: DARTS's ``_clip`` returns ``clip / (||g|| + 1e-6)`` whether or not it scaled ``g``, and
+    the Hessian term is scaled by that value, so when ``||g|| < clip`` the term is ``clip / ||g||`` times
+    larger than the look-ahead (which steps with ``g`` unscaled) implies. The one difference from the public
+    code is that the look-ahead steps the tied embedding/decoder matrix, which the public code's never does
+    (see below).
+  * ``exact`` leaves ``v`` as it is and multiplies the Hessian term by ``xi min(1, clip / ||g||)``, the
+    factor the look-ahead used: the finite-difference form of the exact gradient of the unrolled objective
+    with the clip factor held constant (held to double backward in the tests).
 
 Fixes of the defects of the public DARTS code (reference.md section 6):
 
@@ -198,7 +206,10 @@ class Architect:
         with requires_grad(self.arch_params, False):
             loss_train, _ = self._run(train_batch, train_state)
             g = _fill(torch.autograd.grad(loss_train, weights, allow_unused=True), weights)
-        coef = 1.0 if clip is None else min(1.0, clip / (_norm(g) + 1e-6))
+        g_norm = _norm(g)
+        coef = 1.0 if clip is None else min(1.0, clip / (g_norm + 1e-6))
+        # The Hessian term's factor: the look-ahead's clip factor (exact), or DARTS's unclamped clip / ||g||.
+        h_coef = clip / (g_norm + 1e-6) if self.second_order == "darts" and clip is not None else coef
         with torch.no_grad():
             w_virtual = [(w - lr * (coef * gi + wd * w)).requires_grad_() for w, gi in zip(weights, g)]
 
@@ -217,7 +228,7 @@ class Architect:
 
         # Finite-difference Hessian-vector product (DARTS eq. 8), same batch and masks for w+ and w-.
         v_norm = _norm(v)
-        if v_norm > 0 and lr * coef != 0:
+        if v_norm > 0 and lr * h_coef != 0:
             R = self.fd_epsilon / v_norm
             sides = []
             for sign in (1.0, -1.0):
@@ -227,10 +238,11 @@ class Architect:
                     loss_side, _ = self._run(train_batch, train_state, shifted)
                     sides.append(_fill(torch.autograd.grad(loss_side, self.arch_params, allow_unused=True),
                                        self.arch_params))
-            hessian = [lr * coef * (gp - gm) / (2 * R) for gp, gm in zip(*sides)]
+            hessian = [lr * h_coef * (gp - gm) / (2 * R) for gp, gm in zip(*sides)]
         else:
             hessian = [torch.zeros_like(ga) for ga in g_alpha]
         self.last = {"valid_loss": loss_val.detach().item(), "train_loss": loss_train.detach().item(),
+                     "g_norm": g_norm, "hessian_scale": lr * h_coef,
                      "v_norm": v_raw_norm, "v_norm_used": v_norm, "direct_norm": _norm(g_alpha),
                      "hessian_norm": _norm(hessian)}
         g_alpha = [ga - h for ga, h in zip(g_alpha, hessian)]

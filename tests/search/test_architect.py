@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 
 import pytest
 import torch
@@ -252,11 +253,14 @@ def test_unrolled_needs_the_training_batch():
 
 
 def darts_second_order_restated(model, train, valid, lr, wd, clip, eps=1e-2):
-    """The public DARTS code's ``_backward_step_unrolled``, restated plainly (no fused kernels, no replay):
+    """The public DARTS code's ``_backward_step_unrolled`` (quark0/darts rnn/architect.py), restated plainly
+    (no fused kernels, no replay), the look-ahead stepping every weight (the tied matrix too: ess's fix).
 
-    clip the training gradient (coefficient c), w' = w - lr (c g + wd w); v = dw' L_val(w'), clipped to the
-    clip norm; R = eps / ||v||;
-    dalpha = dalpha L_val(w') - lr c (dalpha L_train(w + R v) - dalpha L_train(w - R v)) / 2R.
+    ``_clip(grads, clip)`` scales ``grads`` by ``clip / (||grads|| + 1e-6)`` only when that is below 1, and
+    returns it either way. So: ``c = clip / (||g|| + 1e-6)``, ``w' = w - lr (min(1, c) g + wd w)``;
+    ``v = dw' L_val(w')`` times ``min(1, clip / (||v|| + 1e-6))``; ``R = eps / ||v||``;
+    ``dalpha = dalpha L_val(w') - lr c (dalpha L_train(w + R v) - dalpha L_train(w - R v)) / 2R``
+    with ``c`` unclamped. Returns the gradient, ``||g||`` and ``||v||`` before its clip.
     """
     with kernels.backend("autograd"):
         named = model.named_weight_parameters()
@@ -267,49 +271,66 @@ def darts_second_order_restated(model, train, valid, lr, wd, clip, eps=1e-2):
             out = functional_call(model, params, (batch[0], model.init_state(batch[0].size(1))))
             return lm_loss(out, batch[1])
 
+        def norm(ts):
+            return float(torch.sqrt(sum((t ** 2).sum() for t in ts)))
+
         g = torch.autograd.grad(loss(train, dict(zip(names, weights))), weights)
-        norm = torch.sqrt(sum((gi ** 2).sum() for gi in g))
-        c = min(1.0, clip / (float(norm) + 1e-6))
-        w1 = {n: (w - lr * (c * gi + wd * w)).detach().requires_grad_() for n, w, gi in zip(names, weights, g)}
+        g_norm = norm(g)
+        c = clip / (g_norm + 1e-6)
+        g_step = [gi * c for gi in g] if c < 1 else g
+        w1 = {n: (w - lr * (gi + wd * w)).detach().requires_grad_() for n, w, gi in zip(names, weights, g_step)}
         grads = torch.autograd.grad(loss(valid, w1), [*w1.values(), *arch])
         v, g_alpha = grads[: len(weights)], grads[len(weights):]
-        v_norm = float(torch.sqrt(sum((vi ** 2).sum() for vi in v)))
+        v_norm = norm(v)
         if clip / (v_norm + 1e-6) < 1:
             v = [vi * clip / (v_norm + 1e-6) for vi in v]
-        R = eps / float(torch.sqrt(sum((vi ** 2).sum() for vi in v)))
+        R = eps / norm(v)
         plus = torch.autograd.grad(loss(train, {n: w + R * vi for n, w, vi in zip(names, weights, v)}), arch)
         minus = torch.autograd.grad(loss(train, {n: w - R * vi for n, w, vi in zip(names, weights, v)}), arch)
-        return [ga - lr * c * (gp - gm) / (2 * R) for ga, gp, gm in zip(g_alpha, plus, minus)], v_norm
+        return [ga - lr * c * (gp - gm) / (2 * R) for ga, gp, gm in zip(g_alpha, plus, minus)], g_norm, v_norm
 
 
 @pytest.mark.parametrize("mode", list(MODES))
-def test_darts_second_order_is_the_public_codes(mode):
+@pytest.mark.parametrize("regime", ["both clipped", "v clipped", "neither clipped"])
+def test_darts_second_order_is_the_public_codes(mode, regime):
+    """The clip below ``||g||`` and ``||v||`` (both scaled down), between them (``g`` not scaled, the Hessian
+    term scaled *up* by ``clip / ||g||``, ``v`` scaled down) and above both (``v`` not scaled up either)."""
     model = tiny(mode, batchnorm=False)
     train, valid = batches()
-    lr, wd, clip = 20.0, 5e-7, 0.25
-    expected, v_norm = darts_second_order_restated(model, train, valid, lr, wd, clip)
-    assert v_norm > clip     # the clip bites in this case
+    lr, wd = 20.0, 5e-7
+    _, g_norm, v_norm = darts_second_order_restated(model, train, valid, lr, wd, clip=1e9)
+    assert g_norm < v_norm      # the middle regime exists
+    clip = {"both clipped": 0.1, "v clipped": math.sqrt(g_norm * v_norm), "neither clipped": 2 * v_norm}[regime]
+    expected, g_norm, v_norm = darts_second_order_restated(model, train, valid, lr, wd, clip)
+    assert (g_norm > clip, v_norm > clip) == {"both clipped": (True, True), "v clipped": (False, True),
+                                              "neither clipped": (False, False)}[regime]
     state = model.init_state(3)
     got, _ = Architect(model, unrolled=True, second_order="darts").arch_gradient(train, valid, state, state, lr, wd,
                                                                                  clip)
     assert rel_error(got, expected) < 1e-6
+    if regime == "neither clipped":   # here the exact form is the clamped one (factor 1, v as it is): it must differ
+        exact, _ = Architect(model, unrolled=True, second_order="exact").arch_gradient(train, valid, state, state,
+                                                                                       lr, wd, clip)
+        assert rel_error(exact, expected) > 1e-3
 
 
-def test_darts_form_scales_the_hessian_term_by_clip_over_v():
+@pytest.mark.parametrize("clip", [0.25, 1e3])
+def test_darts_form_scales_the_hessian_term_by_its_clip_factors(clip):
     model = tiny("joint", batchnorm=False)
     train, valid = batches()
-    lr, wd, clip = 20.0, 5e-7, 0.25
+    lr, wd = 20.0, 5e-7
     state = model.init_state(3)
-    terms = {}
+    last = {}
     for form in ("darts", "exact"):
         architect = Architect(model, unrolled=True, second_order=form, fd_epsilon=1e-4)
-        g, _ = architect.arch_gradient(train, valid, state, state, lr, wd, clip)
-        terms[form] = (g, architect.last)
-    assert terms["darts"][1]["v_norm"] == pytest.approx(terms["exact"][1]["v_norm"])
-    v = terms["exact"][1]["v_norm"]
-    assert terms["darts"][1]["v_norm_used"] == pytest.approx(min(v, clip), rel=1e-5)
-    assert terms["exact"][1]["v_norm_used"] == pytest.approx(v)
-    assert rel_error(terms["darts"][0], terms["exact"][0]) > 1e-3
+        architect.arch_gradient(train, valid, state, state, lr, wd, clip)
+        last[form] = architect.last
+    g, v = last["exact"]["g_norm"], last["exact"]["v_norm"]
+    assert last["darts"]["g_norm"] == pytest.approx(g) and last["darts"]["v_norm"] == pytest.approx(v)
+    assert last["darts"]["v_norm_used"] == pytest.approx(min(v, clip), rel=1e-5)
+    assert last["exact"]["v_norm_used"] == pytest.approx(v)
+    assert last["darts"]["hessian_scale"] == pytest.approx(lr * clip / g, rel=1e-5)          # unclamped
+    assert last["exact"]["hessian_scale"] == pytest.approx(lr * min(1.0, clip / g), rel=1e-5)
 
 
 def test_bn_statistics_frozen_or_updated_by_the_architecture_step():
