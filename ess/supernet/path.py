@@ -54,14 +54,29 @@ OP_INDEX: dict[str, int] = {name: i for i, name in enumerate(OP_NAMES)}
 # Plans: the genotypes as index tensors
 
 
+Groups = list[tuple[int, Tensor]]   # (op index, the genotypes that take it)
+
+
+def _groups(ops: Tensor) -> Groups:
+    """The genotypes ``ops`` ``[G]`` sends to each op, as index tensors (only the ops some genotype takes)."""
+    return [(int(k), (ops == k).nonzero().flatten()) for k in ops.unique()]
+
+
+def _flat(preds: Tensor) -> Tensor:
+    """Rows of a ``[sources * G, ...]`` buffer (source-major) holding source ``preds[g]`` of each genotype ``g``."""
+    G = preds.numel()
+    return preds * G + torch.arange(G, device=preds.device)
+
+
 @dataclass(frozen=True)
 class IntraPlan:
-    """The intra edges of ``G`` genotypes: ``preds[g][i-1]``, ``ops[g][i-1]`` (an index into :data:`OP_NAMES`)."""
+    """The intra edges of ``G`` genotypes: ``preds[g][i-1]``, ``ops[g][i-1]`` (an index into :data:`OP_NAMES`);
+    for ``G > 1`` per node the buffer rows of each genotype's predecessor and the genotypes of each op."""
 
     preds: list[list[int]]
     ops: list[list[int]]
-    pred_t: Tensor      # [steps, G]
-    op_t: Tensor        # [steps, G]
+    flat: list[Tensor]
+    groups: list[Groups]
 
 
 @dataclass(frozen=True)
@@ -70,8 +85,8 @@ class InterPlan:
 
     preds: list[list[tuple[int, int]]]   # per genotype, per node: (source of a, source of b)
     ops: list[list[tuple[int, int]]]
-    pred_t: Tensor      # [nodes, 2, G]
-    op_t: Tensor        # [nodes, 2, G]
+    flat: list[list[Tensor]]             # per node and side: the buffer rows of each genotype's source
+    groups: list[list[Groups]]           # per node and side: the genotypes of each op
     alive: Tensor       # [nodes, G] 1.0 for a real node
     count: Tensor       # [G] nodes of each genotype (0: the identity)
     product: Tensor     # [G] 1.0 where the node combination is the product
@@ -124,7 +139,8 @@ def _intra_plan(cell: MixedIntraCell, genotypes: Sequence[ESSGenotype], device: 
                                 f"{g.intra.steps} nodes, concat {list(g.intra.concat)}")
         preds.append([e.pred for e in g.intra.recurrent])
         ops.append([_op_index(e.op, f"intra.recurrent[{i}]") for i, e in enumerate(g.intra.recurrent)])
-    return IntraPlan(preds, ops, torch.tensor(preds, device=device).t(), torch.tensor(ops, device=device).t())
+    pred_t, op_t = torch.tensor(preds, device=device).t(), torch.tensor(ops, device=device).t()   # [steps, G]
+    return IntraPlan(preds, ops, [_flat(p) for p in pred_t], [_groups(o) for o in op_t])
 
 
 def _inter_plan(cell: MixedInterCell, part: str, genotypes: Sequence[ESSGenotype],
@@ -144,10 +160,13 @@ def _inter_plan(cell: MixedInterCell, part: str, genotypes: Sequence[ESSGenotype
     def stacked(rows: list[list[tuple[int, int]]]) -> Tensor:
         return torch.tensor([(r + pad)[:width] for r in rows], device=device).permute(1, 2, 0)  # [nodes, 2, G]
 
+    pred_t, op_t = stacked(preds), stacked(ops)
+
     alive = torch.tensor([[1.0 if k < len(c.nodes) else 0.0 for k in range(width)] for c in cells], device=device)
     products, residuals = [c.combination == "product" for c in cells], [c.residual for c in cells]
     as_float = lambda v: torch.tensor(v, dtype=torch.float32, device=device)  # noqa: E731
-    return InterPlan(preds, ops, stacked(preds), stacked(ops), alive.t().contiguous(),
+    return InterPlan(preds, ops, [[_flat(p) for p in node] for node in pred_t],
+                     [[_groups(o) for o in node] for node in op_t], alive.t().contiguous(),
                      as_float([len(c.nodes) for c in cells]), as_float(products), as_float(residuals), products,
                      residuals)
 
@@ -158,76 +177,86 @@ def _inter_plan(cell: MixedInterCell, part: str, genotypes: Sequence[ESSGenotype
 
 def _batch_norm(v: Tensor, eps: float) -> Tensor:
     """Affine-free batch norm by the batch's own statistics, per genotype: ``v`` is ``[G, B, d]``."""
-    mean = v.mean(1, keepdim=True)
-    var = v.var(1, unbiased=False, keepdim=True)
+    var, mean = torch.var_mean(v, dim=1, unbiased=False, keepdim=True)
     return (v - mean) / torch.sqrt(var + eps)
 
 
-def _pick(options: Tensor, index: Tensor) -> Tensor:
-    """``options[index[g], g]`` for every genotype ``g``: ``options`` ``[K, G, ...]``, ``index`` ``[G]``."""
-    return options[index, torch.arange(index.numel(), device=index.device)]
+def _activate(h: Tensor, groups: Groups) -> Tensor:
+    """Each genotype's op on its rows of ``h`` ``[G, ...]``: one pass per op some genotype takes."""
+    if len(groups) == 1:
+        return _NONZERO_ACTS[groups[0][0]](h)
+    out = torch.empty_like(h)
+    for k, idx in groups:
+        out.index_copy_(0, idx, _NONZERO_ACTS[k](h.index_select(0, idx)))
+    return out
 
 
 def intra_path(cell: MixedIntraCell, plan: IntraPlan, x_proj: Tensor, h_prev: Tensor, h_mask: Tensor | None) -> Tensor:
     """One step of the intra cell on each genotype's path: ``x_proj`` ``[G, B, 2 nhid]``, ``h_prev``
-    ``[G, B, nhid]``."""
+    ``[G, B, nhid]``. One genotype runs in plain autograd ops; several (evaluation) share one buffer of node
+    states from which each takes its predecessor."""
     bn = cell.bn
     norm = (lambda v: v) if isinstance(bn, nn.Identity) else (lambda v: _batch_norm(v, bn.eps))  # noqa: E731
     G = h_prev.size(0)
-    states = [norm(cell.initial_node(x_proj, h_prev, h_mask))]
+    first = norm(cell.initial_node(x_proj, h_prev, h_mask))
+    if G == 1:
+        states = [first]
+        for i, W in enumerate(cell.Ws, 1):
+            s = states[plan.preds[0][i - 1]]
+            s_in = s if h_mask is None else s * h_mask
+            c, h = (s_in @ W).split(cell.nhid, dim=-1)
+            states.append(norm(s + torch.sigmoid(c) * (_NONZERO_ACTS[plan.ops[0][i - 1]](h) - s)))
+        return torch.stack(states[1:]).mean(0)
+    S = first.new_empty((cell.steps + 1) * G, *first.shape[1:])   # node-major: node i in rows i*G .. (i+1)*G
+    S[:G] = first
     for i, W in enumerate(cell.Ws, 1):
-        if G == 1:
-            s, act = states[plan.preds[0][i - 1]], _NONZERO_ACTS[plan.ops[0][i - 1]]
-            s_in = s if h_mask is None else s * h_mask
-            c, h = (s_in @ W).split(cell.nhid, dim=-1)
-            f = act(h)
-        else:
-            s = _pick(torch.stack(states), plan.pred_t[i - 1])
-            s_in = s if h_mask is None else s * h_mask
-            c, h = (s_in @ W).split(cell.nhid, dim=-1)
-            f = _pick(torch.stack([act(h) for act in _NONZERO_ACTS]), plan.op_t[i - 1])
-        states.append(norm(s + torch.sigmoid(c) * (f - s)))
-    return torch.stack(states[1:]).mean(0)
+        s = S.index_select(0, plan.flat[i - 1])
+        s_in = s if h_mask is None else s * h_mask
+        c, h = (s_in @ W).split(cell.nhid, dim=-1)
+        S[i * G:(i + 1) * G] = norm(s + torch.sigmoid(c) * (_activate(h, plan.groups[i - 1]) - s))
+    return S[G:].view(cell.steps, *first.shape).mean(0)
 
 
 def inter_path(cell: MixedInterCell, plan: InterPlan, inputs: Sequence[Tensor]) -> Tensor:
-    """The inter DAG on each genotype's path: ``inputs[j]`` ``[G, B, d]`` is the j-th most recent vector."""
+    """The inter DAG on each genotype's path: ``inputs[j]`` ``[G, R, d]`` is the j-th most recent vector."""
     G, m = inputs[0].size(0), cell.m
-    if G == 1 and not plan.preds[0]:
-        return inputs[0]
     branch_norm = INTER_NORMS[cell.norm]
     op_norm = OP_NORMS.get(cell.norm, INTER_NORMS["none"])
-    states: list[Tensor] = list(inputs[:m])
-    maps: dict[tuple[int, int], Tensor] = {}
-
-    def projected(side: int, j: int) -> Tensor:
-        if (side, j) not in maps:
-            maps[side, j] = states[j] @ cell.W[side, j]
-        return maps[side, j]
-
-    nodes: list[Tensor] = []
-    for k in range(plan.nodes if G > 1 else len(plan.preds[0])):
-        branches = []
-        for side in (0, 1):
-            if G == 1:
-                f = _NONZERO_ACTS[plan.ops[0][k][side]](projected(side, plan.preds[0][k][side]))
-            else:
-                p = _pick(torch.stack([projected(side, j) for j in range(m + k)]), plan.pred_t[k, side])
-                f = _pick(torch.stack([act(p) for act in _NONZERO_ACTS]), plan.op_t[k, side])
-            branches.append(branch_norm(op_norm(f)))
-        a, b = branches
-        if G == 1:
-            node = a * b if plan.products[0] else a + b
-        else:
-            w = plan.product.view(G, 1, 1)
-            node = (w * (a * b) + (1 - w) * (a + b)) * plan.alive[k].view(G, 1, 1)
-        nodes.append(node)
-        states.append(node)
     if G == 1:
-        out = torch.stack(nodes).mean(0)
-        return inputs[0] + out if plan.residuals[0] else out
-    out = torch.stack(nodes).sum(0) / plan.count.clamp(min=1).view(G, 1, 1)
+        return _inter_one(cell, plan, inputs, lambda f: branch_norm(op_norm(f)))
+    sources = cell.W.size(1)   # m inputs and every node but the last can be read
+    P = [inputs[0].new_empty(sources * G, *inputs[0].shape[1:]) for _ in (0, 1)]   # source-major projections
+
+    def project(j: int, state: Tensor) -> None:
+        for side in (0, 1):
+            P[side][j * G:(j + 1) * G] = state @ cell.W[side, j]
+
+    for j in range(m):
+        project(j, inputs[j])
+    total = torch.zeros_like(inputs[0])
+    w = plan.product.view(G, 1, 1).to(total.dtype)
+    for k in range(plan.nodes):
+        a, b = (branch_norm(op_norm(_activate(P[side].index_select(0, plan.flat[k][side]), plan.groups[k][side])))
+                for side in (0, 1))
+        node = (w * (a * b) + (1 - w) * (a + b)) * plan.alive[k].view(G, 1, 1)
+        total = total + node
+        if m + k < sources:
+            project(m + k, node)
+    out = total / plan.count.clamp(min=1).view(G, 1, 1)
     return out + plan.residual.view(G, 1, 1) * inputs[0]
+
+
+def _inter_one(cell: MixedInterCell, plan: InterPlan, inputs: Sequence[Tensor], normed) -> Tensor:
+    """One genotype's inter DAG in plain autograd ops: only the maps and ops it reads run."""
+    if not plan.preds[0]:
+        return inputs[0]
+    states: list[Tensor] = list(inputs[: cell.m])
+    for (ja, jb), (oa, ob) in zip(plan.preds[0], plan.ops[0]):
+        a = normed(_NONZERO_ACTS[oa](states[ja] @ cell.W[0, ja]))
+        b = normed(_NONZERO_ACTS[ob](states[jb] @ cell.W[1, jb]))
+        states.append(a * b if plan.products[0] else a + b)
+    out = torch.stack(states[cell.m:]).mean(0)
+    return inputs[0] + out if plan.residuals[0] else out
 
 
 class PathCell(nn.Module):
