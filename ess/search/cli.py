@@ -27,5 +27,6 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     result = search(cfg, resume=args.resume, on_epoch=print_report)
     print(json.dumps({"genotype": result.genotype.to_dict(), "describe": describe(result.genotype),
+                      "stability": (result.selection.get("stability") or {}).get("statement"),
                       "seconds": round(time.perf_counter() - start, 1), "run_dir": str(result.run_dir)}), flush=True)
     return 0

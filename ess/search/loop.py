@@ -59,8 +59,10 @@ from ess.runs import (
 from ess.runtime import perplexity, pick_device, set_threads
 from ess.search.architect import Architect, requires_grad
 from ess.search.config import RESUME_FIXED, SearchConfig
+from ess.search.evidence import Stability, stability
 from ess.space.derive import Derivation, DeriveRule, identity_share
 from ess.space.genotype import ESSGenotype, save_genotype
+from ess.space.refs import load_genotype
 from ess.supernet.model import SearchModel, SupernetConfig
 
 EPOCH_DIRS = ("genotypes", "derivations", "arch_weights", "rankings")   # per-epoch files: epoch_NNN.*
@@ -323,6 +325,9 @@ class Searcher:
             write_metrics(self.run_dir, self.rows)
             on_epoch(EpochReport(self.epoch, row, self.run_dir, self.checkpoint_path, found.genotype, artifacts))
         found, selection = self.select()
+        moved = self.stability()
+        if moved is not None:
+            selection["stability"] = moved.to_dict()
         save_genotype(found.genotype, self.run_dir / "genotype.json")
         atomic_write_text(self.run_dir / "derivation.json", json.dumps(found.to_dict(), indent=1) + "\n")
         atomic_write_text(self.run_dir / "selection.json", json.dumps(selection, indent=1) + "\n")
@@ -376,6 +381,14 @@ class Searcher:
                        "rank_of_argmax": ranking.rank_of("argmax"), "rank_seconds": ranking.seconds,
                        "reason": "the lowest validation loss on its path through the final supernet (shared-weight "
                                  "ranking)", **self.shares(found)}
+
+    def stability(self) -> Stability | None:
+        """How much the epochs' genotypes moved over the search's last half (:func:`ess.search.evidence.stability`;
+        None before two epochs)."""
+        paths = [self.run_dir / "genotypes" / f"epoch_{e:03d}.json" for e in range(1, self.epoch + 1)]
+        if len(paths) < 2 or not all(path.is_file() for path in paths):
+            return None
+        return stability([load_genotype(path) for path in paths], list(self.model.searched_parts()), self.cfg.n_inter)
 
     def shares(self, found: Derivation) -> dict[str, Any]:
         """Identity and decided shares per searched part of the genotype the search returns (the epoch rows'

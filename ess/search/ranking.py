@@ -30,7 +30,7 @@ from ess.space.sample import random_genotype
 from ess.supernet.model import SearchModel
 from ess.supernet.path import PathPlan, path_forward
 
-#: genotypes evaluated side by side (measured in bench/ranking.py: the recurrent part stops paying beyond this)
+#: genotypes evaluated side by side (bench/ranking.py measures the group sizes)
 GROUP = 32
 
 
@@ -59,7 +59,7 @@ def path_losses(model: SearchModel, genotypes: Sequence[ESSGenotype], source: to
                 flat = targets.reshape(-1)
                 for g in range(G):
                     x = hidden[:, g].reshape(-1, hidden.size(-1))
-                    totals[g] += float(_loss(x, weight, bias, flat)) * flat.numel()
+                    totals[g] += float(mean_loss(x, weight, bias, flat)) * flat.numel()
                 count += flat.numel()
             out += (totals / max(count, 1)).tolist()
             if on_group is not None:
@@ -69,7 +69,9 @@ def path_losses(model: SearchModel, genotypes: Sequence[ESSGenotype], source: to
     return out
 
 
-def _loss(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
+def mean_loss(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
+    """Mean cross entropy of the tied decoder on hidden states ``x`` ``[N, d]`` (fused unless the backend is
+    ``autograd``)."""
     if kernels.fused_enabled():
         return kernels.linear_cross_entropy(x, weight, bias, y)
     return torch.nn.functional.cross_entropy(torch.nn.functional.linear(x, weight, bias), y)
@@ -203,4 +205,5 @@ def rank(model: SearchModel, candidates: Sequence[tuple[str, ESSGenotype]], sour
     return Ranking(entries, (source.size(0) - 1) * source.size(1), seconds, dict(extra))
 
 
-__all__ = ["GROUP", "Ranked", "Ranking", "neighbours", "path_losses", "rank", "sample", "samples", "space_of"]
+__all__ = ["GROUP", "Ranked", "Ranking", "mean_loss", "neighbours", "path_losses", "rank", "sample", "samples",
+           "space_of"]

@@ -57,6 +57,10 @@ def test_rsws_learns_ranks_and_returns_the_best_ranked_genotype(tmp_path):
     ranking = json.loads((tmp_path / "ranking.json").read_text())
     selection = json.loads((tmp_path / "selection.json").read_text())
     assert selection["criterion"] == "rank" and selection["candidates"] == ranking["candidates"] <= 13
+    # how the epochs' genotypes (the pool's best) moved: epoch 2 against epoch 1
+    epochs = [load_genotype(tmp_path / "genotypes" / f"epoch_{e:03d}.json") for e in (1, 2)]
+    moved = selection["stability"]
+    assert moved["epochs"] == 2 and moved["middle"] == 1 and moved["changed_epochs"] == int(epochs[0] != epochs[1])
     assert ranking["entries"][0]["genotype"] == result.genotype.to_dict() == load_genotype(
         tmp_path / "genotype.json").to_dict()
     assert [e["loss"] for e in ranking["entries"]] == sorted(e["loss"] for e in ranking["entries"])
@@ -107,3 +111,4 @@ def test_derive_rank_takes_the_best_of_the_argmax_its_neighbours_and_samples(tmp
     assert selection["rank_of_argmax"] == next(e["rank"] for e in ranking["entries"] if e["origin"] == "argmax")
     assert ranking["entries"][0]["genotype"] == result.genotype.to_dict()
     assert "decided" not in selection and set(selection["identity_share"]) == {"intra", "history", "input"}
+    assert "stability" not in selection   # one epoch: nothing to compare
