@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from ess.config import save_config
+import dataclasses
+from pathlib import Path
+
+from ess.config import config_from_mapping, load_yaml, save_config
+from ess.errors import ConfigError
 from ess.runs import OnEpoch, ignore_report
 from ess.search.config import SearchConfig
 from ess.search.loop import Searcher, SearchResult
@@ -18,6 +22,20 @@ def searcher(cfg: SearchConfig) -> Searcher:
     return METHODS[cfg.method](cfg)
 
 
+def load_search(run_dir: str | Path) -> Searcher:
+    """A finished (or stopped) search read back from its run directory (``config.yaml``, ``checkpoint.pt``): its
+    supernet, data and state, e.g. to score genotypes on its paths (:func:`ess.search.ranking.path_losses` with
+    its :meth:`~ess.search.loop.Searcher.valid_source`)."""
+    run_dir = Path(run_dir)
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{path}: no search config (is {run_dir} a search's run directory?)")
+    cfg = config_from_mapping(SearchConfig, load_yaml(path), str(path))
+    run = searcher(dataclasses.replace(cfg, run_dir=str(run_dir), progress=False, draw=False))
+    run.resume()
+    return run
+
+
 def search(cfg: SearchConfig, *, resume: bool = False, on_epoch: OnEpoch = ignore_report) -> SearchResult:
     """Run (or continue) a search; returns the derived genotype and the per-epoch rows."""
     run = searcher(cfg)
@@ -28,4 +46,4 @@ def search(cfg: SearchConfig, *, resume: bool = False, on_epoch: OnEpoch = ignor
     return run.fit(on_epoch)
 
 
-__all__ = ["METHODS", "search", "searcher"]
+__all__ = ["METHODS", "load_search", "search", "searcher"]

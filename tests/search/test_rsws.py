@@ -11,9 +11,9 @@ import torch
 
 from ess.checkpoint import load_checkpoint
 from ess.errors import ConfigError
-from ess.search import METHODS, PRESETS, SearchConfig, search, searcher
+from ess.search import METHODS, PRESETS, SearchConfig, load_search, search, searcher
 from ess.search.config import METHODS as METHOD_NAMES
-from ess.search.ranking import sample
+from ess.search.ranking import path_losses, sample
 from ess.space.refs import load_genotype
 
 from conftest import requires_ptb
@@ -65,6 +65,10 @@ def test_rsws_learns_ranks_and_returns_the_best_ranked_genotype(tmp_path):
         tmp_path / "genotype.json").to_dict()
     assert [e["loss"] for e in ranking["entries"]] == sorted(e["loss"] for e in ranking["entries"])
     assert (tmp_path / "rankings" / "epoch_002.json").is_file()
+    # read back from its run directory, the supernet scores the chosen genotype as the search did
+    again = load_search(tmp_path)
+    score = path_losses(again.model, [result.genotype], again.valid_source(cfg.rank_tokens), cfg.bptt)[0]
+    assert score == pytest.approx(selection["loss"], abs=1e-6)
     assert (tmp_path / "genotypes" / "epoch_002.json").is_file()
 
 
