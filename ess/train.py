@@ -42,7 +42,7 @@ from ess.config import (
     config_to_dict,
     save_config,
 )
-from ess.data import BPTTIterator, batchify, ensure_corpus, load_corpus
+from ess.data import BPTTIterator, batchify, ensure_corpus, load_corpus, valid_part
 from ess.errors import CheckpointError
 from ess.evaluation import evaluate
 from ess.guard import HELP_LR_FACTOR, HELP_MAX_PPL, HELP_MAX_ROLLBACKS, Diverged, DivergenceGuard, ppl_bound
@@ -94,6 +94,9 @@ class TrainConfig:
     threads: int = field(default=0, metadata={"help": "CPU threads (0: torch default)"})
     max_train_tokens: int = field(default=0, metadata={"help": "use only the first N training tokens (0: all)"})
     max_eval_tokens: int = field(default=0, metadata={"help": "use only the first N valid/test tokens (0: all)"})
+    valid_part: str = field(default="all", metadata={
+        "help": "the validation tokens that validate: all, or select (the second half, when the genotype came from a "
+                "search that fitted and ranked on the first; ess.data.roles)"})
     max_rollbacks: int = field(default=3, metadata={"help": HELP_MAX_ROLLBACKS})
     rollback_lr_factor: float = field(default=0.5, metadata={"help": HELP_LR_FACTOR})
     max_ppl: float = field(default=0.0, metadata={"help": HELP_MAX_PPL})
@@ -112,6 +115,8 @@ class TrainConfig:
               f"must be in (0, 1], got {self.rollback_lr_factor}")
         check(self.emsize == self.nhid, "emsize", f"tied weights need emsize == nhid ({self.emsize} != {self.nhid})")
         check(self.cell in ("ess", "lstm"), "cell", f"unknown cell {self.cell!r} (known: ess, lstm)")
+        check(self.valid_part in ("all", "select"), "valid_part",
+              f"unknown {self.valid_part!r} (known: all, select; the search half belongs to searches)")
         if self.cell == "ess":
             check_genotype(self.genotype, "genotype")
 
@@ -128,7 +133,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 # Fields that define the model and the data: they must match when resuming.
-_RESUME_FIXED = ("genotype", "cell", "dataset", "emsize", "nhid", "batch_size", "max_train_tokens", "seed")
+_RESUME_FIXED = ("genotype", "cell", "dataset", "emsize", "nhid", "batch_size", "max_train_tokens", "seed",
+                 "valid_part")
 
 
 def matched(cfg: TrainConfig, ntoken: int) -> TrainConfig:
@@ -207,7 +213,8 @@ class Trainer:
         self.ntoken = len(corpus.vocab)
         self.cfg = cfg = matched(cfg, self.ntoken)
         self.train_data = batchify(_slice(corpus.train, cfg.max_train_tokens), cfg.batch_size, self.device)
-        self.valid_data = batchify(_slice(corpus.valid, cfg.max_eval_tokens), cfg.eval_batch_size, self.device)
+        valid = valid_part(corpus.valid, cfg.valid_part)
+        self.valid_data = batchify(_slice(valid, cfg.max_eval_tokens), cfg.eval_batch_size, self.device)
         self.test_data = batchify(_slice(corpus.test, cfg.max_eval_tokens), cfg.test_batch_size, self.device)
         seed_everything(cfg.seed)
         self.model = build_model(cfg, self.ntoken).to(self.device)

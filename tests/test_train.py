@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from ess.checkpoint import load_checkpoint, previous_path, save_checkpoint
-from ess.errors import CheckpointError
+from ess.errors import CheckpointError, ConfigError
 from ess.evaluation import evaluate
 from ess.train import PRESETS, TrainConfig, Trainer, train
 
@@ -145,3 +145,17 @@ def test_parameter_matched_retraining_logs_its_count(tmp_path):
     final = json.loads((tmp_path / "run" / "final.json").read_text())
     assert final["params"] == row["params"]
     train(dataclasses.replace(cfg, epochs=2), resume=True)   # the resolved size resumes
+
+
+def test_a_retrain_after_a_search_validates_on_the_select_half(tmp_path):
+    """valid_part=select: the validation perplexity is that of the second half of the split, never the search's."""
+    from ess.data import load_corpus, valid_part
+
+    base = TrainConfig(**{**PRESETS["smoke"], "run_dir": str(tmp_path), "progress": False})
+    corpus = load_corpus(base.dataset, base.data_dir)
+    for part in ("all", "select"):
+        trainer = Trainer(dataclasses.replace(base, valid_part=part))
+        expected = valid_part(corpus.valid, part)[: base.max_eval_tokens or None]
+        assert torch.equal(trainer.valid_data.t().reshape(-1), expected[: trainer.valid_data.numel()])
+    with pytest.raises(ConfigError, match="^valid_part: unknown 'search'"):
+        dataclasses.replace(base, valid_part="search")
