@@ -444,6 +444,49 @@ def fieller_interval(tau: float, n: int, z: float = Z95) -> tuple[float, float] 
     return math.tanh(centre - z * se), math.tanh(centre + z * se)
 
 
-__all__ = ["ASPECTS", "EXACT_MAX_N", "PartAgreement", "RankAgreement", "SeedAgreement", "Stability",
-           "fieller_interval", "genotype_choices", "kendall_tau_b", "random_agreement", "rank_agreement",
-           "seed_agreement", "stability"]
+# ---- one arm's searches in a few words
+
+@dataclass(frozen=True)
+class ArmEvidence:
+    """What an arm's searches (one per seed) say together: their seed agreement (None with one search) and
+    their stability, averaged (None when no search ran two epochs)."""
+
+    searches: int
+    agreement: SeedAgreement | None
+    changed_epoch_share: float | None
+    kept_from_middle: float | None
+
+    def statement(self) -> str:
+        """One or two plain lines (the job summaries print them)."""
+        if self.agreement is None:
+            first = f"{self.searches} search: seed agreement needs at least two"
+        else:
+            first = self.agreement.statement()
+        if self.changed_epoch_share is None:
+            return first + "; no search ran two epochs: no stability"
+        return (f"{first}; over the last half of each search the derived genotype changed at "
+                f"{self.changed_epoch_share:.0%} of the epochs and kept {self.kept_from_middle:.0%} of its "
+                "middle epoch's choices (mean over searches)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"searches": self.searches, "agreement": self.agreement.to_dict() if self.agreement else None,
+                "changed_epoch_share": self.changed_epoch_share, "kept_from_middle": self.kept_from_middle,
+                "statement": self.statement()}
+
+
+def arm_evidence(genotypes: Sequence[ESSGenotype], stabilities: Sequence[Stability | dict[str, Any] | None],
+                 searched: Sequence[str], **space: Any) -> ArmEvidence:
+    """:class:`ArmEvidence` of one arm: ``genotypes`` its searches' answers (one per seed), ``stabilities`` their
+    :func:`stability` (or its ``to_dict()``, as ``selection.json`` keeps it; None for a one-epoch search),
+    ``space`` :func:`seed_agreement`'s keywords."""
+    agreement = seed_agreement(genotypes, searched, **space) if len(genotypes) >= 2 else None
+    rows = [s.to_dict() if isinstance(s, Stability) else s for s in stabilities if s]
+    if not rows:
+        return ArmEvidence(len(genotypes), agreement, None, None)
+    return ArmEvidence(len(genotypes), agreement, float(np.mean([r["changed_epoch_share"] for r in rows])),
+                       float(np.mean([r["kept_from_middle"] for r in rows])))
+
+
+__all__ = ["ASPECTS", "EXACT_MAX_N", "ArmEvidence", "PartAgreement", "RankAgreement", "SeedAgreement", "Stability",
+           "arm_evidence", "fieller_interval", "genotype_choices", "kendall_tau_b", "random_agreement",
+           "rank_agreement", "seed_agreement", "stability"]

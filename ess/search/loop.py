@@ -65,6 +65,8 @@ from ess.space.genotype import ESSGenotype, save_genotype
 from ess.space.refs import load_genotype
 from ess.supernet.model import SearchModel, SupernetConfig
 
+#: the row keys that measure time: everything else in a row is the same on a rerun or an exact resume
+TIMING_KEYS = ("train/seconds", "train/tokens_per_s", "epoch/seconds", "rank/seconds")
 EPOCH_DIRS = ("genotypes", "derivations", "arch_weights", "rankings")   # per-epoch files: epoch_NNN.*
 _CHECKPOINT_FIELDS = ("config", "model", "optimizer", "architect", "epoch", "best_valid", "rows", "rng",
                       "lengths_rng")
@@ -302,6 +304,7 @@ class Searcher:
             found, _, tables = self.readout()
             self.write_artifacts(found, tables)
         while self.epoch < self.cfg.epochs:
+            start = time.perf_counter()
             try:
                 row = self.train_epoch()
                 valid = self.validate()
@@ -316,7 +319,8 @@ class Searcher:
             found, diagnostics, tables = self.readout()
             row = {"epoch": self.epoch, **row, "valid/loss": valid, "valid/ppl": perplexity(valid),
                    "valid/best_ppl": perplexity(self.best_valid), **diagnostics, "params": self.params,
-                   "rollbacks": self.rollbacks, "lr_scale": self.guard.lr_scale(self.rollbacks)}
+                   "rollbacks": self.rollbacks, "lr_scale": self.guard.lr_scale(self.rollbacks),
+                   "epoch/seconds": time.perf_counter() - start}   # all of it: training, validation, read-out
             if self.cfg.beta_decay > 0:
                 row["arch/beta_decay_weight"] = self.cfg.beta_decay * (self.epoch - 1) / self.cfg.epochs
             self.rows.append(row)
@@ -324,7 +328,9 @@ class Searcher:
             artifacts = self.write_artifacts(found, tables)   # after its checkpoint: never beside an older one
             write_metrics(self.run_dir, self.rows)
             on_epoch(EpochReport(self.epoch, row, self.run_dir, self.checkpoint_path, found.genotype, artifacts))
+        start = time.perf_counter()
         found, selection = self.select()
+        selection["seconds"] = time.perf_counter() - start   # a search's cost: its epochs' seconds and these
         moved = self.stability()
         if moved is not None:
             selection["stability"] = moved.to_dict()

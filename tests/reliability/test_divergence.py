@@ -24,6 +24,7 @@ from ess.errors import DivergenceError
 from ess.search import PRESETS as SEARCH_PRESETS
 from ess.search import SearchConfig, search
 from ess.search.architect import Architect
+from ess.search.loop import TIMING_KEYS as SEARCH_TIMING
 from ess.space.refs import load_genotype
 from ess.tagging.model import Tagger
 from ess.train import PRESETS as TRAIN_PRESETS
@@ -38,7 +39,7 @@ TRAIN = TrainConfig(**{**TRAIN_PRESETS["smoke"], "epochs": 3, "data_dir": DATA_D
 TRANSFER = TransferConfig(**{**TRANSFER_PRESETS["smoke"], "data_dir": DATA_DIR, "max_train_sentences": 120,
                              "max_eval_sentences": 60, "epochs": 3, "word_dim": 16, "char_dim": 8,
                              "char_filters": 8, "nhid": 16})
-TIMING = ("train/seconds", "train/tokens_per_s", *TIMING_KEYS)
+TIMING = ("train/seconds", "train/tokens_per_s", *TIMING_KEYS, *SEARCH_TIMING)
 BATCHES_PER_EPOCH = 14   # TINY_SEARCH: 4,000 tokens in 8 rows, ~35 tokens per batch
 
 

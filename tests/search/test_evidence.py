@@ -372,3 +372,26 @@ def test_rank_statement_and_json():
 def test_bad_scores_are_one_line_errors(x, y, match):
     with pytest.raises(ValueError, match=match):
         rank_agreement(x, y)
+
+
+def test_an_arms_evidence_in_plain_words():
+    import random as _random
+
+    from ess.search.evidence import arm_evidence
+    from ess.space.sample import random_genotype
+
+    rng = _random.Random(0)
+    space = dict(steps=8, m=3, n_inter=3)
+    genotypes = [random_genotype(rng, **space, searched=("intra",)) for _ in range(3)]
+    s1 = stability([genotypes[0], genotypes[0], genotypes[1], genotypes[1]], ["intra"])   # changed at epoch 3
+    s2 = stability([genotypes[2], genotypes[2], genotypes[2], genotypes[2]], ["intra"])   # never
+    assert (s1.changed_epoch_share, s2.changed_epoch_share, s2.kept_from_middle) == (0.5, 0.0, 1.0)
+    ev = arm_evidence(genotypes, [s1, s2.to_dict(), None], ["intra"], **space, draws=200)
+    assert ev.searches == 3 and ev.agreement.k == 3
+    assert ev.changed_epoch_share == pytest.approx(0.25)
+    assert ev.kept_from_middle == pytest.approx((s1.kept_from_middle + 1.0) / 2)
+    assert ev.statement().startswith("seeds agree on ") and "over the last half of each search" in ev.statement()
+    one = arm_evidence(genotypes[:1], [None], ["intra"], **space)
+    assert one.agreement is None and one.statement() == ("1 search: seed agreement needs at least two; no search "
+                                                         "ran two epochs: no stability")
+    assert one.to_dict()["agreement"] is None

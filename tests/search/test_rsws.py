@@ -13,6 +13,7 @@ from ess.checkpoint import load_checkpoint
 from ess.errors import ConfigError
 from ess.search import METHODS, PRESETS, SearchConfig, load_search, search, searcher
 from ess.search.config import METHODS as METHOD_NAMES
+from ess.search.loop import TIMING_KEYS
 from ess.search.ranking import path_losses, sample
 from ess.space.refs import load_genotype
 
@@ -23,7 +24,7 @@ TINY = SearchConfig(**{**PRESETS["smoke"], "emsize": 16, "nhid": 16, "steps": 3,
                        "draw": False, "method": "rsws", "rank_samples": 12, "rank_pool": 4, "rank_tokens": 600,
                        "threads": 1, "lr": 10.0, "inter_norm": "none", "batchnorm": False,
                        "max_train_tokens": 8_000})
-TIMING = ("train/seconds", "train/tokens_per_s", "rank/seconds")
+TIMING = TIMING_KEYS
 
 
 def test_the_method_registry_is_the_configs():
