@@ -177,8 +177,8 @@ def _inter_plan(cell: MixedInterCell, part: str, genotypes: Sequence[ESSGenotype
 
 def _batch_norm(v: Tensor, eps: float) -> Tensor:
     """Affine-free batch norm by the batch's own statistics, per genotype: ``v`` is ``[G, B, d]``."""
-    var, mean = torch.var_mean(v, dim=1, unbiased=False, keepdim=True)
-    return (v - mean) / torch.sqrt(var + eps)
+    centred = v - v.mean(1, keepdim=True)   # two passes of plain means: var_mean over the middle dim is ~10x slower
+    return centred * torch.rsqrt((centred * centred).mean(1, keepdim=True) + eps)
 
 
 def _activate(h: Tensor, groups: Groups) -> Tensor:
