@@ -284,11 +284,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         flag = "--" + f.name.replace("_", "-")
         tp = hints[f.name]
         default = f.default if f.default is not dataclasses.MISSING else None
-        help_text = f.metadata.get("help", "") + f" (default: {default!r})"
+        about = f.metadata.get("help", "").replace("%", "%%")   # argparse formats help with %: a literal % is %%
+        help_text = about + f" (default: {default!r})".replace("%", "%%")
         if is_config_class(tp):
             group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, metavar="'KEY=VALUE ...'",
-                               help=f.metadata.get("help", "") + f" ({tp.__name__} fields; preset=NAME first "
-                                    "starts from a named preset)")
+                               help=about + f" ({tp.__name__} fields; preset=NAME first starts from a named preset)")
         elif tp is bool:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=help_text)
