@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
-from ray import tune
 
 from ess.adapters.ray import jobs
 from ess.adapters.ray.config import JobConfig
@@ -32,14 +31,9 @@ def run(job: JobConfig, *, resume: bool = False, callbacks: Sequence[Any] = ()) 
     with jobs.experiment("ablation", job, resume=resume) as exp:
         job = exp.job
         variants = search_variants(job)
-        trainable = exp.with_resources(search_trainable)
-        tuner = exp.restored("ablation", trainable) or tune.Tuner(
-            trainable,
-            param_space={"ess": exp.spec(search=job.search, train=job.train if job.retrain else None),
-                         "variant": tune.grid_search(variants)},
-            tune_config=exp.tune_config(),
-            run_config=exp.run_config("ablation", callbacks))
-        trials = jobs.rows(exp.fit(tuner, "ablation", expected=len(variants)))
+        trials = exp.stage("ablation", search_trainable,
+                           exp.spec(search=job.search, train=job.train if job.retrain else None), variants,
+                           callbacks=callbacks)
 
         table = [{**{k: r["variant"].get(k) for k in ARM},
                   "search_valid_ppl": r["metrics"].get(SEARCH_METRIC),

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
@@ -57,16 +56,10 @@ def run(job: JobConfig, *, resume: bool = False, callbacks: Sequence[Any] = ()) 
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=search.epochs,
                                   grace_period=min(job.grace_period, search.epochs),
                                   reduction_factor=job.reduction_factor)
-        trainable = exp.with_resources(search_trainable)
-        tuner = exp.restored("hparam", trainable) or tune.Tuner(
-            trainable,
-            param_space={"ess": exp.spec(search=search), **space},
-            tune_config=exp.tune_config(search_alg=searcher, scheduler=scheduler, metric=SEARCH_METRIC, mode="min",
-                                        num_samples=job.num_samples),
-            run_config=exp.run_config("hparam", callbacks))
-        results = exp.fit(tuner, "hparam", expected=job.num_samples)
-
-        best = min(jobs.succeeded(jobs.rows(results), "hparam"),
+        results = exp.stage("hparam", search_trainable, exp.spec(search=search), space=space, callbacks=callbacks,
+                            search_alg=searcher, scheduler=scheduler, metric=SEARCH_METRIC, mode="min",
+                            num_samples=job.num_samples)
+        best = min(jobs.succeeded(results, "hparam"),
                    key=lambda r: jobs.finite(r["metrics"].get(SEARCH_METRIC)))
         study = optuna.load_study(study_name=study_name, storage=storage_url)
         summary = {"best_config": {k: best["variant"].get(k) for k in space},

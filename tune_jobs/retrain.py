@@ -12,8 +12,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ray import tune
-
 from ess.adapters.ray import jobs
 from ess.adapters.ray.config import JobConfig
 from ess.adapters.ray.experiment import Experiment
@@ -70,15 +68,8 @@ def retrain_stage(exp: Experiment, job: JobConfig, genotypes: dict[str, ESSGenot
                   info: dict[str, dict[str, Any]],
                   *, callbacks: Sequence[Any] = ()) -> list[dict[str, Any]]:
     """One retrain trial per genotype."""
-    trainable = exp.with_resources(retrain_trainable)
-    variants = [{"genotype_label": label} for label in genotypes]
-    tuner = exp.restored("retrain", trainable) or tune.Tuner(
-        trainable,
-        param_space={"ess": exp.spec(train=job.train, genotypes=genotypes, genotype_info=info),
-                     "variant": tune.grid_search(variants)},
-        tune_config=exp.tune_config(),
-        run_config=exp.run_config("retrain", callbacks))
-    return jobs.rows(exp.fit(tuner, "retrain", expected=len(variants)))
+    return exp.stage("retrain", retrain_trainable, exp.spec(train=job.train, genotypes=genotypes, genotype_info=info),
+                     [{"genotype_label": label} for label in genotypes], callbacks=callbacks)
 
 
 def run(job: JobConfig, *, resume: bool = False, callbacks: Sequence[Any] = ()) -> dict[str, Any]:

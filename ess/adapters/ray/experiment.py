@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from ess.adapters.ray.config import JobConfig
-from ess.adapters.ray.grid import trial_name
+from ess.adapters.ray.grid import trial_name, variant_label, variant_of
 from ess.adapters.ray.storage import exists, filesystem, is_uri, join, storage_root, write_text
 from ess.adapters.ray.tracking import ExperimentRuns, TrialRuns
 from ess.config import config_to_dict
@@ -119,6 +119,28 @@ def _resolve_data_dir() -> Path:
     from ess.data import resolve_data_dir
 
     return resolve_data_dir(None).resolve()
+
+
+def _trial_error(error: BaseException | None, metrics: Mapping[str, Any]) -> str | None:
+    """Why a trial failed (an exception, or a divergence it reported), in one line; None when it did not."""
+    if error is not None:
+        return str(error).splitlines()[0][:300]
+    if metrics.get("diverged"):
+        return str(metrics.get("failure") or "diverged")[:300]
+    return None
+
+
+def rows(results: Any) -> list[dict[str, Any]]:
+    """One dict per trial of a ResultGrid: its variant, label, last metrics, checkpoint and error."""
+    out = []
+    for r in results:
+        variant = variant_of(r.config or {})
+        metrics = dict(r.metrics or {})
+        out.append({"variant": variant, "label": variant_label(variant), "metrics": metrics,
+                    "node_id": metrics.get("node_id"),
+                    "checkpoint": r.checkpoint.path if r.checkpoint is not None else None,
+                    "trial_dir": r.path, "error": _trial_error(r.error, metrics)})
+    return out
 
 
 class Experiment:
@@ -234,6 +256,21 @@ class Experiment:
             checkpoint_config=tune.CheckpointConfig(num_to_keep=self.job.keep_checkpoints),
             failure_config=tune.FailureConfig(max_failures=self.job.max_failures))
 
+    def stage(self, name: str, trainable: Any, spec: Mapping[str, Any], variants: Sequence[Mapping[str, Any]] = (),
+              *, space: Mapping[str, Any] | None = None, callbacks: Sequence[Any] = (),
+              **tune_config: Any) -> list[dict[str, Any]]:
+        """One stage of the job: ``tune.Tuner(trainable, ...)`` over the grid ``variants`` (or the ``space`` a
+        searcher samples ``num_samples`` times), restored from ``<root>/<name>`` when resuming; one row per
+        trial (:func:`rows`), failed ones included. ``tune_config``: a searcher, a scheduler, their metric."""
+        from ray import tune
+
+        wrapped = self.with_resources(trainable)
+        grid = {"variant": tune.grid_search([dict(v) for v in variants])} if variants else {}
+        tuner = self.restored(name, wrapped) or tune.Tuner(
+            wrapped, param_space={"ess": spec, **grid, **(space or {})},
+            tune_config=self.tune_config(**tune_config), run_config=self.run_config(name, callbacks))
+        return rows(self.fit(tuner, name, expected=len(variants) or tune_config.get("num_samples", 1)))
+
     def fit(self, tuner: Any, stage: str, *, expected: int) -> Any:
         """``tuner.fit()``; an experiment stopped before its ``expected`` trials finished is interrupted."""
         results = tuner.fit()
@@ -260,4 +297,4 @@ class Experiment:
         return summary
 
 
-__all__ = ["Experiment", "ExperimentInterrupted", "check_resources", "ray_session", "unfinished_trials"]
+__all__ = ["Experiment", "ExperimentInterrupted", "check_resources", "ray_session", "rows", "unfinished_trials"]

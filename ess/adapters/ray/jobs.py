@@ -1,7 +1,8 @@
-"""What every job in ``tune_jobs/`` shares: its entry point, preflight checks, result rows, closing lines."""
+"""What every job in ``tune_jobs/`` shares: its entry point, preflight checks, trial results, closing lines."""
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -12,7 +13,6 @@ from typing import Any
 
 from ess.adapters.ray.config import JobConfig, parse_job_args
 from ess.adapters.ray.experiment import Experiment, ExperimentInterrupted, check_resources, ray_session
-from ess.adapters.ray.grid import variant_label
 from ess.adapters.ray.storage import exists, is_uri, join
 from ess.data import ensure_corpus
 from ess.errors import DataError, ESSError
@@ -64,29 +64,6 @@ def finite(value: Any) -> float:
     return v if math.isfinite(v) else math.inf
 
 
-def _trial_error(error: BaseException | None, metrics: Mapping[str, Any]) -> str | None:
-    """Why a trial failed (an exception, or a divergence it reported), in one line; None when it did not."""
-    if error is not None:
-        return str(error).splitlines()[0][:300]
-    if metrics.get("diverged"):
-        return str(metrics.get("failure") or "diverged")[:300]
-    return None
-
-
-def rows(results: Any) -> list[dict[str, Any]]:
-    """One dict per trial of a ResultGrid: its variant, label, last metrics, checkpoint and error."""
-    out = []
-    for r in results:
-        config = r.config or {}
-        variant = {**(config.get("variant") or {}), **{k: v for k, v in config.items() if k not in ("ess", "variant")}}
-        metrics = dict(r.metrics or {})
-        out.append({"variant": variant, "label": variant_label(variant), "metrics": metrics,
-                    "node_id": metrics.get("node_id"),
-                    "checkpoint": r.checkpoint.path if r.checkpoint is not None else None,
-                    "trial_dir": r.path, "error": _trial_error(r.error, metrics)})
-    return out
-
-
 def succeeded(trials: list[dict[str, Any]], what: str) -> list[dict[str, Any]]:
     """The trials that did not fail; every one failing is one line naming the first error."""
     ok = [r for r in trials if r["error"] is None]
@@ -109,6 +86,16 @@ def artifact_files(checkpoint: str | None, sub: str) -> dict[str, str]:
         if pictures:
             found["genotype.png"] = str(pictures[-1])
     return found
+
+
+def run_costs(checkpoint: str | None, sub: str) -> tuple[float, float]:
+    """Seconds and tokens of a run's training epochs (its ``metrics.jsonl`` in the trial's last checkpoint)."""
+    path = Path(checkpoint or "", sub, "metrics.jsonl")
+    if not checkpoint or not path.is_file():
+        return float("nan"), float("nan")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    seconds = sum(r.get("train/seconds", 0.0) for r in rows)
+    return seconds, sum(r.get("train/seconds", 0.0) * r.get("train/tokens_per_s", 0.0) for r in rows)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -229,4 +216,4 @@ def main(kind: str, run: Callable[..., Summary], report: Callable[[Summary], Non
 
 
 __all__ = ["artifact_files", "describe", "ensure_corpus", "ensure_tasks", "experiment", "finite", "main",
-           "print_best", "print_footer", "rows", "succeeded"]
+           "print_best", "print_footer", "run_costs", "succeeded"]
