@@ -20,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 
+from ess.adapters import tune_files
 from ess.checkpoint import atomic_write_text
 from ess.cli import run_main
 from ess.errors import ConfigError
@@ -194,8 +195,8 @@ def cost(experiment_dir: str | Path) -> tuple[int, dict[str, float], float]:
     at least one trial ran (the union of the reported iterations: stops between sessions not counted)."""
     minutes: dict[str, float] = {}
     spans, trials = [], 0
-    for path in sorted(Path(experiment_dir).glob("*/*/result.json")):
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for path in sorted(Path(experiment_dir).glob(f"*/*/{tune_files.RESULT_FILE}")):   # <stage>/<trial>/
+        rows = tune_files.result_rows(path.parent)
         if not rows:
             continue
         trials += 1

@@ -261,7 +261,7 @@ def genotypes_section(ctx: Context) -> None:
 def study_section(ctx: Context, summary: pd.DataFrame) -> None:
     """The study's arms (tagged ``arm``) at equal budget: log-scale intervals and pair tests."""
     from analysis.study import study_rows, study_tables
-    from ess.adapters.ray.arms import ARMS
+    from ess.study import ARMS
 
     tagged = list(dict.fromkeys(r["arm"] for r in study_rows(summary)))
     side = [a for a in tagged if a not in ARMS]   # random-screen, wt2-*, planted-*: their own budget or corpus

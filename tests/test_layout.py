@@ -19,8 +19,13 @@ LAYERS: dict[str, int] = {
     "ess.models": 4, "ess.runs": 4,
     "ess.supernet": 5, "ess.evaluation": 5, "ess.tagging": 5,
     "ess.search": 6, "ess.train": 6, "ess.transfer": 6,
-    "ess.adapters": 7,
-    "analysis": 8,
+    "ess.study": 7,
+    # each adapter its own layer: what the adapters share (storage paths, Tune's files read as JSON), MLflow,
+    # then Ray, whose jobs show their trials in MLflow (never the other way round)
+    "ess.adapters": 8,
+    "ess.adapters.mlflow": 9,
+    "ess.adapters.ray": 10,
+    "analysis": 11,
 }
 
 
@@ -33,7 +38,12 @@ MODULES = {_module_name(p): p for folder in ("ess", "analysis") for p in (ROOT /
 
 
 def _package(module: str) -> str:
+    """The layer a module belongs to: ``ess.<package>``, ``ess.adapters.<adapter>`` for a module of an adapter
+    (the modules directly in ``ess/adapters`` are ``ess.adapters``), else its top-level package."""
     parts = module.split(".")
+    adapter = ".".join(parts[:3])
+    if parts[:2] == ["ess", "adapters"] and MODULES.get(adapter, Path()).name == "__init__.py":
+        return adapter
     return ".".join(parts[:2]) if parts[0] == "ess" and len(parts) > 1 else parts[0]
 
 
@@ -114,6 +124,13 @@ def test_circle_finder_finds_a_circle_and_a_self_contained_chain():
 def test_the_graph_sees_relative_and_function_level_imports():
     assert "ess.space.genotype" in GRAPH["ess.space.derive"]
     assert any(name.startswith("ess.kernels") for name in GRAPH["ess.models.cells"])
+
+
+def test_each_adapter_is_a_layer_of_its_own():
+    assert _package("ess.adapters.mlflow.cli") == "ess.adapters.mlflow"
+    assert _package("ess.adapters.ray.experiment") == "ess.adapters.ray"
+    assert _package("ess.adapters.tune_files") == _package("ess.adapters") == "ess.adapters"
+    assert LAYERS["ess.adapters"] < LAYERS["ess.adapters.mlflow"] < LAYERS["ess.adapters.ray"]
 
 
 def test_no_import_circle_between_modules():

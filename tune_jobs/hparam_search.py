@@ -22,10 +22,11 @@ from ray.tune.search.optuna import OptunaSearch
 
 from ess.adapters.ray import jobs
 from ess.adapters.ray.config import JobConfig
-from ess.adapters.ray.grid import search_variants, trial_config, tune_space
-from ess.adapters.ray.storage import is_uri
+from ess.adapters.ray.grid import search_variants, tune_space
+from ess.adapters.ray.spec import trial_config
 from ess.adapters.ray.trainables import search_trainable
 from ess.adapters.ray.trial import SEARCH_METRIC
+from ess.adapters.storage import is_uri
 from ess.errors import ConfigError
 
 

@@ -31,8 +31,6 @@ from typing import Any
 
 from analysis.study import best_by_arm, study_files, study_lines, study_summary
 from ess.adapters.ray import jobs
-from ess.adapters.ray.arms import Arm
-from ess.adapters.ray.arms import arms as named_arms
 from ess.adapters.ray.config import JobConfig
 from ess.adapters.ray.experiment import Experiment
 from ess.adapters.ray.grid import transfer_variants
@@ -43,6 +41,7 @@ from ess.data.planted import entropy_rate, reaches_planted_input
 from ess.space.description import describe
 from ess.space.refs import load_genotype
 from ess.space.sample import random_genotypes
+from ess.study import Arm, named_arms
 
 
 def tune_stage(exp: Experiment, stage: str, trainable: Any, spec: dict[str, Any], variants: list[dict[str, Any]],

@@ -57,7 +57,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     if args.command == "sync":
-        from ess.adapters.ray.resync import sync_directory
+        from ess.adapters.mlflow.sync import sync_directory
 
         if sync_directory(args.directory, args.tracking_uri or None):
             return 0
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.command == "close":
         from ess.adapters.mlflow.runs import close_stale
-        from ess.adapters.ray.resync import experiment_of
+        from ess.adapters.mlflow.sync import experiment_of
 
         uri, experiment, name = experiment_of(Path(args.directory).expanduser().resolve(), args.tracking_uri or None)
         closed = close_stale(uri, experiment, name=name, force=True)

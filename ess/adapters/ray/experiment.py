@@ -17,10 +17,13 @@ from typing import Any
 
 import yaml
 
+from ess.adapters.mlflow.experiment_runs import ExperimentRuns
 from ess.adapters.ray.config import JobConfig
 from ess.adapters.ray.grid import trial_name, variant_label, variant_of
-from ess.adapters.ray.storage import exists, filesystem, is_uri, join, storage_root, write_text
-from ess.adapters.ray.tracking import ExperimentRuns, TrialRuns
+from ess.adapters.ray.spec import TrialSpec
+from ess.adapters.ray.tracking import TrialRuns
+from ess.adapters.storage import exists, is_uri, join, storage_root, write_text
+from ess.adapters.tune_files import unfinished_trials
 from ess.config import config_to_dict
 from ess.errors import ConfigError, ESSError
 
@@ -79,40 +82,6 @@ def check_resources(job: JobConfig) -> None:
     if job.cpus_per_trial > have.get("CPU", 0):
         raise ConfigError(f"cpus_per_trial: {job.cpus_per_trial} asked for but the local Ray has "
                           f"{have.get('CPU', 0):g} CPUs")
-
-
-def unfinished_trials(path: str) -> int:
-    """Trials the saved experiment state does not hold as finished (TERMINATED or ERROR).
-
-    After Ctrl+C, ``Tuner.fit()`` returns normally and its ResultGrid shows the stopped trials as
-    TERMINATED; the state it saved for ``Tuner.restore`` still says RUNNING/PENDING/PAUSED. That
-    saved state decides whether the experiment is complete.
-    """
-    if is_uri(path):
-        import pyarrow.fs
-
-        fs, p = filesystem(path)
-        infos = [i for i in fs.get_file_info(pyarrow.fs.FileSelector(p)) if i.base_name.startswith("experiment_state")]
-        if not infos:
-            return 0
-        newest = max(infos, key=lambda i: i.base_name)   # Tune picks the newest by the time stamp in the name
-        with fs.open_input_stream(newest.path) as f:
-            state = json.loads(f.read().decode("utf-8"))
-    else:
-        files = sorted(Path(path).glob("experiment_state*.json"), key=lambda f: f.name)
-        if not files:
-            return 0
-        state = json.loads(files[-1].read_text(encoding="utf-8"))
-    unfinished = 0
-    for item in state.get("trial_data", []):
-        text = item[0] if isinstance(item, (list, tuple)) else item
-        try:
-            status = json.loads(text).get("status") if isinstance(text, str) else None
-        except json.JSONDecodeError:
-            status = None
-        if status not in ("TERMINATED", "ERROR"):
-            unfinished += 1
-    return unfinished
 
 
 def _resolve_data_dir() -> Path:
@@ -207,14 +176,13 @@ class Experiment:
 
     # -- what a stage's Tuner is built from ----------------------------------------------------------
     def spec(self, *, search: Any = None, train: Any = None, transfer: Any = None, **extra: Any) -> dict[str, Any]:
-        """``config['ess']`` of every trial of a stage: the run configs it uses (typed here, plain mappings
-        across the Ray boundary) and the stage's ``extra`` (genotypes, cells ...); no MLflow, which trials
-        never talk to."""
-        configs = {"search": search, "train": train, "transfer": transfer}
-        return {"job": self.kind, "experiment_name": self.job.name, "mlflow_experiment": self.mlflow_experiment,
-                "checkpoint_every": self.job.checkpoint_every, "system_metrics": self.job.system_metrics,
-                "system_metrics_interval": self.job.system_metrics_interval,
-                **{k: None if v is None else config_to_dict(v) for k, v in configs.items()}, **extra}
+        """``config['ess']`` of every trial of a stage: a :class:`TrialSpec` of the run configs it uses and the
+        stage's ``extra`` (genotypes, cells, their sources, ``retrain_seed``), as it crosses the Ray boundary
+        (plain mappings); no MLflow address, since trials never talk to MLflow."""
+        return TrialSpec(job=self.kind, experiment_name=self.job.name, mlflow_experiment=self.mlflow_experiment,
+                         checkpoint_every=self.job.checkpoint_every, system_metrics=self.job.system_metrics,
+                         system_metrics_interval=self.job.system_metrics_interval, search=search, train=train,
+                         transfer=transfer, **extra).to_config()
 
     def resources(self) -> dict[str, float]:
         res = {"cpu": self.job.cpus_per_trial}
@@ -297,4 +265,4 @@ class Experiment:
         return summary
 
 
-__all__ = ["Experiment", "ExperimentInterrupted", "check_resources", "ray_session", "rows", "unfinished_trials"]
+__all__ = ["Experiment", "ExperimentInterrupted", "check_resources", "ray_session", "rows"]

@@ -13,7 +13,7 @@ from typing import Any
 
 from ess.adapters.ray.config import JobConfig, parse_job_args
 from ess.adapters.ray.experiment import Experiment, ExperimentInterrupted, check_resources, ray_session
-from ess.adapters.ray.storage import exists, is_uri, join
+from ess.adapters.storage import exists, is_uri, join
 from ess.data import ensure_corpus
 from ess.errors import DataError, ESSError
 

@@ -1,10 +1,9 @@
 """The Tune function trainables: a search (then its retrain), a retrain, a transfer run.
 
-``config['ess']`` holds the static spec of the experiment: the run configs as plain mappings (each
-crosses the Ray boundary once and is rebuilt in the trial, once, into its typed config:
-:attr:`Trial.configs`), genotypes as :class:`~ess.space.ESSGenotype` objects or built-in names. The
-rest of the config (``variant`` from a grid, or tuned top-level keys from a searcher) sets fields of
-the trial's configs. Each epoch reports one flat row and the run directory as the checkpoint.
+``config['ess']`` holds the stage's :class:`~ess.adapters.ray.spec.TrialSpec` as plain data (it crosses
+the Ray boundary once and is rebuilt in the trial, once: :attr:`Trial.spec`, its typed run configs
+:attr:`Trial.configs`). The rest of the config (``variant`` from a grid, or tuned top-level keys from a
+searcher) sets fields of the trial's configs. Each epoch reports one flat row and the run directory as the checkpoint.
 """
 
 from __future__ import annotations
@@ -111,7 +110,7 @@ def retrain_trainable(config: dict[str, Any]) -> None:
     """Retrain one genotype (``variant.genotype_label`` in ``ess.genotypes``)."""
     trial = Trial(config)
     label = str(trial.variant().get("genotype_label"))
-    ref = (config["ess"].get("genotypes") or {}).get(label)
+    ref = trial.spec.genotypes.get(label)
     if ref is None:
         raise ConfigError(f"trial {trial.trial_name}: no genotype {label!r} in the job spec")
     train = dataclasses.replace(trial.configs["train"], genotype=genotype_ref(trial, ref, "genotype.json"))
@@ -133,7 +132,7 @@ def transfer_trainable(config: dict[str, Any]) -> None:
 
     trial = Trial(config)   # restores the latest checkpoint into the run directory first
     label = str(trial.variant().get("cell_label"))
-    ref = (config["ess"].get("cells") or {}).get(label)
+    ref = trial.spec.cells.get(label)
     if ref is None:
         raise ConfigError(f"trial {trial.trial_name}: no cell {label!r} in the job spec")
     cell = "lstm" if ref == "lstm" else genotype_ref(trial, ref, "cell_genotype.json")
