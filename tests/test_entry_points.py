@@ -1,4 +1,5 @@
-"""Every entry point answers --help: the modules run with ``python -m``, the scripts, the console commands."""
+"""Every entry point answers --help: the modules run with ``python -m``, the scripts, the console commands
+(``ess`` and each of its commands)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,10 @@ def entry_points() -> dict[str, list[str]]:
         for path in sorted((ROOT / folder).glob("*.py")):
             if _has_main_guard(path):
                 found[f"python {folder}/{path.name}"] = [sys.executable, str(path), "--help"]
+    from ess.cli import COMMANDS
+
+    for name in COMMANDS:   # ess COMMAND, as python -m ess COMMAND runs it
+        found[f"ess {name}"] = [sys.executable, "-m", "ess", name, "--help"]
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"].get("scripts", {})
     for name, target in scripts.items():   # what the installed command runs, whether or not this tree is installed
         module, func = target.split(":")
@@ -55,7 +60,8 @@ ENTRY_POINTS = entry_points()
 
 def test_the_entry_points_are_found():
     assert {"python -m ess.search", "python -m ess.train", "python -m ess.transfer", "python -m ess.space",
-            "python -m ess.data", "python tune_jobs/joint_search.py"} <= ENTRY_POINTS.keys()
+            "python -m ess.data", "python tune_jobs/joint_search.py", "ess", "ess search",
+            "ess ui"} <= ENTRY_POINTS.keys()
 
 
 @pytest.mark.parametrize("name", sorted(ENTRY_POINTS))

@@ -13,19 +13,21 @@ ROOT = Path(__file__).resolve().parent.parent
 #: A new package gets its place here.
 LAYERS: dict[str, int] = {
     "ess.errors": 0,
-    "ess.checkpoint": 1, "ess.cli": 1, "ess.runtime": 1,
-    "ess.space": 2, "ess.guard": 2,
-    "ess.config": 3, "ess.kernels": 3, "ess.data": 3,
-    "ess.models": 4, "ess.runs": 4,
-    "ess.supernet": 5, "ess.evaluation": 5, "ess.tagging": 5,
-    "ess.search": 6, "ess.train": 6, "ess.transfer": 6,
-    "ess.study": 7,
+    "ess.checkpoint": 1, "ess.extras": 1, "ess.runtime": 1,
+    "ess.cli": 2,   # `ess COMMAND` names its commands' modules (imported by name when one runs)
+    "ess.__main__": 3,   # python -m ess: the same command
+    "ess.space": 3, "ess.guard": 3,
+    "ess.config": 4, "ess.kernels": 4, "ess.data": 4,
+    "ess.models": 5, "ess.runs": 5,
+    "ess.supernet": 6, "ess.evaluation": 6, "ess.tagging": 6,
+    "ess.search": 7, "ess.train": 7, "ess.transfer": 7,
+    "ess.study": 8,
     # each adapter its own layer: what the adapters share (storage paths, Tune's files read as JSON), MLflow,
     # then Ray, whose jobs show their trials in MLflow (never the other way round)
-    "ess.adapters": 8,
-    "ess.adapters.mlflow": 9,
-    "ess.adapters.ray": 10,
-    "analysis": 11,
+    "ess.adapters": 9,
+    "ess.adapters.mlflow": 10,
+    "ess.adapters.ray": 11,
+    "analysis": 12,
 }
 
 

@@ -15,8 +15,6 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-import pandas as pd
-
 from ess.adapters.ray import jobs
 from ess.adapters.ray.config import JobConfig
 from ess.adapters.ray.grid import search_variants
@@ -28,6 +26,8 @@ ARM = ("mode", "seed", "steps", "n_inter", "m")
 
 def run(job: JobConfig, *, resume: bool = False, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """One stage: every variant a search trial that (``job.retrain``) goes on to retrain its genotype."""
+    import pandas as pd  # the tune extra's: imported once ess.adapters.ray has checked it (one line when missing)
+
     with jobs.experiment("ablation", job, resume=resume) as exp:
         job = exp.job
         variants = search_variants(job)

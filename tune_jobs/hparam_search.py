@@ -16,10 +16,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import optuna
-from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search.optuna import OptunaSearch
-
 from ess.adapters.ray import jobs
 from ess.adapters.ray.config import JobConfig
 from ess.adapters.ray.grid import search_variants, tune_space
@@ -44,6 +40,10 @@ def optuna_storage_url(exp_root: str, job: JobConfig) -> str:
 
 def run(job: JobConfig, *, resume: bool = False, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """``num_samples`` trials of one mode, seed and node counts; Optuna samples the space, ASHA stops the worst."""
+    import optuna  # the tune extra's: imported once ess.adapters.ray has checked it (one line when missing)
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
     with jobs.experiment("hparam_search", job, resume=resume) as exp:
         job = exp.job
         storage_url = optuna_storage_url(exp.root, job)

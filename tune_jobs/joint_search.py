@@ -85,7 +85,7 @@ def run(job: JobConfig, *, resume: bool = False, callbacks: Sequence[Any] = ()) 
 
 def _trials_csv(searched: list[dict[str, Any]], retrained: list[dict[str, Any]]) -> str:
     """The key columns of every trial (the parent run's table in MLflow): mode, seed, perplexities, decided."""
-    import pandas as pd
+    import pandas as pd  # the tune extra's: imported once ess.adapters.ray has checked it (one line when missing)
 
     after = {r["label"].removeprefix("retrain_"): r for r in retrained}
     return pd.DataFrame([{"trial": s["label"], "mode": s.get("mode"), "seed": s.get("seed"),

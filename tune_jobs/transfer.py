@@ -14,8 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from ess.adapters.ray import jobs
 from ess.adapters.ray.config import JobConfig
 from ess.adapters.ray.grid import transfer_variants
@@ -44,6 +42,8 @@ def sources(job: JobConfig) -> tuple[dict[str, ESSGenotype | str], dict[str, dic
 
 def run(job: JobConfig, *, resume: bool = False, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """One stage: task x cell x seed, each trial a tagger trained to its best dev epoch."""
+    import pandas as pd  # the tune extra's: imported once ess.adapters.ray has checked it (one line when missing)
+
     jobs.ensure_tasks(job.tasks, job.data_dir or None)
     cells, info = sources(job)
     with jobs.experiment("transfer", job, resume=resume, corpus=False) as exp:

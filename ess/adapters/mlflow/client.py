@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ess.errors import ConfigError
+from ess.extras import require
 
 T = TypeVar("T")
 
@@ -180,6 +181,7 @@ def config_tags(config: Mapping[str, Any]) -> dict[str, str]:
 
 
 def connect(uri: str):
+    require("mlflow", "MLflow tracking")
     from mlflow import MlflowClient
 
     return MlflowClient(uri)

@@ -4,3 +4,7 @@ Each job reads as its stages, each one :meth:`Experiment.stage <ess.adapters.ray
 (a ``Tuner`` of a trainable of :mod:`ess.adapters.ray.trainables` over a grid of variants, restored when
 resuming); what the jobs share (entry point, preflight, closing lines) is :mod:`ess.adapters.ray.jobs`.
 """
+
+from ess.extras import require
+
+require("tune", "a Ray Tune job (ess.adapters.ray)")

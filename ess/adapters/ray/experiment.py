@@ -26,6 +26,7 @@ from ess.adapters.storage import exists, is_uri, join, storage_root, write_text
 from ess.adapters.tune_files import unfinished_trials
 from ess.config import config_to_dict
 from ess.errors import ConfigError, ESSError
+from ess.extras import require
 
 
 class ExperimentInterrupted(ESSError):
@@ -135,6 +136,8 @@ class Experiment:
             write_text(saved, yaml.safe_dump({"job": job_kind, **config_to_dict(job)}, sort_keys=False))
         self.uri = resolve_tracking_uri(job.tracking_uri, job.storage_path if not is_uri(self.storage) else
                                         self.storage)
+        if self.uri is not None or job.system_metrics:   # the driver's MLflow view, the trials' system metrics
+            require("mlflow", "tracking (--tracking-uri none --no-system-metrics runs without it)")
         self.mlflow_experiment = job.experiment or f"ess-{job_kind}"
         self.runs = ExperimentRuns(self.uri, self.mlflow_experiment, job.name, self.root)
         self.runs.attempt("close the runs of dead drivers", self._close_stale)
