@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from analysis.errors import AnalysisError, EmptyExperimentError, UnknownExperimentError
 from analysis.schema import (
@@ -58,8 +59,6 @@ def _job_experiment(trial_dir: Path, job: str | None) -> str:
         saved = parent / "job.yaml"
         if saved.is_file():
             try:
-                import yaml
-
                 data = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
             except Exception:
                 data = {}

@@ -12,6 +12,7 @@ CSV files, its closing lines: :func:`study_summary`) and ``analysis.report`` bot
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -49,7 +50,6 @@ def pair_tests(rows: Sequence[Mapping[str, Any]], value: str = "retrain_valid_pp
     frame = frame[pd.to_numeric(frame[value], errors="coerce").notna()] if value in frame else frame
     if frame["arm"].nunique() < 2:
         return pd.DataFrame()
-    import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -28,7 +28,9 @@ from typing import Any, TypeVar
 
 import yaml
 
-from ess.errors import ConfigError, decode_utf8
+from ess.checkpoint import atomic_write_text
+from ess.errors import ConfigError, GenotypeError, decode_utf8
+from ess.space.refs import load_genotype
 
 C = TypeVar("C")
 
@@ -336,8 +338,6 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def save_config(cfg: Any, path: str | os.PathLike) -> Path:
-    from ess.checkpoint import atomic_write_text
-
     return atomic_write_text(Path(path), yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
@@ -350,9 +350,6 @@ def check(cond: bool, field: str, message: str) -> None:
 def check_genotype(name_or_path: str, field: str) -> None:
     """Raise ``ConfigError('field: ...')`` unless ``name_or_path`` is a built-in genotype or a valid genotype
     file: for ``__post_init__`` validation, so that a bad genotype fails before any data is loaded."""
-    from ess.errors import GenotypeError
-    from ess.space.refs import load_genotype
-
     try:
         load_genotype(name_or_path)
     except GenotypeError as err:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ess.adapters.mlflow import best_runs, download_artifact
 from ess.adapters.ray import jobs
 from ess.adapters.ray.config import JobConfig
 from ess.adapters.ray.experiment import Experiment
@@ -39,8 +40,6 @@ def sources(job: JobConfig, exp: Experiment) -> tuple[dict[str, ESSGenotype | st
             genotypes[label] = load_genotype(path)   # GenotypeError names the file
             info[label] = {"source": str(path.resolve())}
     if job.source_experiment:
-        from ess.adapters.mlflow import best_runs, download_artifact
-
         if exp.uri is None:
             raise ConfigError("source_experiment: tracking is off; give --tracking-uri")
         for run in best_runs(exp.uri, job.source_experiment, metric=SEARCH_METRIC, k=job.top_k,

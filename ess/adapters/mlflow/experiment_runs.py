@@ -24,8 +24,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ess.adapters.mlflow.client import is_unreachable, probe, retry_interval, set_http_defaults, short_reason
+from ess.adapters.mlflow.client import (
+    connect,
+    is_unreachable,
+    probe,
+    retry,
+    retry_interval,
+    set_http_defaults,
+    short_reason,
+)
 from ess.adapters.mlflow.record import RunRecord
+from ess.adapters.mlflow.runs import close_open_children, start_parent_run, trial_run
+from ess.adapters.mlflow.view import RunView
 from ess.adapters.storage import is_uri, join, read_text, write_text
 from ess.errors import ConfigError
 
@@ -123,8 +133,6 @@ class ExperimentRuns:
 
     def sync_parent(self) -> None:
         """The parent run (created, or found again when resuming) brought up to date with ``parent.json``."""
-        from ess.adapters.mlflow.runs import start_parent_run
-
         data = self.parent.data
         if self.parent_id is None:
             self.parent_id = start_parent_run(self.uri, self.experiment, self.name, tags=data["tags"],
@@ -142,9 +150,6 @@ class ExperimentRuns:
     def _open(self, trial: TrialRun) -> None:
         """Find or create the trial's run. A run found for a trial that was starting is a restart (a worker,
         a node or the driver was lost), counted in ``ess.restarts``."""
-        from ess.adapters.mlflow.runs import trial_run
-        from ess.adapters.mlflow.view import RunView
-
         if self.parent_id is None:
             self.sync_parent()
         ident = trial.identity
@@ -194,8 +199,6 @@ class ExperimentRuns:
 
     def interrupted(self) -> None:
         """The stage stopped part way (Ctrl+C): the runs of its unfinished trials and the parent run, KILLED."""
-        from ess.adapters.mlflow.runs import close_open_children
-
         for trial in self.trials.values():
             if trial.status is None:
                 trial.status = "KILLED"
@@ -235,9 +238,8 @@ class ParentRecord:
 
     def show(self, uri: str, run_id: str) -> None:
         """Send what the parent run does not have yet (each item once per process; all of them are idempotent)."""
-        from mlflow.entities import Metric, Param, RunTag
+        from mlflow.entities import Metric, Param, RunTag  # the mlflow extra: this package is imported without it
 
-        from ess.adapters.mlflow.client import connect, retry
 
         client, now = connect(uri), int(time.time() * 1000)
         run = retry(lambda: client.get_run(run_id), "get_run")

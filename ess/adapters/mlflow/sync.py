@@ -10,11 +10,13 @@ to repeat, and safe while the driver runs.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 from ess.adapters.mlflow.client import resolve_tracking_uri
 from ess.adapters.mlflow.experiment_runs import ExperimentRuns, TrialRun
 from ess.adapters.mlflow.record import TRIAL_FILE, RunRecord
+from ess.adapters.mlflow.runs import find_parent
 from ess.adapters.tune_files import checkpoints, result_rows, statuses, trial_dirs
 from ess.config import parse_yaml
 from ess.errors import ConfigError
@@ -29,8 +31,6 @@ class LocalCheckpoint:
         self.path = path
 
     def as_directory(self):
-        from contextlib import nullcontext
-
         return nullcontext(str(self.path))
 
 
@@ -90,8 +90,6 @@ def sync_directory(path: str | Path, tracking_uri: str | None = None,
 
     def show() -> None:
         if single:   # a run directory names its experiment: its parent run must be there already
-            from ess.adapters.mlflow.runs import find_parent
-
             runs.parent_id = find_parent(uri, runs.experiment, runs.name)
             if runs.parent_id is None:
                 raise ConfigError(f"{path}: no parent run of experiment {runs.name!r} in {runs.experiment!r} at "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -15,16 +16,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import ray
 import yaml
+from ray import tune
 
+from ess.adapters.mlflow import flat_params, resolve_tracking_uri
 from ess.adapters.mlflow.experiment_runs import ExperimentRuns
+from ess.adapters.mlflow.runs import close_stale
 from ess.adapters.ray.config import JobConfig
 from ess.adapters.ray.grid import trial_name, variant_label, variant_of
+from ess.adapters.ray.progress import ProgressLines
 from ess.adapters.ray.spec import TrialSpec
 from ess.adapters.ray.tracking import TrialRuns
 from ess.adapters.storage import exists, is_uri, join, storage_root, write_text
 from ess.adapters.tune_files import unfinished_trials
 from ess.config import config_to_dict
+from ess.data import resolve_data_dir
 from ess.errors import ConfigError, ESSError
 from ess.extras import require
 
@@ -40,13 +47,9 @@ def _repo_root() -> Path:
 @contextmanager
 def ray_session(job: JobConfig) -> Iterator[None]:
     """Connect to ``job.address`` or start a local Ray; shut down only what this call started."""
-    import ray
-
     # Tune warns on every forced experiment snapshot when few checkpoints are kept: noise for short epochs.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if job.verbose == 0:   # quiet: no Tune tables, hints or INFO lines (the job prints one line per trial epoch)
-        import logging
-
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
         for name in ("ray.tune", "ray.train", "mlflow"):
@@ -72,8 +75,6 @@ def ray_session(job: JobConfig) -> Iterator[None]:
 
 def check_resources(job: JobConfig) -> None:
     """Fail early (one line) when a local Ray can never place a trial (before anything is written)."""
-    import ray
-
     if job.address:
         return  # an autoscaling cluster may add the nodes
     have = ray.cluster_resources()
@@ -86,8 +87,6 @@ def check_resources(job: JobConfig) -> None:
 
 
 def _resolve_data_dir() -> Path:
-    from ess.data import resolve_data_dir
-
     return resolve_data_dir(None).resolve()
 
 
@@ -117,7 +116,6 @@ class Experiment:
     """One job run: experiment directory, saved config, Tune stages, and their MLflow view (parent and trial runs)."""
 
     def __init__(self, job_kind: str, job: JobConfig, *, resume: bool = False):
-        from ess.adapters.mlflow import flat_params, resolve_tracking_uri
 
         # the one resolved JobConfig: saved as job.yaml, logged as params, sent to every trial
         self.data_dir = str(Path(job.data_dir).expanduser().resolve()) if job.data_dir else \
@@ -151,8 +149,6 @@ class Experiment:
     def _close_stale(self) -> None:
         """Runs a killed driver of this host left RUNNING: KILLED now (``python -m ess.adapters.mlflow close``
         does it for a driver lost with its host)."""
-        from ess.adapters.mlflow.runs import close_stale
-
         for name in close_stale(self.uri, self.mlflow_experiment):
             print(f"ess: the driver of experiment {name!r} is gone: its RUNNING runs are marked KILLED",
                   file=sys.stderr, flush=True)
@@ -194,14 +190,10 @@ class Experiment:
         return res
 
     def with_resources(self, trainable: Any) -> Any:
-        from ray import tune
-
         return tune.with_resources(trainable, self.resources())
 
     def restored(self, stage: str, trainable: Any) -> Any:
         """The stage's Tuner restored from ``<root>/<stage>`` when resuming one that was saved, else None."""
-        from ray import tune
-
         path = join(self.root, stage)
         if not (self.resume and tune.Tuner.can_restore(path)):
             return None
@@ -209,18 +201,12 @@ class Experiment:
         return tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
 
     def tune_config(self, **extra: Any) -> Any:
-        from ray import tune
-
         return tune.TuneConfig(**{"max_concurrent_trials": self.job.max_concurrent_trials or None,
                                   "trial_name_creator": trial_name, "trial_dirname_creator": trial_name, **extra})
 
     def run_config(self, stage: str, callbacks: Sequence[Any] = ()) -> Any:
-        from ray import tune
-
         view = [TrialRuns(self.uri, self.mlflow_experiment, self.job.name, self.root)] if self.uri else []
         if not self.job.verbose:   # Tune's own status tables off: one short line per trial and epoch instead
-            from ess.adapters.ray.progress import ProgressLines
-
             view.append(ProgressLines(stage))
         return tune.RunConfig(
             name=stage, storage_path=self.root, verbose=self.job.verbose, callbacks=[*view, *callbacks],
@@ -233,8 +219,6 @@ class Experiment:
         """One stage of the job: ``tune.Tuner(trainable, ...)`` over the grid ``variants`` (or the ``space`` a
         searcher samples ``num_samples`` times), restored from ``<root>/<name>`` when resuming; one row per
         trial (:func:`rows`), failed ones included. ``tune_config``: a searcher, a scheduler, their metric."""
-        from ray import tune
-
         wrapped = self.with_resources(trainable)
         grid = {"variant": tune.grid_search([dict(v) for v in variants])} if variants else {}
         tuner = self.restored(name, wrapped) or tune.Tuner(

@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ray import tune
+
+from ess.adapters.mlflow.client import PHASE_TAG, config_tags
 from ess.adapters.ray.config import DEFAULT_SPACE, INTER_KNOBS, INTRA_KNOBS, JobConfig
 from ess.adapters.ray.spec import TrialSpec
 from ess.config import config_to_dict
@@ -85,8 +88,6 @@ def variant_of(config: Mapping[str, Any]) -> dict[str, Any]:
 def trial_identity(config: Mapping[str, Any], trial_id: str, trial_name: str,
                    configs: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Who a trial is, as its MLflow run names it: phase, run name and tags (mode, seed, node counts, labels)."""
-    from ess.adapters.mlflow.client import PHASE_TAG, config_tags
-
     spec, variant = TrialSpec.from_config(config["ess"], f"trial {trial_name}"), variant_of(config)
     configs = configs or spec.run_configs(variant, f"trial {trial_name}")
     if configs["search"] is not None:
@@ -119,8 +120,6 @@ def trial_identity(config: Mapping[str, Any], trial_id: str, trial_name: str,
 def tune_space(job: JobConfig) -> dict[str, Any]:
     """``job.space`` (checked by JobConfig), or :data:`DEFAULT_SPACE` less the knobs the first mode fixes,
     as Tune distributions."""
-    from ray import tune
-
     searched = MODES[job.modes[0]]   # hparam_search runs the first mode
     default = {k: v for k, v in DEFAULT_SPACE.items()   # no knobs the mode fixes (m, n_inter in intra mode)
                if (searched.searches_inter or k not in INTER_KNOBS)

@@ -19,7 +19,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import ray
+from ray import tune
+
 from ess.adapters.mlflow.record import TRIAL_FILE
+from ess.adapters.mlflow.system import SystemSampler
 from ess.adapters.ray.config import RUN_DIR
 from ess.adapters.ray.grid import trial_identity, variant_of
 from ess.adapters.ray.spec import TrialSpec
@@ -33,8 +37,6 @@ TRANSFER_METRIC = "dev/f1"
 
 def _trial_root() -> Path:
     """The trial's own working directory (Ray changes into it unless RAY_CHDIR_TO_TRIAL_DIR=0)."""
-    from ray import tune
-
     if os.environ.get("RAY_CHDIR_TO_TRIAL_DIR", "1") == "0":
         root = Path(tune.get_context().get_trial_dir()) / "working"
         root.mkdir(parents=True, exist_ok=True)
@@ -44,8 +46,6 @@ def _trial_root() -> Path:
 
 def _node_id() -> str:
     try:
-        import ray
-
         return ray.get_runtime_context().get_node_id()
     except Exception:
         return ""
@@ -55,8 +55,6 @@ class Trial:
     """What a trainable does around the core loops: restore, record, per-epoch report, the end."""
 
     def __init__(self, config: dict[str, Any]):
-        from ray import tune
-
         self.checkpoint = tune.get_checkpoint()   # restore first
         self.config = config
         ctx = tune.get_context()
@@ -92,8 +90,6 @@ class Trial:
         propagates, unless this was the ``last`` row of the loop anyway, in which case the loop may
         finish (final genotype, artifacts) and nothing more is reported.
         """
-        from ray import tune
-
         if self.stopped:
             return
         row = {**self.carry, **row, "phase": self.phase, "node_id": self.node_id}
@@ -118,8 +114,6 @@ class Trial:
         """
         sampler = None
         if self.spec.system_metrics:
-            from ess.adapters.mlflow.system import SystemSampler
-
             sampler = SystemSampler(self.run, self.spec.system_metrics_interval, self.identity["started"]).start()
         try:
             yield
