@@ -16,6 +16,12 @@ Modules: :mod:`analysis.load` (MLflow and Ray Tune results to a flat frame, per-
 Ray is never imported; MLflow only when loading from an MLflow store.
 """
 
+# The extra is checked before the modules that need it are imported (so the imports below come after code).
+# ruff: noqa: E402
+from ess.extras import require
+
+require("analysis", "python -m analysis (report, results)")
+
 from analysis.arms import ARM
 from analysis.errors import (
     AnalysisError,

@@ -25,9 +25,11 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis.arms import ARM, arm_namer, present
-from analysis.errors import AnalysisError
+from analysis.errors import AnalysisError, MissingMetricError
+from analysis.genotypes import parse_genotype
 from analysis.stats import aggregate, epoch_curves
 from ess.checkpoint import atomic_write_bytes
+from ess.space.draw import draw_genotype
 
 FORMATS = ("png", "svg")
 DPI = 150
@@ -208,8 +210,6 @@ def entropy_figure(frame: pd.DataFrame, by: Sequence[str] = ARM, *, band: str = 
     metrics = [m for m in ("arch/entropy", "genotype/identity_share")
                if m in frame.columns and frame[m].notna().any()]
     if not metrics:
-        from analysis.errors import MissingMetricError
-
         raise MissingMetricError("metric 'arch/entropy': no search epoch has it (nor 'genotype/identity_share')")
     fig = Figure(figsize=(5.0 * len(metrics) + 1.6, 4.0), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(metrics)))
@@ -237,8 +237,6 @@ def parts_figure(frame: pd.DataFrame, by: Sequence[str] = ARM, *, band: str = "s
     parts = [p for p in ("intra", "history", "input")
              if f"arch/{p}/entropy" in frame.columns and frame[f"arch/{p}/entropy"].notna().any()]
     if not parts:
-        from analysis.errors import MissingMetricError
-
         raise MissingMetricError("metric 'arch/<part>/entropy': no search epoch has per-part diagnostics")
     fig = Figure(figsize=(4.2 * len(PART_METRICS) + 1.6, 3.2 * len(parts)), layout="constrained")
     axes = np.atleast_2d(fig.subplots(len(parts), len(PART_METRICS), squeeze=False))
@@ -264,9 +262,6 @@ def parts_figure(frame: pd.DataFrame, by: Sequence[str] = ARM, *, band: str = "s
 
 def genotype_picture(genotype: Any, base: str | Path, title: str | None = None) -> list[Path]:
     """Draw a genotype (object or JSON) as ``base.png`` and ``base.svg`` (:func:`ess.space.draw.draw_genotype`)."""
-    from analysis.genotypes import parse_genotype
-    from ess.space.draw import draw_genotype
-
     parsed = parse_genotype(genotype) if isinstance(genotype, str) else genotype
     if parsed is None:
         raise AnalysisError("genotype: not a genotype to draw")

@@ -29,7 +29,13 @@ from analysis.arms import (
     sorted_arms,
 )
 from analysis.errors import AnalysisWarning, MissingMetricError
+from ess.errors import ESSError
+from ess.space.derive import identity_share
 from ess.space.description import describe
+from ess.space.notation import node_name
+from ess.space.ops import PRIMITIVES, ZERO
+from ess.space.refs import load_genotype
+from ess.supernet import MODES
 
 #: the genotype parts: the intra cell, the history inter cell, the input inter cell
 PARTS = ("intra", "history", "input")
@@ -37,9 +43,6 @@ PARTS = ("intra", "history", "input")
 
 def parse_genotype(text: Any) -> Any:
     """An :class:`ess.space.ESSGenotype` from JSON text or a built-in name; None when it is not one."""
-    from ess.errors import ESSError
-    from ess.space.refs import load_genotype
-
     if is_missing(text) or not str(text).strip():
         return None
     try:
@@ -50,10 +53,6 @@ def parse_genotype(text: Any) -> Any:
 
 def searched_parts(mode: Any) -> tuple[str, ...]:
     """The genotype parts a search mode chooses (:data:`ess.supernet.MODES`); all parts for an unknown mode."""
-    try:
-        from ess.supernet import MODES
-    except Exception:  # pragma: no cover - the core is importable wherever the analysis is
-        MODES = {}
     spec = MODES.get(mode) if isinstance(mode, str) else None
     if spec is None:
         return PARTS
@@ -61,8 +60,6 @@ def searched_parts(mode: Any) -> tuple[str, ...]:
 
 
 def _pred_name(part: str, pred: int, m: int) -> str:
-    from ess.space.notation import node_name
-
     return node_name(part, pred, m)
 
 
@@ -121,8 +118,6 @@ def op_frequencies(summary: pd.DataFrame, by: Sequence[str] = ARM) -> pd.DataFra
     arm's trials), ``share`` (count over the part's edges in the arm: each (arm, part) sums to 1) and
     ``trials``. Every op that can be chosen is listed, with 0 when it never was.
     """
-    from ess.space.ops import PRIMITIVES, ZERO
-
     by = check_by(summary, by)
     edges = _edge_table(summary, by)
     ops = [op for op in PRIMITIVES if op != ZERO]
@@ -179,8 +174,6 @@ def rank_genotypes(summary: pd.DataFrame, value: str = "final_valid_ppl", *, hig
     ``identity_share`` (of its edges, :func:`ess.space.derive.identity_share`), ``describe`` (the
     compact form) and ``genotype`` (JSON). Lower is better unless ``higher_is_better``.
     """
-    from ess.space.derive import identity_share
-
     by = [k for k in by if k in summary.columns]
     rows = present(summary, value, strict=strict, what="the genotype ranking")
     rows = rows[rows["genotype"].map(lambda g: parse_genotype(g) is not None)] if "genotype" in rows else rows[:0]

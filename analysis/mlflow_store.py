@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pandas as pd
@@ -62,7 +63,7 @@ def _mlflow_client(tracking_uri: str | None, storage_path: str | os.PathLike) ->
     if "://" not in uri and not Path(uri).is_dir():
         raise UnknownExperimentError(f"{uri}: no MLflow file store there (pass --tracking-uri URI)")
     try:
-        from mlflow import MlflowClient
+        from mlflow import MlflowClient  # the mlflow extra: needed only to read an MLflow store
     except ImportError as err:
         raise AnalysisError(f"mlflow is not installed ({err}); pip install mlflow, or load Ray Tune "
                             "results with --ray-results DIR") from None
@@ -138,8 +139,6 @@ def _local_artifact_dir(run: Any) -> Path | None:
     """The run's artifact folder when the store keeps artifacts on this machine's disk, else None."""
     uri = str(run.info.artifact_uri or "")
     if uri.startswith("file://"):
-        from urllib.parse import unquote, urlparse
-
         uri = unquote(urlparse(uri).path)
     elif "://" in uri or not uri:
         return None
@@ -168,7 +167,7 @@ def _read_artifact(uri: str, run: Any, path: str, tmp: Path) -> str | None:
     try:
         if local is not None:
             return (local / path).read_text(encoding="utf-8")
-        import mlflow.artifacts
+        import mlflow.artifacts  # the mlflow extra: needed only to read an MLflow store
 
         with _quiet_downloads():
             got = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=path,

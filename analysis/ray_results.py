@@ -2,14 +2,14 @@
 
 For jobs run without MLflow. Each trial folder holds ``params.json`` (the trial's config) and
 ``result.json`` (one JSON line per reported row; Tune's ``progress.csv`` is only a fallback because it
-keeps the columns of the first row). The frame is :mod:`analysis.schema`'s.
+keeps the columns of the first row), read by :mod:`ess.adapters.tune_files` as the MLflow sync reads
+them. The frame is :mod:`analysis.schema`'s.
 
 Ray is never imported: the result folders are read as plain JSON, so this reader works with pandas alone.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from analysis.errors import AnalysisError, EmptyExperimentError, UnknownExperimentError
 from analysis.schema import (
@@ -30,6 +31,7 @@ from analysis.schema import (
     is_metric,
     short_list,
 )
+from ess.adapters import tune_files
 from ess.adapters.mlflow import flat_params
 
 #: Tune trial status -> MLflow run status
@@ -38,63 +40,17 @@ _STATUS = {"TERMINATED": "FINISHED", "ERROR": "FAILED", "RUNNING": "RUNNING", "P
 _RAY_MAX_DEPTH = 4
 
 
-def _trial_dirs(root: Path) -> list[Path]:
-    """Folders under ``root`` (itself included, at most 4 levels down) that hold a Tune trial."""
-    found = []
-    for path, dirs, files in os.walk(root):
-        depth = len(Path(path).relative_to(root).parts)
-        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "checkpoint_")) and depth < _RAY_MAX_DEPTH)
-        if "params.json" in files and ("result.json" in files or "progress.csv" in files):
-            found.append(Path(path))
-            dirs[:] = []
-    return found
-
-
-def _ray_statuses(tune_dir: Path) -> dict[str, str]:
-    """``{trial folder name: status}`` from the newest ``experiment_state-*.json`` of a Tune experiment."""
-    files = sorted(tune_dir.glob("experiment_state*.json"), key=lambda f: f.name)
-    if not files:
-        return {}
-    try:
-        state = json.loads(files[-1].read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
-    out = {}
-    for item in state.get("trial_data", []):
-        text = item[0] if isinstance(item, (list, tuple)) else item
-        try:
-            data = json.loads(text) if isinstance(text, str) else dict(text)
-        except (json.JSONDecodeError, TypeError, ValueError):
-            continue
-        status = _STATUS.get(str(data.get("status")), str(data.get("status")))
-        for key in ("relative_logdir", "custom_dirname", "trial_id"):
-            if data.get(key):
-                out[str(data[key])] = status
-    return out
-
-
 def _result_rows(trial_dir: Path) -> list[dict[str, Any]]:
-    """The reported rows of a trial: ``result.json`` lines (a half-written last line is skipped)."""
-    path = trial_dir / "result.json"
-    rows: list[dict[str, Any]] = []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        if rows:
-            return rows
-    csv = trial_dir / "progress.csv"
-    if csv.is_file() and csv.stat().st_size:
-        try:
-            return pd.read_csv(csv).to_dict(orient="records")
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
-            return []
-    return rows
+    """The reported rows of a trial: ``result.json`` (:func:`ess.adapters.tune_files.result_rows`), else Tune's
+    ``progress.csv``."""
+    rows = tune_files.result_rows(trial_dir)
+    csv = trial_dir / tune_files.PROGRESS_FILE
+    if rows or not csv.is_file() or not csv.stat().st_size:
+        return rows
+    try:
+        return pd.read_csv(csv).to_dict(orient="records")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        return []
 
 
 def _job_experiment(trial_dir: Path, job: str | None) -> str:
@@ -103,8 +59,6 @@ def _job_experiment(trial_dir: Path, job: str | None) -> str:
         saved = parent / "job.yaml"
         if saved.is_file():
             try:
-                import yaml
-
                 data = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
             except Exception:
                 data = {}
@@ -117,8 +71,8 @@ def _job_experiment(trial_dir: Path, job: str | None) -> str:
 
 def _ray_trial(trial_dir: Path, statuses: Mapping[str, str]) -> Trial:
     try:
-        config = json.loads((trial_dir / "params.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
+        config = tune_files.trial_config(trial_dir)
+    except (OSError, ValueError) as err:
         raise AnalysisError(f"{trial_dir / 'params.json'}: not a Tune trial config ({err})") from None
     spec = config.get("ess") if isinstance(config.get("ess"), Mapping) else {}
     variant = {**(config.get("variant") or {}), **{k: v for k, v in config.items() if k not in ("ess", "variant")}}
@@ -152,6 +106,7 @@ def _ray_trial(trial_dir: Path, statuses: Mapping[str, str]) -> Trial:
         info_config.update({f"{SOURCE_PREFIX}{k}": v for k, v in source.items() if v is not None})
     trial_id = str(last.get("trial_id") or trial_dir.name.rsplit("_", 1)[-1])
     status = statuses.get(trial_dir.name) or statuses.get(trial_id)
+    status = _STATUS.get(status, status) if status is not None else None
     if status is None:
         status = "FAILED" if (trial_dir / "error.txt").exists() else ("FINISHED" if rows else "RUNNING")
     run_id = next((r.get("mlflow_run_id") for r in reversed(rows) if r.get("mlflow_run_id")), None)
@@ -202,7 +157,7 @@ def load_ray_results(path: str | os.PathLike, experiment: str | None = None) -> 
         root, keep = root / experiment, None
     else:
         keep = experiment or None
-    dirs = _trial_dirs(root)
+    dirs = tune_files.trial_dirs(root, _RAY_MAX_DEPTH)
     if not dirs:
         raise EmptyExperimentError(f"{root}: no Ray Tune trial folders (params.json with result.json) in it or "
                                    f"{_RAY_MAX_DEPTH} levels below")
@@ -210,7 +165,7 @@ def load_ray_results(path: str | os.PathLike, experiment: str | None = None) -> 
     trials = []
     for d in dirs:
         if d.parent not in statuses:
-            statuses[d.parent] = _ray_statuses(d.parent)
+            statuses[d.parent] = tune_files.statuses(d.parent)
         trials.append(_ray_trial(d, statuses[d.parent]))
     if keep is not None:
         kept = [t for t in trials if keep in (t.info.get("parent"), t.info.get("experiment"))]

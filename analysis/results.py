@@ -18,11 +18,21 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from analysis import figures as figs
+from analysis.figures import genotype_picture
+from analysis.genotypes import op_frequencies
+from analysis.load import load_runs, trial_summary
+from analysis.stats import describe_sample
+from analysis.study import required_seeds
+from ess.adapters import tune_files
 from ess.checkpoint import atomic_write_text
 from ess.cli import run_main
 from ess.errors import ConfigError
+from ess.space.derive import identity_share
+from ess.space.refs import load_genotype
 
 PARTS = ("intra", "history", "input")
 REMEDY_ARMS = ("joint", "joint-beta", "joint-pt")
@@ -54,8 +64,6 @@ def _interval(row: Mapping[str, Any], value: str) -> str:
 
 def _store_summary(summary: Mapping[str, Any]) -> pd.DataFrame:
     """The trial summary of the study's runs from its MLflow store (empty when it cannot be read)."""
-    from analysis.load import load_runs, trial_summary
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -71,8 +79,6 @@ def retrained_genotypes(summary: Mapping[str, Any]) -> dict[tuple[str, int], Any
     """Per (search arm, seed): the genotype its retrain trained (``retrain/genotype.json`` of the trial's
     checkpoint, else the summary's ``genotype``), which a derivation other than the last epoch's argmax
     (``joint-pt``) makes different from the epoch rows' ``genotype/*``."""
-    from ess.space.refs import load_genotype
-
     out = {}
     for t in summary["trials"]:
         if t.get("kind") != "search":
@@ -86,8 +92,6 @@ def retrained_genotypes(summary: Mapping[str, Any]) -> dict[tuple[str, int], Any
 
 def _part_share(genotype: Any, part: str) -> float:
     """``part``'s identity share; NaN for an inter cell without nodes (no edge to count)."""
-    from ess.space.derive import identity_share
-
     if part != "intra" and not getattr(genotype, part).nodes:
         return float("nan")
     return identity_share(genotype, (part,))
@@ -121,9 +125,6 @@ def study_figures(summary: Mapping[str, Any], search_arms: Sequence[str], store:
                   genotypes: Mapping[tuple[str, int], Any], figures_dir: Path, rel: str) -> list[str]:
     """The report's figures for the study's arms (``analysis.figures``), each a Markdown line; a figure the
     data cannot make is left out with the reason. The op heatmap counts the retrained genotypes."""
-    from analysis import figures as figs
-    from analysis.genotypes import op_frequencies
-
     arms = [a["arm"] for a in summary["arms"]]
     rows = store[store["arm"].isin(arms)] if "arm" in store else store
     searched = store[store["arm"].isin(search_arms)] if "arm" in store else store
@@ -158,8 +159,6 @@ def study_figures(summary: Mapping[str, Any], search_arms: Sequence[str], store:
 
 def _with_intervals(trials: pd.DataFrame, grouped: pd.DataFrame) -> list[dict[str, Any]]:
     """``grouped``'s rows with the 95% interval of the mean dev and test F1 of each (task, cell)."""
-    from analysis.stats import describe_sample
-
     rows = []
     for r in grouped.to_dict(orient="records"):
         mine = trials[(trials["task"] == r["task"]) & (trials["cell"] == r["cell"])]
@@ -177,10 +176,6 @@ def seeds_for_gains(summary: Mapping[str, Any], arms: Sequence[str] = ("joint", 
 
     The sd is itself an estimate (its degrees of freedom are the seeds less one per arm), so these counts are
     as uncertain as it is."""
-    import numpy as np
-
-    from analysis.study import required_seeds
-
     logs = [np.log([t["retrain_valid_ppl"] for t in summary["trials"] if t["arm"] == a]) for a in arms]
     variances = [x.var(ddof=1) for x in logs if len(x) > 1]
     if not variances:
@@ -194,8 +189,8 @@ def cost(experiment_dir: str | Path) -> tuple[int, dict[str, float], float]:
     at least one trial ran (the union of the reported iterations: stops between sessions not counted)."""
     minutes: dict[str, float] = {}
     spans, trials = [], 0
-    for path in sorted(Path(experiment_dir).glob("*/*/result.json")):
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for path in sorted(Path(experiment_dir).glob(f"*/*/{tune_files.RESULT_FILE}")):   # <stage>/<trial>/
+        rows = tune_files.result_rows(path.parent)
         if not rows:
             continue
         trials += 1
@@ -307,8 +302,6 @@ def render(summary: Mapping[str, Any], figures_dir: Path, rel: str, notes: str =
     for arm in ("joint", "intra"):
         best = summary.get("best", {}).get(arm)
         if best and best.get("genotype"):
-            from analysis.figures import genotype_picture
-
             genotype_picture(best["genotype"], figures_dir / f"best_{arm}", title=f"best {arm} genotype")
             md += [f"Best {arm} genotype (seed {best['seed']}, retrained valid ppl {_f(best['retrain_valid_ppl'])}):",
                    "", f"![best {arm}]({rel}/best_{arm}.png)", ""]

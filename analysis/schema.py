@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ess.space.refs import load_genotype
+
 #: identity columns of every row
 IDENTITY = ("experiment", "parent", "run_id", "run_name", "trial_id", "status", "phase", "job")
 #: prefix of the columns naming a retrain's source (``source.search_run_id`` ...): tags ``source.<key>``
@@ -66,8 +68,6 @@ def canonical_genotype(text: Any) -> str | None:
     if not text:
         return None
     try:
-        from ess.space.refs import load_genotype
-
         return load_genotype(text).to_json(None)
     except Exception:
         return text

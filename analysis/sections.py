@@ -20,7 +20,9 @@ from analysis.genotypes import op_frequencies, predecessor_frequencies, rank_gen
 from analysis.jobs import Kind
 from analysis.page import Page, cell
 from analysis.stats import aggregate, compare_arms, epoch_curves, evolution
+from analysis.study import study_rows, study_tables
 from analysis.trials import expected
+from ess.study import ARMS
 
 #: the per-trial values aggregated per arm, when the trials have them
 VALUES = ("final_valid_ppl", "best_valid_ppl", "retrain_valid_ppl", "test_ppl", "search_seconds", "params",
@@ -260,9 +262,6 @@ def genotypes_section(ctx: Context) -> None:
 
 def study_section(ctx: Context, summary: pd.DataFrame) -> None:
     """The study's arms (tagged ``arm``) at equal budget: log-scale intervals and pair tests."""
-    from analysis.study import study_rows, study_tables
-    from ess.adapters.ray.arms import ARMS
-
     tagged = list(dict.fromkeys(r["arm"] for r in study_rows(summary)))
     side = [a for a in tagged if a not in ARMS]   # random-screen, wt2-*, planted-*: their own budget or corpus
     study_arms, study_pairs = study_tables(summary, [a for a in tagged if a in ARMS] or None)

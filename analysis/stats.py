@@ -31,6 +31,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import stats as scipy_stats
 
 from analysis.arms import ARM, arm_groups, arm_namer, check_by, format_value, is_missing, present
 from analysis.errors import AnalysisError, AnalysisWarning, MissingMetricError
@@ -41,11 +42,9 @@ from analysis.errors import AnalysisError, AnalysisWarning, MissingMetricError
 
 def t_quantile(confidence: float, dof: float) -> float:
     """The two-sided Student-t critical value ``t_{(1+c)/2, dof}`` (NaN for ``dof < 1``)."""
-    from scipy import stats
-
     if not dof or dof < 1 or not math.isfinite(dof):
         return math.nan
-    return float(stats.t.ppf((1.0 + confidence) / 2.0, dof))
+    return float(scipy_stats.t.ppf((1.0 + confidence) / 2.0, dof))
 
 
 #: the range of a bounded metric's values, by :func:`interval_scale`'s name for it
@@ -165,8 +164,6 @@ def welch_t_test(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
     ``p = 2 * P(T_df > |t|)``. Also the ``confidence`` interval of the difference. NaN when an arm has
     fewer than two values or both have no spread.
     """
-    from scipy import stats
-
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     na, nb = len(a), len(b)
     out = {"t": math.nan, "df": math.nan, "p_value": math.nan, "se": math.nan}
@@ -178,7 +175,7 @@ def welch_t_test(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
         return out
     t = (a.mean() - b.mean()) / math.sqrt(se2)
     df = se2 ** 2 / (va ** 2 / (na - 1) + vb ** 2 / (nb - 1))
-    return {"t": float(t), "df": float(df), "p_value": float(2 * stats.t.sf(abs(t), df)), "se": math.sqrt(se2)}
+    return {"t": float(t), "df": float(df), "p_value": float(2 * scipy_stats.t.sf(abs(t), df)), "se": math.sqrt(se2)}
 
 
 def ratio_test(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> dict[str, float]:
@@ -215,15 +212,13 @@ def seeds_for_power(effect: float, alpha: float = 0.05, power: float = 0.8, max_
     ``P(|T'| > t_{1-alpha/2})`` for ``T'`` noncentral t with noncentrality ``effect sqrt(n / 2)`` (no normal
     approximation, which undercounts at few seeds). 0 for no effect; ``max_n + 1`` when out of reach.
     """
-    from scipy import stats
-
     if not effect or not math.isfinite(effect):
         return 0
     for n in range(2, max_n + 1):
         df = 2 * n - 2
-        crit = stats.t.ppf(1 - alpha / 2, df)
+        crit = scipy_stats.t.ppf(1 - alpha / 2, df)
         nc = abs(effect) * math.sqrt(n / 2)
-        if stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc) >= power:
+        if scipy_stats.nct.sf(crit, df, nc) + scipy_stats.nct.cdf(-crit, df, nc) >= power:
             return n
     return max_n + 1
 
@@ -231,16 +226,14 @@ def seeds_for_power(effect: float, alpha: float = 0.05, power: float = 0.8, max_
 def detectable_effect(n: int, alpha: float = 0.05, power: float = 0.8) -> float:
     """The smallest standardised effect that ``n`` seeds per arm detect with ``power`` (inverse of
     :func:`seeds_for_power`, by bisection on the exact noncentral-t power)."""
-    from scipy import stats
-
     if n < 2:
         return math.inf
     df = 2 * n - 2
-    crit = stats.t.ppf(1 - alpha / 2, df)
+    crit = scipy_stats.t.ppf(1 - alpha / 2, df)
 
     def achieved(d: float) -> float:
         nc = d * math.sqrt(n / 2)
-        return stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc)
+        return scipy_stats.nct.sf(crit, df, nc) + scipy_stats.nct.cdf(-crit, df, nc)
 
     low, high = 0.0, 100.0
     for _ in range(100):

@@ -5,13 +5,14 @@ mapped back (``exp(mean log +- t s / sqrt(n))``): it is never negative and is th
 mean. Pairs are compared by Welch's t-test on the perplexities (:func:`analysis.stats.compare_arms`), Holm
 adjusted over all pairs, with Hedges' g; :func:`ratio_tests` compares named pairs on the scale of the geometric
 means (ratio and interval from Welch on log values, Holm over those pairs); :func:`required_seeds` says how many
-seeds per arm would detect a given standardised effect (exact noncentral t). The study job and
-``analysis.report`` both build their tables here.
+seeds per arm would detect a given standardised effect (exact noncentral t). The study job (its summary, its
+CSV files, its closing lines: :func:`study_summary`) and ``analysis.report`` both build their tables here.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -49,7 +50,6 @@ def pair_tests(rows: Sequence[Mapping[str, Any]], value: str = "retrain_valid_pp
     frame = frame[pd.to_numeric(frame[value], errors="coerce").notna()] if value in frame else frame
     if frame["arm"].nunique() < 2:
         return pd.DataFrame()
-    import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -103,5 +103,84 @@ def ratio_tests(rows: Sequence[Mapping[str, Any]], pairs: Sequence[tuple[str, st
     return table
 
 
-__all__ = ["VALUES", "arm_table", "log_interval", "pair_tests", "ratio_tests", "required_seeds", "study_rows",
-           "study_tables"]
+#: the arms joint search is compared with in the summary's headline, in order
+HEADLINE_OTHERS = ("intra", "random", "darts_v2", "lstm", "inter")
+
+
+def best_by_arm(trials: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    """Per arm, its retrain of lowest valid perplexity (the first of equals; missing and non-finite values last):
+    the genotype the study's later stages take."""
+    def ppl(trial: Mapping[str, Any]) -> float:
+        try:
+            value = float(trial["retrain_valid_ppl"])
+        except (TypeError, ValueError):
+            return math.inf
+        return value if math.isfinite(value) else math.inf
+
+    best: dict[str, Mapping[str, Any]] = {}
+    for t in trials:
+        if t["arm"] not in best or ppl(t) < ppl(best[t["arm"]]):
+            best[t["arm"]] = t
+    return best
+
+
+def study_summary(trials: Sequence[Mapping[str, Any]], arms: Sequence[str], extra: Mapping[str, Any],
+                  best: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The study job's summary: the per-arm table (``arms`` order, those with trials), the pair tests of each of
+    :data:`VALUES`, the headline (joint against each of :data:`HEADLINE_OTHERS` by :func:`ratio_tests`), every
+    trial, the other stages' tables (``extra``) and each arm's ``best`` retrain."""
+    trials = list(trials)
+    present = {t["arm"] for t in trials}
+    table = arm_table(trials, [a for a in arms if a in present])
+    pairs = {v: pair_tests(trials, v) for v in VALUES}
+    headline = {}
+    if "joint" in present:
+        ratios = ratio_tests(trials, [("joint", o) for o in HEADLINE_OTHERS if o in present])
+        for h in ratios.to_dict(orient="records"):
+            headline[f"joint_vs_{h['arm_b']}"] = {
+                "diff": h["diff_geo"], "ratio": h["ratio"], "ci_low": h["ci_low"], "ci_high": h["ci_high"],
+                "p_value": h["p_value"], "p_holm": h["p_holm"], "n_a": h["n_a"], "n_b": h["n_b"]}
+    return {"arms": table.to_dict(orient="records"),
+            "pairs": {k: v.to_dict(orient="records") for k, v in pairs.items()},
+            "trials": trials, "headline": headline, **extra,
+            "best": {arm: {"seed": t["seed"], "retrain_valid_ppl": t["retrain_valid_ppl"], "genotype": t["genotype"]}
+                     for arm, t in best.items()}}
+
+
+def study_files(summary: Mapping[str, Any]) -> dict[str, str]:
+    """The CSV files of a study's summary: ``study.csv`` (every retrain), ``study_arms.csv``, ``study_pairs.csv``
+    and one per other stage that has rows."""
+    files = {"study.csv": pd.DataFrame(summary["trials"]).to_csv(index=False),
+             "study_arms.csv": pd.DataFrame(summary["arms"]).to_csv(index=False),
+             "study_pairs.csv": pd.concat([pd.DataFrame(v) for v in summary["pairs"].values()]).to_csv(index=False)}
+    for name in ("transfer", "wikitext2", "planted", "random_screen"):
+        if summary.get(name):
+            files[f"study_{name}.csv"] = pd.DataFrame(summary[name]).to_csv(index=False)
+    return files
+
+
+def study_lines(summary: Mapping[str, Any]) -> list[str]:
+    """What the study job prints at its end: the arms table, one line per headline comparison, where the tables are."""
+    cols = ["arm", "n", "retrain_valid_ppl_geo_mean", "retrain_valid_ppl_ci_low", "retrain_valid_ppl_ci_high",
+            "retrain_test_ppl_geo_mean", "params"]
+    arms = pd.DataFrame(summary["arms"])
+    lines = [arms[[c for c in cols if c in arms]].to_string(index=False, float_format=lambda v: f"{v:.2f}")] \
+        if len(arms) else []
+    lines += [headline_line(name, h) for name, h in summary["headline"].items()]
+    return lines + [f"tables: {summary['experiment_dir']}/study_arms.csv, study_pairs.csv, study.csv"]
+
+
+def headline_line(name: str, h: Mapping[str, Any]) -> str:
+    """One comparison of the summary in words: the ratio of geometric means and its interval, or why there is none."""
+    if min(h.get("n_a", 0), h.get("n_b", 0)) < 2:
+        return (f"{name}: no comparison: it needs at least two seeds per arm (has {h.get('n_a', 0)} and "
+                f"{h.get('n_b', 0)})")
+    verdict = ("cannot be told apart" if h["ci_low"] <= 1 <= h["ci_high"] else
+               "lower" if h["ci_high"] < 1 else "higher")
+    return (f"{name}: valid ppl ratio {h['ratio']:.3f} (geometric means differ by {h['diff']:+.2f}), 95% interval "
+            f"[{h['ci_low']:.3f}, {h['ci_high']:.3f}]: {verdict}; Welch on log ppl p {h['p_value']:.3g}, "
+            f"Holm p {h['p_holm']:.3g} (Holm over the joint_vs_* comparisons)")
+
+
+__all__ = ["HEADLINE_OTHERS", "VALUES", "arm_table", "best_by_arm", "headline_line", "log_interval", "pair_tests",
+           "ratio_tests", "required_seeds", "study_files", "study_lines", "study_rows", "study_summary", "study_tables"]

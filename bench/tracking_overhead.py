@@ -24,10 +24,10 @@ import time
 from pathlib import Path
 
 from ess.adapters.mlflow import resolve_tracking_uri
+from ess.adapters.mlflow.experiment_runs import ExperimentRuns
+from ess.adapters.mlflow.sync import LocalCheckpoint
 from ess.adapters.ray.config import job_base
 from ess.adapters.ray.grid import trial_identity
-from ess.adapters.ray.resync import LocalCheckpoint
-from ess.adapters.ray.tracking import ExperimentRuns
 from ess.config import config_to_dict
 
 CALLS: collections.Counter[str] = collections.Counter()
@@ -68,7 +68,7 @@ def measure(uri: str, workdir: Path, epochs: int) -> dict:
     (run / "trial.json").write_text(json.dumps({**trial_identity(config, "t", "t"), "started": time.time()}))
     runs = ExperimentRuns(uri, "ess-bench", "bench", str(exp))
     runs.open_parent(tags={"job": "bench"}, params={}, resume=False)
-    runs.started("t", config, "t")
+    runs.started("t", trial_identity(config, "t", "t"))
     per_epoch, calls, epoch_s, tick = [], [], [], [time.perf_counter()]
 
     def show(rep) -> None:

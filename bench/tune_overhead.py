@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from ess.adapters.mlflow import resolve_tracking_uri
+from ess.adapters.mlflow.experiment_runs import ExperimentRuns
 from ess.adapters.ray.config import JOB_PRESETS, RUN_DIR, job_base
-from ess.adapters.ray.tracking import ExperimentRuns, TrialRuns
+from ess.adapters.ray.tracking import TrialRuns
 from ess.adapters.ray.trainables import search_trainable
 from ess.config import config_from_mapping, config_to_dict
 from ess.errors import ESSError

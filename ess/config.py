@@ -28,7 +28,9 @@ from typing import Any, TypeVar
 
 import yaml
 
-from ess.errors import ConfigError, decode_utf8
+from ess.checkpoint import atomic_write_text
+from ess.errors import ConfigError, GenotypeError, decode_utf8
+from ess.space.refs import load_genotype
 
 C = TypeVar("C")
 
@@ -284,11 +286,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         flag = "--" + f.name.replace("_", "-")
         tp = hints[f.name]
         default = f.default if f.default is not dataclasses.MISSING else None
-        help_text = f.metadata.get("help", "") + f" (default: {default!r})"
+        about = f.metadata.get("help", "").replace("%", "%%")   # argparse formats help with %: a literal % is %%
+        help_text = about + f" (default: {default!r})".replace("%", "%%")
         if is_config_class(tp):
             group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, metavar="'KEY=VALUE ...'",
-                               help=f.metadata.get("help", "") + f" ({tp.__name__} fields; preset=NAME first "
-                                    "starts from a named preset)")
+                               help=about + f" ({tp.__name__} fields; preset=NAME first starts from a named preset)")
         elif tp is bool:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=help_text)
@@ -336,8 +338,6 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def save_config(cfg: Any, path: str | os.PathLike) -> Path:
-    from ess.checkpoint import atomic_write_text
-
     return atomic_write_text(Path(path), yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
@@ -350,9 +350,6 @@ def check(cond: bool, field: str, message: str) -> None:
 def check_genotype(name_or_path: str, field: str) -> None:
     """Raise ``ConfigError('field: ...')`` unless ``name_or_path`` is a built-in genotype or a valid genotype
     file: for ``__post_init__`` validation, so that a bad genotype fails before any data is loaded."""
-    from ess.errors import GenotypeError
-    from ess.space.refs import load_genotype
-
     try:
         load_genotype(name_or_path)
     except GenotypeError as err:

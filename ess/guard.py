@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from ess.checkpoint import load_checkpoint, previous_path
 from ess.errors import DivergenceError
 
 
@@ -83,8 +84,6 @@ class DivergenceGuard:
 def last_good_state(checkpoint_path: Path, required: tuple[str, ...], initial: dict[str, Any] | None,
                     map_location: Any = "cpu") -> dict[str, Any]:
     """What a rollback returns to: the latest usable checkpoint (or the one before it), else ``initial``."""
-    from ess.checkpoint import load_checkpoint, previous_path
-
     if checkpoint_path.exists() or previous_path(checkpoint_path).exists():
         return load_checkpoint(checkpoint_path, required=required, map_location=map_location, fallback=True)
     if initial is None:

@@ -1,16 +1,19 @@
-"""What the training and search loops share: epoch reports, metrics files, resume checks, CLI parsing."""
+"""What the training and search loops share: epoch reports, metrics files, resume checks, their command line."""
 
 from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from ess.checkpoint import atomic_write_text
+from ess.cli import run_main
 from ess.config import add_config_arguments, config_from_mapping, load_yaml, resolve_config
+from ess.data import ensure_corpus
 from ess.errors import CheckpointError, ConfigError
 from ess.space.genotype import ESSGenotype
 
@@ -83,3 +86,29 @@ def parse_run_args(cls: type[C], argv: list[str] | None, *, prog: str, descripti
     elif presets and args.preset:
         base = config_from_mapping(cls, presets[args.preset], f"--preset {args.preset}")
     return resolve_config(cls, args, base=base), args
+
+
+def loop_command(cls: type[C], loop: Callable[..., Any], *, prog: str, description: str,
+                 presets: Mapping[str, dict[str, Any]], closing: Callable[[Any], dict[str, Any]],
+                 corpus: bool = True) -> Callable[[list[str] | None], int]:
+    """The ``main`` of a one-process entry point (``python -m ess.search``, ``ess.train``, ``ess.transfer``).
+
+    The config from the command line (:func:`parse_run_args`; ``presets['smoke']`` is ``--smoke-test``), the
+    corpus fetched or generated when missing (``corpus``: as the Tune jobs do), the loop with one JSON line per
+    epoch, then one closing JSON line: what ``closing`` takes from the loop's result, the seconds, the run directory.
+    An :class:`~ess.errors.ESSError` is one line (:func:`~ess.cli.run_main`).
+    """
+
+    @run_main
+    def main(argv: list[str] | None = None) -> int:
+        cfg, args = parse_run_args(cls, argv, prog=prog, description=description, smoke=presets["smoke"],
+                                   presets=dict(presets))
+        if corpus:
+            ensure_corpus(cfg.dataset, cfg.data_dir)
+        start = time.perf_counter()
+        result = loop(cfg, resume=args.resume, on_epoch=print_report)
+        print(json.dumps({**closing(result), "seconds": round(time.perf_counter() - start, 1),
+                          "run_dir": str(cfg.run_dir)}), flush=True)
+        return 0
+
+    return main

@@ -12,7 +12,6 @@ The loop is a plain function, :func:`train`, reporting each epoch through ``on_e
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -35,20 +34,19 @@ from ess.checkpoint import (
     save_checkpoint,
     seed_everything,
 )
-from ess.cli import run_main
 from ess.config import (
     check,
     check_genotype,
     config_to_dict,
     save_config,
 )
-from ess.data import BPTTIterator, batchify, ensure_corpus, load_corpus, valid_part
+from ess.data import BPTTIterator, batchify, load_corpus, valid_part
 from ess.errors import CheckpointError
 from ess.evaluation import evaluate
 from ess.guard import HELP_LR_FACTOR, HELP_MAX_PPL, HELP_MAX_ROLLBACKS, Diverged, DivergenceGuard, ppl_bound
 from ess.models.cells import build_cell, detach_state
 from ess.models.lm import RNNModel, lm_loss, regularisation
-from ess.runs import EpochReport, OnEpoch, check_resumable, ignore_report, parse_run_args, print_report, write_metrics
+from ess.runs import EpochReport, OnEpoch, check_resumable, ignore_report, loop_command, write_metrics
 from ess.runtime import perplexity, pick_device, set_threads
 from ess.space.genotype import save_genotype
 from ess.space.refs import load_genotype
@@ -409,20 +407,8 @@ def train(cfg: TrainConfig, *, resume: bool = False,
     return trainer.fit(on_epoch)
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
-    return parse_run_args(TrainConfig, argv, prog="python -m ess.train", description=__doc__.split("\n\n")[0],
-                          smoke=PRESETS["smoke"], presets=PRESETS)
-
-
-@run_main
-def main(argv: list[str] | None = None) -> int:
-    cfg, args = parse_args(argv)
-    ensure_corpus(cfg.dataset, cfg.data_dir)   # as the Tune jobs: fetched (or generated) when missing
-    start = time.perf_counter()
-    final = train(cfg, resume=args.resume, on_epoch=print_report)
-    print(json.dumps({"final": final, "seconds": round(time.perf_counter() - start, 1),
-                      "run_dir": str(cfg.run_dir)}), flush=True)
-    return 0
+main = loop_command(TrainConfig, train, prog="python -m ess.train", description=__doc__.split("\n\n")[0],
+                    presets=PRESETS, closing=lambda final: {"final": final})
 
 
 if __name__ == "__main__":

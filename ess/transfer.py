@@ -14,7 +14,6 @@ predictions (``predictions/{dev,test}.txt``: word, gold, predicted, in the files
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
@@ -36,11 +35,10 @@ from ess.checkpoint import (
     save_checkpoint,
     seed_everything,
 )
-from ess.cli import run_main
 from ess.config import check, check_genotype, config_to_dict, save_config
 from ess.errors import CheckpointError
 from ess.guard import HELP_LR_FACTOR, HELP_MAX_ROLLBACKS, Diverged, DivergenceGuard, last_good_state
-from ess.runs import EpochReport, OnEpoch, check_resumable, ignore_report, parse_run_args, print_report, write_metrics
+from ess.runs import EpochReport, OnEpoch, check_resumable, ignore_report, loop_command, write_metrics
 from ess.runtime import pick_device, set_threads
 from ess.space.genotype import save_genotype
 from ess.space.refs import load_genotype
@@ -370,20 +368,12 @@ def transfer(cfg: TransferConfig, *, resume: bool = False, on_epoch: OnEpoch = i
     return runner.fit(on_epoch)
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[TransferConfig, argparse.Namespace]:
-    return parse_run_args(TransferConfig, argv, prog="python -m ess.transfer", description=__doc__.split("\n\n")[0],
-                          smoke=PRESETS["smoke"], presets=PRESETS)
+def _closing(final: dict[str, Any]) -> dict[str, Any]:
+    return {"final": {k: final[k] for k in ("task", "cell", "seed", "best_epoch", "dev/f1", "test/f1", "params")}}
 
 
-@run_main
-def main(argv: list[str] | None = None) -> int:
-    cfg, args = parse_args(argv)
-    start = time.perf_counter()
-    final = transfer(cfg, resume=args.resume, on_epoch=print_report)
-    summary = {k: final[k] for k in ("task", "cell", "seed", "best_epoch", "dev/f1", "test/f1", "params")}
-    print(json.dumps({"final": summary, "seconds": round(time.perf_counter() - start, 1),
-                      "run_dir": str(cfg.run_dir)}), flush=True)
-    return 0
+main = loop_command(TransferConfig, transfer, prog="python -m ess.transfer", description=__doc__.split("\n\n")[0],
+                    presets=PRESETS, closing=_closing, corpus=False)
 
 
 if __name__ == "__main__":

@@ -13,14 +13,21 @@ ROOT = Path(__file__).resolve().parent.parent
 #: A new package gets its place here.
 LAYERS: dict[str, int] = {
     "ess.errors": 0,
-    "ess.checkpoint": 1, "ess.cli": 1, "ess.runtime": 1,
-    "ess.space": 2, "ess.guard": 2,
-    "ess.config": 3, "ess.kernels": 3, "ess.data": 3,
-    "ess.models": 4, "ess.runs": 4,
-    "ess.supernet": 5, "ess.evaluation": 5, "ess.tagging": 5,
-    "ess.search": 6, "ess.train": 6, "ess.transfer": 6,
-    "ess.adapters": 7,
-    "analysis": 8,
+    "ess.checkpoint": 1, "ess.extras": 1, "ess.runtime": 1,
+    "ess.cli": 2,   # `ess COMMAND` names its commands' modules (imported by name when one runs)
+    "ess.__main__": 3,   # python -m ess: the same command
+    "ess.space": 3, "ess.guard": 3,
+    "ess.config": 4, "ess.kernels": 4, "ess.data": 4,
+    "ess.models": 5, "ess.runs": 5,
+    "ess.supernet": 6, "ess.evaluation": 6, "ess.tagging": 6,
+    "ess.search": 7, "ess.train": 7, "ess.transfer": 7,
+    "ess.study": 8,
+    # each adapter its own layer: what the adapters share (storage paths, Tune's files read as JSON), MLflow,
+    # then Ray, whose jobs show their trials in MLflow (never the other way round)
+    "ess.adapters": 9,
+    "ess.adapters.mlflow": 10,
+    "ess.adapters.ray": 11,
+    "analysis": 12,
 }
 
 
@@ -33,7 +40,12 @@ MODULES = {_module_name(p): p for folder in ("ess", "analysis") for p in (ROOT /
 
 
 def _package(module: str) -> str:
+    """The layer a module belongs to: ``ess.<package>``, ``ess.adapters.<adapter>`` for a module of an adapter
+    (the modules directly in ``ess/adapters`` are ``ess.adapters``), else its top-level package."""
     parts = module.split(".")
+    adapter = ".".join(parts[:3])
+    if parts[:2] == ["ess", "adapters"] and MODULES.get(adapter, Path()).name == "__init__.py":
+        return adapter
     return ".".join(parts[:2]) if parts[0] == "ess" and len(parts) > 1 else parts[0]
 
 
@@ -114,6 +126,13 @@ def test_circle_finder_finds_a_circle_and_a_self_contained_chain():
 def test_the_graph_sees_relative_and_function_level_imports():
     assert "ess.space.genotype" in GRAPH["ess.space.derive"]
     assert any(name.startswith("ess.kernels") for name in GRAPH["ess.models.cells"])
+
+
+def test_each_adapter_is_a_layer_of_its_own():
+    assert _package("ess.adapters.mlflow.cli") == "ess.adapters.mlflow"
+    assert _package("ess.adapters.ray.experiment") == "ess.adapters.ray"
+    assert _package("ess.adapters.tune_files") == _package("ess.adapters") == "ess.adapters"
+    assert LAYERS["ess.adapters"] < LAYERS["ess.adapters.mlflow"] < LAYERS["ess.adapters.ray"]
 
 
 def test_no_import_circle_between_modules():

@@ -15,9 +15,6 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-import pandas as pd
-from ray import tune
-
 from ess.adapters.ray import jobs
 from ess.adapters.ray.config import JobConfig
 from ess.adapters.ray.grid import search_variants
@@ -29,17 +26,14 @@ ARM = ("mode", "seed", "steps", "n_inter", "m")
 
 def run(job: JobConfig, *, resume: bool = False, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """One stage: every variant a search trial that (``job.retrain``) goes on to retrain its genotype."""
+    import pandas as pd  # the tune extra's: imported once ess.adapters.ray has checked it (one line when missing)
+
     with jobs.experiment("ablation", job, resume=resume) as exp:
         job = exp.job
         variants = search_variants(job)
-        trainable = exp.with_resources(search_trainable)
-        tuner = exp.restored("ablation", trainable) or tune.Tuner(
-            trainable,
-            param_space={"ess": exp.spec(search=job.search, train=job.train if job.retrain else None),
-                         "variant": tune.grid_search(variants)},
-            tune_config=exp.tune_config(),
-            run_config=exp.run_config("ablation", callbacks))
-        trials = jobs.rows(exp.fit(tuner, "ablation", expected=len(variants)))
+        trials = exp.stage("ablation", search_trainable,
+                           exp.spec(search=job.search, train=job.train if job.retrain else None), variants,
+                           callbacks=callbacks)
 
         table = [{**{k: r["variant"].get(k) for k in ARM},
                   "search_valid_ppl": r["metrics"].get(SEARCH_METRIC),

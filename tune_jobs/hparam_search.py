@@ -16,17 +16,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import optuna
-from ray import tune
-from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search.optuna import OptunaSearch
-
 from ess.adapters.ray import jobs
 from ess.adapters.ray.config import JobConfig
-from ess.adapters.ray.grid import search_variants, trial_config, tune_space
-from ess.adapters.ray.storage import is_uri
+from ess.adapters.ray.grid import search_variants, tune_space
+from ess.adapters.ray.spec import trial_config
 from ess.adapters.ray.trainables import search_trainable
 from ess.adapters.ray.trial import SEARCH_METRIC
+from ess.adapters.storage import is_uri
 from ess.errors import ConfigError
 
 
@@ -44,6 +40,10 @@ def optuna_storage_url(exp_root: str, job: JobConfig) -> str:
 
 def run(job: JobConfig, *, resume: bool = False, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """``num_samples`` trials of one mode, seed and node counts; Optuna samples the space, ASHA stops the worst."""
+    import optuna  # the tune extra's: imported once ess.adapters.ray has checked it (one line when missing)
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
     with jobs.experiment("hparam_search", job, resume=resume) as exp:
         job = exp.job
         storage_url = optuna_storage_url(exp.root, job)
@@ -57,16 +57,10 @@ def run(job: JobConfig, *, resume: bool = False, callbacks: Sequence[Any] = ()) 
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=search.epochs,
                                   grace_period=min(job.grace_period, search.epochs),
                                   reduction_factor=job.reduction_factor)
-        trainable = exp.with_resources(search_trainable)
-        tuner = exp.restored("hparam", trainable) or tune.Tuner(
-            trainable,
-            param_space={"ess": exp.spec(search=search), **space},
-            tune_config=exp.tune_config(search_alg=searcher, scheduler=scheduler, metric=SEARCH_METRIC, mode="min",
-                                        num_samples=job.num_samples),
-            run_config=exp.run_config("hparam", callbacks))
-        results = exp.fit(tuner, "hparam", expected=job.num_samples)
-
-        best = min(jobs.succeeded(jobs.rows(results), "hparam"),
+        results = exp.stage("hparam", search_trainable, exp.spec(search=search), space=space, callbacks=callbacks,
+                            search_alg=searcher, scheduler=scheduler, metric=SEARCH_METRIC, mode="min",
+                            num_samples=job.num_samples)
+        best = min(jobs.succeeded(results, "hparam"),
                    key=lambda r: jobs.finite(r["metrics"].get(SEARCH_METRIC)))
         study = optuna.load_study(study_name=study_name, storage=storage_url)
         summary = {"best_config": {k: best["variant"].get(k) for k in space},

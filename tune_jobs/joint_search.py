@@ -16,8 +16,6 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ray import tune
-
 from ess.adapters.ray import jobs
 from ess.adapters.ray.config import JobConfig
 from ess.adapters.ray.experiment import Experiment
@@ -31,28 +29,14 @@ from ess.space.refs import load_genotype
 def search_stage(exp: Experiment, job: JobConfig, variants: list[dict[str, Any]], *,
                  callbacks: Sequence[Any] = ()) -> list[dict[str, Any]]:
     """Stage 1: one search trial per variant (seed x node counts), in parallel as resources allow."""
-    trainable = exp.with_resources(search_trainable)
-    tuner = exp.restored("search", trainable) or tune.Tuner(
-        trainable,
-        param_space={"ess": exp.spec(search=job.search),
-                     "variant": tune.grid_search(variants)},
-        tune_config=exp.tune_config(),
-        run_config=exp.run_config("search", callbacks))
-    return jobs.rows(exp.fit(tuner, "search", expected=len(variants)))
+    return exp.stage("search", search_trainable, exp.spec(search=job.search), variants, callbacks=callbacks)
 
 
 def retrain_stage(exp: Experiment, job: JobConfig, genotypes: dict[str, ESSGenotype], info: dict[str, dict[str, Any]],
                   *, callbacks: Sequence[Any] = ()) -> list[dict[str, Any]]:
     """Stage 2: one retrain trial per chosen genotype."""
-    trainable = exp.with_resources(retrain_trainable)
-    variants = [{"genotype_label": label} for label in genotypes]
-    tuner = exp.restored("retrain", trainable) or tune.Tuner(
-        trainable,
-        param_space={"ess": exp.spec(train=job.train, genotypes=genotypes, genotype_info=info),
-                     "variant": tune.grid_search(variants)},
-        tune_config=exp.tune_config(),
-        run_config=exp.run_config("retrain", callbacks))
-    return jobs.rows(exp.fit(tuner, "retrain", expected=len(variants)))
+    return exp.stage("retrain", retrain_trainable, exp.spec(train=job.train, genotypes=genotypes, genotype_info=info),
+                     [{"genotype_label": label} for label in genotypes], callbacks=callbacks)
 
 
 def run(job: JobConfig, *, resume: bool = False, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
@@ -101,7 +85,7 @@ def run(job: JobConfig, *, resume: bool = False, callbacks: Sequence[Any] = ()) 
 
 def _trials_csv(searched: list[dict[str, Any]], retrained: list[dict[str, Any]]) -> str:
     """The key columns of every trial (the parent run's table in MLflow): mode, seed, perplexities, decided."""
-    import pandas as pd
+    import pandas as pd  # the tune extra's: imported once ess.adapters.ray has checked it (one line when missing)
 
     after = {r["label"].removeprefix("retrain_"): r for r in retrained}
     return pd.DataFrame([{"trial": s["label"], "mode": s.get("mode"), "seed": s.get("seed"),

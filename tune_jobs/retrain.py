@@ -12,8 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ray import tune
-
+from ess.adapters.mlflow import best_runs, download_artifact
 from ess.adapters.ray import jobs
 from ess.adapters.ray.config import JobConfig
 from ess.adapters.ray.experiment import Experiment
@@ -41,8 +40,6 @@ def sources(job: JobConfig, exp: Experiment) -> tuple[dict[str, ESSGenotype | st
             genotypes[label] = load_genotype(path)   # GenotypeError names the file
             info[label] = {"source": str(path.resolve())}
     if job.source_experiment:
-        from ess.adapters.mlflow import best_runs, download_artifact
-
         if exp.uri is None:
             raise ConfigError("source_experiment: tracking is off; give --tracking-uri")
         for run in best_runs(exp.uri, job.source_experiment, metric=SEARCH_METRIC, k=job.top_k,
@@ -70,15 +67,8 @@ def retrain_stage(exp: Experiment, job: JobConfig, genotypes: dict[str, ESSGenot
                   info: dict[str, dict[str, Any]],
                   *, callbacks: Sequence[Any] = ()) -> list[dict[str, Any]]:
     """One retrain trial per genotype."""
-    trainable = exp.with_resources(retrain_trainable)
-    variants = [{"genotype_label": label} for label in genotypes]
-    tuner = exp.restored("retrain", trainable) or tune.Tuner(
-        trainable,
-        param_space={"ess": exp.spec(train=job.train, genotypes=genotypes, genotype_info=info),
-                     "variant": tune.grid_search(variants)},
-        tune_config=exp.tune_config(),
-        run_config=exp.run_config("retrain", callbacks))
-    return jobs.rows(exp.fit(tuner, "retrain", expected=len(variants)))
+    return exp.stage("retrain", retrain_trainable, exp.spec(train=job.train, genotypes=genotypes, genotype_info=info),
+                     [{"genotype_label": label} for label in genotypes], callbacks=callbacks)
 
 
 def run(job: JobConfig, *, resume: bool = False, callbacks: Sequence[Any] = ()) -> dict[str, Any]:

@@ -14,9 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-from ray import tune
-
 from ess.adapters.ray import jobs
 from ess.adapters.ray.config import JobConfig
 from ess.adapters.ray.grid import transfer_variants
@@ -45,22 +42,18 @@ def sources(job: JobConfig) -> tuple[dict[str, ESSGenotype | str], dict[str, dic
 
 def run(job: JobConfig, *, resume: bool = False, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """One stage: task x cell x seed, each trial a tagger trained to its best dev epoch."""
+    import pandas as pd  # the tune extra's: imported once ess.adapters.ray has checked it (one line when missing)
+
     jobs.ensure_tasks(job.tasks, job.data_dir or None)
     cells, info = sources(job)
     with jobs.experiment("transfer", job, resume=resume, corpus=False) as exp:
         job = exp.job
         exp.set_tags({"cells": ",".join(cells), "tasks": ",".join(job.tasks)})
         variants = transfer_variants(job, list(cells))
-        trainable = exp.with_resources(transfer_trainable)
-        tuner = exp.restored("transfer", trainable) or tune.Tuner(
-            trainable,
-            param_space={"ess": exp.spec(transfer=job.transfer, cells=cells, cell_info=info),
-                         "variant": tune.grid_search(variants)},
-            tune_config=exp.tune_config(),
-            run_config=exp.run_config("transfer", callbacks))
-        results = exp.fit(tuner, "transfer", expected=len(variants))
-
-        done = jobs.succeeded(jobs.rows(results), "transfer")
+        results = exp.stage("transfer", transfer_trainable,
+                            exp.spec(transfer=job.transfer, cells=cells, cell_info=info), variants,
+                            callbacks=callbacks)
+        done = jobs.succeeded(results, "transfer")
         table = [{"task": r["variant"].get("task"), "cell": r["variant"].get("cell_label"),
                   "seed": r["variant"].get("seed"), "dev_f1": r["metrics"].get("dev/f1"),
                   "test_f1": r["metrics"].get("test/f1"), "best_epoch": r["metrics"].get("best_epoch"),

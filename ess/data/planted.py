@@ -71,6 +71,7 @@ from typing import Any
 
 import numpy as np
 
+from ess.data.registry import SPLIT_FILES, CorpusSpec, register_corpus
 from ess.errors import ConfigError, DataError
 
 GENERATOR = "ess.data.planted"
@@ -411,14 +412,10 @@ def summary(manifest: Mapping[str, Any]) -> str:
 
 def planted_spec(name: str, **params: Any):
     """A :class:`~ess.data.CorpusSpec` for a planted corpus (register it with ``register_corpus``)."""
-    from ess.data.registry import SPLIT_FILES, CorpusSpec
-
     return CorpusSpec(name=name, files=SPLIT_FILES, generator=PlantedParams(**params))
 
 
 def register_planted() -> None:
     """Register ``planted`` (k = 2), ``planted-k3`` (the oldest slot of m = 3) and ``planted-k4`` (beyond it)."""
-    from ess.data.registry import register_corpus
-
     for name, k in (("planted", 2), ("planted-k3", 3), ("planted-k4", 4)):
         register_corpus(planted_spec(name, k=k))

@@ -59,8 +59,8 @@ table for the machine it runs on)::
 * ``autograd`` is needed for double backward (``create_graph=True`` through the model): the fused
   backward is not itself differentiable. The second-order search's finite differences do not need it.
 
-Thresholds are module attributes read at each call; setting one on this package
-(``ess.kernels.CPP_MIN_ELEMENTS = 0``) sets it where it is read.
+Thresholds are attributes of the module that reads them at each call; set one there
+(``ess.kernels.policy.CPP_MIN_ELEMENTS = 0``; this package shows their values at import).
 
 Environment (read once, at import or at first use):
 
@@ -74,10 +74,7 @@ Environment (read once, at import or at first use):
 
 from __future__ import annotations
 
-import sys
-import types
-
-from ess.kernels import cpu, darts, inter, loss, policy
+from ess.kernels import cpu, policy
 from ess.kernels.activations import KERNEL_OPS, supports
 from ess.kernels.darts import (
     DARTS_GROUP_COLUMNS,
@@ -108,22 +105,6 @@ from ess.kernels.policy import (
 )
 
 _state = policy._state  # the policy's state (tests read whether torch.compile failed in this process)
-
-_TUNABLES: dict[str, types.ModuleType] = {
-    "COMPILE_MIN_ELEMENTS": policy, "CPP_MIN_ELEMENTS": policy, "CPP_MAX_INTER_NODES": inter,
-    "DARTS_GROUP_COLUMNS": darts, "CE_CHUNK_BYTES": loss}
-
-
-class _Package(types.ModuleType):
-    """This package, whose tunables set on it (a test's ``monkeypatch.setattr``) reach the module that reads them."""
-
-    def __setattr__(self, name: str, value: object) -> None:
-        if name in _TUNABLES:
-            setattr(_TUNABLES[name], name, value)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 __all__ = [
     "BACKENDS",

@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 
+from ess.extras import require
 from ess.kernels.activations import KERNEL_OPS
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "ess_cpu.cpp"
@@ -114,6 +115,8 @@ def build(verbose: bool = False) -> Any:
     """Compile the module where it is missing or stale, then import it; raises what the build raises."""
     from torch.utils.cpp_extension import load as load_extension
 
+    if not is_built():
+        require("cpp", "building the C++ CPU steps")
     directory = build_directory()
     directory.mkdir(parents=True, exist_ok=True)
     with build_lock(directory):

@@ -2,31 +2,21 @@
 
 from __future__ import annotations
 
-import argparse
-import json
-import time
+from typing import Any
 
-from ess.cli import run_main
-from ess.data import ensure_corpus
-from ess.runs import parse_run_args, print_report
+from ess.runs import loop_command
 from ess.search.config import PRESETS, SearchConfig
+from ess.search.loop import SearchResult
 from ess.search.methods import search
 from ess.space.description import describe
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[SearchConfig, argparse.Namespace]:
-    return parse_run_args(SearchConfig, argv, prog="python -m ess.search",
-                          description="The differentiable ESS search: bilevel optimisation of the supernet.",
-                          smoke=PRESETS["smoke"], presets=PRESETS)
+def _closing(result: SearchResult) -> dict[str, Any]:
+    return {"genotype": result.genotype.to_dict(), "describe": describe(result.genotype),
+            "stability": (result.selection.get("stability") or {}).get("statement")}
 
 
-@run_main
-def main(argv: list[str] | None = None) -> int:
-    cfg, args = parse_args(argv)
-    ensure_corpus(cfg.dataset, cfg.data_dir)   # as the Tune jobs: fetched (or generated) when missing
-    start = time.perf_counter()
-    result = search(cfg, resume=args.resume, on_epoch=print_report)
-    print(json.dumps({"genotype": result.genotype.to_dict(), "describe": describe(result.genotype),
-                      "stability": (result.selection.get("stability") or {}).get("statement"),
-                      "seconds": round(time.perf_counter() - start, 1), "run_dir": str(result.run_dir)}), flush=True)
-    return 0
+main = loop_command(SearchConfig, search, prog="python -m ess.search",
+                    description="The ESS search: DARTS's bilevel optimisation of the supernet, or random search with "
+                                "weight sharing (--method rsws).",
+                    presets=PRESETS, closing=_closing)

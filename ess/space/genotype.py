@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ess.checkpoint import atomic_write_text
 from ess.errors import GenotypeError
 from ess.space.ops import OPS, PRIMITIVES, ZERO
 
@@ -282,8 +283,6 @@ def parse_genotype_json(text: str, source: str = "genotype") -> ESSGenotype:
 
 def save_genotype(genotype: ESSGenotype, path: str | os.PathLike) -> Path:
     """Write the genotype as JSON atomically (temporary file, then rename)."""
-    from ess.checkpoint import atomic_write_text
-
     return atomic_write_text(Path(path), genotype.to_json() + "\n")
 
 

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ess.checkpoint import atomic_write_text
 from ess.data import resolve_data_dir
 from ess.errors import DataError, decode_utf8
 from ess.tagging.schemes import is_valid_tag, normalise_scheme
@@ -206,8 +207,6 @@ def load_task(name: str, data_dir: str | os.PathLike | None = None, dev_sentence
 
 def write_conll(path: str | os.PathLike, sentences: Sequence[Sentence], predictions: Sequence[Sequence[str]]) -> Path:
     """``word gold predicted`` lines, a blank line after each sentence: the input of the conlleval script."""
-    from ess.checkpoint import atomic_write_text
-
     lines = []
     for sent, pred in zip(sentences, predictions, strict=True):
         for word, gold, guess in zip(sent.words, sent.tags, pred, strict=True):

@@ -53,9 +53,9 @@ class _CountMax(TorchDispatchMode):
 
 
 @pytest.mark.parametrize("chunk_rows,chunks", [(1, 7), (3, 3), (1000, 1)])
-def test_the_chunk_size_set_on_the_package_splits_the_rows(monkeypatch, chunk_rows, chunks):
+def test_the_chunk_size_set_on_the_loss_module_splits_the_rows(monkeypatch, chunk_rows, chunks):
     N, d, V = 7, 5, 11
-    monkeypatch.setattr(kernels, "CE_CHUNK_BYTES", chunk_rows * V * 8)  # float64: chunk_rows rows a chunk
+    monkeypatch.setattr(kernels.loss, "CE_CHUNK_BYTES", chunk_rows * V * 8)  # float64: chunk_rows rows a chunk
     x, W = torch.randn(N, d, dtype=torch.float64, requires_grad=True), torch.randn(V, d, dtype=torch.float64)
     with _CountMax() as counter:
         kernels.linear_cross_entropy(x, W, None, torch.randint(0, V, (N,)))
@@ -70,7 +70,7 @@ def test_the_chunk_size_set_on_the_package_splits_the_rows(monkeypatch, chunk_ro
 def test_linear_cross_entropy_equals_decoder_then_cross_entropy(monkeypatch, chunk_rows, bias):
     torch.manual_seed(1)
     N, d, V = 7, 5, 11
-    monkeypatch.setattr(kernels, "CE_CHUNK_BYTES", chunk_rows * V * 8)  # float64: chunk_rows rows a chunk
+    monkeypatch.setattr(kernels.loss, "CE_CHUNK_BYTES", chunk_rows * V * 8)  # float64: chunk_rows rows a chunk
     x = torch.randn(N, d, dtype=torch.float64, requires_grad=True)
     W = torch.randn(V, d, dtype=torch.float64, requires_grad=True)
     b = torch.randn(V, dtype=torch.float64, requires_grad=True) if bias else None

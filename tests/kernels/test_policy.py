@@ -89,16 +89,6 @@ def test_needs_in_a_forward_follow_the_grad_mode_through_apply_step():
     assert [(n.x, n.y) for n in _Probe.seen] == [(False, False), (True, False), (True, False)]
 
 
-@pytest.mark.parametrize("name", sorted(kernels._TUNABLES))
-def test_a_tunable_set_on_the_package_reaches_the_module_that_reads_it(monkeypatch, name):
-    owner = kernels._TUNABLES[name]
-    before = getattr(owner, name)
-    monkeypatch.setattr(kernels, name, before + 1)
-    assert getattr(owner, name) == getattr(kernels, name) == before + 1
-    monkeypatch.undo()
-    assert getattr(owner, name) == getattr(kernels, name) == before
-
-
 def test_every_name_the_other_modules_use_is_reachable_on_the_package():
     for name in ("fused_enabled", "apply_step", "norm_spec", "IntraSearchStep", "DartsPlan", "darts_group_size",
                  "SequenceGrads", "DartsStep", "InterSearchFunction", "inter_search_forward", "linear_cross_entropy",

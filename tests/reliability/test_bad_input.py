@@ -831,7 +831,8 @@ def _check_config(cfg, cls, tmp_path: Path) -> None:
 
 def _derived(cfg: JobConfig) -> None:
     """The job's search/train/transfer configs of every trial of its grids (as the trainables build them)."""
-    from ess.adapters.ray.grid import search_variants, transfer_variants, trial_config
+    from ess.adapters.ray.grid import search_variants, transfer_variants
+    from ess.adapters.ray.spec import trial_config
 
     for variant in search_variants(cfg):
         trial_config(cfg.search, variant, "variant")

@@ -33,10 +33,10 @@ from pathlib import Path
 import pytest
 
 from ess.adapters.mlflow import PARENT_TAG, numeric_metrics
+from ess.adapters.mlflow.experiment_runs import ExperimentRuns
+from ess.adapters.mlflow.sync import LocalCheckpoint, sync_directory
 from ess.adapters.mlflow.system import SystemSampler
 from ess.adapters.ray.grid import trial_identity
-from ess.adapters.ray.resync import LocalCheckpoint, sync_directory
-from ess.adapters.ray.tracking import ExperimentRuns
 from ess.config import config_to_dict
 from ess.search import PRESETS, SearchConfig, search
 
@@ -152,7 +152,7 @@ def run_search(tmp_path: Path, server: Server, experiment: str, *, restart_after
                                                 "started": time.time()}))
     runs = ExperimentRuns(server.uri, experiment, "outage", str(exp))
     runs.open_parent(tags={"job": "test"}, params={}, resume=False)
-    runs.started(TRIAL, config, f"joint_s3_{TRIAL}")
+    runs.started(TRIAL, trial_identity(config, TRIAL, f"joint_s3_{TRIAL}"))
     outage: dict[str, float] = {}
 
     def report(epoch: int) -> None:   # what tune.report with a checkpoint does, then the driver's callback

@@ -22,6 +22,8 @@ from ess.adapters.mlflow.client import (
     sqlite_path,
     ui_command,
 )
+from ess.adapters.mlflow.runs import close_stale
+from ess.adapters.mlflow.sync import experiment_of, sync_directory
 from ess.cli import run_main
 from ess.errors import ConfigError
 
@@ -57,17 +59,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     if args.command == "sync":
-        from ess.adapters.ray.resync import sync_directory
-
         if sync_directory(args.directory, args.tracking_uri or None):
             return 0
         print("error: MLflow is unreachable; nothing was lost (the record is the directory): run this again later",
               file=sys.stderr)
         return 1
     if args.command == "close":
-        from ess.adapters.mlflow.runs import close_stale
-        from ess.adapters.ray.resync import experiment_of
-
         uri, experiment, name = experiment_of(Path(args.directory).expanduser().resolve(), args.tracking_uri or None)
         closed = close_stale(uri, experiment, name=name, force=True)
         print(f"{name}: " + ("its RUNNING runs are marked KILLED" if closed else "no RUNNING parent run"))

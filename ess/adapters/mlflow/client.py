@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ess.errors import ConfigError
+from ess.extras import require
 
 T = TypeVar("T")
 
@@ -180,7 +181,8 @@ def config_tags(config: Mapping[str, Any]) -> dict[str, str]:
 
 
 def connect(uri: str):
-    from mlflow import MlflowClient
+    require("mlflow", "MLflow tracking")
+    from mlflow import MlflowClient  # the mlflow extra: this package is imported without it too
 
     return MlflowClient(uri)
 
@@ -242,7 +244,7 @@ def _http_status(err: BaseException) -> int:
 def is_unreachable(err: BaseException) -> bool:
     """True when ``err`` says the store could not be reached (not that it refused the record)."""
     try:
-        import requests
+        import requests  # comes with the mlflow extra
 
         request_errors: tuple[type, ...] = (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
                                             requests.exceptions.RetryError)
@@ -281,7 +283,7 @@ def probe(uri: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
     """
     if not is_http(uri):
         return True
-    import requests
+    import requests  # comes with the mlflow extra
 
     insecure = os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() in ("true", "1")
     verify: bool | str = False if insecure else (os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or True)

@@ -30,6 +30,10 @@ from typing import Any
 from ess.adapters.mlflow.client import flat_params, numeric_metrics
 from ess.config import parse_yaml
 from ess.errors import ESSError
+from ess.space.description import describe
+from ess.space.genotype import builtin_name
+from ess.space.refs import load_genotype
+from ess.space.tables import arch_weight_rows
 
 TRIAL_FILE = "trial.json"
 SYSTEM_FILE = "system_metrics.jsonl"
@@ -39,10 +43,6 @@ GENOTYPE_FILE, PICTURE_FILE = "genotype.json", "genotype.png"
 def genotype_param(value: Any, folder: Path) -> str:
     """A phase's genotype as a param: a built-in's name, else the one-line description of the genotype
     the phase wrote (``folder/genotype.json``; the config's reference when it wrote none)."""
-    from ess.space.description import describe
-    from ess.space.genotype import builtin_name
-    from ess.space.refs import load_genotype
-
     name = builtin_name(value)
     if name is not None:
         return name
@@ -195,7 +195,6 @@ class RunRecord:
         genotype = self.root / "search" / "genotype.json"
         if not genotype.is_file():
             return {}
-        from ess.space.refs import load_genotype
 
         return {"ess.genotype": load_genotype(genotype).to_json(None)}
 
@@ -208,8 +207,6 @@ class RunRecord:
 
     def weight_table(self) -> list[dict[str, Any]]:
         """The search's last architecture weights as one long table (part, edge, branch, op, weight)."""
-        from ess.space.tables import arch_weight_rows
-
         weights = _json(self.root / "search" / "arch_weights.json")
         return arch_weight_rows(weights) if weights else []
 

@@ -35,14 +35,14 @@ DRIVER_TAG = "ess.driver"
 
 def driver_id() -> str:
     """``host:pid:start`` of this process: tells a live driver from a dead one with the same pid."""
-    import psutil
+    import psutil  # the mlflow extra: this package is imported without it too
 
     return f"{socket.gethostname()}:{os.getpid()}:{int(psutil.Process().create_time())}"
 
 
 def _driver_alive(driver: str) -> bool | None:
     """Whether the driver a tag names still runs; None when it ran on another host (unknowable here)."""
-    import psutil
+    import psutil  # the mlflow extra: this package is imported without it too
 
     host, _, rest = driver.partition(":")
     pid, _, start = rest.partition(":")
@@ -69,7 +69,7 @@ def find_parent(uri: str, experiment: str, name: str) -> str | None:
 def start_parent_run(uri: str, experiment: str, name: str, *, tags: Mapping[str, Any] | None = None,
                      params: Mapping[str, Any] | None = None, resume: bool = False) -> str:
     """The experiment's parent run, RUNNING and tagged with this driver: reopened when resuming, else new."""
-    from mlflow.entities import Param, RunTag
+    from mlflow.entities import Param, RunTag  # the mlflow extra: this package is imported without it too
 
     client = connect(uri)
     experiment_id = get_or_create_experiment(uri, experiment)
@@ -198,7 +198,7 @@ def best_runs(uri: str, experiment: str, *, metric: str = "valid/ppl", k: int = 
 
 
 def download_artifact(uri: str, run_id: str, artifact_path: str, dst: str | os.PathLike) -> Path:
-    import mlflow.artifacts
+    import mlflow.artifacts  # the mlflow extra: this package is imported without it too
 
     Path(dst).mkdir(parents=True, exist_ok=True)
     return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path,

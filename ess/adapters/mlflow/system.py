@@ -19,6 +19,7 @@ from ess.adapters.mlflow.record import SYSTEM_FILE
 
 
 def _monitors() -> list[Any]:
+    # the mlflow extra (psutil with it): imported here, as this package is imported without it too
     import psutil  # noqa: F401  (MLflow's monitors need it; say so instead of failing silently)
     from mlflow.system_metrics.metrics.cpu_monitor import CPUMonitor
     from mlflow.system_metrics.metrics.disk_monitor import DiskMonitor

@@ -19,6 +19,7 @@ from typing import Any
 
 from ess.adapters.mlflow.client import connect, retry
 from ess.adapters.mlflow.record import EPOCH_FOLDERS, PICTURE_FILE, File, RunRecord
+from ess.space.refs import load_genotype
 
 METRICS_PER_BATCH = 1000   # MLflow's log_batch limit
 PARAMS_PER_BATCH = 100
@@ -56,7 +57,7 @@ class RunView:
 
         Returns how many metric points, params and files were sent.
         """
-        from mlflow.entities import Metric, Param
+        from mlflow.entities import Metric, Param  # the mlflow extra: this package is imported without it too
 
         now = int(time.time() * 1000)
         points = [Metric(k, float(v), stamp or now, step) for k, v, stamp, step in record.points()
@@ -98,8 +99,8 @@ class RunView:
             for genotype, folder, title in record.pictures():
                 picture = Path(tmp) / (folder or "") / PICTURE_FILE
                 if File(picture, folder).artifact not in self.sent:   # the genotype of a trial never changes
+                    # matplotlib: 0.5 s at start, paid only where a picture is drawn
                     from ess.space.draw import render_genotype
-                    from ess.space.refs import load_genotype
 
                     picture.parent.mkdir(parents=True, exist_ok=True)
                     picture.write_bytes(render_genotype(load_genotype(genotype), "png", title=title))
@@ -115,6 +116,7 @@ class RunView:
         self._mark_table("arch_weights_table.json")
 
     def _mark_table(self, name: str) -> None:
+        # the mlflow extra: this package is imported without it too
         from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
 
         tables = json.loads(self.tags.get(MLFLOW_LOGGED_ARTIFACTS, "[]"))
@@ -123,7 +125,7 @@ class RunView:
             self.set_tags({MLFLOW_LOGGED_ARTIFACTS: json.dumps([*tables, entry])})
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        from mlflow.entities import RunTag
+        from mlflow.entities import RunTag  # the mlflow extra: this package is imported without it too
 
         new = {str(k): str(v)[:8000] for k, v in tags.items() if v is not None and self.tags.get(k) != str(v)}
         if new:

@@ -1,6 +1,10 @@
 """Ray Tune around the core loops: the job config, the trainables, the experiment the jobs in ``tune_jobs/`` run.
 
-The jobs build their own ``Tuner``s from :mod:`ess.adapters.ray.experiment` (the Ray session, the
-experiment directory and its parent MLflow run) and :mod:`ess.adapters.ray.trainables`; what they
-share (entry point, result rows, closing lines) is :mod:`ess.adapters.ray.jobs`.
+Each job reads as its stages, each one :meth:`Experiment.stage <ess.adapters.ray.experiment.Experiment.stage>`
+(a ``Tuner`` of a trainable of :mod:`ess.adapters.ray.trainables` over a grid of variants, restored when
+resuming); what the jobs share (entry point, preflight, closing lines) is :mod:`ess.adapters.ray.jobs`.
 """
+
+from ess.extras import require
+
+require("tune", "a Ray Tune job (ess.adapters.ray)")

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ess.adapters.ray.storage import exists, join, read_text, storage_root
+from ess.adapters.storage import exists, join, read_text, storage_root
 from ess.config import (
     add_config_arguments,
     check,
@@ -29,6 +29,7 @@ from ess.config import (
 )
 from ess.errors import ConfigError
 from ess.search.config import SearchConfig
+from ess.study import STAGES, named_arms
 from ess.supernet import MODES
 from ess.tagging.conll import TASKS
 from ess.train import TrainConfig
@@ -108,9 +109,7 @@ class JobConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "space", parse_overrides(self.space, "space"))
-        from ess.adapters.ray.arms import STAGES, arms
-
-        arms(self.arms)
+        named_arms(self.arms)
         for stage in self.stages:
             check(stage in STAGES, "stages", f"unknown stage {stage!r} (known: {', '.join(STAGES)})")
         for name in ("top_k", "num_samples", "grace_period", "keep_checkpoints", "checkpoint_every", "random_k",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -15,14 +16,24 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import ray
 import yaml
+from ray import tune
 
+from ess.adapters.mlflow import flat_params, resolve_tracking_uri
+from ess.adapters.mlflow.experiment_runs import ExperimentRuns
+from ess.adapters.mlflow.runs import close_stale
 from ess.adapters.ray.config import JobConfig
-from ess.adapters.ray.grid import trial_name
-from ess.adapters.ray.storage import exists, filesystem, is_uri, join, storage_root, write_text
-from ess.adapters.ray.tracking import ExperimentRuns, TrialRuns
+from ess.adapters.ray.grid import trial_name, variant_label, variant_of
+from ess.adapters.ray.progress import ProgressLines
+from ess.adapters.ray.spec import TrialSpec
+from ess.adapters.ray.tracking import TrialRuns
+from ess.adapters.storage import exists, is_uri, join, storage_root, write_text
+from ess.adapters.tune_files import unfinished_trials
 from ess.config import config_to_dict
+from ess.data import resolve_data_dir
 from ess.errors import ConfigError, ESSError
+from ess.extras import require
 
 
 class ExperimentInterrupted(ESSError):
@@ -36,13 +47,9 @@ def _repo_root() -> Path:
 @contextmanager
 def ray_session(job: JobConfig) -> Iterator[None]:
     """Connect to ``job.address`` or start a local Ray; shut down only what this call started."""
-    import ray
-
     # Tune warns on every forced experiment snapshot when few checkpoints are kept: noise for short epochs.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if job.verbose == 0:   # quiet: no Tune tables, hints or INFO lines (the job prints one line per trial epoch)
-        import logging
-
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
         for name in ("ray.tune", "ray.train", "mlflow"):
@@ -68,8 +75,6 @@ def ray_session(job: JobConfig) -> Iterator[None]:
 
 def check_resources(job: JobConfig) -> None:
     """Fail early (one line) when a local Ray can never place a trial (before anything is written)."""
-    import ray
-
     if job.address:
         return  # an autoscaling cluster may add the nodes
     have = ray.cluster_resources()
@@ -81,51 +86,36 @@ def check_resources(job: JobConfig) -> None:
                           f"{have.get('CPU', 0):g} CPUs")
 
 
-def unfinished_trials(path: str) -> int:
-    """Trials the saved experiment state does not hold as finished (TERMINATED or ERROR).
-
-    After Ctrl+C, ``Tuner.fit()`` returns normally and its ResultGrid shows the stopped trials as
-    TERMINATED; the state it saved for ``Tuner.restore`` still says RUNNING/PENDING/PAUSED. That
-    saved state decides whether the experiment is complete.
-    """
-    if is_uri(path):
-        import pyarrow.fs
-
-        fs, p = filesystem(path)
-        infos = [i for i in fs.get_file_info(pyarrow.fs.FileSelector(p)) if i.base_name.startswith("experiment_state")]
-        if not infos:
-            return 0
-        newest = max(infos, key=lambda i: i.base_name)   # Tune picks the newest by the time stamp in the name
-        with fs.open_input_stream(newest.path) as f:
-            state = json.loads(f.read().decode("utf-8"))
-    else:
-        files = sorted(Path(path).glob("experiment_state*.json"), key=lambda f: f.name)
-        if not files:
-            return 0
-        state = json.loads(files[-1].read_text(encoding="utf-8"))
-    unfinished = 0
-    for item in state.get("trial_data", []):
-        text = item[0] if isinstance(item, (list, tuple)) else item
-        try:
-            status = json.loads(text).get("status") if isinstance(text, str) else None
-        except json.JSONDecodeError:
-            status = None
-        if status not in ("TERMINATED", "ERROR"):
-            unfinished += 1
-    return unfinished
-
-
 def _resolve_data_dir() -> Path:
-    from ess.data import resolve_data_dir
-
     return resolve_data_dir(None).resolve()
+
+
+def _trial_error(error: BaseException | None, metrics: Mapping[str, Any]) -> str | None:
+    """Why a trial failed (an exception, or a divergence it reported), in one line; None when it did not."""
+    if error is not None:
+        return str(error).splitlines()[0][:300]
+    if metrics.get("diverged"):
+        return str(metrics.get("failure") or "diverged")[:300]
+    return None
+
+
+def rows(results: Any) -> list[dict[str, Any]]:
+    """One dict per trial of a ResultGrid: its variant, label, last metrics, checkpoint and error."""
+    out = []
+    for r in results:
+        variant = variant_of(r.config or {})
+        metrics = dict(r.metrics or {})
+        out.append({"variant": variant, "label": variant_label(variant), "metrics": metrics,
+                    "node_id": metrics.get("node_id"),
+                    "checkpoint": r.checkpoint.path if r.checkpoint is not None else None,
+                    "trial_dir": r.path, "error": _trial_error(r.error, metrics)})
+    return out
 
 
 class Experiment:
     """One job run: experiment directory, saved config, Tune stages, and their MLflow view (parent and trial runs)."""
 
     def __init__(self, job_kind: str, job: JobConfig, *, resume: bool = False):
-        from ess.adapters.mlflow import flat_params, resolve_tracking_uri
 
         # the one resolved JobConfig: saved as job.yaml, logged as params, sent to every trial
         self.data_dir = str(Path(job.data_dir).expanduser().resolve()) if job.data_dir else \
@@ -144,6 +134,8 @@ class Experiment:
             write_text(saved, yaml.safe_dump({"job": job_kind, **config_to_dict(job)}, sort_keys=False))
         self.uri = resolve_tracking_uri(job.tracking_uri, job.storage_path if not is_uri(self.storage) else
                                         self.storage)
+        if self.uri is not None or job.system_metrics:   # the driver's MLflow view, the trials' system metrics
+            require("mlflow", "tracking (--tracking-uri none --no-system-metrics runs without it)")
         self.mlflow_experiment = job.experiment or f"ess-{job_kind}"
         self.runs = ExperimentRuns(self.uri, self.mlflow_experiment, job.name, self.root)
         self.runs.attempt("close the runs of dead drivers", self._close_stale)
@@ -157,8 +149,6 @@ class Experiment:
     def _close_stale(self) -> None:
         """Runs a killed driver of this host left RUNNING: KILLED now (``python -m ess.adapters.mlflow close``
         does it for a driver lost with its host)."""
-        from ess.adapters.mlflow.runs import close_stale
-
         for name in close_stale(self.uri, self.mlflow_experiment):
             print(f"ess: the driver of experiment {name!r} is gone: its RUNNING runs are marked KILLED",
                   file=sys.stderr, flush=True)
@@ -185,14 +175,13 @@ class Experiment:
 
     # -- what a stage's Tuner is built from ----------------------------------------------------------
     def spec(self, *, search: Any = None, train: Any = None, transfer: Any = None, **extra: Any) -> dict[str, Any]:
-        """``config['ess']`` of every trial of a stage: the run configs it uses (typed here, plain mappings
-        across the Ray boundary) and the stage's ``extra`` (genotypes, cells ...); no MLflow, which trials
-        never talk to."""
-        configs = {"search": search, "train": train, "transfer": transfer}
-        return {"job": self.kind, "experiment_name": self.job.name, "mlflow_experiment": self.mlflow_experiment,
-                "checkpoint_every": self.job.checkpoint_every, "system_metrics": self.job.system_metrics,
-                "system_metrics_interval": self.job.system_metrics_interval,
-                **{k: None if v is None else config_to_dict(v) for k, v in configs.items()}, **extra}
+        """``config['ess']`` of every trial of a stage: a :class:`TrialSpec` of the run configs it uses and the
+        stage's ``extra`` (genotypes, cells, their sources, ``retrain_seed``), as it crosses the Ray boundary
+        (plain mappings); no MLflow address, since trials never talk to MLflow."""
+        return TrialSpec(job=self.kind, experiment_name=self.job.name, mlflow_experiment=self.mlflow_experiment,
+                         checkpoint_every=self.job.checkpoint_every, system_metrics=self.job.system_metrics,
+                         system_metrics_interval=self.job.system_metrics_interval, search=search, train=train,
+                         transfer=transfer, **extra).to_config()
 
     def resources(self) -> dict[str, float]:
         res = {"cpu": self.job.cpus_per_trial}
@@ -201,14 +190,10 @@ class Experiment:
         return res
 
     def with_resources(self, trainable: Any) -> Any:
-        from ray import tune
-
         return tune.with_resources(trainable, self.resources())
 
     def restored(self, stage: str, trainable: Any) -> Any:
         """The stage's Tuner restored from ``<root>/<stage>`` when resuming one that was saved, else None."""
-        from ray import tune
-
         path = join(self.root, stage)
         if not (self.resume and tune.Tuner.can_restore(path)):
             return None
@@ -216,23 +201,30 @@ class Experiment:
         return tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
 
     def tune_config(self, **extra: Any) -> Any:
-        from ray import tune
-
         return tune.TuneConfig(**{"max_concurrent_trials": self.job.max_concurrent_trials or None,
                                   "trial_name_creator": trial_name, "trial_dirname_creator": trial_name, **extra})
 
     def run_config(self, stage: str, callbacks: Sequence[Any] = ()) -> Any:
-        from ray import tune
-
         view = [TrialRuns(self.uri, self.mlflow_experiment, self.job.name, self.root)] if self.uri else []
         if not self.job.verbose:   # Tune's own status tables off: one short line per trial and epoch instead
-            from ess.adapters.ray.progress import ProgressLines
-
             view.append(ProgressLines(stage))
         return tune.RunConfig(
             name=stage, storage_path=self.root, verbose=self.job.verbose, callbacks=[*view, *callbacks],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=self.job.keep_checkpoints),
             failure_config=tune.FailureConfig(max_failures=self.job.max_failures))
+
+    def stage(self, name: str, trainable: Any, spec: Mapping[str, Any], variants: Sequence[Mapping[str, Any]] = (),
+              *, space: Mapping[str, Any] | None = None, callbacks: Sequence[Any] = (),
+              **tune_config: Any) -> list[dict[str, Any]]:
+        """One stage of the job: ``tune.Tuner(trainable, ...)`` over the grid ``variants`` (or the ``space`` a
+        searcher samples ``num_samples`` times), restored from ``<root>/<name>`` when resuming; one row per
+        trial (:func:`rows`), failed ones included. ``tune_config``: a searcher, a scheduler, their metric."""
+        wrapped = self.with_resources(trainable)
+        grid = {"variant": tune.grid_search([dict(v) for v in variants])} if variants else {}
+        tuner = self.restored(name, wrapped) or tune.Tuner(
+            wrapped, param_space={"ess": spec, **grid, **(space or {})},
+            tune_config=self.tune_config(**tune_config), run_config=self.run_config(name, callbacks))
+        return rows(self.fit(tuner, name, expected=len(variants) or tune_config.get("num_samples", 1)))
 
     def fit(self, tuner: Any, stage: str, *, expected: int) -> Any:
         """``tuner.fit()``; an experiment stopped before its ``expected`` trials finished is interrupted."""
@@ -260,4 +252,4 @@ class Experiment:
         return summary
 
 
-__all__ = ["Experiment", "ExperimentInterrupted", "check_resources", "ray_session", "unfinished_trials"]
+__all__ = ["Experiment", "ExperimentInterrupted", "check_resources", "ray_session", "rows"]

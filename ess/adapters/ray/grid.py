@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
+from ray import tune
+
+from ess.adapters.mlflow.client import PHASE_TAG, config_tags
 from ess.adapters.ray.config import DEFAULT_SPACE, INTER_KNOBS, INTRA_KNOBS, JobConfig
-from ess.config import config_from_mapping, config_to_dict
-from ess.search.config import SearchConfig
+from ess.adapters.ray.spec import TrialSpec
+from ess.config import config_to_dict
 from ess.supernet import MODES
-from ess.train import TrainConfig
-from ess.transfer import TransferConfig
-
-C = TypeVar("C")
-
-
-def trial_config(base: C, variant: Mapping[str, Any], source: str) -> C:
-    """``base`` (a run config) with the variant's values of its own fields: the one place a trial's
-    grid values or tuned samples become its typed config."""
-    names = {f.name for f in dataclasses.fields(base)}
-    return config_from_mapping(type(base), {k: v for k, v in variant.items() if k in names}, source, base=base)
 
 
 def transfer_variants(job: JobConfig, cells: Sequence[str]) -> list[dict[str, Any]]:
@@ -94,31 +85,11 @@ def variant_of(config: Mapping[str, Any]) -> dict[str, Any]:
     return {**(config.get("variant") or {}), **{k: v for k, v in config.items() if k not in ("ess", "variant")}}
 
 
-def run_configs(config: Mapping[str, Any], source: str) -> dict[str, Any]:
-    """The typed run configs of a trial, rebuilt from the plain mappings of its spec (``config['ess']``).
-
-    The search and the tagger take the trial's own values; a retraining takes them only in a
-    retrain-only trial (the seed of a search variant is the search's).
-    """
-    spec, variant = config["ess"], variant_of(config)
-    out: dict[str, Any] = {"search": None, "train": None, "transfer": None}
-    for key, cls in (("search", SearchConfig), ("train", TrainConfig), ("transfer", TransferConfig)):
-        if spec.get(key):
-            out[key] = config_from_mapping(cls, spec[key], f"{source}: {key}")
-            if key != "train" or not spec.get("search"):
-                out[key] = trial_config(out[key], variant, source)
-    if spec.get("retrain_seed") == "search" and out["search"] is not None and out["train"] is not None:
-        out["train"] = dataclasses.replace(out["train"], seed=out["search"].seed)   # one seed per study trial
-    return out
-
-
 def trial_identity(config: Mapping[str, Any], trial_id: str, trial_name: str,
                    configs: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Who a trial is, as its MLflow run names it: phase, run name and tags (mode, seed, node counts, labels)."""
-    from ess.adapters.mlflow.client import PHASE_TAG, config_tags
-
-    spec, variant = config["ess"], variant_of(config)
-    configs = configs or run_configs(config, f"trial {trial_name}")
+    spec, variant = TrialSpec.from_config(config["ess"], f"trial {trial_name}"), variant_of(config)
+    configs = configs or spec.run_configs(variant, f"trial {trial_name}")
     if configs["search"] is not None:
         phase = "search+retrain" if configs["train"] is not None else "search"
         values = config_to_dict(configs["search"])
@@ -129,28 +100,26 @@ def trial_identity(config: Mapping[str, Any], trial_id: str, trial_name: str,
     elif configs["transfer"] is not None:
         phase, cfg, label = "transfer", configs["transfer"], str(variant.get("cell_label"))
         tags = {"task": cfg.task, "cell": label, "seed": str(cfg.seed),
-                **{f"source.{k}": v for k, v in (spec.get("cell_info", {}).get(label) or {}).items()}}
+                **{f"source.{k}": v for k, v in (spec.cell_info.get(label) or {}).items()}}
         run_name = variant_label(variant)
     else:
         phase, label = "retrain", str(variant.get("genotype_label"))
         values = {k: v for k, v in config_to_dict(configs["train"]).items() if k != "genotype"}
         tags = {**config_tags(values), "genotype": label,
-                **{f"source.{k}": v for k, v in (spec.get("genotype_info", {}).get(label) or {}).items()}}
+                **{f"source.{k}": v for k, v in (spec.genotype_info.get(label) or {}).items()}}
         run_name = variant_label(variant)
     if "arm" in variant:   # a study's arm: its runs group by it
         tags["arm"] = variant["arm"]
-    tags.update({PHASE_TAG: phase, "job": spec.get("job"), "ray.trial_name": trial_name,
-                 "ray.experiment": spec.get("experiment_name")})
-    return {"trial_id": trial_id, "trial_name": trial_name, "experiment": spec.get("experiment_name"),
-            "mlflow_experiment": spec.get("mlflow_experiment"), "phase": phase, "run_name": run_name,
+    tags.update({PHASE_TAG: phase, "job": spec.job or None, "ray.trial_name": trial_name,
+                 "ray.experiment": spec.experiment_name or None})
+    return {"trial_id": trial_id, "trial_name": trial_name, "experiment": spec.experiment_name or None,
+            "mlflow_experiment": spec.mlflow_experiment or None, "phase": phase, "run_name": run_name,
             "tags": {k: str(v) for k, v in tags.items() if v is not None}}
 
 
 def tune_space(job: JobConfig) -> dict[str, Any]:
     """``job.space`` (checked by JobConfig), or :data:`DEFAULT_SPACE` less the knobs the first mode fixes,
     as Tune distributions."""
-    from ray import tune
-
     searched = MODES[job.modes[0]]   # hparam_search runs the first mode
     default = {k: v for k, v in DEFAULT_SPACE.items()   # no knobs the mode fixes (m, n_inter in intra mode)
                if (searched.searches_inter or k not in INTER_KNOBS)
@@ -159,6 +128,5 @@ def tune_space(job: JobConfig) -> dict[str, Any]:
             for name, spec in (job.space or default).items()}
 
 
-__all__ = ["run_configs", "search_variants", "transfer_variants", "trial_config", "trial_identity", "trial_label",
-           "trial_name",
-           "tune_space", "variant_label", "variant_of"]
+__all__ = ["search_variants", "transfer_variants", "trial_identity", "trial_label", "trial_name", "tune_space",
+           "variant_label", "variant_of"]

@@ -1,7 +1,8 @@
-"""What every job in ``tune_jobs/`` shares: its entry point, preflight checks, result rows, closing lines."""
+"""What every job in ``tune_jobs/`` shares: its entry point, preflight checks, trial results, closing lines."""
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -10,12 +11,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ess.adapters.mlflow import ui_hint
+from ess.adapters.mlflow.client import experiment_id_of
 from ess.adapters.ray.config import JobConfig, parse_job_args
 from ess.adapters.ray.experiment import Experiment, ExperimentInterrupted, check_resources, ray_session
-from ess.adapters.ray.grid import variant_label
-from ess.adapters.ray.storage import exists, is_uri, join
+from ess.adapters.storage import exists, is_uri, join
+from ess.cli import run_main
 from ess.data import ensure_corpus
 from ess.errors import DataError, ESSError
+from ess.kernels import cpu
+from ess.space.description import describe as one_line
+from ess.space.genotype import builtin_name
+from ess.space.refs import load_genotype
+from ess.tagging.conll import get_task, task_paths
 
 Summary = dict[str, Any]
 
@@ -26,8 +34,6 @@ Summary = dict[str, Any]
 
 def ensure_tasks(tasks: Sequence[str], data_dir: str | None = None) -> None:
     """One-line DataError (before Ray starts) when a tagging task's files are missing."""
-    from ess.tagging.conll import get_task, task_paths
-
     for task in tasks:
         get_task(task)
         missing = [str(p) for p in task_paths(task, data_dir).values() if not p.is_file()]
@@ -41,8 +47,6 @@ def experiment(kind: str, job: JobConfig, *, resume: bool = False, corpus: bool 
     if corpus:
         ensure_corpus(job.dataset, job.data_dir or None)
     if not job.gpus_per_trial and not job.address:
-        from ess.kernels import cpu
-
         cpu.load()   # the C++ steps built here, once, announced (cached for the trials), not in every trial
     with ray_session(job):
         check_resources(job)
@@ -62,29 +66,6 @@ def finite(value: Any) -> float:
     except (TypeError, ValueError):
         return math.inf
     return v if math.isfinite(v) else math.inf
-
-
-def _trial_error(error: BaseException | None, metrics: Mapping[str, Any]) -> str | None:
-    """Why a trial failed (an exception, or a divergence it reported), in one line; None when it did not."""
-    if error is not None:
-        return str(error).splitlines()[0][:300]
-    if metrics.get("diverged"):
-        return str(metrics.get("failure") or "diverged")[:300]
-    return None
-
-
-def rows(results: Any) -> list[dict[str, Any]]:
-    """One dict per trial of a ResultGrid: its variant, label, last metrics, checkpoint and error."""
-    out = []
-    for r in results:
-        config = r.config or {}
-        variant = {**(config.get("variant") or {}), **{k: v for k, v in config.items() if k not in ("ess", "variant")}}
-        metrics = dict(r.metrics or {})
-        out.append({"variant": variant, "label": variant_label(variant), "metrics": metrics,
-                    "node_id": metrics.get("node_id"),
-                    "checkpoint": r.checkpoint.path if r.checkpoint is not None else None,
-                    "trial_dir": r.path, "error": _trial_error(r.error, metrics)})
-    return out
 
 
 def succeeded(trials: list[dict[str, Any]], what: str) -> list[dict[str, Any]]:
@@ -111,15 +92,22 @@ def artifact_files(checkpoint: str | None, sub: str) -> dict[str, str]:
     return found
 
 
+def run_costs(checkpoint: str | None, sub: str) -> tuple[float, float]:
+    """Seconds and tokens of a run's training epochs (its ``metrics.jsonl`` in the trial's last checkpoint)."""
+    path = Path(checkpoint or "", sub, "metrics.jsonl")
+    if not checkpoint or not path.is_file():
+        return float("nan"), float("nan")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    seconds = sum(r.get("train/seconds", 0.0) for r in rows)
+    return seconds, sum(r.get("train/seconds", 0.0) * r.get("train/tokens_per_s", 0.0) for r in rows)
+
+
 # --------------------------------------------------------------------------------------------------
 # The console
 
 
 def describe(genotype: str | None) -> str:
     """A genotype of a summary (a built-in name or JSON text) in a few lines; other text stays as it is."""
-    from ess.space.description import describe as one_line
-    from ess.space.refs import load_genotype
-
     if not genotype:
         return "(none)"
     try:
@@ -134,7 +122,6 @@ def print_best(summary: Summary, out=None) -> None:
     best = summary.get("best")
     if not best:
         return
-    from ess.space.genotype import builtin_name
 
     w(f"best genotype: {best['label']}")
     w("  " + describe(best.get("genotype")).replace("\n", "\n  "))
@@ -168,7 +155,7 @@ def write_best_genotype(exp: Experiment, genotype: Any, title: str) -> None:
     """``best_genotype.png`` beside ``best_genotype.json`` at the top of the experiment (a local one)."""
     if is_uri(exp.root):
         return
-    from ess.space.draw import draw_genotype
+    from ess.space.draw import draw_genotype  # matplotlib: 0.5 s at start, paid only where a picture is drawn
 
     draw_genotype(genotype, Path(exp.root) / "best_genotype", title=title, formats=("png",))
 
@@ -193,9 +180,6 @@ def _writer(out) -> Callable[..., None]:
 
 def print_footer(summary: Summary, out=None) -> None:
     """Where the experiment is, and how to open its MLflow runs."""
-    from ess.adapters.mlflow import ui_hint
-    from ess.adapters.mlflow.client import experiment_id_of
-
     w = _writer(out)
     w(f"experiment: {summary['experiment_dir']} (summary.json, job.yaml)")
     if summary.get("tracking_uri"):
@@ -207,8 +191,6 @@ def print_footer(summary: Summary, out=None) -> None:
 def main(kind: str, run: Callable[..., Summary], report: Callable[[Summary], None], argv: list[str] | None = None,
          *, description: str | None = None) -> int:
     """A job's command line: parse, run, print its ``report`` and the footer; an ESSError is one line."""
-    from ess.cli import run_main
-
     @run_main
     def _main(argv: list[str] | None) -> int:
         cfg, args = parse_job_args(kind, argv, description=description)
@@ -229,4 +211,4 @@ def main(kind: str, run: Callable[..., Summary], report: Callable[[Summary], Non
 
 
 __all__ = ["artifact_files", "describe", "ensure_corpus", "ensure_tasks", "experiment", "finite", "main",
-           "print_best", "print_footer", "rows", "succeeded"]
+           "print_best", "print_footer", "run_costs", "succeeded"]

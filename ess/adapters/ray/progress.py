@@ -10,6 +10,7 @@ from typing import Any, TextIO
 from ray.tune import Callback
 
 from ess.adapters.ray.grid import trial_label
+from ess.adapters.ray.spec import TrialSpec
 
 WIDTH = 100
 
@@ -52,14 +53,15 @@ class ProgressLines(Callback):
     def __init__(self, stage: str, out: TextIO | None = None):
         self.stage, self.out = stage, out
         self._started: dict[str, float] = {}
+        self._specs: dict[str, TrialSpec] = {}
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._started.setdefault(trial.trial_id, time.time())
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        spec = trial.config.get("ess") or {}
-        epochs = {stage: int(spec[key]["epochs"]) for stage, key in (("search", "search"), ("retrain", "train"))
-                  if spec.get(key)}
+        spec = self._specs.get(trial.trial_id) or self._specs.setdefault(
+            trial.trial_id, TrialSpec.from_config(trial.config["ess"], f"trial {trial.trial_id}"))
+        epochs = {stage: cfg.epochs for stage, cfg in (("search", spec.search), ("retrain", spec.train)) if cfg}
         started = self._started.setdefault(trial.trial_id, time.time() - float(result.get("time_total_s", 0.0)))
         line = progress_line(trial_label(trial.config, trial.trial_id), result, epochs, started, time.time())
         if line:

@@ -1,10 +1,9 @@
 """The Tune function trainables: a search (then its retrain), a retrain, a transfer run.
 
-``config['ess']`` holds the static spec of the experiment: the run configs as plain mappings (each
-crosses the Ray boundary once and is rebuilt in the trial, once, into its typed config:
-:attr:`Trial.configs`), genotypes as :class:`~ess.space.ESSGenotype` objects or built-in names. The
-rest of the config (``variant`` from a grid, or tuned top-level keys from a searcher) sets fields of
-the trial's configs. Each epoch reports one flat row and the run directory as the checkpoint.
+``config['ess']`` holds the stage's :class:`~ess.adapters.ray.spec.TrialSpec` as plain data (it crosses
+the Ray boundary once and is rebuilt in the trial, once: :attr:`Trial.spec`, its typed run configs
+:attr:`Trial.configs`). The rest of the config (``variant`` from a grid, or tuned top-level keys from a
+searcher) sets fields of the trial's configs. Each epoch reports one flat row and the run directory as the checkpoint.
 """
 
 from __future__ import annotations
@@ -13,13 +12,17 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from ess.adapters.mlflow.client import numeric_metrics
 from ess.adapters.ray.trial import Trial
 from ess.errors import ConfigError
 from ess.runs import EpochReport
+from ess.search import search
 from ess.search.config import SearchConfig
+from ess.space.derive import identity_share
 from ess.space.genotype import ESSGenotype, builtin_name, save_genotype
 from ess.space.refs import load_genotype
-from ess.train import TrainConfig
+from ess.train import TrainConfig, train
+from ess.transfer import transfer
 
 
 def genotype_ref(trial: Trial, ref: ESSGenotype | str, name: str) -> str:
@@ -39,8 +42,6 @@ def run_search(trial: Trial, cfg: SearchConfig, *, last_phase: bool = True) -> t
     The last epoch's row is reported once the search has returned, so that its checkpoint holds the
     final genotype picture too.
     """
-    from ess.search import search
-
     last: dict[str, Any] = {}
 
     def on_epoch(rep: EpochReport) -> None:
@@ -63,8 +64,6 @@ def selected(result: Any) -> dict[str, Any]:
 
     The epoch rows' ``genotype/*`` describe each epoch's argmax derivation; the returned genotype may be
     another (``--derive perturbation``, ``--select best_valid``)."""
-    from ess.space.derive import identity_share
-
     selection = result.selection or {}
     shares = selection.get("identity_share") or {}
     out: dict[str, Any] = {"genotype": result.genotype.to_json(None)}
@@ -81,8 +80,6 @@ def selected(result: Any) -> dict[str, Any]:
 
 def run_retrain(trial: Trial, cfg: TrainConfig, *, prefix: str = "retrain/") -> dict[str, Any]:
     """The retraining phase; returns the final row."""
-    from ess.train import train
-
     def on_epoch(rep: EpochReport) -> None:
         row = {f"{prefix}{k}": v for k, v in rep.metrics.items()}
         trial.report(row, checkpoint=trial.wants_checkpoint(rep.epoch, cfg.epochs), last=rep.epoch >= cfg.epochs)
@@ -111,7 +108,7 @@ def retrain_trainable(config: dict[str, Any]) -> None:
     """Retrain one genotype (``variant.genotype_label`` in ``ess.genotypes``)."""
     trial = Trial(config)
     label = str(trial.variant().get("genotype_label"))
-    ref = (config["ess"].get("genotypes") or {}).get(label)
+    ref = trial.spec.genotypes.get(label)
     if ref is None:
         raise ConfigError(f"trial {trial.trial_name}: no genotype {label!r} in the job spec")
     train = dataclasses.replace(trial.configs["train"], genotype=genotype_ref(trial, ref, "genotype.json"))
@@ -128,12 +125,9 @@ def transfer_trainable(config: dict[str, Any]) -> None:
     :class:`~ess.space.ESSGenotype`) and ``seed``. Each epoch reports the epoch row (``train/loss``,
     ``dev/f1`` ...); the last row adds the best-dev model's ``test/...`` scores.
     """
-    from ess.adapters.mlflow.client import numeric_metrics
-    from ess.transfer import transfer
-
     trial = Trial(config)   # restores the latest checkpoint into the run directory first
     label = str(trial.variant().get("cell_label"))
-    ref = (config["ess"].get("cells") or {}).get(label)
+    ref = trial.spec.cells.get(label)
     if ref is None:
         raise ConfigError(f"trial {trial.trial_name}: no cell {label!r} in the job spec")
     cell = "lstm" if ref == "lstm" else genotype_ref(trial, ref, "cell_genotype.json")

@@ -19,9 +19,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import ray
+from ray import tune
+
 from ess.adapters.mlflow.record import TRIAL_FILE
+from ess.adapters.mlflow.system import SystemSampler
 from ess.adapters.ray.config import RUN_DIR
-from ess.adapters.ray.grid import run_configs, trial_identity, variant_of
+from ess.adapters.ray.grid import trial_identity, variant_of
+from ess.adapters.ray.spec import TrialSpec
 from ess.checkpoint import atomic_write_text
 from ess.errors import DivergenceError
 
@@ -32,8 +37,6 @@ TRANSFER_METRIC = "dev/f1"
 
 def _trial_root() -> Path:
     """The trial's own working directory (Ray changes into it unless RAY_CHDIR_TO_TRIAL_DIR=0)."""
-    from ray import tune
-
     if os.environ.get("RAY_CHDIR_TO_TRIAL_DIR", "1") == "0":
         root = Path(tune.get_context().get_trial_dir()) / "working"
         root.mkdir(parents=True, exist_ok=True)
@@ -43,8 +46,6 @@ def _trial_root() -> Path:
 
 def _node_id() -> str:
     try:
-        import ray
-
         return ray.get_runtime_context().get_node_id()
     except Exception:
         return ""
@@ -54,13 +55,12 @@ class Trial:
     """What a trainable does around the core loops: restore, record, per-epoch report, the end."""
 
     def __init__(self, config: dict[str, Any]):
-        from ray import tune
-
         self.checkpoint = tune.get_checkpoint()   # restore first
-        self.spec: dict[str, Any] = config["ess"]
         self.config = config
         ctx = tune.get_context()
         self.trial_id, self.trial_name = ctx.get_trial_id(), ctx.get_trial_name()
+        #: the stage's spec, typed again (it crossed the Ray boundary as plain data)
+        self.spec = TrialSpec.from_config(config["ess"], f"trial {self.trial_name}")
         self.root = _trial_root()
         self.run = Path(RUN_DIR)                 # relative: stable across restarts on other nodes
         if self.checkpoint is not None:   # a clean copy: no files of a later, lost epoch survive
@@ -70,7 +70,7 @@ class Trial:
         self.restored = self.checkpoint is not None
         path = self.run / TRIAL_FILE
         #: the typed run configs (search, train, transfer): rebuilt once, from the spec and the trial's values
-        self.configs = run_configs(config, f"trial {self.trial_name}")
+        self.configs = self.spec.run_configs(self.variant(), f"trial {self.trial_name}")
         self.identity = json.loads(path.read_text()) if path.exists() else {
             **trial_identity(config, self.trial_id, self.trial_name, self.configs), "started": time.time()}
         atomic_write_text(path, json.dumps(self.identity, indent=1) + "\n")
@@ -90,8 +90,6 @@ class Trial:
         propagates, unless this was the ``last`` row of the loop anyway, in which case the loop may
         finish (final genotype, artifacts) and nothing more is reported.
         """
-        from ray import tune
-
         if self.stopped:
             return
         row = {**self.carry, **row, "phase": self.phase, "node_id": self.node_id}
@@ -104,8 +102,7 @@ class Trial:
                 raise
 
     def wants_checkpoint(self, epoch: int, last: int) -> bool:
-        every = int(self.spec.get("checkpoint_every", 1))
-        return epoch % every == 0 or epoch >= last
+        return epoch % self.spec.checkpoint_every == 0 or epoch >= last
 
     @contextmanager
     def running(self) -> Iterator[None]:
@@ -116,11 +113,8 @@ class Trial:
         driver marks its run FAILED from that row.
         """
         sampler = None
-        if self.spec.get("system_metrics"):
-            from ess.adapters.mlflow.system import SystemSampler
-
-            sampler = SystemSampler(self.run, float(self.spec.get("system_metrics_interval", 10.0)),
-                                    self.identity["started"]).start()
+        if self.spec.system_metrics:
+            sampler = SystemSampler(self.run, self.spec.system_metrics_interval, self.identity["started"]).start()
         try:
             yield
         except DivergenceError as err:

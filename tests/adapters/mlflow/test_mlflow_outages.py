@@ -15,8 +15,9 @@ import time
 import pytest
 
 from ess.adapters.mlflow import PARENT_TAG, RunRecord, RunView, start_parent_run, trial_run
-from ess.adapters.ray.resync import LocalCheckpoint, sync_directory
-from ess.adapters.ray.tracking import ExperimentRuns
+from ess.adapters.mlflow.experiment_runs import ExperimentRuns
+from ess.adapters.mlflow.sync import LocalCheckpoint, sync_directory
+from ess.adapters.ray.grid import trial_identity
 
 from conftest import fake_record
 
@@ -88,7 +89,7 @@ def test_dead_server_at_start_keeps_everything_and_sync_shows_it_once(store, out
     (exp / "job.yaml").write_text(f"job: joint_search\nname: exp\nexperiment: ess-out\ntracking_uri: {dead}\n")
     runs = ExperimentRuns(dead, "ess-out", "exp", str(exp))
     runs.open_parent(tags={"job": "joint_search"}, params={"seeds": "1"}, resume=False)
-    runs.started("t_00000", tune_config(), "joint_s1_t_00000")
+    runs.started("t_00000", trial_identity(tune_config(), "t_00000", "joint_s1_t_00000"))
     root = tmp_path / "run"
     started = time.monotonic()
     for epoch in (1, 2, 3):
@@ -144,10 +145,10 @@ def test_outage_mid_run_is_told_once_each_way_and_nothing_is_lost(store, outage_
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(view.RunView, "sync", flaky)
-    monkeypatch.setattr("ess.adapters.ray.tracking.probe", lambda uri: not down["now"])
+    monkeypatch.setattr("ess.adapters.mlflow.experiment_runs.probe", lambda uri: not down["now"])
     runs = ExperimentRuns(store, "ess-flaky", "flaky", str(tmp_path / "exp"))
     runs.open_parent(tags={}, params={}, resume=False)
-    runs.started("t_00000", tune_config(), "joint_s1_t_00000")
+    runs.started("t_00000", trial_identity(tune_config(), "t_00000", "joint_s1_t_00000"))
     root = tmp_path / "run"
     for epoch in (1, 2, 3, 4):
         down["now"] = epoch in (2, 3)
@@ -166,7 +167,7 @@ def test_outage_mid_run_is_told_once_each_way_and_nothing_is_lost(store, outage_
 
 
 def test_a_dead_server_is_not_asked_again_before_the_retry_interval(outage_env, monkeypatch, tmp_path, capsys):
-    import ess.adapters.ray.tracking as tracking
+    import ess.adapters.mlflow.experiment_runs as tracking
 
     calls = {"probe": 0}
 
@@ -180,7 +181,7 @@ def test_a_dead_server_is_not_asked_again_before_the_retry_interval(outage_env, 
     runs.open_parent(tags={}, params={}, resume=False)                 # one refused call
     root = fake_record(tmp_path / "run")
     started = time.monotonic()
-    runs.started("t_00000", tune_config(), "joint_s1_t_00000")
+    runs.started("t_00000", trial_identity(tune_config(), "t_00000", "joint_s1_t_00000"))
     for _ in range(50):
         runs.checkpoint("t_00000", LocalCheckpoint(root))
     assert time.monotonic() - started < 10                             # nothing more is sent while it is down
@@ -206,15 +207,15 @@ def test_points_an_interrupted_upload_delivered_are_not_sent_again(store, tmp_pa
 def test_a_trial_restarted_while_the_store_is_down_gets_its_old_run_back(store, outage_env, tmp_path, monkeypatch):
     first = ExperimentRuns(store, "ess-re", "re", str(tmp_path / "exp"))
     first.open_parent(tags={}, params={}, resume=False)
-    first.started("t_7", tune_config("t_7"), "joint_s1_t_7")
+    first.started("t_7", trial_identity(tune_config("t_7"), "t_7", "joint_s1_t_7"))
     root = fake_record(tmp_path / "run", epochs=(1,), trial_id="t_7")
     first.checkpoint("t_7", checkpoint(root, tmp_path, 1))
     run_id = first.trials["t_7"].run_id
     # the driver dies; a new one resumes while the store is unreachable, then it is back
-    monkeypatch.setattr("ess.adapters.ray.tracking.probe", lambda uri: False)
+    monkeypatch.setattr("ess.adapters.mlflow.experiment_runs.probe", lambda uri: False)
     again = ExperimentRuns(f"http://127.0.0.1:{closed_port()}", "ess-re", "re", str(tmp_path / "exp"))
     again.open_parent(tags={}, params={}, resume=True)
-    again.started("t_7", tune_config("t_7"), "joint_s1_t_7")
+    again.started("t_7", trial_identity(tune_config("t_7"), "t_7", "joint_s1_t_7"))
     fake_record(root, epochs=(1, 2), trial_id="t_7")
     again.checkpoint("t_7", checkpoint(root, tmp_path, 2))
     assert again.down and again.trials["t_7"].run_id is None

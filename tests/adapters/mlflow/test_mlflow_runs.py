@@ -54,7 +54,7 @@ def store(store_dir):
 
 def test_tracking_off_does_nothing(tmp_path):
     """No tracking URI: the driver's view accepts everything and sends nothing."""
-    from ess.adapters.ray.tracking import ExperimentRuns
+    from ess.adapters.mlflow.experiment_runs import ExperimentRuns
 
     runs = ExperimentRuns(None, "ess-x", "x", str(tmp_path))
     runs.open_parent(tags={"a": 1}, params={"b": 2}, resume=False)
@@ -294,7 +294,7 @@ def test_system_metrics_are_sampled_into_the_record_and_shown(store, tmp_path):
 
 def test_logging_failures_never_raise(store, tmp_path):
     """A store that refuses a record (not an outage) is one warning per operation; the experiment goes on."""
-    from ess.adapters.ray.tracking import ExperimentRuns
+    from ess.adapters.mlflow.experiment_runs import ExperimentRuns
 
     runs = ExperimentRuns(store, "ess-x", "x", str(tmp_path))
     with pytest.warns(RuntimeWarning, match="MLflow log a checkpoint failed"):

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from ess.adapters.ray.config import JOB_PRESETS, JobConfig, job_base, parse_job_args
-from ess.adapters.ray.grid import search_variants, trial_config, trial_identity, trial_label, variant_label
+from ess.adapters.ray.grid import search_variants, trial_identity, trial_label, variant_label
+from ess.adapters.ray.spec import trial_config
 from ess.config import config_from_mapping, config_to_dict
 from ess.errors import ConfigError
 from ess.search import PRESETS as SEARCH_PRESETS

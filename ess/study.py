@@ -1,4 +1,8 @@
-"""The arms a study compares: searches with their knobs, fixed baseline cells, random search."""
+"""The study's design: the arms it compares (searches with their knobs, fixed cells, random search), its stages.
+
+``tune_jobs/study.py`` runs it, ``JobConfig`` checks ``--arms`` and ``--stages`` against it, ``analysis`` names the
+arms from it. An arm is one row of :data:`ARMS`; a stage, a name in :data:`STAGES` that the job runs in that order.
+"""
 
 from __future__ import annotations
 
@@ -42,7 +46,7 @@ ARMS: dict[str, Arm] = {arm.name: arm for arm in (
 )}
 
 
-def arms(names: tuple[str, ...]) -> list[Arm]:
+def named_arms(names: tuple[str, ...]) -> list[Arm]:
     """The named arms, in order (one-line ConfigError for an unknown name)."""
     for name in names:
         if name not in ARMS:
@@ -50,4 +54,4 @@ def arms(names: tuple[str, ...]) -> list[Arm]:
     return [ARMS[name] for name in names]
 
 
-__all__ = ["ARMS", "Arm", "KINDS", "STAGES", "arms"]
+__all__ = ["ARMS", "Arm", "KINDS", "STAGES", "named_arms"]

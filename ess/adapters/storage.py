@@ -22,7 +22,7 @@ def join(*parts: str) -> str:
 
 def filesystem(path: str):
     """``(pyarrow filesystem, path inside it)`` of a URI."""
-    import pyarrow.fs
+    import pyarrow.fs  # remote storage only: pyarrow comes with Ray, not with the core
 
     return pyarrow.fs.FileSystem.from_uri(path)
 
@@ -30,7 +30,7 @@ def filesystem(path: str):
 def exists(path: str) -> bool:
     if not is_uri(path):
         return Path(path).exists()
-    import pyarrow.fs
+    import pyarrow.fs  # remote storage only: pyarrow comes with Ray, not with the core
 
     fs, p = filesystem(path)
     return fs.get_file_info(p).type != pyarrow.fs.FileType.NotFound

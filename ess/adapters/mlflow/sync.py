@@ -2,20 +2,22 @@
 
 What ``python -m ess.adapters.mlflow sync DIR`` runs: the same :class:`ExperimentRuns` the driver
 keeps, fed from the record instead of from Tune (the parent run from ``job.yaml`` and
-``parent.json``; each trial from its latest checkpoint, its ``result.json`` and the saved
-experiment state). Every step is idempotent, so it is safe to repeat, and safe while the driver runs.
+``parent.json``; each trial from its latest checkpoint, its last reported row and the saved
+experiment state, all read by :mod:`ess.adapters.tune_files`). Every step is idempotent, so it is safe
+to repeat, and safe while the driver runs.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
 
 from ess.adapters.mlflow.client import resolve_tracking_uri
+from ess.adapters.mlflow.experiment_runs import ExperimentRuns, TrialRun
 from ess.adapters.mlflow.record import TRIAL_FILE, RunRecord
-from ess.adapters.ray.tracking import ExperimentRuns, TrialRun
+from ess.adapters.mlflow.runs import find_parent
+from ess.adapters.tune_files import checkpoints, result_rows, statuses, trial_dirs
 from ess.config import parse_yaml
 from ess.errors import ConfigError
 
@@ -29,8 +31,6 @@ class LocalCheckpoint:
         self.path = path
 
     def as_directory(self):
-        from contextlib import nullcontext
-
         return nullcontext(str(self.path))
 
 
@@ -48,49 +48,23 @@ def experiment_of(root: Path, tracking_uri: str | None = None) -> tuple[str, str
     return uri, job.get("experiment") or f"ess-{job['job']}", job.get("name") or root.name
 
 
-def _statuses(stage: Path) -> dict[str, str]:
-    """Trial id -> Tune status, from the newest saved experiment state of a stage."""
-    states = sorted(stage.glob("experiment_state*.json"), key=lambda p: p.name)
-    if not states:
-        return {}
-    out = {}
-    for item in json.loads(states[-1].read_text(encoding="utf-8")).get("trial_data", []):
-        try:
-            trial = json.loads(item[0] if isinstance(item, (list, tuple)) else item)
-        except (TypeError, json.JSONDecodeError):
-            continue
-        out[str(trial.get("trial_id"))] = str(trial.get("status"))
-    return out
-
-
-def _last_row(trial_dir: Path) -> dict[str, Any]:
-    lines = (trial_dir / "result.json").read_text(encoding="utf-8").splitlines() \
-        if (trial_dir / "result.json").is_file() else []
-    for line in reversed(lines):
-        try:
-            return json.loads(line)
-        except json.JSONDecodeError:   # a row torn by a killed driver
-            continue
-    return {}
-
-
 def _trials(root: Path) -> list[TrialRun]:
     """Every trial of every stage of the experiment, as the driver would have kept it."""
-    out = []
-    for stage in sorted(p for p in root.iterdir() if p.is_dir() and any(p.glob("experiment_state*.json"))):
-        statuses = _statuses(stage)
-        for trial_dir in sorted(p for p in stage.iterdir() if (p / "params.json").is_file()):
-            checkpoints = sorted(trial_dir.glob("checkpoint_*"), key=lambda p: p.name)
-            if not checkpoints or not (checkpoints[-1] / TRIAL_FILE).is_file():
-                continue   # nothing recorded yet (failed before its first epoch ended)
-            row = _last_row(trial_dir)
-            trial = TrialRun(RunRecord(checkpoints[-1]).identity(), checkpoint=LocalCheckpoint(checkpoints[-1]))
-            trial.diverged = bool(row.get("diverged"))
-            if trial.diverged:
-                trial.end_tags = {"ess.failure": "diverged", "ess.failure_reason": str(row.get("failure"))[:5000]}
-            status = _STATUS.get(statuses.get(trial.identity.get("trial_id", ""), ""))
-            trial.status = "FAILED" if status and trial.diverged else status
-            out.append(trial)
+    out, stages = [], {}
+    for trial_dir in trial_dirs(root, max_depth=2):   # <experiment>/<stage>/<trial>
+        saved = checkpoints(trial_dir)
+        if not saved or not (saved[-1] / TRIAL_FILE).is_file():
+            continue   # nothing recorded yet (failed before its first epoch ended)
+        rows = result_rows(trial_dir)
+        row = rows[-1] if rows else {}
+        trial = TrialRun(RunRecord(saved[-1]).identity(), checkpoint=LocalCheckpoint(saved[-1]))
+        trial.diverged = bool(row.get("diverged"))
+        if trial.diverged:
+            trial.end_tags = {"ess.failure": "diverged", "ess.failure_reason": str(row.get("failure"))[:5000]}
+        stage = stages.setdefault(trial_dir.parent, statuses(trial_dir.parent))
+        status = _STATUS.get(stage.get(trial.identity.get("trial_id", ""), ""))
+        trial.status = "FAILED" if status and trial.diverged else status
+        out.append(trial)
     return out
 
 
@@ -116,8 +90,6 @@ def sync_directory(path: str | Path, tracking_uri: str | None = None,
 
     def show() -> None:
         if single:   # a run directory names its experiment: its parent run must be there already
-            from ess.adapters.mlflow.runs import find_parent
-
             runs.parent_id = find_parent(uri, runs.experiment, runs.name)
             if runs.parent_id is None:
                 raise ConfigError(f"{path}: no parent run of experiment {runs.name!r} in {runs.experiment!r} at "
