@@ -11,6 +11,7 @@ Prints the best genotype, where its artifacts are, and the `mlflow ui` command.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -70,14 +71,18 @@ def run(job: JobConfig, *, resume: bool = False, callbacks: Sequence[Any] = ()) 
             best = {**searched_best, **retrained[0],
                     "artifacts": {**searched_best["artifacts"],
                                   **{f"retrain/{k}": v for k, v in retrained[0]["artifacts"].items()}}}
-        why = ("lowest retrained valid perplexity among the top_k searches by search valid perplexity"
-               if retrained else "lowest search valid perplexity")
+        why = ("lowest retrained valid perplexity (the validation split's select half) among the top_k searches by "
+               "search valid perplexity" if retrained else "lowest search valid perplexity")
+        evidence = {mode: jobs.arm_evidence([c for c in searched if c.get("mode") == mode],
+                                            dataclasses.replace(job.search, mode=mode)).to_dict()
+                    for mode in dict.fromkeys(c.get("mode") for c in searched)}
         summary = {"best": best, "searched": searched, "retrained": retrained, "selected_by": why,
-                   "decided": best["decided"],
+                   "evidence": evidence, "decided": best["decided"],
                    "best_search_valid_ppl": jobs.finite(best["valid_ppl"]),
                    **({"best_retrain_valid_ppl": jobs.finite(best["retrain_valid_ppl"])} if retrained else {})}
         exp.set_tags({"ess.genotype": best["genotype"], "best_trial": best["label"],
-                      "ess.decided": str(best["decided"]).lower()})
+                      "ess.decided": str(best["decided"]).lower(),
+                      **{f"evidence.{mode}": e["statement"] for mode, e in evidence.items()}})
         jobs.write_best_genotype(exp, load_genotype(best["genotype"]), title=f"best genotype: {best['label']}")
         return exp.finish(summary, {"best_genotype.json": json.dumps(json.loads(best["genotype"]), indent=2) + "\n",
                                     "README.txt": jobs.readme(summary), "trials.csv": _trials_csv(searched, retrained)})
@@ -100,7 +105,9 @@ def report(summary: dict[str, Any]) -> None:
     jobs.print_best(summary)
     print(f"  chosen by: {summary['selected_by']}")
     print(f"  best_genotype.json, best_genotype.png, summary.json, README.txt: {summary['experiment_dir']}/")
-    jobs.print_decision(summary["best"])
+    for mode, evidence in summary["evidence"].items():
+        print(f"  {mode} searches:")
+        jobs.print_evidence(evidence, summary["best"] if summary["best"].get("mode") == mode else {})
 
 
 def main(argv: list[str] | None = None) -> int:

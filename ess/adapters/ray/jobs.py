@@ -15,14 +15,17 @@ from ess.adapters.mlflow import ui_hint
 from ess.adapters.mlflow.client import experiment_id_of
 from ess.adapters.ray.config import JobConfig, parse_job_args
 from ess.adapters.ray.experiment import Experiment, ExperimentInterrupted, check_resources, ray_session
-from ess.adapters.storage import exists, is_uri, join
+from ess.adapters.storage import exists, is_uri, join, read_text
 from ess.cli import run_main
 from ess.data import ensure_corpus
 from ess.errors import DataError, ESSError
 from ess.kernels import cpu
+from ess.search.evidence import ArmEvidence
+from ess.search.evidence import arm_evidence as evidence_of_arm
 from ess.space.description import describe as one_line
 from ess.space.genotype import builtin_name
 from ess.space.refs import load_genotype
+from ess.supernet import MODES
 from ess.tagging.conll import get_task, task_paths
 
 Summary = dict[str, Any]
@@ -93,13 +96,38 @@ def artifact_files(checkpoint: str | None, sub: str) -> dict[str, str]:
 
 
 def run_costs(checkpoint: str | None, sub: str) -> tuple[float, float]:
-    """Seconds and tokens of a run's training epochs (its ``metrics.jsonl`` in the trial's last checkpoint)."""
+    """Seconds and training tokens of a run (its ``metrics.jsonl`` in the trial's last checkpoint): every epoch's
+    whole time where the loop records it (``epoch/seconds``: training, validation, read-out), else its training
+    time, plus a search's final selection (``selection.json``: ranking, perturbation scores)."""
     path = Path(checkpoint or "", sub, "metrics.jsonl")
     if not checkpoint or not path.is_file():
         return float("nan"), float("nan")
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    seconds = sum(r.get("train/seconds", 0.0) for r in rows)
+    seconds = sum(r.get("epoch/seconds", r.get("train/seconds", 0.0)) for r in rows)
+    seconds += float(run_selection(checkpoint, sub).get("seconds", 0.0))
     return seconds, sum(r.get("train/seconds", 0.0) * r.get("train/tokens_per_s", 0.0) for r in rows)
+
+
+def run_selection(checkpoint: str | None, sub: str = "search") -> dict[str, Any]:
+    """A search's ``selection.json`` in the trial's last checkpoint (how its genotype was chosen, its
+    stability); empty when there is none."""
+    path = join(checkpoint or "", sub, "selection.json")
+    if not checkpoint or not exists(path):
+        return {}
+    return json.loads(read_text(path))
+
+
+def arm_evidence(trials: Sequence[Mapping[str, Any]], search: Any) -> ArmEvidence:
+    """The evidence of searches of one mode and space (``trials``: their rows, with ``genotype`` and
+    ``checkpoint``; ``search``: their SearchConfig): seed agreement of their genotypes and their stability
+    (docs/method.md section 11)."""
+    genotypes = [load_genotype(t["genotype"]) for t in trials]
+    stabilities = [run_selection(t.get("checkpoint")).get("stability") for t in trials]
+    mode = MODES[search.mode]
+    searched = [p for p, on in (("intra", mode.searches_intra), ("history", mode.searches_inter),
+                                ("input", mode.searches_inter)) if on]
+    return evidence_of_arm(genotypes, stabilities, searched, steps=search.steps, m=search.m, n_inter=search.n_inter,
+                           intra_ops=search.intra_ops, inter_ops=search.inter_ops)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -136,19 +164,20 @@ def print_best(summary: Summary, out=None) -> None:
         w(f"  {name}: {path}")
 
 
-def print_decision(best: Mapping[str, Any], out=None) -> None:
-    """Whether the search behind ``best`` decided its genotype (docs/method.md section 6), said plainly."""
+def print_evidence(evidence: Mapping[str, Any], best: Mapping[str, Any], out=None) -> None:
+    """What the searches found, said plainly: their seed agreement against random genotypes and their stability
+    (:func:`ess.search.evidence.arm_evidence`), then the best search's decided share as a diagnostic."""
     w = _writer(out)
-    if best.get("decided"):
-        w("  decided: every choice is at least 1.5x its runner-up")
-        return
+    w(f"  evidence (docs/method.md section 11): {evidence['statement']}")
+    agreement = evidence.get("agreement")
+    if agreement and agreement["overall"]["p"] >= 0.05:
+        w("  the seeds' genotypes agree no more than random genotypes of the space do (p >= 0.05): read the best "
+          "genotype as one draw, not a finding")
     share, entropy = best.get("decided_share"), best.get("arch_entropy")
-    w(f"  UNDECIDED: {share:.0%} of the choices are decided; the architecture weights are still near uniform "
-      f"(relative entropy {entropy:.3f}, 1 = uniform)" if share is not None and entropy is not None else
-      "  UNDECIDED: the search has not decided its genotype")
-    w("  this genotype is the argmax of nearly equal weights: a pipeline demonstration, not a finding. No CPU"
-      " preset decides (the study's cpu-small searches: none of them); the paper preset (50 epochs at 300 units,"
-      " a GPU) is the one meant to, not yet measured here")
+    if share is not None and entropy is not None:
+        w(f"  diagnostic: {share:.0%} of the best search's choices are 1.5x their runner-up; its architecture "
+          f"weights' relative entropy is {entropy:.3f} (1 = uniform; a 50-epoch GPU search of this space ends at "
+          "0.985)")
 
 
 def write_best_genotype(exp: Experiment, genotype: Any, title: str) -> None:
@@ -210,5 +239,5 @@ def main(kind: str, run: Callable[..., Summary], report: Callable[[Summary], Non
     return _main(argv)
 
 
-__all__ = ["artifact_files", "describe", "ensure_corpus", "ensure_tasks", "experiment", "finite", "main",
-           "print_best", "print_footer", "run_costs", "succeeded"]
+__all__ = ["arm_evidence", "artifact_files", "describe", "ensure_corpus", "ensure_tasks", "experiment", "finite",
+           "main", "print_best", "print_evidence", "print_footer", "run_costs", "run_selection", "succeeded"]

@@ -75,6 +75,12 @@ def selected(result: Any) -> dict[str, Any]:
         out["selected/identity_share"] = identity_share(result.genotype, tuple(shares))
     if "decided" in selection:
         out["selected/decided"] = float(selection["decided"])
+    moved = selection.get("stability") or {}
+    for key in ("changed_epoch_share", "kept_from_middle", "changed_choices"):
+        if key in moved:
+            out[f"evidence/{key}"] = float(moved[key])
+    if "seconds" in selection:
+        out["selection/seconds"] = float(selection["seconds"])
     return out
 
 
