@@ -26,7 +26,7 @@ from analysis.figures import genotype_picture
 from analysis.genotypes import op_frequencies
 from analysis.load import load_runs, trial_summary
 from analysis.stats import describe_sample
-from analysis.study import required_seeds
+from analysis.study import planted_table, required_seeds
 from ess.adapters import tune_files
 from ess.checkpoint import atomic_write_text
 from ess.cli import run_main
@@ -233,6 +233,56 @@ def reading(summary: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def design_sections(summary: Mapping[str, Any]) -> list[str]:
+    """The pre-registered design, its primary comparisons, and the evidence and ranking quality of the searches."""
+    md: list[str] = []
+    design, primary = summary.get("design"), summary.get("primary")
+    if design:
+        md += ["## Design (pre-registered)", "",
+               f"- Primary comparisons: {', '.join(p.replace(':', ' vs ') for p in design['primary'])}; Holm over "
+               f"these {len(design['primary'])} only. Every other comparison below is exploratory.",
+               f"- Primary metric: `{design['metric']}` of the retrained model (chosen by nothing: architectures "
+               "are selected on validation tokens that neither fit them nor report them).",
+               f"- Family-wise alpha {design['alpha']}, target: a {100 * design['target_gain']:.0f}% relative gain "
+               f"with {100 * design['power']:.0f}% power"
+               + (f" at the pilot's seed sd of the log metric {100 * design['noise_sd']:.1f}% ({design['pilot']})"
+                  if design.get("noise_sd") else "") + ".",
+               f"- Stopping rule: {design['stopping']}.", ""]
+    if primary and primary["comparisons"]:
+        pw = primary["power"]
+        md += ["## Primary comparisons", "",
+               "Ratio of geometric means (a / b) of the primary metric with its 95% interval (Welch on log values), "
+               "Holm-adjusted over the pre-registered comparisons.", "",
+               _table(primary["comparisons"], [
+                   ("a", "arm_a"), ("b", "arm_b"), ("n", lambda r: f"{r['n_a']} + {r['n_b']}"),
+                   ("ratio [95% CI]", lambda r: f"{r['ratio']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"),
+                   ("p", lambda r: f"{r['p_value']:.3g}"), ("Holm p", lambda r: f"{r['p_holm']:.3g}"),
+                   ("verdict", "verdict")]),
+               f"With {pw['seeds_per_arm']} seeds per arm at the pooled seed sd of the log metric "
+               f"({100 * pw['pooled_log_sd']:.1f}%), the smallest relative gain detectable with "
+               f"{100 * pw['power']:.0f}% power at Holm's first step (alpha {pw['alpha_first_step']:.3g}, exact "
+               f"noncentral t) is {100 * pw['detectable_gain']:.1f}%; the target {100 * pw['target_gain']:.0f}% "
+               f"takes {pw['seeds_for_target']} seeds per arm.", ""]
+    evidence = summary.get("evidence") or {}
+    if evidence:
+        md += ["## Did the searches find something?", "",
+               "Per search arm (docs/method.md section 11): agreement of the seeds' genotypes against random "
+               "genotypes of the same space, and the stability of each search's genotype over its last half.", "",
+               *[f"- **{arm}**: {e['statement']}" for arm, e in evidence.items()], ""]
+    tau = summary.get("tau") or {}
+    if tau.get("short_vs_long") or tau.get("supernets"):
+        md += ["## Ranking quality of the proxies", "",
+               f"{len(tau['genotypes'])} random joint genotypes retrained at the study's budget "
+               f"({tau['short_epochs']} epoch(s)) and {tau['long_epochs']} epochs (seed {tau['seed']}); Kendall's "
+               "tau-b against the long retrain's valid perplexity, with its 95% interval.", ""]
+        if tau.get("short_vs_long"):
+            md.append(f"- the study's retrain: {tau['short_vs_long']['statement']}")
+        md += [f"- the {s['arm']} supernet of seed {s['seed']} (shared-weight loss): {s['vs_long']['statement']}"
+               for s in tau.get("supernets", []) if s.get("vs_long")]
+        md.append("")
+    return md
+
+
 def render(summary: Mapping[str, Any], figures_dir: Path, rel: str, notes: str = "") -> str:
     store, frame = _store_summary(summary)
     arms = summary["arms"]
@@ -252,6 +302,7 @@ def render(summary: Mapping[str, Any], figures_dir: Path, rel: str, notes: str =
                          ("retrain s", lambda r: _f(r.get("retrain_seconds"), 0)),
                          ("train tokens (search + retrain)",
                           lambda r: _f((r.get("search_tokens") or 0) + (r.get("retrain_tokens") or 0), 0))])]
+    md += design_sections(summary)
     md += ["## Reading", "", *reading(summary)]
     sd, need = seeds_for_gains(summary)
     if need:
@@ -323,17 +374,20 @@ def render(summary: Mapping[str, Any], figures_dir: Path, rel: str, notes: str =
                _table(summary["wikitext2"], [("genotype", "arm"), ("valid ppl", lambda r: _f(r["retrain_valid_ppl"])),
                                              ("test ppl", lambda r: _f(r["retrain_test_ppl"])),
                                              ("params", lambda r: _f(r["params"], 0))])]
-    if summary.get("planted"):
-        md += ["## The planted-structure corpus", "",
-               "Each mode searched (then retrained) on the generated corpus whose exact perplexity floor is known, "
-               "one seed per mode (n = 1: no interval); "
-               "`reaches x_{t-k}`: the derived input cell reads the planted input.", "",
-               _table(summary["planted"], [("mode", "mode"), ("floor", lambda r: _f(r["floor_ppl"], 3)),
-                                           ("search valid ppl", lambda r: _f(r["search_valid_ppl"], 2)),
-                                           ("retrained valid ppl", lambda r: _f(r["retrain_valid_ppl"], 2)),
-                                           ("distance to floor", lambda r: _f(r["retrain_valid_ppl"] - r["floor_ppl"],
-                                                                              2)),
-                                           ("reaches x_{t-k}", "reaches_x_t_minus_k"), ("genotype", "genotype")])]
+    rows = planted_table(summary.get("planted") or [])
+    if rows:
+        md += ["## The planted-structure corpora (known truth)", "",
+               "Per corpus (the next token depends on `x_{t-k}`) and arm, over seeds: the test perplexity of the "
+               "retrained model, its distance to the corpus's exact floor in nats (mean and 95% interval) against "
+               "the count model `P(x_t | x_{t-k})`'s, and for searches the share of seeds whose derived input cell "
+               "reads the planted input (lag convention: method section 9).", "",
+               _table(rows, [("k", "k"), ("arm", "arm"), ("n", "n"), ("floor ppl", lambda r: _f(r["floor_ppl"], 3)),
+                             ("test ppl", lambda r: _f(r["test_ppl_geo_mean"], 2)),
+                             ("nats above floor [95% CI]", lambda r: f"{_f(r['gap_nats'], 3)} "
+                              f"[{_f(r['gap_ci_low'], 3)}, {_f(r['gap_ci_high'], 3)}]"),
+                             ("count model", lambda r: _f(r["count_model_gap_nats"], 3)),
+                             ("recovered", lambda r: "-" if r["recovery_rate"] is None else
+                              f"{r['recovered']} of {r['n']}")])]
     storage = Path(summary["experiment_dir"]).parent
     md += ["## Reproduce", "", "```bash",
            f"python tune_jobs/study.py --name {summary['name']} --storage-path {storage} "

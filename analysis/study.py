@@ -11,14 +11,24 @@ CSV files, its closing lines: :func:`study_summary`) and ``analysis.report`` bot
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from analysis.stats import compare_arms, holm, log_interval, ratio_test, seeds_for_power
+from analysis.stats import (
+    compare_arms,
+    describe_sample,
+    detectable_effect,
+    holm,
+    log_interval,
+    ratio_test,
+    seeds_for_power,
+)
 
 VALUES = ("retrain_valid_ppl", "retrain_test_ppl")
 
@@ -124,11 +134,51 @@ def best_by_arm(trials: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, A
     return best
 
 
+def primary_analysis(trials: Sequence[Mapping[str, Any]], design: Any) -> dict[str, Any]:
+    """The pre-registered comparisons of ``design`` (:class:`ess.study.StudyDesign`) on its metric: the ratio of
+    geometric means and its interval (Welch on log values), Holm over these comparisons only; and what the seeds
+    run could detect: the smallest gain with ``design.power`` at Holm's first step (``alpha / comparisons``),
+    at the pooled seed sd of the log metric over the compared arms (exact noncentral t)."""
+    pairs = design.pairs
+    table = ratio_tests(trials, pairs, value=design.metric) if pairs else pd.DataFrame()
+    rows = []
+    for r in table.to_dict(orient="records"):
+        if min(r["n_a"], r["n_b"]) < 2 or not math.isfinite(r["ci_low"]):
+            verdict = "no comparison: it needs at least two seeds per arm"
+        elif r["ci_low"] <= 1 <= r["ci_high"]:
+            verdict = "cannot be told apart"
+        else:
+            verdict = f"{r['arm_a']} {'lower' if r['ci_high'] < 1 else 'higher'}"
+        rows.append({**r, "verdict": verdict, "significant": bool(r["p_holm"] < design.alpha)})
+    arms = sorted({a for pair in pairs for a in pair})
+    frame = pd.DataFrame(list(trials))
+    variances, n = [], []
+    for arm in arms:
+        values = pd.to_numeric(frame[frame["arm"] == arm][design.metric], errors="coerce").dropna() \
+            if len(frame) and design.metric in frame else pd.Series(dtype=float)
+        logs = np.log(values[values > 0])
+        n.append(len(logs))
+        if len(logs) > 1:
+            variances.append(float(logs.var(ddof=1)))
+    sd = math.sqrt(float(np.mean(variances))) if variances else math.nan
+    seeds = min(n) if n else 0
+    alpha = design.alpha / max(len(pairs), 1)
+    effect = detectable_effect(seeds, alpha, design.power) if seeds >= 2 else math.inf
+    gain = 1 - math.exp(-effect * sd) if math.isfinite(effect) and math.isfinite(sd) else math.nan
+    needed = seeds_for_power(-math.log(1 - design.target_gain) / sd, alpha, design.power) \
+        if math.isfinite(sd) and sd > 0 else 0
+    return {"metric": design.metric, "comparisons": rows,
+            "power": {"seeds_per_arm": seeds, "pooled_log_sd": sd, "alpha_first_step": alpha,
+                      "detectable_gain": gain, "target_gain": design.target_gain,
+                      "seeds_for_target": needed, "power": design.power}}
+
+
 def study_summary(trials: Sequence[Mapping[str, Any]], arms: Sequence[str], extra: Mapping[str, Any],
-                  best: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """The study job's summary: the per-arm table (``arms`` order, those with trials), the pair tests of each of
-    :data:`VALUES`, the headline (joint against each of :data:`HEADLINE_OTHERS` by :func:`ratio_tests`), every
-    trial, the other stages' tables (``extra``) and each arm's ``best`` retrain."""
+                  best: Mapping[str, Mapping[str, Any]], design: Any = None) -> dict[str, Any]:
+    """The study job's summary: the design and its primary analysis (:func:`primary_analysis`), the per-arm table
+    (``arms`` order, those with trials), the pair tests of each of :data:`VALUES` (exploratory), the headline
+    (joint against each of :data:`HEADLINE_OTHERS` by :func:`ratio_tests`, exploratory), every trial, the other
+    stages' tables (``extra``) and each arm's ``best`` retrain."""
     trials = list(trials)
     present = {t["arm"] for t in trials}
     table = arm_table(trials, [a for a in arms if a in present])
@@ -140,11 +190,39 @@ def study_summary(trials: Sequence[Mapping[str, Any]], arms: Sequence[str], extr
             headline[f"joint_vs_{h['arm_b']}"] = {
                 "diff": h["diff_geo"], "ratio": h["ratio"], "ci_low": h["ci_low"], "ci_high": h["ci_high"],
                 "p_value": h["p_value"], "p_holm": h["p_holm"], "n_a": h["n_a"], "n_b": h["n_b"]}
-    return {"arms": table.to_dict(orient="records"),
+    planned = {}
+    if design is not None:
+        planned = {"design": {f.name: getattr(design, f.name) for f in dataclasses.fields(design)},
+                   "primary": primary_analysis(trials, design)}
+    return {**planned, "arms": table.to_dict(orient="records"),
             "pairs": {k: v.to_dict(orient="records") for k, v in pairs.items()},
             "trials": trials, "headline": headline, **extra,
             "best": {arm: {"seed": t["seed"], "retrain_valid_ppl": t["retrain_valid_ppl"], "genotype": t["genotype"]}
                      for arm, t in best.items()}}
+
+
+def planted_table(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per planted corpus and arm: seeds, the recovery rate of the planted input (search arms), the test
+    perplexity's geometric mean and its distance to the exact floor in nats (mean and 95% interval over seeds),
+    against the count model's distance."""
+    frame = pd.DataFrame(list(rows))
+    out = []
+    if not len(frame):
+        return out
+    for (k, arm), group in frame.groupby(["k", "arm"], sort=False):
+        test = pd.to_numeric(group["retrain_test_ppl"], errors="coerce").dropna()
+        gaps = np.log(test[test > 0]) - float(group["entropy_nats"].iloc[0])
+        d = describe_sample(gaps.tolist())
+        reads = group["reaches_planted_input"].dropna()
+        out.append({"k": int(k), "arm": arm, "n": len(group),
+                    "recovered": int(reads.astype(bool).sum()) if len(reads) else None,
+                    "recovery_rate": float(reads.astype(bool).mean()) if len(reads) else None,
+                    "test_ppl_geo_mean": log_interval(test.tolist())["geo_mean"],
+                    "gap_nats": d["mean"], "gap_ci_low": d["ci_low"], "gap_ci_high": d["ci_high"],
+                    "floor_ppl": float(group["floor_ppl"].iloc[0]),
+                    "count_model_gap_nats": math.log(float(group["count_model_ppl"].iloc[0]))
+                    - float(group["entropy_nats"].iloc[0])})
+    return out
 
 
 def study_files(summary: Mapping[str, Any]) -> dict[str, str]:
@@ -156,6 +234,14 @@ def study_files(summary: Mapping[str, Any]) -> dict[str, str]:
     for name in ("transfer", "wikitext2", "planted", "random_screen"):
         if summary.get(name):
             files[f"study_{name}.csv"] = pd.DataFrame(summary[name]).to_csv(index=False)
+    if summary.get("primary"):
+        files["study_primary.csv"] = pd.DataFrame(summary["primary"]["comparisons"]).to_csv(index=False)
+    tau = summary.get("tau")
+    if tau:
+        table = {"genotype": tau["genotypes"], "short_valid_ppl": tau["short_valid_ppl"],
+                 "long_valid_ppl": tau["long_valid_ppl"],
+                 **{f"supernet_{s['arm']}_s{s['seed']}_loss": s["losses"] for s in tau["supernets"]}}
+        files["study_tau.csv"] = pd.DataFrame(table).to_csv(index=False)
     return files
 
 
@@ -166,7 +252,33 @@ def study_lines(summary: Mapping[str, Any]) -> list[str]:
     arms = pd.DataFrame(summary["arms"])
     lines = [arms[[c for c in cols if c in arms]].to_string(index=False, float_format=lambda v: f"{v:.2f}")] \
         if len(arms) else []
-    lines += [headline_line(name, h) for name, h in summary["headline"].items()]
+    primary = summary.get("primary")
+    if primary:
+        lines.append(f"primary (pre-registered; {primary['metric']}; Holm over these "
+                     f"{len(primary['comparisons'])} comparisons only):")
+        lines += [f"  {c['arm_a']} vs {c['arm_b']}: ratio {c['ratio']:.3f}, 95% interval [{c['ci_low']:.3f}, "
+                  f"{c['ci_high']:.3f}], Holm p {c['p_holm']:.3g} (n = {c['n_a']} and {c['n_b']}): {c['verdict']}"
+                  for c in primary["comparisons"]]
+        pw = primary["power"]
+        lines.append(f"  with {pw['seeds_per_arm']} seeds per arm at the pooled seed sd of the log metric "
+                     f"({100 * pw['pooled_log_sd']:.1f}%), the smallest gain detectable with "
+                     f"{pw['power']:.0%} power is {100 * pw['detectable_gain']:.1f}% (target "
+                     f"{100 * pw['target_gain']:.0f}%: {pw['seeds_for_target']} seeds per arm)")
+    for arm, e in (summary.get("evidence") or {}).items():
+        lines.append(f"evidence, {arm}: {e['statement']}")
+    tau = summary.get("tau") or {}
+    if tau.get("short_vs_long"):
+        lines.append(f"ranking quality: short ({tau['short_epochs']} epochs) against long ({tau['long_epochs']}) "
+                     f"retrain: {tau['short_vs_long']['statement']}")
+    for s in tau.get("supernets", []):
+        if s.get("vs_long"):
+            lines.append(f"ranking quality: the {s['arm']} supernet of seed {s['seed']} against the long retrain: "
+                         f"{s['vs_long']['statement']}")
+    for r in planted_table(summary.get("planted") or []):
+        reads = "" if r["recovery_rate"] is None else f", reads x_(t+1-k) in {r['recovered']} of {r['n']}"
+        lines.append(f"planted k={r['k']}, {r['arm']}: {r['gap_nats']:.3f} nats above the floor (count model "
+                     f"{r['count_model_gap_nats']:.3f}){reads}")
+    lines += ["exploratory:"] + [headline_line(name, h) for name, h in summary["headline"].items()]
     return lines + [f"tables: {summary['experiment_dir']}/study_arms.csv, study_pairs.csv, study.csv"]
 
 
@@ -183,4 +295,5 @@ def headline_line(name: str, h: Mapping[str, Any]) -> str:
 
 
 __all__ = ["HEADLINE_OTHERS", "VALUES", "arm_table", "best_by_arm", "headline_line", "log_interval", "pair_tests",
-           "ratio_tests", "required_seeds", "study_files", "study_lines", "study_rows", "study_summary", "study_tables"]
+           "planted_table", "primary_analysis", "ratio_tests", "required_seeds", "study_files", "study_lines",
+           "study_rows", "study_summary", "study_tables"]

@@ -6,7 +6,11 @@ for ``--genotypes`` random joint genotypes, with the genotypes evaluated ``group
 ``--naive`` genotypes). Variants alternate (``--rounds`` rounds) so that a shared machine's load falls on all of
 them. Before timing, the batched losses are held to the one-at-a-time losses (float32, relative 1e-4).
 Reports seconds per genotype (median over rounds), the projected time to rank 1,000 genotypes, and the share
-of the time the decoder takes (the loss of the same hidden states alone).
+of the time the decoder takes (the loss of the same hidden states alone). Successive halving (``--screen``,
+``--keep``: every genotype on the leading share of the tokens, the best ``keep`` of 1,000 on all of them) is
+timed as its screen and projected to 1,000 genotypes; the agreement of the screen's order with the full order
+over the bench's genotypes is Kendall's tau. Give ``--supernet RUN_DIR`` (a search's run directory) to rank on a
+trained supernet: an untrained one ranks on noise.
 
     ESS_DATA_DIR=../shared/data python bench/ranking.py --threads 2
     python bench/ranking.py --smoke-test
@@ -29,6 +33,8 @@ import common  # noqa: E402
 
 from ess.data import batchify, load_corpus, valid_part  # noqa: E402
 from ess.evaluation import evaluate  # noqa: E402
+from ess.search import load_search  # noqa: E402
+from ess.search.evidence import rank_agreement  # noqa: E402
 from ess.search.ranking import mean_loss, path_losses, samples, space_of  # noqa: E402
 from ess.supernet import build_search_model  # noqa: E402
 from ess.supernet.path import one_hot_probs  # noqa: E402
@@ -47,6 +53,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--mode", default="joint")
     p.add_argument("--inter-norm", default="op")
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--screen", type=float, default=0.2, help="successive halving: the screen's share of the tokens")
+    p.add_argument("--keep", type=int, default=100, help="successive halving: genotypes of 1,000 scored on all")
+    p.add_argument("--supernet", default=None, help="a search's run directory: rank on its trained supernet")
     p.add_argument("--smoke-test", action="store_true")
     args = p.parse_args(argv)
     if args.smoke_test:
@@ -60,8 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     corpus = load_corpus("ptb", args.data_dir)
     source = batchify(valid_part(corpus.valid, "search")[: args.tokens], args.batch)
     torch.manual_seed(0)
-    model = build_search_model(len(corpus.vocab), mode=args.mode, emsize=args.size, nhid=args.size,
-                               inter_norm=args.inter_norm).eval()
+    if args.supernet:
+        run = load_search(Path(args.supernet))
+        model, args.mode, args.size = run.model.eval(), run.cfg.mode, run.cfg.nhid
+    else:
+        model = build_search_model(len(corpus.vocab), mode=args.mode, emsize=args.size, nhid=args.size,
+                                   inter_norm=args.inter_norm).eval()
     genotypes = samples(0, args.genotypes, space_of(model))
     groups = [int(g) for g in args.groups.split(",")]
     alone = path_losses(model, genotypes[:4], source, group=1)
@@ -73,10 +86,17 @@ def main(argv: list[str] | None = None) -> int:
     seconds: dict[str, list[float]] = {f"group {g}": [] for g in groups}
     if args.naive:
         seconds["whole supernet, one-hot"] = []
+    rows_screen = max(2, int(round((source.size(0) - 1) * args.screen)) + 1)
+    screen_name = f"screen {args.screen:.0%}, group {max(groups)}"
+    seconds[screen_name] = []
+    screened: list[float] = []
     for _ in range(args.rounds):
+        start = time.perf_counter()
+        screened = path_losses(model, genotypes, source[:rows_screen], group=max(groups))
+        seconds[screen_name].append((time.perf_counter() - start) / len(genotypes))
         for g in groups:
             start = time.perf_counter()
-            path_losses(model, genotypes, source, group=g)
+            full = path_losses(model, genotypes, source, group=g)
             seconds[f"group {g}"].append((time.perf_counter() - start) / len(genotypes))
         if args.naive:
             start = time.perf_counter()
@@ -95,9 +115,19 @@ def main(argv: list[str] | None = None) -> int:
         out[name] = {"seconds_per_genotype": per, "minutes_for_1000": 1000 * per / 60,
                      "decoder_share": min(1.0, decoder / per)}
         rows.append([name, f"{per:.3f}", f"{1000 * per / 60:.1f}", f"{min(1.0, decoder / per):.0%}"])
+    per_full, per_screen = common.median(seconds[f"group {max(groups)}"]), common.median(seconds[screen_name])
+    halving = (1000 * per_screen + min(args.keep, 1000) * per_full) / 60
+    agreement = rank_agreement(screened, full)
+    out["halving"] = {"screen": args.screen, "keep": args.keep, "minutes_for_1000": halving,
+                      "screen_vs_full_tau": agreement.tau, "tau_ci": agreement.interval,
+                      "genotypes": len(genotypes), "supernet": args.supernet or "untrained"}
+    rows.append([f"halving: 1000 on {args.screen:.0%}, best {args.keep} on all", f"{60 * halving / 1000:.3f}",
+                 f"{halving:.1f}", "-"])
     common.print_table(f"ranking {args.genotypes} {args.mode} genotypes on {tokens:,} tokens, {args.size} units, "
                        f"batch {args.batch}, {args.threads} thread(s)",
                        ["variant", "s / genotype", "min / 1000 genotypes", "decoder share"], rows)
+    print(f"screen against full order over {len(genotypes)} genotypes "
+          f"({args.supernet or 'untrained supernet'}): {agreement.statement()}")
     print(json.dumps({"bench": "ranking", "machine": common.machine(args.threads), "tokens": tokens,
                       "size": args.size, "batch": args.batch, "mode": args.mode, "results": out}))
     return 0

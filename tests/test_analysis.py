@@ -524,3 +524,45 @@ def test_seeds_for_power_matches_the_exact_t_tables(effect, n):
     assert seeds_for_power(-effect) == n
     assert detectable_effect(n) <= effect < detectable_effect(n - 1)
     assert seeds_for_power(0.0) == 0
+
+
+def test_primary_analysis_holds_the_designs_pairs_by_hand():
+    from analysis.study import primary_analysis
+    from ess.study import StudyDesign
+
+    trials = [{"arm": a, "retrain_test_ppl": v} for a, vs in
+              (("joint", (100.0, 110.0)), ("intra", (120.0, 130.0)), ("rsws", (90.0, 95.0, 99.0)))
+              for v in vs]
+    design = StudyDesign(primary=("joint:intra", "joint:rsws", "joint:random"), target_gain=0.03)
+    out = primary_analysis(trials, design)
+    rows = {(c["arm_a"], c["arm_b"]): c for c in out["comparisons"]}
+    assert list(rows) == [("joint", "intra"), ("joint", "rsws"), ("joint", "random")]
+    assert rows["joint", "intra"]["ratio"] == pytest.approx(math.sqrt(100 * 110) / math.sqrt(120 * 130))
+    assert rows["joint", "rsws"]["ratio"] == pytest.approx(math.sqrt(100 * 110) / (90 * 95 * 99) ** (1 / 3))
+    assert rows["joint", "random"]["verdict"].startswith("no comparison")
+    # Holm over the two comparisons that exist: the smaller p doubled
+    ps = sorted(r["p_value"] for r in rows.values() if r["p_value"] == r["p_value"])
+    assert min(r["p_holm"] for r in rows.values() if r["p_holm"] == r["p_holm"]) == pytest.approx(2 * ps[0])
+    pw = out["power"]
+    logs = {a: np.log([t["retrain_test_ppl"] for t in trials if t["arm"] == a]) for a in ("joint", "intra", "rsws")}
+    assert pw["pooled_log_sd"] == pytest.approx(math.sqrt(np.mean([np.var(v, ddof=1) for v in logs.values()])))
+    assert pw["seeds_per_arm"] == 0 and pw["alpha_first_step"] == pytest.approx(0.05 / 3)   # random has no seed
+    out = primary_analysis(trials, StudyDesign(primary=("joint:intra", "joint:rsws")))
+    assert out["power"]["seeds_per_arm"] == 2 and 0 < out["power"]["detectable_gain"] < 1
+    assert out["power"]["seeds_for_target"] > 2
+
+
+def test_planted_table_recovery_and_distance_to_the_floor_by_hand():
+    from analysis.study import planted_table
+
+    known = {"k": 2, "floor_ppl": math.e, "entropy_nats": 1.0, "count_model_ppl": math.exp(1.5)}
+    rows = [{**known, "arm": "joint", "seed": 1, "retrain_test_ppl": math.exp(1.2), "reaches_planted_input": True},
+            {**known, "arm": "joint", "seed": 2, "retrain_test_ppl": math.exp(1.4), "reaches_planted_input": False},
+            {**known, "arm": "lstm", "seed": 1, "retrain_test_ppl": math.exp(1.3), "reaches_planted_input": None}]
+    table = {r["arm"]: r for r in planted_table(rows)}
+    joint, lstm = table["joint"], table["lstm"]
+    assert (joint["n"], joint["recovered"], joint["recovery_rate"]) == (2, 1, 0.5)
+    assert joint["gap_nats"] == pytest.approx(0.3) and joint["gap_ci_low"] < 0.3 < joint["gap_ci_high"]
+    assert joint["test_ppl_geo_mean"] == pytest.approx(math.exp(1.3))
+    assert joint["count_model_gap_nats"] == pytest.approx(0.5)
+    assert lstm["recovered"] is None and lstm["gap_nats"] == pytest.approx(0.3)

@@ -18,4 +18,7 @@ def test_ranking_bench_smoke_test():
                           env={**os.environ}, timeout=600)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["bench"] == "ranking" and set(result["results"]) == {"group 1", "group 4", "whole supernet, one-hot"}
+    assert result["bench"] == "ranking" and set(result["results"]) == {
+        "group 1", "group 4", "whole supernet, one-hot", "screen 20%, group 4", "halving"}
+    halving = result["results"]["halving"]
+    assert halving["keep"] == 100 and -1 <= halving["screen_vs_full_tau"] <= 1

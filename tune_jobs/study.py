@@ -6,16 +6,23 @@
     python tune_jobs/study.py --resume --name NAME         # continue a stopped study where it stopped
 
 Stages (``--stages``), all on real PTB unless said, every retrain at the same budget and parameter count
-(``train.match_params``) and seeded with its arm's seed:
+(``train.match_params``), seeded with its arm's seed and validated on the validation split's select half:
 
-1. ``search``: each search arm (``--arms``: intra = DARTS, inter, joint; ``joint-beta``, ``joint-pt``: joint
-   with a collapse remedy, when asked for) x seed: a search, then a retrain of its genotype;
+1. ``search``: each search arm (``--arms``: intra = DARTS, inter, joint, rsws = random search with weight sharing;
+   ``joint-beta``, ``joint-pt``, ``joint-rank``: joint with a remedy or a ranked derivation) x seed: a search,
+   then a retrain of its genotype; per arm the evidence that its searches found something (seed agreement
+   against random genotypes, stability; docs/method.md section 11);
 2. ``baselines``: an LSTM and the published DARTS_V2 cell retrained per seed;
 3. ``random``: per seed, ``random_k`` random genotypes of the joint space short-retrained
    (``random_epochs``), the best by valid perplexity retrained in full;
-4. ``transfer``: the best joint and the best intra genotype in the tagger on CoNLL-2003 against an LSTM;
-5. ``wikitext2``: those two and DARTS_V2 retrained on WikiText-2 (first seed);
-6. ``planted``: the three modes searched on the planted-structure corpus, against its exact floor.
+4. ``tau``: ranking quality (``ess.adapters.ray.study_stages``): a short against a ``tau_factor`` times longer
+   retrain, each joint-space supernet against the long retrain, Kendall's tau over ``tau_genotypes`` genotypes;
+5. ``planted``: known truth: ``planted_arms`` on the planted corpora of ``planted_k`` over ``planted_seeds``;
+6. ``transfer``: the best joint and the best intra genotype in the tagger on CoNLL-2003 against an LSTM;
+7. ``wikitext2``: those two and DARTS_V2 retrained on WikiText-2 (first seed).
+
+The primary analysis is ``--design`` (``ess.study.StudyDesign``): its comparisons, Holm-adjusted over those
+only, on its metric; everything else is exploratory.
 
 Writes summary.json, study.csv (one row per retrain), study_arms.csv (mean and 95% interval per arm),
 study_pairs.csv (Welch, Holm, Hedges' g) and the tables of the other stages.
@@ -24,7 +31,6 @@ study_pairs.csv (Welch, Holm, Hedges' g) and the tables of the other stages.
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -34,14 +40,12 @@ from ess.adapters.ray import jobs
 from ess.adapters.ray.config import JobConfig
 from ess.adapters.ray.experiment import Experiment
 from ess.adapters.ray.grid import transfer_variants
+from ess.adapters.ray.study_stages import planted_stage, tau_stage
 from ess.adapters.ray.trainables import retrain_trainable, search_trainable, transfer_trainable
 from ess.adapters.ray.trial import RETRAIN_METRIC, SEARCH_METRIC
-from ess.data import get_spec
-from ess.data.planted import entropy_rate, reaches_planted_input
-from ess.space.description import describe
 from ess.space.refs import load_genotype
 from ess.space.sample import random_genotypes
-from ess.study import Arm, named_arms
+from ess.study import ARMS, Arm, named_arms
 
 
 def tune_stage(exp: Experiment, stage: str, trainable: Any, spec: dict[str, Any], variants: list[dict[str, Any]],
@@ -70,8 +74,13 @@ def run(job: JobConfig, *, resume: bool = False, callbacks: Sequence[Any] = ()) 
     arms = named_arms(job.arms)
     with jobs.experiment("study", job, resume=resume) as exp:
         job, trials, extra = exp.job, [], {}
+        searches: list[dict[str, Any]] = []
         if "search" in job.stages:
-            trials += search_stage(exp, job, [a for a in arms if a.kind == "search"], callbacks)
+            searches = search_stage(exp, job, [a for a in arms if a.kind == "search"], callbacks)
+            trials += searches
+            extra["evidence"] = {a: jobs.arm_evidence([t for t in searches if t["arm"] == a],
+                                                      dataclasses.replace(job.search, mode=ARMS[a].mode)).to_dict()
+                                 for a in dict.fromkeys(t["arm"] for t in searches)}
         if "baselines" in job.stages:
             trials += baseline_stage(exp, job, [a for a in arms if a.kind == "baseline"], callbacks)
         if "random" in job.stages and any(a.kind == "random" for a in arms):
@@ -82,9 +91,11 @@ def run(job: JobConfig, *, resume: bool = False, callbacks: Sequence[Any] = ()) 
             extra["transfer"] = transfer_stage(exp, job, best, callbacks)
         if "wikitext2" in job.stages and {"joint", "intra"} <= set(best):
             extra["wikitext2"] = wikitext2_stage(exp, job, best, callbacks)
+        if "tau" in job.stages:
+            extra["tau"] = tau_stage(exp, job, searches, tune_stage, callbacks)
         if "planted" in job.stages:
-            extra["planted"] = planted_stage(exp, job, callbacks)
-        summary = study_summary(trials, job.arms, extra, best)
+            extra["planted"] = planted_stage(exp, job, tune_stage, callbacks)
+        summary = study_summary(trials, job.arms, extra, best, job.design)
         exp.set_tags({"study.arms": ",".join(job.arms), "study.seeds": ",".join(map(str, job.seeds))})
         return exp.finish(summary, study_files(summary))
 
@@ -166,24 +177,6 @@ def wikitext2_stage(exp: Experiment, job: JobConfig, best: dict[str, dict[str, A
     done = tune_stage(exp, "wikitext2", retrain_trainable, exp.spec(train=wt2, genotypes=genotypes),
                       [{"genotype_label": g, "arm": f"wt2-{g}", "seed": job.seeds[0]} for g in genotypes], callbacks)
     return [row(r, r["variant"]["genotype_label"], "wikitext2", job.seeds[0]) for r in done]
-
-
-def planted_stage(exp: Experiment, job: JobConfig, callbacks: Sequence[Any]) -> list[dict[str, Any]]:
-    """6. The three modes on the planted corpus: distance to its exact floor, whether the input cell reads x_{t-k}."""
-    params = get_spec("planted").generator
-    floor = math.exp(entropy_rate(params))
-    spec = exp.spec(search=dataclasses.replace(job.search, dataset="planted"),
-                    train=dataclasses.replace(job.train, dataset="planted", match_params=""), retrain_seed="search")
-    variants = [{"label": f"planted-{m}", "arm": f"planted-{m}", "mode": m, "seed": job.seeds[0]}
-                for m in ("intra", "inter", "joint")]
-    out = []
-    for r in tune_stage(exp, "planted", search_trainable, spec, variants, callbacks):
-        genotype = load_genotype(r["metrics"]["genotype"])
-        out.append({"mode": r["variant"]["mode"], "floor_ppl": floor, "k": params.k,
-                    "search_valid_ppl": r["metrics"].get(SEARCH_METRIC),
-                    "retrain_valid_ppl": r["metrics"].get(RETRAIN_METRIC),
-                    "reaches_x_t_minus_k": reaches_planted_input(genotype, params.k), "genotype": describe(genotype)})
-    return out
 
 
 def report(summary: dict[str, Any]) -> None:

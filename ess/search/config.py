@@ -53,6 +53,10 @@ class SearchConfig(SupernetFields):
         "help": "random genotypes ranked by the supernet at the end (rsws, derive rank)"})
     rank_tokens: int = field(default=20_000, metadata={
         "help": "validation tokens (of the search part) that rank a genotype"})
+    rank_screen: float = field(default=0.2, metadata={
+        "help": "successive halving: every candidate is first scored on this share of rank_tokens (1: no screen)"})
+    rank_keep: int = field(default=100, metadata={
+        "help": "successive halving: the candidates best on the screen that are scored on all rank_tokens"})
     rank_pool: int = field(default=32, metadata={
         "help": "rsws: random genotypes (drawn once) ranked after each epoch; the epoch's genotype is their best"})
     pt_tokens: int = field(default=5_000, metadata={"help": "validation tokens per perturbation measurement"})
@@ -105,7 +109,8 @@ class SearchConfig(SupernetFields):
         check(1 <= self.decision_ratio < float("inf"), "decision_ratio",
               f"must be a finite number >= 1, got {self.decision_ratio}")
         check(self.pt_tokens >= 100, "pt_tokens", f"must be >= 100, got {self.pt_tokens}")
-        for name in ("rank_samples", "rank_pool"):
+        check(0 < self.rank_screen <= 1, "rank_screen", f"must be in (0, 1], got {self.rank_screen}")
+        for name in ("rank_samples", "rank_pool", "rank_keep"):
             check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         check(self.rank_tokens >= 100, "rank_tokens", f"must be >= 100, got {self.rank_tokens}")
         if self.method == "rsws":   # no architecture weights to fit or read
@@ -127,7 +132,7 @@ RESUME_FIXED: tuple[str, ...] = (*SUPERNET_FIXED, "method", "dataset", "valid_pa
 PRESETS: dict[str, dict[str, Any]] = {
     # Seconds on 2 CPU cores: tiny sizes on a slice of PTB (--smoke-test, the tests, the jobs' smoke runs).
     "smoke": dict(emsize=16, nhid=16, steps=3, n_inter=2, m=2, batch_size=8, epochs=2, max_train_tokens=4_000,
-                  max_eval_tokens=1_200, progress=False, run_dir="runs/search-smoke"),
+                  max_eval_tokens=1_200, rank_samples=20, rank_pool=4, progress=False, run_dir="runs/search-smoke"),
     # A real but small joint search on a 2-core laptop (minutes, not hours). At 64 units and batch 32,
     # lr 20 turned back up by epoch 3 (valid ppl 3674, 2472, 2625 on 40k tokens) where lr 10 kept falling
     # (4331, 2848, 2185).

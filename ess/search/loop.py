@@ -377,14 +377,19 @@ class Searcher:
         cfg, space = self.cfg, space_of(self.model)
         candidates = list(first) + [("neighbour", g) for g in (neighbours(centre, space) if centre else ())]
         candidates += [("sample", g) for g in samples(f"rank-{cfg.seed}", cfg.rank_samples, space)]
-        ranking = rank(self.model, candidates, self.valid_source(cfg.rank_tokens), cfg.bptt)
+        ranking = rank(self.model, candidates, self.valid_source(cfg.rank_tokens), cfg.bptt, screen=cfg.rank_screen,
+                       keep=cfg.rank_keep)
         atomic_write_text(self.run_dir / "ranking.json", json.dumps(ranking.to_dict(), indent=1) + "\n")
         best = ranking.best
-        found = Derivation(best.genotype, notes=(f"ranked {len(ranking.entries)} candidates on {ranking.tokens} "
-                                                 f"validation tokens: best is a {best.origin}",), rule=self.rule)
+        screen = ranking.extra.get("screen_tokens")
+        how = (f"on {screen} validation tokens, the best {cfg.rank_keep} of them on {ranking.tokens}" if screen
+               else f"on {ranking.tokens} validation tokens")
+        found = Derivation(best.genotype, notes=(f"ranked {len(ranking.entries)} candidates {how}: best is a "
+                                                 f"{best.origin}",), rule=self.rule)
         return found, {"criterion": "rank", "epoch": self.epoch, "rank_tokens": ranking.tokens,
                        "candidates": len(ranking.entries), "origin": best.origin, "loss": best.loss,
                        "rank_of_argmax": ranking.rank_of("argmax"), "rank_seconds": ranking.seconds,
+                       "rank_screen_tokens": ranking.extra.get("screen_tokens", ranking.tokens),
                        "reason": "the lowest validation loss on its path through the final supernet (shared-weight "
                                  "ranking)", **self.shares(found)}
 

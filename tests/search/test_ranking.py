@@ -92,3 +92,24 @@ def test_a_ranking_sorts_by_loss_keeps_the_first_origin_and_says_where_the_argma
     data = ranking.to_dict()
     assert data["candidates"] == 5 and data["origins"] == {"argmax": 1, "sample": 4}
     assert data["entries"][0]["ppl"] == pytest.approx(math.exp(losses[0]))
+
+
+def test_successive_halving_scores_the_screens_best_on_all_tokens_and_the_rest_on_the_screen():
+    model, source = _model(), _source(rows=40)
+    genotypes = samples(3, 9, space_of(model))
+    ranking = rank(model, [("sample", g) for g in genotypes], source, bptt=5, screen=0.25, keep=3)
+    rows = int(round(39 * 0.25)) + 1
+    screened = path_losses(model, genotypes, source[:rows], bptt=5)
+    full = path_losses(model, genotypes, source, bptt=5)
+    best_on_screen = sorted(range(9), key=lambda i: (screened[i], i))[:3]
+    kept = sorted(best_on_screen, key=lambda i: (full[i], i))
+    rest = sorted(range(9), key=lambda i: (screened[i], i))[3:]
+    assert [e.genotype for e in ranking.entries] == [genotypes[i] for i in kept + rest]
+    assert [e.loss for e in ranking.entries] == pytest.approx([full[i] for i in kept] + [screened[i] for i in rest])
+    assert [e.tokens for e in ranking.entries] == [39 * 4] * 3 + [(rows - 1) * 4] * 6
+    assert ranking.extra == {"screen_tokens": (rows - 1) * 4, "kept": 3}
+    # no screen when it would keep every candidate, or screen is 1
+    for kw in (dict(screen=0.25, keep=9), dict(screen=1.0, keep=3)):
+        plain = rank(model, [("sample", g) for g in genotypes], source, bptt=5, **kw)
+        assert [e.loss for e in plain.entries] == pytest.approx(sorted(full))
+        assert "screen_tokens" not in plain.extra

@@ -29,7 +29,7 @@ from ess.config import (
 )
 from ess.errors import ConfigError
 from ess.search.config import SearchConfig
-from ess.study import STAGES, named_arms
+from ess.study import STAGES, StudyDesign, named_arms
 from ess.supernet import MODES
 from ess.tagging.conll import TASKS
 from ess.train import TrainConfig
@@ -39,6 +39,8 @@ JOBS = ("joint_search", "ablation", "hparam_search", "retrain", "transfer", "stu
 RUN_DIR = "run"   # a trial's run directory, inside its working directory; each of its checkpoints is a copy
 INTER_KNOBS = ("n_inter", "m", "combination", "softmax_scope", "residual")   # used only when inter cells are searched
 INTRA_KNOBS = ("steps",)                                                    # used only when the intra cell is
+#: the registered planted corpora by their lag k (ess.data.planted)
+PLANTED_CORPORA = {2: "planted", 3: "planted-k3", 4: "planted-k4"}
 SPACE_KINDS = {"choice": 1, "uniform": 2, "loguniform": 2, "randint": 2, "quniform": 3}
 
 
@@ -96,6 +98,18 @@ class JobConfig:
                                     metadata={"help": "study: the stages run"})
     random_k: int = field(default=4, metadata={"help": "study: random genotypes per seed, best by a short retrain"})
     random_epochs: int = field(default=1, metadata={"help": "study: epochs of that short retrain"})
+    design: StudyDesign = field(default_factory=StudyDesign, metadata={
+        "help": "study: the pre-registered primary analysis, e.g. 'target_gain=0.03 alpha=0.05'"})
+    tau_genotypes: int = field(default=8, metadata={
+        "help": "study, stage tau: random joint genotypes retrained at the study's budget and tau_factor times longer, "
+                "and scored on the paths of every joint-space supernet (ranking quality)"})
+    tau_factor: int = field(default=4, metadata={"help": "study, stage tau: epochs of the long retrain / the short's"})
+    planted_arms: tuple[str, ...] = field(default=("intra", "inter", "joint"), metadata={
+        "help": "study, stage planted: the search arms run on each planted corpus (lstm and darts_v2: retrained "
+                "controls)"})
+    planted_k: tuple[int, ...] = field(default=(2,), metadata={
+        "help": "study, stage planted: the lags k of the planted corpora (2: planted, 3: planted-k3, 4: planted-k4)"})
+    planted_seeds: tuple[int, ...] = field(default=(1,), metadata={"help": "study, stage planted: seeds per arm"})
     cpus_per_trial: float = field(default=1.0, metadata={"help": "CPUs per trial (also torch threads)"})
     gpus_per_trial: float = field(default=0.0, metadata={"help": "GPUs per trial; fractions share a GPU"})
     max_concurrent_trials: int = field(default=0, metadata={"help": "0: as many as resources allow"})
@@ -112,8 +126,13 @@ class JobConfig:
         named_arms(self.arms)
         for stage in self.stages:
             check(stage in STAGES, "stages", f"unknown stage {stage!r} (known: {', '.join(STAGES)})")
+        named_arms(self.planted_arms)
+        for k in self.planted_k:
+            check(k in PLANTED_CORPORA, "planted_k", f"no planted corpus for k = {k} (known: "
+                  f"{', '.join(map(str, PLANTED_CORPORA))})")
+        check(len(self.planted_seeds) > 0, "planted_seeds", "give at least one seed")
         for name in ("top_k", "num_samples", "grace_period", "keep_checkpoints", "checkpoint_every", "random_k",
-                     "random_epochs"):
+                     "random_epochs", "tau_genotypes", "tau_factor"):
             check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         for name in ("num_cpus", "max_concurrent_trials", "max_failures", "verbose"):
             check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
@@ -140,7 +159,9 @@ class JobConfig:
         common = {"data_dir": self.data_dir or None, "progress": False, "threads": max(1, int(self.cpus_per_trial))}
         object.__setattr__(self, "search", _derived("search", self.search, dataset=self.dataset,
                                                     run_dir=f"{RUN_DIR}/search", **common))
-        object.__setattr__(self, "train", _derived("train", self.train, dataset=self.dataset,
+        # a job's retrains follow searches or are compared with one another: they validate on the split's select
+        # half, never on the tokens the searches fit and ranked on (ess.data.roles)
+        object.__setattr__(self, "train", _derived("train", self.train, dataset=self.dataset, valid_part="select",
                                                    run_dir=f"{RUN_DIR}/retrain", **common))
         object.__setattr__(self, "transfer", _derived("transfer", self.transfer, task=self.tasks[0],
                                                       run_dir=f"{RUN_DIR}/transfer", **common))
@@ -221,6 +242,15 @@ JOB_PRESETS: dict[str, dict[str, Any]] = {
     "study-cpu": dict(seeds=(1, 2, 3), cpus_per_trial=1.0, random_k=4, random_epochs=1,
                       search={"preset": "cpu-small"}, train={"preset": "cpu-small", "match_params": "DARTS_V2@128"},
                       transfer={"preset": "short"}),
+    # The study's pilot on 2 CPU cores (docs/results.md "Pilot"): searches that move (cpu-full: 3 epochs of the
+    # whole PTB training set, 2,490 architecture steps), each retrained for one epoch at DARTS_V2@128's parameter
+    # count; the ranking quality of that retrain and of the supernets (tau); the planted corpora, k = 2, 3, 4.
+    "study-pilot": dict(seeds=(1, 2, 3, 4), cpus_per_trial=1.0, stages=("search", "tau", "planted"),
+                        arms=("intra", "joint", "rsws", "joint-beta", "joint-pt"),
+                        planted_arms=("inter", "joint", "rsws", "lstm", "darts_v2"), planted_k=(2, 3, 4),
+                        planted_seeds=(1, 2, 3, 4, 5), tau_genotypes=8, tau_factor=4,
+                        search={"preset": "cpu-full"}, train={"preset": "cpu-full", "match_params": "DARTS_V2@128"},
+                        transfer={"preset": "short"}),
     # The study at the paper's scale on GPUs: search at 300 units, batch 256, 50 epochs; retrain at DARTS_V2's
     # 850-unit parameter count; 5 seeds, random search best of 8.
     "study-gpu": dict(seeds=(1, 2, 3, 4, 5), cpus_per_trial=4.0, gpus_per_trial=1.0, max_failures=3, random_k=8,
@@ -248,7 +278,8 @@ JOB_PRESET_EXTRAS: dict[tuple[str, str], dict[str, Any]] = {
     ("transfer", "smoke"): dict(seeds=(1,)),
     ("transfer", "cpu-small"): dict(seeds=(1, 2, 3)),
     ("transfer", "paper"): dict(seeds=(1, 2, 3, 4, 5)),
-    ("study", "smoke"): dict(seeds=(1, 2), random_k=2,
+    ("study", "smoke"): dict(seeds=(1, 2), random_k=2, tau_genotypes=5, planted_seeds=(1,), planted_k=(2, 4),
+                             planted_arms=("joint", "rsws", "lstm"),
                              arms=("intra", "joint", "joint-pt", "lstm", "darts_v2", "random"),
                              search={"pt_tokens": 400},   # 16 units: one unit moves the count by 6%, no 1% match
                              transfer={"max_train_sentences": 200, "max_eval_sentences": 100, "epochs": 1}),

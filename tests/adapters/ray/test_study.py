@@ -22,7 +22,7 @@ def test_study_smoke_tables_and_the_report_from_the_store_agree(tmp_path):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     argv = ["--smoke-test", "--storage-path", str(tmp_path / "tune"), "--tracking-uri", store, "--name", "st",
             "--num-cpus", "2", "--data-dir", DATA_DIR, "--arms", "intra,joint,darts_v2,random",
-            "--stages", "search,baselines,random,planted"]
+            "--stages", "search,baselines,random,tau,planted"]
     assert load_job("study").main(argv) == 0
     summary = json.loads((tmp_path / "tune" / "st" / "summary.json").read_text())
     arms = {a["arm"]: a for a in summary["arms"]}
@@ -31,10 +31,25 @@ def test_study_smoke_tables_and_the_report_from_the_store_agree(tmp_path):
     assert {(t["arm"], t["seed"]) for t in trials} == {(a, s) for a in arms for s in (1, 2)}
     for t in trials:   # every retrain of the same parameter budget at these sizes: within a few % of DARTS_V2's
         assert t["retrain_valid_ppl"] > 1 and t["params"] > 0
-    assert {p["mode"] for p in summary["planted"]} == {"intra", "inter", "joint"}
-    assert all(p["floor_ppl"] < p["retrain_valid_ppl"] for p in summary["planted"])
+    # known truth: the smoke's planted arms (joint, rsws searched; lstm retrained) on k = 2 and 4, one row a seed
+    planted = summary["planted"]
+    assert sorted((p["k"], p["arm"], p["seed"]) for p in planted) == sorted(
+        (k, a, 1) for k in (2, 4) for a in ("joint", "rsws", "lstm"))
+    assert all(p["floor_ppl"] < p["retrain_test_ppl"] for p in planted)
+    assert all((p["reaches_planted_input"] is None) == (p["arm"] == "lstm") for p in planted)
+    # ranking quality: 5 genotypes retrained short and 4x long, scored by both joint supernets (intra's is not)
+    tau = summary["tau"]
+    assert tau["long_epochs"] == 4 * tau["short_epochs"] and len(tau["short_valid_ppl"]) == 5
+    assert -1 <= tau["short_vs_long"]["tau"] <= 1 and tau["short_vs_long"]["n"] == 5
+    assert sorted((s["arm"], s["seed"]) for s in tau["supernets"]) == [("joint", 1), ("joint", 2)]
+    assert all(len(s["losses"]) == 5 and -1 <= s["vs_long"]["tau"] <= 1 for s in tau["supernets"])
+    # the pre-registered comparisons, each listed; joint:rsws has no rsws arm here, so no comparison
+    primary = {c["arm_a"] + ":" + c["arm_b"]: c for c in summary["primary"]["comparisons"]}
+    assert list(primary) == ["joint:intra", "joint:rsws", "joint:random"]
+    assert primary["joint:rsws"]["verdict"].startswith("no comparison") and primary["joint:intra"]["n_a"] == 2
     assert {h for h in summary["headline"]} >= {"joint_vs_intra", "joint_vs_random", "joint_vs_darts_v2"}
-    for name in ("study.csv", "study_arms.csv", "study_pairs.csv", "study_planted.csv", "study_random_screen.csv"):
+    for name in ("study.csv", "study_arms.csv", "study_pairs.csv", "study_planted.csv", "study_random_screen.csv",
+                 "study_primary.csv", "study_tau.csv"):
         assert (tmp_path / "tune" / "st" / name).is_file()
 
     with warnings.catch_warnings():
