@@ -40,10 +40,13 @@ def _run(script: str) -> dict:
 def test_search_step_smoke():
     out = _run("search_step.py")
     assert out["bench"] == "search_step" and out["equivalence"] == "passed"
-    assert {(r["mode"], r["order"], r["impl"]) for r in out["rows"]} == {
-        (m, o, i) for m in MODES for o in (1, 2) for i in ("fast", "reference")}
+    norms = {m: ("none", "op") if MODES[m].searches_inter else ("none",) for m in MODES}
+    assert {(r["mode"], r["order"], r["impl"], r["norm"]) for r in out["rows"]} == {
+        (m, o, i, n) for m in MODES for o in (1, 2) for i in ("fast", "reference") for n in norms[m]}
+    assert {k for k in out["checks"] if k.endswith("/op")} == {f"{m}/4/op" for m in MODES if MODES[m].searches_inter}
     for diffs in out["checks"].values():
-        assert max(v for k, v in diffs.items() if not k.startswith("f32.bptt")) <= 1e-5
+        assert max(v for k, v in diffs.items() if "_vs_ref64" not in k) <= 1e-5
+        assert "f32.step.both.gradients" in diffs or "f32.step.both.fast32_vs_ref64.gradients" in diffs
     assert all(r["tokens_per_s"] > 0 and r["peak_rss_gb"] > 0 for r in out["rows"])
     assert out["matmul_flop_per_s"] > 0
     assert all(r["backend"] == "autograd" for r in out["rows"] if r["impl"] == "reference")
