@@ -21,7 +21,8 @@ square matrices) is measured in the same run, before and after; the larger is th
 Modes that search inter cells are timed with every inter-cell normalisation of ``--norms`` (default ``none`` and
 ``op``, the search's default); the table gives each one's tokens/s against ``none``'s. ``--rounds R`` times
 every configuration R times, in turn (A B C, A B C, ...), and reports the median of the rounds: on a shared
-machine the ratios between configurations then come from interleaved measurements.
+machine the ratios between configurations then come from interleaved measurements; ``--interleave`` goes
+further: every configuration in one process, one iteration of each in turn.
 
 Prints one table and one JSON line (``{"bench": "search_step", ...}``).
 """
@@ -32,6 +33,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -159,8 +161,8 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
         return _run_config(cfg)
 
 
-def _run_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    torch.set_num_threads(cfg["threads"])
+def setup(cfg: dict[str, Any]) -> tuple[Callable[[], None], SearchModel]:
+    """One configuration's model and a function running one search iteration of it."""
     device = cfg.get("device", "cpu")
     impl, T, B = cfg["impl"], cfg["bptt"], cfg["batch"]
     model = build(cfg["mode"], impl, cfg["size"], cfg["ntoken"], cfg["steps"], cfg["n_inter"], cfg["m"],
@@ -191,6 +193,25 @@ def _run_config(cfg: dict[str, Any]) -> dict[str, Any]:
         states["train"] = tuple(s.detach() for s in out.state)
         raw_loss.item()
 
+    return iteration, model
+
+
+def _row(cfg: dict[str, Any], model: SearchModel, times: list[float], warm: float) -> dict[str, Any]:
+    T, B, device = cfg["bptt"], cfg["batch"], cfg.get("device", "cpu")
+    flops = common.search_iteration_flops(model, T, B, cfg["order"])
+    med = common.median(times)
+    return {**{k: cfg[k] for k in ("mode", "order", "batch", "impl")}, "norm": cfg.get("norm", "none"),
+            "threads": cfg["threads"], "size": cfg["size"], "tokens_per_s": T * B / med,
+            "tokens_per_s_best": T * B / min(times), "seconds": times, "warmup_seconds": warm,
+            "flops_per_iteration": flops, "flop_per_s": flops / med, "peak_rss_gb": common.peak_rss_gb(),
+            "peak_device_gb": common.peak_device_gb(device),
+            "backend": "autograd" if cfg["impl"] == "reference" else cfg.get("backend") or kernels.get_backend()}
+
+
+def _run_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    torch.set_num_threads(cfg["threads"])
+    device = cfg.get("device", "cpu")
+    iteration, model = setup(cfg)
     if cfg.get("profile"):  # one iteration under torch.profiler after the warm-up: where the time goes
         from torch.profiler import ProfilerActivity, profile
 
@@ -201,13 +222,25 @@ def _run_config(cfg: dict[str, Any]) -> dict[str, Any]:
               flush=True)
         return {}
     times, warm = common.timed(iteration, cfg["warmup"], cfg["repeats"], device)
-    flops = common.search_iteration_flops(model, T, B, cfg["order"])
-    med = common.median(times)
-    return {**{k: cfg[k] for k in ("mode", "order", "batch", "impl")}, "norm": cfg.get("norm", "none"),
-            "threads": cfg["threads"], "size": cfg["size"], "tokens_per_s": T * B / med,
-            "tokens_per_s_best": T * B / min(times), "seconds": times, "warmup_seconds": warm,
-            "flops_per_iteration": flops, "flop_per_s": flops / med, "peak_rss_gb": common.peak_rss_gb(),
-            "peak_device_gb": common.peak_device_gb(device), "backend": kernels.get_backend()}
+    return _row(cfg, model, times, warm)
+
+
+def run_interleaved(cfgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every configuration in this process, one iteration of each in turn (after each one's warm-up): their
+    ratios then come from measurements taken seconds apart. Peak memory is the process's, not each one's."""
+    torch.set_num_threads(cfgs[0]["threads"])
+    runs = []
+    for cfg in cfgs:
+        iteration, model = setup(cfg)
+        with common.config_backend(cfg):
+            warm = common.timed(iteration, cfg["warmup"], 0, cfg.get("device", "cpu"))[1]
+        runs.append((cfg, iteration, model, warm, []))
+    for r in range(max(cfg["repeats"] for cfg in cfgs)):
+        for cfg, iteration, _, _, times in runs:
+            if r < cfg["repeats"]:
+                with common.config_backend(cfg):
+                    times += common.timed(iteration, 0, 1, cfg.get("device", "cpu"))[0]
+    return [_row(cfg, model, times, warm) for cfg, _, model, warm, times in runs]
 
 
 def _median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -247,6 +280,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile", default=None, metavar="MODE:BATCH:ORDER[:NORM]",
                    help="profile one fast iteration of this configuration (e.g. intra:64:1, joint:32:1:op) and exit")
     p.add_argument("--inline", action="store_true", help="time in this process (no per-configuration memory)")
+    p.add_argument("--interleave", action="store_true",
+                   help="all configurations in this process, one iteration of each in turn (no per-configuration "
+                        "memory): for ratios on a busy machine")
     p.add_argument("--smoke-test", action="store_true", help="tiny sizes, one repeat, inline: a few seconds")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -307,8 +343,9 @@ def main(argv: list[str] | None = None) -> int:
                             warmup=args.warmup, repeats=args.repeats if impl == "fast" else args.ref_repeats))
     runs: list[list[dict[str, Any]]] = [[] for _ in configs]
     for _ in range(args.rounds):
-        for cfg, done in zip(configs, runs):
-            row = run_config(cfg) if args.inline else common.run_child(__file__, cfg)
+        done_now = run_interleaved(configs) if args.interleave else [
+            run_config(cfg) if args.inline else common.run_child(__file__, cfg) for cfg in configs]
+        for cfg, row, done in zip(configs, done_now, runs):
             done.append(row)
             print(f"# {cfg['mode']} order {cfg['order']} batch {cfg['batch']} {cfg['norm']} {cfg['impl']}: "
                   f"{row['tokens_per_s']:.0f} tok/s, peak {row['peak_rss_gb']:.2f} GB", flush=True)
