@@ -63,6 +63,35 @@ def test_retrain_step_smoke():
     assert all(r["train_tokens_per_s"] > 0 and r["eval_tokens_per_s"] > 0 for r in out["rows"])
 
 
+def test_interleaved_runs_give_every_configuration_a_row(capsys):
+    """``--interleave`` (all configurations in one process, in turn): one row each, as the per-process runs."""
+    import search_step
+
+    assert retrain_step.main(["--smoke-test", "--interleave", "--cells", "DARTS_V2,lstm"]) == 0
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]
+    assert [(r["cell"], r["impl"]) for r in rows] == [("DARTS_V2", "fast"), ("DARTS_V2", "reference"),
+                                                      ("lstm", "torch")]
+    assert all(len(r["train_seconds"]) == 1 and r["train_tokens_per_s"] > 0 for r in rows)
+    assert search_step.main(["--smoke-test", "--interleave", "--modes", "joint", "--orders", "1", "--rounds", "2"]) == 0
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]
+    assert [(r["norm"], r["impl"]) for r in rows] == [("none", "fast"), ("none", "reference"), ("op", "fast"),
+                                                      ("op", "reference")]
+    assert all(len(r["tokens_per_s_rounds"]) == 2 for r in rows)
+    assert rows[0]["backend"] != "autograd" and rows[1]["backend"] == "autograd"
+
+
+def test_retrain_step_sizes_every_cell_to_the_parameter_count_asked():
+    """``--match DARTS_V2@128``: each cell at the width whose model has DARTS_V2@128's parameter count (1%)."""
+    from ess.models.sizing import count_params
+
+    sizes = retrain_step.matched_sizes("DARTS_V2@128", ["DARTS_V2", "ESS_M3", "lstm"], 10_000)
+    assert sizes["DARTS_V2"] == 128 and sizes["ESS_M3"] < 128 < sizes["lstm"]
+    target = count_params("ess", DARTS_V2, 10_000, 128)
+    for cell, size in sizes.items():
+        model = retrain_step.build(cell, size, 10_000, 0)
+        assert abs(sum(p.numel() for p in model.parameters()) - target) <= 0.01 * target
+
+
 def test_retrain_variants_smoke():
     out = _run("retrain_variants.py")
     assert out["bench"] == "retrain_variants" and out["equivalence"] == "passed"
