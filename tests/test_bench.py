@@ -20,6 +20,8 @@ from ess.search.architect import requires_grad
 from ess.space.genotype import DARTS_V2
 from ess.supernet import MODES, build_search_model
 
+from conftest import requires_ptb
+
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 sys.path.insert(0, str(BENCH))
 import common  # noqa: E402
@@ -90,6 +92,24 @@ def test_retrain_step_sizes_every_cell_to_the_parameter_count_asked():
     for cell, size in sizes.items():
         model = retrain_step.build(cell, size, 10_000, 0)
         assert abs(sum(p.numel() for p in model.parameters()) - target) <= 0.01 * target
+
+
+@requires_ptb
+@pytest.mark.slow  # four CLI runs, about a minute
+def test_study_cell_times_both_checkouts_in_turn(capsys):
+    """The study-cell script on this checkout against itself, at a tiny scale: search and retrain run through the
+    CLIs, the checkouts alternate, the ratio is old / new."""
+    import study_cell
+
+    assert study_cell.scaled(study_cell.SEARCH, 20) == {"epochs": 1, "max_train_tokens": 20_000,
+                                                        "max_eval_tokens": 4_000}
+    assert study_cell.main(["--old", str(common.ROOT), "--scale", "400", "--rounds", "2"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [(r["checkout"], r["round"]) for r in out["rows"]] == [("old", 0), ("new", 0), ("new", 1), ("old", 1)]
+    assert all(r["search_s"] > 0 and r["retrain_s"] > 0 for r in out["rows"])
+    first = out["rows"][0]
+    assert out["ratios"][0]["cell_s"] == pytest.approx(first["cell_s"] / out["rows"][1]["cell_s"])
+    assert out["genotype"]["history"]["m"] == 3
 
 
 def test_retrain_variants_smoke():
