@@ -8,6 +8,7 @@
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <cmath>
 #include <vector>
@@ -538,11 +539,7 @@ static void inter_fwd_level(const InterShape& S, int64_t k, const float* Pnk, co
 
 static inline Vec tail(const Vec& v, int64_t n) { return n == VL ? v : Vec::set(Vec(0.f), v, n); }
 static inline float hsumf(const Vec& v) {
-  float tmp[VL];
-  v.store(tmp);
-  float sum = 0;
-  for (int64_t k = 0; k < VL; ++k) sum += tmp[k];
-  return sum;
+  return at::vec::vec_reduce_all<float>([](const Vec& a, const Vec& b) { return a + b; }, v);
 }
 
 // One source row p: its activations into buf [4, d] and their statistics into stat (two passes: the variance
@@ -571,14 +568,14 @@ static void op_row_stats(const float* p, int64_t d, float eps, float* buf, float
   }
 }
 
-// dst (a row) = (init ? 0 : dst) + sum_f th_f a_f, the normalised activations of op_row_stats's row.
-static inline void op_row_mix(const float* buf, const float* stat, const float* th, int64_t d, float* dst, bool init) {
+// dst (a row) += sum_f th_f a_f, the normalised activations of op_row_stats's row.
+static inline void op_row_mix(const float* buf, const float* stat, const float* th, int64_t d, float* dst) {
   float c[4], off = 0.f;
   for (int f = 0; f < 4; ++f) { c[f] = th[f] * stat[4 + f]; off -= c[f] * stat[f]; }
   const Vec C0(c[0]), C1(c[1]), C2(c[2]), C3(c[3]), O(off);
   for (int64_t x = 0; x < d; x += VL) {
     const int64_t n = std::min(VL, d - x);
-    const Vec base = init ? O : ld(dst + x, n) + O;
+    const Vec base = ld(dst + x, n) + O;
     st(dst + x, at::vec::fmadd(C0, ld(buf + x, n), at::vec::fmadd(C1, ld(buf + d + x, n),
                 at::vec::fmadd(C2, ld(buf + 2 * d + x, n), at::vec::fmadd(C3, ld(buf + 3 * d + x, n), base)))), n);
   }
@@ -630,23 +627,47 @@ static void op_row_bwd(const float* p, const float* stat, int64_t d, int64_t nc,
   }
 }
 
-// Level 0 under the op norm (as inter_fwd_level0): every input row's statistics, then its op-weighted sums.
+// Level 0 under the op norm (as inter_fwd_level0): the statistics of the row's 2 m input projections (their
+// activations kept in buf), then every node's op-weighted sums in one pass, a_f = (f - mu_f) r_f folded into
+// per-row weights th r and offsets.
 static void inter_fwd_level0_norm(const InterShape& S, const float* P, const float* thi, float eps, float* SP,
                                   float* AB, float* NODES, const float* X0, float* out) {
   const int64_t m = S.m, K = S.K, N = S.N, Nd = S.Nd(), d = S.d;
   at::parallel_for(0, N, grain(N, 2 * m * d), [&](int64_t b0, int64_t b1) {
-    std::vector<float> buf(4 * d);
+    std::vector<float> buf(2 * m * 4 * d), coef(2 * K * m * 4), off(2 * K);
+    Vec acc[2][MAX_NODES];
     for (int64_t b = b0; b < b1; ++b) {
       for (int64_t s = 0; s < 2; ++s)
-        for (int64_t j = 0; j < m; ++j) {
-          float* stat = SP + ((s * m + j) * N + b) * 8;
-          op_row_stats(P + (s * m + j) * Nd + b * d, d, eps, buf.data(), stat);
-          for (int64_t k = 0; k < K; ++k)
-            op_row_mix(buf.data(), stat, thi + ((s * K + k) * m + j) * 4, d, AB + (k * 2 + s) * Nd + b * d, j == 0);
+        for (int64_t j = 0; j < m; ++j)
+          op_row_stats(P + (s * m + j) * Nd + b * d, d, eps, buf.data() + (s * m + j) * 4 * d,
+                       SP + ((s * m + j) * N + b) * 8);
+      for (int64_t s = 0; s < 2; ++s)
+        for (int64_t k = 0; k < K; ++k) {
+          float o = 0.f;
+          for (int64_t j = 0; j < m; ++j) {
+            const float* th = thi + ((s * K + k) * m + j) * 4;
+            const float* stat = SP + ((s * m + j) * N + b) * 8;
+            for (int f = 0; f < 4; ++f) {
+              const float c = th[f] * stat[4 + f];
+              coef[((s * K + k) * m + j) * 4 + f] = c;
+              o -= c * stat[f];
+            }
+          }
+          off[s * K + k] = o;
         }
       for (int64_t x = 0; x < d; x += VL) {
         const int64_t n = std::min(VL, d - x), o = b * d + x;
-        const Vec node = combine(S.code, S.cw, ld(AB + o, n), ld(AB + Nd + o, n));
+        for (int64_t s = 0; s < 2; ++s) {
+          for (int64_t k = 0; k < K; ++k) acc[s][k] = Vec(off[s * K + k]);
+          for (int64_t j = 0; j < m; ++j) {
+            const float* a = buf.data() + (s * m + j) * 4 * d + x;
+            const Vec a0 = ld(a, n), a1 = ld(a + d, n), a2 = ld(a + 2 * d, n), a3 = ld(a + 3 * d, n);
+            for (int64_t k = 0; k < K; ++k)
+              acc[s][k] = mix4(coef.data() + ((s * K + k) * m + j) * 4, a0, a1, a2, a3, acc[s][k]);
+          }
+          for (int64_t k = 0; k < K; ++k) st(AB + (k * 2 + s) * Nd + o, acc[s][k], n);
+        }
+        const Vec node = combine(S.code, S.cw, acc[0][0], acc[1][0]);
         st(NODES + o, node, n);
         if (K == 1) inter_out(S, NODES, node, X0, out, o, n);
       }
@@ -665,7 +686,7 @@ static void inter_fwd_level_norm(const InterShape& S, int64_t k, const float* Pn
         float* stat = SNk + (s * N + b) * 8;
         op_row_stats(Pnk + s * Nd + b * d, d, eps, buf.data(), stat);
         for (int64_t kk = k; kk < K; ++kk)
-          op_row_mix(buf.data(), stat, thn[kk - 1] + (s * kk + k - 1) * 4, d, AB + (kk * 2 + s) * Nd + b * d, false);
+          op_row_mix(buf.data(), stat, thn[kk - 1] + (s * kk + k - 1) * 4, d, AB + (kk * 2 + s) * Nd + b * d);
       }
       for (int64_t x = 0; x < d; x += VL) {
         const int64_t n = std::min(VL, d - x), o = b * d + x;
