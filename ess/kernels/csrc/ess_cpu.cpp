@@ -536,8 +536,12 @@ static void inter_fwd_level(const InterShape& S, int64_t k, const float* Pnk, co
 // The op norm (ess.supernet.base.OP_NORMS["op"]): each source row's four activations layer-normalised over the
 // row, a_f = (f(p) - mu_f) r_f, r_f = 1 / sqrt(var_f + eps). SP [2, m, N, 8] and SN [K-1, 2, N, 8] keep
 // (mu_0..3, r_0..3) of every row of P and Pn. Work is per row (the statistics are), on a [6, d] scratch row.
+// The norm is shift-invariant: sigmoid is normalised as sigmoid - 1/2 = tanh(p / 2) / 2, whose float32 values keep
+// their precision where sigmoid's sit near 1/2 (small projections: row deviations of 1e-3, float32's spacing at
+// 1/2 is 6e-8), so its mu is that of sigmoid - 1/2.
 
 static inline Vec tail(const Vec& v, int64_t n) { return n == VL ? v : Vec::set(Vec(0.f), v, n); }
+static inline Vec sigm_c(const Vec& x) { const Vec h(0.5f); return h * tanh_r(x * h); }  // sigmoid(x) - 1/2
 static inline float hsumf(const Vec& v) {
   return at::vec::vec_reduce_all<float>([](const Vec& a, const Vec& b) { return a + b; }, v);
 }
@@ -549,7 +553,7 @@ static void op_row_stats(const float* p, int64_t d, float eps, float* buf, float
   for (int64_t x = 0; x < d; x += VL) {
     const int64_t n = std::min(VL, d - x);
     const Vec pv = ld(p + x, n);
-    const Vec a[4] = {tanh_r(pv), relu_v(pv), tail(sigm(pv), n), pv};
+    const Vec a[4] = {tanh_r(pv), relu_v(pv), sigm_c(pv), pv};  // 0 beyond the row
     for (int f = 0; f < 4; ++f) { st(buf + f * d + x, a[f], n); s[f] = s[f] + a[f]; }
   }
   float mu[4];
@@ -591,7 +595,7 @@ static void op_row_bwd(const float* p, const float* stat, int64_t d, int64_t nc,
   Vec m1[4] = {Vec(0.f), Vec(0.f), Vec(0.f), Vec(0.f)}, m2[4] = {Vec(0.f), Vec(0.f), Vec(0.f), Vec(0.f)};
   for (int64_t x = 0; x < d; x += VL) {
     const int64_t n = std::min(VL, d - x);
-    const Vec pv = ld(p + x, n), t = tanh_r(pv), sg = sigm(pv);
+    const Vec pv = ld(p + x, n), t = tanh_r(pv), sg = sigm_c(pv);
     const Vec f[4] = {t, relu_v(pv), sg, pv};
     Vec a[4], dA[4] = {Vec(0.f), Vec(0.f), Vec(0.f), Vec(0.f)};
     for (int q = 0; q < 4; ++q) a[q] = (f[q] - mu[q]) * r[q];
@@ -616,7 +620,7 @@ static void op_row_bwd(const float* p, const float* stat, int64_t d, int64_t nc,
     const int64_t n = std::min(VL, d - x);
     const Vec pv = ld(p + x, n), t = ld(buf + 4 * d + x, n), sg = ld(buf + 5 * d + x, n);
     const Vec f[4] = {t, relu_v(pv), sg, pv};
-    const Vec slope[4] = {one - t * t, pos01(pv), sg * (one - sg), one};
+    const Vec slope[4] = {one - t * t, pos01(pv), Vec(0.25f) - sg * sg, one};
     Vec out(0.f);
     for (int q = 0; q < 4; ++q) {
       const Vec a = (f[q] - mu[q]) * r[q];
@@ -785,9 +789,12 @@ static void inter_bwd_level(const InterShape& S, int64_t k, const float* dn, con
             for (int64_t x = 0; x < d; x += VL) {
               const int64_t n = std::min(VL, d - x), o = b * d + x;
               const Vec g = ld(dAB + (k * 2 + s) * Nd + o, n), p = ld(Pn + (kk * 2 + s) * Nd + o, n);
-              Vec f0 = tanh_r(p), f1 = relu_v(p), f2 = sigm(p), f3 = p;
+              Vec f0 = tanh_r(p), f1 = relu_v(p), f2, f3 = p;
               if constexpr (NORM) {
-                f0 = (f0 - mu[0]) * r[0]; f1 = (f1 - mu[1]) * r[1]; f2 = (f2 - mu[2]) * r[2]; f3 = (f3 - mu[3]) * r[3];
+                f2 = (sigm_c(p) - mu[2]) * r[2];
+                f0 = (f0 - mu[0]) * r[0]; f1 = (f1 - mu[1]) * r[1]; f3 = (f3 - mu[3]) * r[3];
+              } else {
+                f2 = sigm(p);
               }
               a0 = at::vec::fmadd(g, f0, a0); a1 = at::vec::fmadd(g, f1, a1);
               a2 = at::vec::fmadd(g, f2, a2); a3 = at::vec::fmadd(g, f3, a3);
