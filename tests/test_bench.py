@@ -112,6 +112,30 @@ def test_study_cell_times_both_checkouts_in_turn(capsys):
     assert out["genotype"]["history"]["m"] == 3
 
 
+def test_seed_bundle_smoke():
+    """The K-seed prototype: held to K single models before timing; every variant timed for every K."""
+    out = _run("seed_bundle.py")
+    assert out["bench"] == "seed_bundle" and out["equivalence"] == "passed"
+    assert all(max(v.values()) <= 1e-10 for v in out["checks"].values())
+    assert {(r["kind"], r["K"], r["variant"]) for r in out["rows"]} == {
+        (kind, k, v) for kind in ("search", "retrain") for k in (1, 2) for v in ("bundle", "processes", "wide")}
+    assert all(r["tokens_per_s"] > 0 for r in out["rows"])
+
+
+def test_bundle_draws_every_seeds_own_masks_and_clips_each_seed_by_its_own_norm():
+    import seed_bundle
+
+    models = [seed_bundle.build("retrain", 8, 40, seed) for seed in (1, 2)]
+    bundle = seed_bundle.Bundle(models)
+    assert not torch.equal(bundle.params["encoder.weight"][0], bundle.params["encoder.weight"][1])  # own init
+    masks = bundle.masks(3, training=True)
+    assert len(masks) == 5 and all(m.size(0) == 2 and not torch.equal(m[0], m[1]) for m in masks)
+    assert bundle.masks(3, training=False) == ()
+    grads = [torch.tensor([[3.0, 4.0], [0.3, 0.4]]), torch.zeros(2, 3)]
+    seed_bundle.clip_per_seed(grads, 1.0)
+    assert torch.allclose(grads[0], torch.tensor([[0.6, 0.8], [0.3, 0.4]]), atol=1e-6)  # seed 0 clipped, 1 not
+
+
 def test_retrain_variants_smoke():
     out = _run("retrain_variants.py")
     assert out["bench"] == "retrain_variants" and out["equivalence"] == "passed"
