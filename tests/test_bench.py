@@ -20,6 +20,8 @@ from ess.search.architect import requires_grad
 from ess.space.genotype import DARTS_V2
 from ess.supernet import MODES, build_search_model
 
+from conftest import requires_ptb
+
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 sys.path.insert(0, str(BENCH))
 import common  # noqa: E402
@@ -40,10 +42,13 @@ def _run(script: str) -> dict:
 def test_search_step_smoke():
     out = _run("search_step.py")
     assert out["bench"] == "search_step" and out["equivalence"] == "passed"
-    assert {(r["mode"], r["order"], r["impl"]) for r in out["rows"]} == {
-        (m, o, i) for m in MODES for o in (1, 2) for i in ("fast", "reference")}
+    norms = {m: ("none", "op") if MODES[m].searches_inter else ("none",) for m in MODES}
+    assert {(r["mode"], r["order"], r["impl"], r["norm"]) for r in out["rows"]} == {
+        (m, o, i, n) for m in MODES for o in (1, 2) for i in ("fast", "reference") for n in norms[m]}
+    assert {k for k in out["checks"] if k.endswith("/op")} == {f"{m}/4/op" for m in MODES if MODES[m].searches_inter}
     for diffs in out["checks"].values():
-        assert max(v for k, v in diffs.items() if not k.startswith("f32.bptt")) <= 1e-5
+        assert max(v for k, v in diffs.items() if "_vs_ref64" not in k) <= 1e-5
+        assert "f32.step.both.gradients" in diffs or "f32.step.both.fast32_vs_ref64.gradients" in diffs
     assert all(r["tokens_per_s"] > 0 and r["peak_rss_gb"] > 0 for r in out["rows"])
     assert out["matmul_flop_per_s"] > 0
     assert all(r["backend"] == "autograd" for r in out["rows"] if r["impl"] == "reference")
@@ -58,6 +63,77 @@ def test_retrain_step_smoke():
     for diffs in out["checks"].values():
         assert max(diffs.values()) <= 1e-5
     assert all(r["train_tokens_per_s"] > 0 and r["eval_tokens_per_s"] > 0 for r in out["rows"])
+
+
+def test_interleaved_runs_give_every_configuration_a_row(capsys):
+    """``--interleave`` (all configurations in one process, in turn): one row each, as the per-process runs."""
+    import search_step
+
+    assert retrain_step.main(["--smoke-test", "--interleave", "--cells", "DARTS_V2,lstm"]) == 0
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]
+    assert [(r["cell"], r["impl"]) for r in rows] == [("DARTS_V2", "fast"), ("DARTS_V2", "reference"),
+                                                      ("lstm", "torch")]
+    assert all(len(r["train_seconds"]) == 1 and r["train_tokens_per_s"] > 0 for r in rows)
+    assert search_step.main(["--smoke-test", "--interleave", "--modes", "joint", "--orders", "1", "--rounds", "2"]) == 0
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]
+    assert [(r["norm"], r["impl"]) for r in rows] == [("none", "fast"), ("none", "reference"), ("op", "fast"),
+                                                      ("op", "reference")]
+    assert all(len(r["tokens_per_s_rounds"]) == 2 for r in rows)
+    assert rows[0]["backend"] != "autograd" and rows[1]["backend"] == "autograd"
+
+
+def test_retrain_step_sizes_every_cell_to_the_parameter_count_asked():
+    """``--match DARTS_V2@128``: each cell at the width whose model has DARTS_V2@128's parameter count (1%)."""
+    from ess.models.sizing import count_params
+
+    sizes = retrain_step.matched_sizes("DARTS_V2@128", ["DARTS_V2", "ESS_M3", "lstm"], 10_000)
+    assert sizes["DARTS_V2"] == 128 and sizes["ESS_M3"] < 128 < sizes["lstm"]
+    target = count_params("ess", DARTS_V2, 10_000, 128)
+    for cell, size in sizes.items():
+        model = retrain_step.build(cell, size, 10_000, 0)
+        assert abs(sum(p.numel() for p in model.parameters()) - target) <= 0.01 * target
+
+
+@requires_ptb
+@pytest.mark.slow  # four CLI runs, about a minute
+def test_study_cell_times_both_checkouts_in_turn(capsys):
+    """The study-cell script on this checkout against itself, at a tiny scale: search and retrain run through the
+    CLIs, the checkouts alternate, the ratio is old / new."""
+    import study_cell
+
+    assert study_cell.scaled(study_cell.SEARCH, 20) == {"epochs": 1, "max_train_tokens": 20_000,
+                                                        "max_eval_tokens": 4_000}
+    assert study_cell.main(["--old", str(common.ROOT), "--scale", "400", "--rounds", "2"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [(r["checkout"], r["round"]) for r in out["rows"]] == [("old", 0), ("new", 0), ("new", 1), ("old", 1)]
+    assert all(r["search_s"] > 0 and r["retrain_s"] > 0 for r in out["rows"])
+    first = out["rows"][0]
+    assert out["ratios"][0]["cell_s"] == pytest.approx(first["cell_s"] / out["rows"][1]["cell_s"])
+    assert out["genotype"]["history"]["m"] == 3
+
+
+def test_seed_bundle_smoke():
+    """The K-seed prototype: held to K single models before timing; every variant timed for every K."""
+    out = _run("seed_bundle.py")
+    assert out["bench"] == "seed_bundle" and out["equivalence"] == "passed"
+    assert all(max(v.values()) <= 1e-10 for v in out["checks"].values())
+    assert {(r["kind"], r["K"], r["variant"]) for r in out["rows"]} == {
+        (kind, k, v) for kind in ("search", "retrain") for k in (1, 2) for v in ("bundle", "processes", "wide")}
+    assert all(r["tokens_per_s"] > 0 for r in out["rows"])
+
+
+def test_bundle_draws_every_seeds_own_masks_and_clips_each_seed_by_its_own_norm():
+    import seed_bundle
+
+    models = [seed_bundle.build("retrain", 8, 40, seed) for seed in (1, 2)]
+    bundle = seed_bundle.Bundle(models)
+    assert not torch.equal(bundle.params["encoder.weight"][0], bundle.params["encoder.weight"][1])  # own init
+    masks = bundle.masks(3, training=True)
+    assert len(masks) == 5 and all(m.size(0) == 2 and not torch.equal(m[0], m[1]) for m in masks)
+    assert bundle.masks(3, training=False) == ()
+    grads = [torch.tensor([[3.0, 4.0], [0.3, 0.4]]), torch.zeros(2, 3)]
+    seed_bundle.clip_per_seed(grads, 1.0)
+    assert torch.allclose(grads[0], torch.tensor([[0.6, 0.8], [0.3, 0.4]]), atol=1e-6)  # seed 0 clipped, 1 not
 
 
 def test_retrain_variants_smoke():

@@ -1,10 +1,11 @@
 """Fused forward/backward steps of the recurrent cells: the fast path's arithmetic, written out by hand.
 
 One time step of the DARTS search cell (:class:`ess.supernet.MixedIntraCell`), of the discrete DARTS
-cell (:class:`ess.models.cells.DARTSCell`) and the whole inter search DAG (:class:`ess.supernet.MixedInterCell`)
-are each one :class:`torch.autograd.Function`: the forward runs with no autograd graph (one matmul per
-node over all its predecessors stacked, all ops of a node's edges in one elementwise pass, batch norm
-fused in), the backward is written by hand:
+cell (:class:`ess.models.cells.DARTSCell`) and the whole inter search DAG (:class:`ess.supernet.MixedInterCell`,
+without normalisation or with the op norm, ``--inter-norm op``: :data:`FUSED_INTER_NORMS`; the branch norms
+``centre`` and ``layer`` run the cell's plain code) are each one :class:`torch.autograd.Function`: the forward
+runs with no autograd graph (one matmul per node over all its predecessors stacked, all ops of a node's edges
+in one elementwise pass, batch norm fused in), the backward is written by hand:
 
 * only the gradients autograd asks for are computed (``ctx.needs_input_grad``, by argument name:
   :class:`~ess.kernels.policy.Needs`): the architecture step of the search (weights frozen) does no
@@ -85,7 +86,14 @@ from ess.kernels.darts import (
     darts_forward,
     darts_group_size,
 )
-from ess.kernels.inter import CPP_MAX_INTER_NODES, InterSearchFunction, inter_search_backward, inter_search_forward
+from ess.kernels.inter import (
+    CPP_MAX_INTER_NODES,
+    FUSED_INTER_NORMS,
+    OP_NORM_EPS,
+    InterSearchFunction,
+    inter_search_backward,
+    inter_search_forward,
+)
 from ess.kernels.intra import IntraSearchStep, intra_search_backward, intra_search_forward
 from ess.kernels.loss import CE_CHUNK_BYTES, LinearCrossEntropy, linear_cross_entropy
 from ess.kernels.norm import NormSpec, norm_spec, update_running_stats
@@ -116,12 +124,14 @@ __all__ = [
     "KERNEL_OPS",
     "DartsPlan",
     "DartsStep",
+    "FUSED_INTER_NORMS",
     "InterSearchFunction",
     "IntraSearchStep",
     "Kernel",
     "LinearCrossEntropy",
     "Needs",
     "NormSpec",
+    "OP_NORM_EPS",
     "SequenceGrads",
     "apply_step",
     "backend",

@@ -131,7 +131,8 @@ class MixedInterCell(ArchBound, nn.Module):
     (``'edge'``). Node: ``s_{m+k} = a_k ⊙ b_k`` (seed eq. 4, ``'product'``), ``a_k + b_k`` (``'sum'``) or
     ``w_p (a ⊙ b) + w_s (a + b)`` with ``(w_p, w_s)`` a softmax over 2 per-cell logits (``'search'``).
     Output (seed eq. 3 + residual): ``s_0 + mean_k s_{m+k}``, or the mean alone without the residual.
-    ``norm`` (:data:`ess.supernet.base.INTER_NORMS`) normalises each branch before the combination.
+    ``norm`` (:data:`ess.supernet.base.INTER_NORMS`) normalises each branch before the combination, or (``op``,
+    :data:`~ess.supernet.base.OP_NORMS`) every op's activation before the weighted sums.
 
     Efficient form: leading dims are flattened; the ``m`` inputs go through their ``W^a_j`` and ``W^b_j``
     in one batched matmul and the input part of every branch of every node is one matrix product per side
@@ -179,24 +180,25 @@ class MixedInterCell(ArchBound, nn.Module):
         """``inputs[j]`` is the j-th most recent vector (any leading shape, last dim ``dim``).
 
         Leading dims are flattened and the fused :class:`ess.kernels.InterSearchFunction` runs the DAG
-        (the same arithmetic under plain autograd with the ``autograd`` kernel backend); a normalised cell
-        runs :meth:`forward_plain` (the fused kernels have no branch normalisation).
+        (the same arithmetic under plain autograd with the ``autograd`` kernel backend), with the op norm
+        (``norm = "op"``) or none; the branch norms (``centre``, ``layer``) run :meth:`forward_plain`.
         """
         theta_in, theta_nodes, comb = self._weights()
         lead = inputs[0].shape[:-1]
         X = torch.stack([v.reshape(-1, self.dim) for v in inputs[: self.m]])  # [m, N, d]
-        if self.norm != "none":
+        if self.norm not in kernels.FUSED_INTER_NORMS:
             out = self.forward_plain(X, theta_in, theta_nodes, comb)
         elif kernels.fused_enabled():
-            out = kernels.InterSearchFunction.apply((self.combination, self.residual), X, self.W, theta_in, comb,
-                                                    *theta_nodes)
+            out = kernels.InterSearchFunction.apply((self.combination, self.residual, self.norm), X, self.W, theta_in,
+                                                    comb, *theta_nodes)
         else:
             out = kernels.inter_search_forward(X, self.W, theta_in, theta_nodes, comb, self.combination,
-                                               self.residual)[0]
+                                               self.residual, self.norm)[0]
         return out.view(*lead, self.dim)
 
     def forward_plain(self, X: Tensor, theta_in: Tensor, theta_nodes: Sequence[Tensor], comb: Tensor | None) -> Tensor:
-        """The DAG in plain autograd ops on stacked inputs ``X`` ``[m, N, d]``, branches normalised by ``norm``."""
+        """The DAG in plain autograd ops on stacked inputs ``X`` ``[m, N, d]``, normalised by ``norm``: the code every
+        norm runs on, and the one the fused kernels are held to (``tests/supernet/test_knobs.py``)."""
         m = self.m
         norm, combine = INTER_NORMS[self.norm], COMBINE[self.combination]
         op_norm = OP_NORMS.get(self.norm, INTER_NORMS["none"])

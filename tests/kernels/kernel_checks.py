@@ -44,6 +44,14 @@ def max_diff(a, b) -> float:
     return ((a - b).abs() / b.abs().clamp(min=1.0)).max().item()
 
 
+def scaled_diff(a, b) -> float:
+    """Max abs difference over ``b``'s largest magnitude: float32 against a float64 oracle where the op norm
+    divides by small row deviations (its values and gradients are large, their float32 rounding with them)."""
+    assert a.shape == b.shape
+    a, b = a.double(), b.double()
+    return ((a - b).abs().max() / b.abs().max().clamp(min=1e-30)).item()
+
+
 def close(a, b, tol=1e-10):
     """Absolute agreement within ``tol`` (float64 cases: the fused kernels against the plain code)."""
     assert a.shape == b.shape

@@ -9,16 +9,29 @@ import torch
 
 from ess import kernels
 from ess.supernet import MixedInterCell
+from ess.supernet.reference import ReferenceMixedInterCell
 
-from kernel_checks import PASSES, TOL, backend_cases, close, grads, impl_of, max_diff, require_cpp, tolerance
+from kernel_checks import (
+    PASSES,
+    TOL,
+    backend_cases,
+    close,
+    grads,
+    impl_of,
+    max_diff,
+    require_cpp,
+    scaled_diff,
+    tolerance,
+)
 
 
 def _inter_results(cell, backends, alphas, inputs, need_w, need_theta):
-    """``{backend: (out, gradients, impl)}`` of the cell on ``inputs``."""
+    """``{backend: (out, gradients, impl)}`` of the cell on ``inputs`` (cast to the cell's dtype)."""
     results = {}
+    dtype = cell.W.dtype
     for backend in backends:
-        al = {k: v.clone().requires_grad_(need_theta) for k, v in alphas.items()}
-        xs = [v.clone().requires_grad_() for v in inputs]
+        al = {k: v.to(dtype).clone().requires_grad_(need_theta) for k, v in alphas.items()}
+        xs = [v.to(dtype).clone().requires_grad_() for v in inputs]
         cell.W.requires_grad_(need_w)
         with kernels.backend(backend), cell.bound(al):
             out = cell(xs)
@@ -63,6 +76,90 @@ def test_inter_cell_beyond_the_cpp_node_limit_runs_python():
         assert max_diff(a, b) <= TOL
 
 
+# The op norm (every op's activation layer-normalised over its row) in the fused kernels
+
+
+# float32 against float64 with the op norm, relative to each tensor's scale: the plain code in float32 is itself
+# up to 8.6e-6 away from float64 on these cases (the norm divides by row deviations; sigmoid's are small)
+OP_NORM_TOL = 3e-5
+
+
+def _op_norm_case(m, n_nodes, combination, residual, N, dim, seed):
+    """A float64 op-normed cell, the edge-by-edge reference cell with its weights (the oracle), arch logits and
+    inputs."""
+    torch.manual_seed(seed)
+    cell = MixedInterCell(dim, m=m, n_nodes=n_nodes, combination=combination, residual=residual, norm="op").double()
+    oracle = ReferenceMixedInterCell(dim, m=m, n_nodes=n_nodes, combination=combination, residual=residual,
+                                     norm="op").double()
+    oracle.load_state_dict(cell.state_dict())
+    alphas = {k: torch.randn(*shape, dtype=torch.float64) for k, shape in cell.arch_spec().items()}
+    inputs = [torch.randn(N, dim, dtype=torch.float64) for _ in range(m)]
+    return cell, oracle, alphas, inputs
+
+
+def _oracle(oracle, alphas, inputs, need_w, need_theta):
+    """The reference cell's output and gradients (``_inter_results``'s order) under plain autograd."""
+    with kernels.backend("autograd"):
+        out, g, _ = _inter_results(oracle, ("autograd",), alphas, inputs, need_w, need_theta)["autograd"]
+    return out, g
+
+
+@pytest.mark.parametrize("backend,dtype,grads_asked", backend_cases())
+def test_op_norm_on_every_backend_equals_the_plain_code(backend, dtype, grads_asked):
+    """The fused op norm, forward and backward: float64 (eager, compile) to 1e-10 of the plain code; the C++ step
+    (float32) within ``OP_NORM_TOL`` of the float64 plain code, relative to each tensor's scale."""
+    if backend == "cpp":
+        require_cpp()
+    need_w, need_theta = PASSES[grads_asked]
+    cell, oracle, alphas, inputs = _op_norm_case(2, 3, "search", True, 10, 20, 31)
+    out_o, g_o = _oracle(oracle, alphas, inputs, need_w, need_theta)
+    fused = cell.to(dtype)
+    out_f, g_f, impl = _inter_results(fused, (backend,), alphas, inputs, need_w, need_theta)[backend]
+    assert impl == backend
+    if dtype == torch.float64:
+        for a, b in zip((out_f, *g_f), (out_o, *g_o)):
+            close(a, b)
+    else:
+        assert max(scaled_diff(a, b) for a, b in zip((out_f, *g_f), (out_o, *g_o))) <= OP_NORM_TOL
+    assert not kernels._state["compile_broken"]
+
+
+@pytest.mark.parametrize("combination", ["product", "sum", "search"])
+@pytest.mark.parametrize("residual", [True, False])
+@pytest.mark.parametrize("m,n_nodes", [(3, 3), (1, 1), (2, 4)])
+@pytest.mark.parametrize("N,dim", [(10, 20), (32, 64)])
+def test_cpp_op_norm_equals_the_plain_code(combination, residual, m, n_nodes, N, dim):
+    """The C++ step with the op norm (row statistics, its backward through them) against the float64 plain code,
+    on rows shorter than, a multiple of, and not a multiple of the vector length; every pass at once."""
+    require_cpp()
+    cell, oracle, alphas, inputs = _op_norm_case(m, n_nodes, combination, residual, N, dim, 16)
+    out_o, g_o = _oracle(oracle, alphas, inputs, True, True)
+    out_c, g_c, impl = _inter_results(cell.float(), ("cpp",), alphas, inputs, True, True)["cpp"]
+    assert impl == "cpp"
+    assert max(scaled_diff(a, b) for a, b in zip((out_c, *g_c), (out_o, *g_o))) <= OP_NORM_TOL
+
+
+def test_op_norm_keeps_a_constant_row_finite():
+    """A row whose activation is constant (relu of a negative row: variance 0) normalises to 0, as F.layer_norm
+    does with its eps, in every implementation; its gradients stay finite."""
+    require_cpp()
+    cell, oracle, alphas, inputs = _op_norm_case(1, 2, "product", True, 6, 16, 5)
+    inputs[0][2] = -1.0
+    with torch.no_grad():
+        for c in (cell, oracle):
+            c.W[:, 0] = torch.eye(16, dtype=torch.float64)  # row 2's projections: all -1 (relu 0, the others flat)
+    out_o, g_o = _oracle(oracle, alphas, inputs, True, True)
+    out_c, g_c, _ = _inter_results(cell.float(), ("cpp",), alphas, inputs, True, True)["cpp"]
+    assert all(torch.isfinite(t).all() for t in (out_c, *g_c))
+    assert max(scaled_diff(a, b) for a, b in zip((out_c, *g_c), (out_o, *g_o))) <= OP_NORM_TOL
+
+
+def test_branch_norms_are_not_fused():
+    with pytest.raises(ValueError, match="not 'centre'"):
+        kernels.InterSearchFunction.apply(("sum", True, "centre"), torch.zeros(1, 2, 3), torch.zeros(2, 1, 3, 3),
+                                          torch.zeros(2, 1, 1, 4), None)
+
+
 # Moved from tests/test_cpu_kernels.py
 
 
@@ -91,13 +188,14 @@ DT = torch.float64
 INTER_CASES = list(itertools.product(["node", "edge"], ["product", "sum", "search"], [True, False]))
 
 
+@pytest.mark.parametrize("norm", kernels.FUSED_INTER_NORMS)
 @pytest.mark.parametrize("scope,combination,residual", INTER_CASES)
 @pytest.mark.parametrize("grads_asked", list(PASSES))
-def test_fused_inter_equals_autograd(scope, combination, residual, grads_asked):
+def test_fused_inter_equals_autograd(scope, combination, residual, grads_asked, norm):
     torch.manual_seed(0)
     need_w, need_theta = PASSES[grads_asked]
     m, n, d = 2, 3, 4
-    cell = MixedInterCell(d, m, n, combination, residual, scope).to(DT)
+    cell = MixedInterCell(d, m, n, combination, residual, scope, norm).to(DT)
     alphas = {k: torch.randn(*shape, dtype=DT) for k, shape in cell.arch_spec().items()}
     inputs = [torch.randn(3, 2, d, dtype=DT) for _ in range(m)]
     cell.W.requires_grad_(need_w)
@@ -115,8 +213,9 @@ def test_fused_inter_equals_autograd(scope, combination, residual, grads_asked):
         close(a, b)
 
 
+@pytest.mark.parametrize("norm", kernels.FUSED_INTER_NORMS)
 @pytest.mark.parametrize("combination", ["product", "sum", "search"])
-def test_fused_inter_gradcheck(combination):
+def test_fused_inter_gradcheck(combination, norm):
     torch.manual_seed(2)
     m, K, N, d = 2, 3, 4, 3
     X = torch.randn(m, N, d, dtype=DT, requires_grad=True)
@@ -128,6 +227,6 @@ def test_fused_inter_gradcheck(combination):
 
     def fn(X, W, theta_in, *rest):
         c, nodes = (rest[0], rest[1:]) if comb is not None else (None, rest)
-        return kernels.InterSearchFunction.apply((combination, True), X, W, theta_in, c, *nodes)
+        return kernels.InterSearchFunction.apply((combination, True, norm), X, W, theta_in, c, *nodes)
 
     assert torch.autograd.gradcheck(fn, args)

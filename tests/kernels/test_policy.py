@@ -91,7 +91,8 @@ def test_needs_in_a_forward_follow_the_grad_mode_through_apply_step():
 
 def test_every_name_the_other_modules_use_is_reachable_on_the_package():
     for name in ("fused_enabled", "apply_step", "norm_spec", "IntraSearchStep", "DartsPlan", "darts_group_size",
-                 "SequenceGrads", "DartsStep", "InterSearchFunction", "inter_search_forward", "linear_cross_entropy",
+                 "SequenceGrads", "DartsStep", "InterSearchFunction", "inter_search_forward", "FUSED_INTER_NORMS",
+                 "linear_cross_entropy",
                  "backend", "get_backend", "set_backend", "BACKENDS", "CE_CHUNK_BYTES", "CPP_MIN_ELEMENTS",
                  "COMPILE_MIN_ELEMENTS", "KERNEL_OPS", "supports", "_state", "cpu"):
         assert hasattr(kernels, name), name

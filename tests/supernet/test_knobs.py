@@ -95,16 +95,40 @@ def test_inter_norms_fast_equals_reference(norm, combination):
         torch.testing.assert_close(a, b, atol=1e-9, rtol=0)
 
 
-def test_plain_inter_forward_without_norm_equals_the_fused_step():
-    cell = MixedInterCell(4, m=2, n_nodes=3, combination="search").to(DT)
-    logits = {"ops": torch.randn(tables.inter_row_count(2, 3), 5, dtype=DT),
-              "combination": torch.randn(2, dtype=DT)}
-    inputs = _inter_inputs()
+@pytest.mark.parametrize("norm", kernels.FUSED_INTER_NORMS)
+def test_plain_inter_forward_equals_the_fused_step(norm):
+    """The fused step (eager in float64: forward and hand-written backward) against the cell's plain code."""
+    cell = MixedInterCell(4, m=2, n_nodes=3, combination="search", norm=norm).to(DT)
+    logits = {"ops": torch.randn(tables.inter_row_count(2, 3), 5, dtype=DT, requires_grad=True),
+              "combination": torch.randn(2, dtype=DT, requires_grad=True)}
+    inputs = [x.requires_grad_() for x in _inter_inputs()]
+    outs, grads = [], []
     with cell.bound(logits):
         fused = cell(inputs)
+        assert type(fused.grad_fn.next_functions[0][0]).__name__ == "InterSearchFunctionBackward"
         theta_in, theta_nodes, comb = cell._weights()
         plain = cell.forward_plain(torch.stack(inputs), theta_in, theta_nodes, comb)
-    torch.testing.assert_close(fused, plain, atol=1e-10, rtol=0)
+    for out in (fused, plain):
+        outs.append(out)
+        grads.append(torch.autograd.grad(out.pow(2).sum(), [*inputs, *logits.values(), cell.W], retain_graph=True))
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-10, rtol=0)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=0)
+
+
+def test_branch_norms_run_the_plain_code():
+    for norm in sorted(set(INTER_NORMS) - set(kernels.FUSED_INTER_NORMS)):
+        cell = MixedInterCell(4, m=2, n_nodes=2, norm=norm).to(DT)
+        with cell.bound({"ops": torch.randn(tables.inter_row_count(2, 2), 5, dtype=DT)}):
+            out = cell([x.requires_grad_() for x in _inter_inputs()])
+        names = set()
+        todo = [out.grad_fn]
+        while todo:
+            node = todo.pop()
+            if node is not None and type(node).__name__ not in names:
+                names.add(type(node).__name__)
+                todo += [n for n, _ in node.next_functions]
+        assert "InterSearchFunctionBackward" not in names, norm
 
 
 def test_normalised_branches_remove_the_sigmoid_offset():

@@ -8,6 +8,7 @@
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <cmath>
 #include <vector>
@@ -531,9 +532,179 @@ static void inter_fwd_level(const InterShape& S, int64_t k, const float* Pnk, co
   });
 }
 
+// ------------------------------------------------------------------------------------------------
+// The op norm (ess.supernet.base.OP_NORMS["op"]): each source row's four activations layer-normalised over the
+// row, a_f = (f(p) - mu_f) r_f, r_f = 1 / sqrt(var_f + eps). SP [2, m, N, 8] and SN [K-1, 2, N, 8] keep
+// (mu_0..3, r_0..3) of every row of P and Pn. Work is per row (the statistics are), on a [6, d] scratch row.
+// The norm is shift-invariant: sigmoid is normalised as sigmoid - 1/2 = tanh(p / 2) / 2, whose float32 values keep
+// their precision where sigmoid's sit near 1/2 (small projections: row deviations of 1e-3, float32's spacing at
+// 1/2 is 6e-8), so its mu is that of sigmoid - 1/2.
+
+static inline Vec tail(const Vec& v, int64_t n) { return n == VL ? v : Vec::set(Vec(0.f), v, n); }
+static inline Vec sigm_c(const Vec& x) { const Vec h(0.5f); return h * tanh_r(x * h); }  // sigmoid(x) - 1/2
+static inline float hsumf(const Vec& v) {
+  return at::vec::vec_reduce_all<float>([](const Vec& a, const Vec& b) { return a + b; }, v);
+}
+
+// One source row p: its activations into buf [4, d] and their statistics into stat (two passes: the variance
+// of centred values, as sigmoid's near-constant rows would lose it to E[x^2] - E[x]^2).
+static void op_row_stats(const float* p, int64_t d, float eps, float* buf, float* stat) {
+  Vec s[4] = {Vec(0.f), Vec(0.f), Vec(0.f), Vec(0.f)};
+  for (int64_t x = 0; x < d; x += VL) {
+    const int64_t n = std::min(VL, d - x);
+    const Vec pv = ld(p + x, n);
+    const Vec a[4] = {tanh_r(pv), relu_v(pv), sigm_c(pv), pv};  // 0 beyond the row
+    for (int f = 0; f < 4; ++f) { st(buf + f * d + x, a[f], n); s[f] = s[f] + a[f]; }
+  }
+  float mu[4];
+  Vec q[4] = {Vec(0.f), Vec(0.f), Vec(0.f), Vec(0.f)};
+  for (int f = 0; f < 4; ++f) mu[f] = hsumf(s[f]) / (float)d;
+  for (int64_t x = 0; x < d; x += VL) {
+    const int64_t n = std::min(VL, d - x);
+    for (int f = 0; f < 4; ++f) {
+      const Vec c = tail(ld(buf + f * d + x, n) - Vec(mu[f]), n);
+      q[f] = at::vec::fmadd(c, c, q[f]);
+    }
+  }
+  for (int f = 0; f < 4; ++f) {
+    stat[f] = mu[f];
+    stat[4 + f] = 1.f / std::sqrt(hsumf(q[f]) / (float)d + eps);
+  }
+}
+
+// dst (a row) += sum_f th_f a_f, the normalised activations of op_row_stats's row.
+static inline void op_row_mix(const float* buf, const float* stat, const float* th, int64_t d, float* dst) {
+  float c[4], off = 0.f;
+  for (int f = 0; f < 4; ++f) { c[f] = th[f] * stat[4 + f]; off -= c[f] * stat[f]; }
+  const Vec C0(c[0]), C1(c[1]), C2(c[2]), C3(c[3]), O(off);
+  for (int64_t x = 0; x < d; x += VL) {
+    const int64_t n = std::min(VL, d - x);
+    const Vec base = ld(dst + x, n) + O;
+    st(dst + x, at::vec::fmadd(C0, ld(buf + x, n), at::vec::fmadd(C1, ld(buf + d + x, n),
+                at::vec::fmadd(C2, ld(buf + 2 * d + x, n), at::vec::fmadd(C3, ld(buf + 3 * d + x, n), base)))), n);
+  }
+}
+
+// Back through one source row for its nc consumers c (op weights th[c], branch-gradient row g[c]):
+// dA_f = sum_c th_c[f] g_c; dp = sum_f f'(p) r_f (dA_f - mean(dA_f) - a_f mean(dA_f a_f)). With acc, adds
+// sum_x g_c a_f to acc[c][f] (the consumers' op-weight gradients). buf: [6, d] scratch.
+static void op_row_bwd(const float* p, const float* stat, int64_t d, int64_t nc, const float* const* th,
+                       const float* const* g, float* dp, Vec (*acc)[4], float* buf) {
+  const Vec mu[4] = {Vec(stat[0]), Vec(stat[1]), Vec(stat[2]), Vec(stat[3])};
+  const Vec r[4] = {Vec(stat[4]), Vec(stat[5]), Vec(stat[6]), Vec(stat[7])};
+  Vec m1[4] = {Vec(0.f), Vec(0.f), Vec(0.f), Vec(0.f)}, m2[4] = {Vec(0.f), Vec(0.f), Vec(0.f), Vec(0.f)};
+  for (int64_t x = 0; x < d; x += VL) {
+    const int64_t n = std::min(VL, d - x);
+    const Vec pv = ld(p + x, n), t = tanh_r(pv), sg = sigm_c(pv);
+    const Vec f[4] = {t, relu_v(pv), sg, pv};
+    Vec a[4], dA[4] = {Vec(0.f), Vec(0.f), Vec(0.f), Vec(0.f)};
+    for (int q = 0; q < 4; ++q) a[q] = (f[q] - mu[q]) * r[q];
+    for (int64_t c = 0; c < nc; ++c) {
+      const Vec gc = ld(g[c] + x, n);  // zero beyond the row: so are dA, m1, m2 and acc's terms there
+      for (int q = 0; q < 4; ++q) dA[q] = at::vec::fmadd(Vec(th[c][q]), gc, dA[q]);
+      if (acc)
+        for (int q = 0; q < 4; ++q) acc[c][q] = at::vec::fmadd(gc, a[q], acc[c][q]);
+    }
+    for (int q = 0; q < 4; ++q) {
+      st(buf + q * d + x, dA[q], n);
+      m1[q] = m1[q] + dA[q];
+      m2[q] = at::vec::fmadd(dA[q], a[q], m2[q]);
+    }
+    st(buf + 4 * d + x, t, n);
+    st(buf + 5 * d + x, sg, n);
+  }
+  Vec M1[4], M2[4];
+  for (int q = 0; q < 4; ++q) { M1[q] = Vec(hsumf(m1[q]) / (float)d); M2[q] = Vec(hsumf(m2[q]) / (float)d); }
+  const Vec one(1.f);
+  for (int64_t x = 0; x < d; x += VL) {
+    const int64_t n = std::min(VL, d - x);
+    const Vec pv = ld(p + x, n), t = ld(buf + 4 * d + x, n), sg = ld(buf + 5 * d + x, n);
+    const Vec f[4] = {t, relu_v(pv), sg, pv};
+    const Vec slope[4] = {one - t * t, pos01(pv), Vec(0.25f) - sg * sg, one};
+    Vec out(0.f);
+    for (int q = 0; q < 4; ++q) {
+      const Vec a = (f[q] - mu[q]) * r[q];
+      const Vec dfp = r[q] * (ld(buf + q * d + x, n) - M1[q] - a * M2[q]);
+      out = at::vec::fmadd(dfp, slope[q], out);
+    }
+    st(dp + x, out, n);
+  }
+}
+
+// Level 0 under the op norm (as inter_fwd_level0): the statistics of the row's 2 m input projections (their
+// activations kept in buf), then every node's op-weighted sums in one pass, a_f = (f - mu_f) r_f folded into
+// per-row weights th r and offsets.
+static void inter_fwd_level0_norm(const InterShape& S, const float* P, const float* thi, float eps, float* SP,
+                                  float* AB, float* NODES, const float* X0, float* out) {
+  const int64_t m = S.m, K = S.K, N = S.N, Nd = S.Nd(), d = S.d;
+  at::parallel_for(0, N, grain(N, 2 * m * d), [&](int64_t b0, int64_t b1) {
+    std::vector<float> buf(2 * m * 4 * d), coef(2 * K * m * 4), off(2 * K);
+    Vec acc[2][MAX_NODES];
+    for (int64_t b = b0; b < b1; ++b) {
+      for (int64_t s = 0; s < 2; ++s)
+        for (int64_t j = 0; j < m; ++j)
+          op_row_stats(P + (s * m + j) * Nd + b * d, d, eps, buf.data() + (s * m + j) * 4 * d,
+                       SP + ((s * m + j) * N + b) * 8);
+      for (int64_t s = 0; s < 2; ++s)
+        for (int64_t k = 0; k < K; ++k) {
+          float o = 0.f;
+          for (int64_t j = 0; j < m; ++j) {
+            const float* th = thi + ((s * K + k) * m + j) * 4;
+            const float* stat = SP + ((s * m + j) * N + b) * 8;
+            for (int f = 0; f < 4; ++f) {
+              const float c = th[f] * stat[4 + f];
+              coef[((s * K + k) * m + j) * 4 + f] = c;
+              o -= c * stat[f];
+            }
+          }
+          off[s * K + k] = o;
+        }
+      for (int64_t x = 0; x < d; x += VL) {
+        const int64_t n = std::min(VL, d - x), o = b * d + x;
+        for (int64_t s = 0; s < 2; ++s) {
+          for (int64_t k = 0; k < K; ++k) acc[s][k] = Vec(off[s * K + k]);
+          for (int64_t j = 0; j < m; ++j) {
+            const float* a = buf.data() + (s * m + j) * 4 * d + x;
+            const Vec a0 = ld(a, n), a1 = ld(a + d, n), a2 = ld(a + 2 * d, n), a3 = ld(a + 3 * d, n);
+            for (int64_t k = 0; k < K; ++k)
+              acc[s][k] = mix4(coef.data() + ((s * K + k) * m + j) * 4, a0, a1, a2, a3, acc[s][k]);
+          }
+          for (int64_t k = 0; k < K; ++k) st(AB + (k * 2 + s) * Nd + o, acc[s][k], n);
+        }
+        const Vec node = combine(S.code, S.cw, acc[0][0], acc[1][0]);
+        st(NODES + o, node, n);
+        if (K == 1) inter_out(S, NODES, node, X0, out, o, n);
+      }
+    }
+  });
+}
+
+// Level k >= 1 under the op norm (as inter_fwd_level): node k-1's projection rows' statistics, then their sums.
+static void inter_fwd_level_norm(const InterShape& S, int64_t k, const float* Pnk, const std::vector<const float*>& thn,
+                                 float eps, float* SNk, float* AB, float* NODES, const float* X0, float* out) {
+  const int64_t K = S.K, N = S.N, Nd = S.Nd(), d = S.d;
+  at::parallel_for(0, N, grain(N, 2 * (K - k + 1) * d), [&](int64_t b0, int64_t b1) {
+    std::vector<float> buf(4 * d);
+    for (int64_t b = b0; b < b1; ++b) {
+      for (int64_t s = 0; s < 2; ++s) {
+        float* stat = SNk + (s * N + b) * 8;
+        op_row_stats(Pnk + s * Nd + b * d, d, eps, buf.data(), stat);
+        for (int64_t kk = k; kk < K; ++kk)
+          op_row_mix(buf.data(), stat, thn[kk - 1] + (s * kk + k - 1) * 4, d, AB + (kk * 2 + s) * Nd + b * d);
+      }
+      for (int64_t x = 0; x < d; x += VL) {
+        const int64_t n = std::min(VL, d - x), o = b * d + x;
+        const Vec node = combine(S.code, S.cw, ld(AB + (k * 2) * Nd + o, n), ld(AB + (k * 2 + 1) * Nd + o, n));
+        st(NODES + k * Nd + o, node, n);
+        if (k == K - 1) inter_out(S, NODES, node, X0, out, o, n);
+      }
+    }
+  });
+}
+
 std::vector<Tensor> inter_fwd(const Tensor& X, const Tensor& W, const Tensor& theta_in,
                               const std::vector<Tensor>& theta_nodes, const std::optional<Tensor>& comb,
-                              int64_t code, bool residual) {
+                              int64_t code, bool residual, bool op_norm, double eps) {
   const int64_t m = X.size(0), N = X.size(1), d = X.size(2), K = theta_in.size(1);
   const auto opts = X.options();
   Tensor cwc = comb && comb->defined() ? comb->contiguous() : Tensor();
@@ -543,33 +714,49 @@ std::vector<Tensor> inter_fwd(const Tensor& X, const Tensor& W, const Tensor& th
   Tensor Pn = at::empty({std::max<int64_t>(K - 1, 0), 2, N, d}, opts);
   Tensor NODES = at::empty({K, N, d}, opts);
   Tensor out = at::empty({N, d}, opts);
+  Tensor SP = op_norm ? at::empty({2, m, N, 8}, opts) : Tensor();
+  Tensor SN = op_norm ? at::empty({std::max<int64_t>(K - 1, 0), 2, N, 8}, opts) : Tensor();
   std::vector<const float*> thn;
   for (auto& t : theta_nodes) thn.push_back(t.data_ptr<float>());
-  inter_fwd_level0(S, P.data_ptr<float>(), theta_in.data_ptr<float>(), AB.data_ptr<float>(), NODES.data_ptr<float>(),
-                   X.data_ptr<float>(), out.data_ptr<float>());
+  if (op_norm)
+    inter_fwd_level0_norm(S, P.data_ptr<float>(), theta_in.data_ptr<float>(), (float)eps, SP.data_ptr<float>(),
+                          AB.data_ptr<float>(), NODES.data_ptr<float>(), X.data_ptr<float>(), out.data_ptr<float>());
+  else
+    inter_fwd_level0(S, P.data_ptr<float>(), theta_in.data_ptr<float>(), AB.data_ptr<float>(),
+                     NODES.data_ptr<float>(), X.data_ptr<float>(), out.data_ptr<float>());
   for (int64_t k = 1; k < K; ++k) {
     Tensor pk = Pn[k - 1];
     for (int64_t s = 0; s < 2; ++s) {
       Tensor dst = pk[s];
       at::mm_out(dst, NODES[k - 1], W[s][m + k - 1]);
     }
-    inter_fwd_level(S, k, pk.data_ptr<float>(), thn, AB.data_ptr<float>(), NODES.data_ptr<float>(),
-                    X.data_ptr<float>(), out.data_ptr<float>());
+    if (op_norm)
+      inter_fwd_level_norm(S, k, pk.data_ptr<float>(), thn, (float)eps, SN[k - 1].data_ptr<float>(),
+                           AB.data_ptr<float>(), NODES.data_ptr<float>(), X.data_ptr<float>(), out.data_ptr<float>());
+    else
+      inter_fwd_level(S, k, pk.data_ptr<float>(), thn, AB.data_ptr<float>(), NODES.data_ptr<float>(),
+                      X.data_ptr<float>(), out.data_ptr<float>());
   }
-  return {out, P, AB, Pn, NODES};
+  return {out, P, AB, Pn, NODES, SP, SN};
 }
 
 // Backward of level k: dAB[k] from dnode_k; node k's theta_nodes gradient (over the projections of nodes
 // < k); then back through what level k read: dPn[k-1] (k >= 1: every consumer of node k-1 is done) or,
 // at k = 0, dP and theta_in's gradient. part: this thread's partial sums (double), [dth | dcomb(2)].
+// NORM: the op norm, with the row statistics SP, SN of the forward (op_row_bwd per source row).
+template <bool NORM>
 static void inter_bwd_level(const InterShape& S, int64_t k, const float* dn, const float* AB, const float* P,
                             const float* Pn, const float* thi, const std::vector<const float*>& thn, float* dAB,
-                            float* dPn, float* dP, bool need_theta, std::vector<double>& partials, int64_t width) {
-  const int64_t m = S.m, K = S.K, Nd = S.Nd(), d = S.d;
+                            float* dPn, float* dP, bool need_theta, std::vector<double>& partials, int64_t width,
+                            const float* SP, const float* SN) {
+  const int64_t m = S.m, K = S.K, N = S.N, Nd = S.Nd(), d = S.d;
   const bool search = S.code == 2;
   const Vec one(1.f);
   at::parallel_for(0, S.N, grain(S.N, 2 * (k == 0 ? m : K) * d), [&](int64_t b0, int64_t b1) {
     double* mine = partials.data() + (size_t)at::get_thread_num() * width;
+    std::vector<float> buf(NORM ? 6 * d : 0);
+    const float* ths[MAX_NODES];
+    const float* gs[MAX_NODES];
     // 1. dAB[k] (and dcomb)
     Vec c0(0.f), c1(0.f);
     for (int64_t b = b0; b < b1; ++b)
@@ -593,18 +780,41 @@ static void inter_bwd_level(const InterShape& S, int64_t k, const float* dn, con
       for (int64_t s = 0; s < 2; ++s)
         for (int64_t kk = 0; kk < k; ++kk) {
           Vec a0(0.f), a1(0.f), a2(0.f), a3(0.f);
-          for (int64_t b = b0; b < b1; ++b)
+          for (int64_t b = b0; b < b1; ++b) {
+            Vec mu[4], r[4];
+            if constexpr (NORM) {
+              const float* stat = SN + ((kk * 2 + s) * N + b) * 8;
+              for (int q = 0; q < 4; ++q) { mu[q] = Vec(stat[q]); r[q] = Vec(stat[4 + q]); }
+            }
             for (int64_t x = 0; x < d; x += VL) {
               const int64_t n = std::min(VL, d - x), o = b * d + x;
               const Vec g = ld(dAB + (k * 2 + s) * Nd + o, n), p = ld(Pn + (kk * 2 + s) * Nd + o, n);
-              a0 = at::vec::fmadd(g, tanh_r(p), a0); a1 = at::vec::fmadd(g, relu_v(p), a1);
-              a2 = at::vec::fmadd(g, sigm(p), a2); a3 = at::vec::fmadd(g, p, a3);
+              Vec f0 = tanh_r(p), f1 = relu_v(p), f2, f3 = p;
+              if constexpr (NORM) {
+                f2 = (sigm_c(p) - mu[2]) * r[2];
+                f0 = (f0 - mu[0]) * r[0]; f1 = (f1 - mu[1]) * r[1]; f3 = (f3 - mu[3]) * r[3];
+              } else {
+                f2 = sigm(p);
+              }
+              a0 = at::vec::fmadd(g, f0, a0); a1 = at::vec::fmadd(g, f1, a1);
+              a2 = at::vec::fmadd(g, f2, a2); a3 = at::vec::fmadd(g, f3, a3);
             }
+          }
           double* dst = mine + (s * k + kk) * 4;
           dst[0] += hsum(a0); dst[1] += hsum(a1); dst[2] += hsum(a2); dst[3] += hsum(a3);
         }
     // 3. back through node k-1's projections: dPn[k-1][s] = slope(sum_{kk >= k} theta dAB[kk][s])
-    if (k >= 1)
+    if (NORM && k >= 1)
+      for (int64_t s = 0; s < 2; ++s)
+        for (int64_t b = b0; b < b1; ++b) {
+          for (int64_t kk = k; kk < K; ++kk) {
+            ths[kk - k] = thn[kk - 1] + (s * kk + k - 1) * 4;
+            gs[kk - k] = dAB + (kk * 2 + s) * Nd + b * d;
+          }
+          op_row_bwd(Pn + ((k - 1) * 2 + s) * Nd + b * d, SN + (((k - 1) * 2 + s) * N + b) * 8, d, K - k, ths, gs,
+                     dPn + ((k - 1) * 2 + s) * Nd + b * d, nullptr, buf.data());
+        }
+    if (!NORM && k >= 1)
       for (int64_t s = 0; s < 2; ++s)
         for (int64_t b = b0; b < b1; ++b)
           for (int64_t x = 0; x < d; x += VL) {
@@ -619,7 +829,22 @@ static void inter_bwd_level(const InterShape& S, int64_t k, const float* dn, con
             st(dPn + ((k - 1) * 2 + s) * Nd + o, slope4(ld(Pn + ((k - 1) * 2 + s) * Nd + o, n), d0, d1, d2, d3), n);
           }
     // 4. level 0: dP[s, j] and theta_in's gradient
-    if (k == 0)
+    if (NORM && k == 0)
+      for (int64_t s = 0; s < 2; ++s)
+        for (int64_t j = 0; j < m; ++j) {
+          Vec acc[MAX_NODES][4];
+          for (int64_t kk = 0; kk < K; ++kk) for (int q = 0; q < 4; ++q) acc[kk][q] = Vec(0.f);
+          for (int64_t kk = 0; kk < K; ++kk) ths[kk] = thi + ((s * K + kk) * m + j) * 4;
+          for (int64_t b = b0; b < b1; ++b) {
+            for (int64_t kk = 0; kk < K; ++kk) gs[kk] = dAB + (kk * 2 + s) * Nd + b * d;
+            op_row_bwd(P + (s * m + j) * Nd + b * d, SP + ((s * m + j) * N + b) * 8, d, K, ths, gs,
+                       dP + (s * m + j) * Nd + b * d, need_theta ? acc : nullptr, buf.data());
+          }
+          if (need_theta)
+            for (int64_t kk = 0; kk < K; ++kk)
+              for (int q = 0; q < 4; ++q) mine[((s * K + kk) * m + j) * 4 + q] += hsum(acc[kk][q]);
+        }
+    if (!NORM && k == 0)
       for (int64_t s = 0; s < 2; ++s)
         for (int64_t j = 0; j < m; ++j) {
           Vec acc[MAX_NODES][4];
@@ -654,12 +879,14 @@ static void inter_bwd_level(const InterShape& S, int64_t k, const float* dn, con
 std::vector<Tensor> inter_bwd(const Tensor& dout, const Tensor& X, const Tensor& W, const Tensor& theta_in,
                               const std::vector<Tensor>& theta_nodes, const std::optional<Tensor>& comb,
                               int64_t code, bool residual, const Tensor& P, const Tensor& AB, const Tensor& Pn,
-                              const Tensor& NODES, bool need_x, bool need_w, bool need_theta) {
+                              const Tensor& NODES, const std::optional<Tensor>& SP, const std::optional<Tensor>& SN,
+                              bool need_x, bool need_w, bool need_theta) {
   const int64_t m = X.size(0), N = X.size(1), d = X.size(2), K = theta_in.size(1);
   const auto opts = X.options();
   Tensor cwc = comb && comb->defined() ? comb->contiguous() : Tensor();
   const InterShape S{m, K, N, d, code, residual, cwc.defined() ? cwc.data_ptr<float>() : nullptr};
   const int nt = at::get_num_threads();
+  const bool norm = SP && SP->defined();
   Tensor g = dout / (double)K;
   Tensor dAB = at::empty({K, 2, N, d}, opts);
   Tensor dPn = at::empty({std::max<int64_t>(K - 1, 0), 2, N, d}, opts);
@@ -683,9 +910,16 @@ std::vector<Tensor> inter_bwd(const Tensor& dout, const Tensor& X, const Tensor&
     }
     const int64_t nth = k == 0 ? 2 * K * m * 4 : 2 * k * 4, width = nth + 2;
     std::vector<double> partials((size_t)nt * width, 0.0);
-    inter_bwd_level(S, k, dn.contiguous().data_ptr<float>(), AB.data_ptr<float>(), P.data_ptr<float>(),
-                    Pn.data_ptr<float>(), theta_in.data_ptr<float>(), thn, dAB.data_ptr<float>(),
-                    dPn.data_ptr<float>(), dP.data_ptr<float>(), need_theta, partials, width);
+    Tensor dnc = dn.contiguous();
+    if (norm)
+      inter_bwd_level<true>(S, k, dnc.data_ptr<float>(), AB.data_ptr<float>(), P.data_ptr<float>(),
+                            Pn.data_ptr<float>(), theta_in.data_ptr<float>(), thn, dAB.data_ptr<float>(),
+                            dPn.data_ptr<float>(), dP.data_ptr<float>(), need_theta, partials, width, ptr(SP), ptr(SN));
+    else
+      inter_bwd_level<false>(S, k, dnc.data_ptr<float>(), AB.data_ptr<float>(), P.data_ptr<float>(),
+                             Pn.data_ptr<float>(), theta_in.data_ptr<float>(), thn, dAB.data_ptr<float>(),
+                             dPn.data_ptr<float>(), dP.data_ptr<float>(), need_theta, partials, width, nullptr,
+                             nullptr);
     std::vector<double> total(width, 0.0);
     for (int t = 0; t < nt; ++t)
       for (int64_t q = 0; q < width; ++q) total[q] += partials[(size_t)t * width + q];
