@@ -147,7 +147,8 @@ def build_lock(directory: Path) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            _say(f"waiting for another process building the C++ CPU kernels in {directory} ...")
+            _say(f"waiting for another process that holds the C++ CPU kernels' build lock in {directory} (it builds "
+                 "or loads them) ...")
             fcntl.flock(handle, fcntl.LOCK_EX)
         stale = directory / "lock"
         if stale.exists():

@@ -242,9 +242,12 @@ JOB_PRESETS: dict[str, dict[str, Any]] = {
     "study-cpu": dict(seeds=(1, 2, 3), cpus_per_trial=1.0, random_k=4, random_epochs=1,
                       search={"preset": "cpu-small"}, train={"preset": "cpu-small", "match_params": "DARTS_V2@128"},
                       transfer={"preset": "short"}),
-    # The study's pilot on 2 CPU cores (docs/results.md "Pilot"): searches that move (cpu-full: 3 epochs of the
-    # whole PTB training set, 2,490 architecture steps), each retrained for one epoch at DARTS_V2@128's parameter
-    # count; the ranking quality of that retrain and of the supernets (tau); the planted corpora, k = 2, 3, 4.
+    # The study's pilot on 2 CPU cores (docs/results.md "Pilot"; exploratory: it sizes the pre-registered study):
+    # searches that move (cpu-full: 3 epochs of the whole PTB training set, 2,490 architecture steps) for intra,
+    # joint and RSWS and the two collapse remedies, 4 seeds each, each retrained for one epoch at DARTS_V2@128's
+    # parameter count (the seed noise of the retrained metric, pooled over arms); the evidence of each arm; the
+    # ranking quality of that retrain against a 4x longer one and of the joint-space supernets (tau); known truth
+    # on the planted corpora k = 2, 3, 4 over 5 seeds with LSTM and DARTS_V2 controls.
     "study-pilot": dict(seeds=(1, 2, 3, 4), cpus_per_trial=1.0, stages=("search", "tau", "planted"),
                         arms=("intra", "joint", "rsws", "joint-beta", "joint-pt"),
                         planted_arms=("inter", "joint", "rsws", "lstm", "darts_v2"), planted_k=(2, 3, 4),
