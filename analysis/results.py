@@ -1,19 +1,20 @@
 """docs/results.md from a finished study: its tables, figures, commands, a plain reading of the numbers.
 
-    python -m analysis.results --study runs-study/study-cpu-1 --out docs/results.md [--notes notes.md]
+    python -m analysis.results --study runs/tune/study-cpu-2 --out docs/results.md [--notes notes.md]
+    python -m analysis.results --data docs/results/data --out docs/results.md     # from the committed rows
 
-Reads the study's ``summary.json`` (the job's own tables, :mod:`analysis.study`) and its MLflow store (the
-per-part diagnostics of every search epoch, for the figures); writes the Markdown file and its figures
-beside it (``<out stem>/``), atomically. ``--notes`` appends a hand-written discussion.
+``--study`` reads the study's experiment folder (``summary.json``: the job's own tables, :mod:`analysis.study`;
+its MLflow store: the per-part diagnostics of every search epoch, for the figures; its Tune files: the cost)
+into its raw data folder (:mod:`analysis.study_data`, ``<out stem>/data``); the Markdown file is always rendered
+from that folder, so ``--data`` rewrites it byte for byte. Figures go beside it (``<out stem>/``); every file is
+written atomically. ``--notes`` appends a hand-written discussion.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,15 +25,12 @@ import pandas as pd
 from analysis import figures as figs
 from analysis.figures import genotype_picture
 from analysis.genotypes import op_frequencies
-from analysis.load import load_runs, trial_summary
 from analysis.stats import describe_sample
 from analysis.study import planted_table, required_seeds
-from ess.adapters import tune_files
+from analysis.study_data import StudyData, from_experiment, read_data, write_data
 from ess.checkpoint import atomic_write_text
 from ess.cli import run_main
-from ess.errors import ConfigError
 from ess.space.derive import identity_share
-from ess.space.refs import load_genotype
 
 PARTS = ("intra", "history", "input")
 REMEDY_ARMS = ("joint", "joint-beta", "joint-pt")
@@ -60,34 +58,6 @@ def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]
 def _interval(row: Mapping[str, Any], value: str) -> str:
     return (f"{_f(row.get(f'{value}_geo_mean'))} [{_f(row.get(f'{value}_ci_low'))}, "
             f"{_f(row.get(f'{value}_ci_high'))}]")
-
-
-def _store_summary(summary: Mapping[str, Any]) -> pd.DataFrame:
-    """The trial summary of the study's runs from its MLflow store (empty when it cannot be read)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            frame = load_runs(summary["name"], tracking_uri=summary["tracking_uri"])
-            return trial_summary(frame), frame
-    except Exception as err:  # noqa: BLE001 - the figures are extra; the tables come from summary.json
-        print(f"analysis.results: no per-part diagnostics from the store ({str(err).splitlines()[0]})",
-              file=sys.stderr)
-        return pd.DataFrame(), pd.DataFrame()
-
-
-def retrained_genotypes(summary: Mapping[str, Any]) -> dict[tuple[str, int], Any]:
-    """Per (search arm, seed): the genotype its retrain trained (``retrain/genotype.json`` of the trial's
-    checkpoint, else the summary's ``genotype``), which a derivation other than the last epoch's argmax
-    (``joint-pt``) makes different from the epoch rows' ``genotype/*``."""
-    out = {}
-    for t in summary["trials"]:
-        if t.get("kind") != "search":
-            continue
-        path = Path(t.get("checkpoint") or "", "retrain", "genotype.json")
-        ref = str(path) if t.get("checkpoint") and path.is_file() else t.get("genotype")
-        if ref:
-            out[(t["arm"], t["seed"])] = load_genotype(ref)
-    return out
 
 
 def _part_share(genotype: Any, part: str) -> float:
@@ -184,26 +154,6 @@ def seeds_for_gains(summary: Mapping[str, Any], arms: Sequence[str] = ("joint", 
     return sd, {g: required_seeds(-math.log(1 - g) / sd, alpha) for g in gains}
 
 
-def cost(experiment_dir: str | Path) -> tuple[int, dict[str, float], float]:
-    """From the study's Tune result files: trials, trial-minutes per stage, and the hours of wall time in which
-    at least one trial ran (the union of the reported iterations: stops between sessions not counted)."""
-    minutes: dict[str, float] = {}
-    spans, trials = [], 0
-    for path in sorted(Path(experiment_dir).glob(f"*/*/{tune_files.RESULT_FILE}")):   # <stage>/<trial>/
-        rows = tune_files.result_rows(path.parent)
-        if not rows:
-            continue
-        trials += 1
-        stage = path.parent.parent.name
-        minutes[stage] = minutes.get(stage, 0.0) + rows[-1].get("time_total_s", 0.0) / 60
-        spans += [(r["timestamp"] - r.get("time_this_iter_s", 0.0), r["timestamp"]) for r in rows]
-    busy, end = 0.0, -math.inf
-    for start, stop in sorted(spans):
-        busy += max(0.0, stop - max(start, end))
-        end = max(end, stop)
-    return trials, minutes, busy / 3600
-
-
 def reading(summary: Mapping[str, Any]) -> list[str]:
     """Plain sentences about the headline comparisons, as the numbers say them, on the scale of the geometric
     means the tables show: their difference, their ratio and its 95% interval (Welch on log perplexity)."""
@@ -283,8 +233,9 @@ def design_sections(summary: Mapping[str, Any]) -> list[str]:
     return md
 
 
-def render(summary: Mapping[str, Any], figures_dir: Path, rel: str, notes: str = "") -> str:
-    store, frame = _store_summary(summary)
+def render(data: StudyData, figures_dir: Path, rel: str, notes: str = "") -> str:
+    """results.md from a study's raw data (:mod:`analysis.study_data`); its figures into ``figures_dir``."""
+    summary, store, frame = data.summary, data.trials, data.epochs
     arms = summary["arms"]
     md = [f"# Results: {summary['name']}", "",
           "The study of issue \"does joint search beat intra-only and inter-only at equal budget?\", run to the end "
@@ -311,7 +262,7 @@ def render(summary: Mapping[str, Any], figures_dir: Path, rel: str, notes: str =
                f"retrains, {n - 2} degrees of freedom: an estimate as uncertain as that), detecting a relative "
                "gain of " + ", ".join(f"{100 * g:.0f}% takes about {k} seeds per arm" for g, k in need.items())
                + " (80% power, two-sided 5%, exact noncentral t)."]
-    trials, minutes, hours = cost(summary["experiment_dir"])
+    trials, minutes, hours = data.cost.trials, data.cost.minutes, data.cost.busy_hours
     if trials:
         md += ["", "## Cost", "", f"{trials} trials, {sum(minutes.values()):,.0f} trial-minutes ("
                + ", ".join(f"{k} {v:,.0f}" for k, v in minutes.items()) + f"); {hours:.1f} h of wall time with "
@@ -328,7 +279,7 @@ def render(summary: Mapping[str, Any], figures_dir: Path, rel: str, notes: str =
     search_arms = [a["arm"] for a in arms if any(t["arm"] == a["arm"] and t["kind"] == "search"
                                                  for t in summary["trials"])]
     if len(store):
-        genotypes = retrained_genotypes(summary)
+        genotypes = data.genotypes
         md += ["## What the searches decided", "",
                "Per search arm, mean over seeds: the retrained genotype's share of `identity` edges per searched "
                "part (an inter cell without nodes left out), and at the search's last epoch the share of the "
@@ -388,13 +339,13 @@ def render(summary: Mapping[str, Any], figures_dir: Path, rel: str, notes: str =
                              ("count model", lambda r: _f(r["count_model_gap_nats"], 3)),
                              ("recovered", lambda r: "-" if r["recovery_rate"] is None else
                               f"{r['recovered']} of {r['n']}")])]
-    storage = Path(summary["experiment_dir"]).parent
     md += ["## Reproduce", "", "```bash",
-           f"python tune_jobs/study.py --name {summary['name']} --storage-path {storage} "
-           f"--arms {','.join(a['arm'] for a in arms)}   # this study; after a stop: the same with --resume",
+           f"python tune_jobs/study.py --name {summary['name']} --arms {','.join(a['arm'] for a in arms)}"
+           + "".join(f" --{k} {','.join(map(str, summary[k]))}" for k in ("seeds", "stages") if summary.get(k))
+           + "   # this study; after a stop: the same with --resume",
            "python tune_jobs/study.py --preset study-gpu --address auto     # the paper's scale, on GPUs",
-           f"python -m analysis.results --study {summary['experiment_dir']} --out docs/results.md",
-           f"python -m analysis.report --experiment {summary['name']} --tracking-uri {summary['tracking_uri']}",
+           f"python -m analysis.results --data {rel}/data --out {rel}.md    # this file, from the committed rows",
+           f"python -m analysis.report --experiment {summary['name']}       # the MLflow report of the same runs",
            "```", "", f"MLflow experiment `{summary['mlflow_experiment']}`, parent run `{summary['parent_run_id']}`.",
            ""]
     if notes:
@@ -404,7 +355,10 @@ def render(summary: Mapping[str, Any], figures_dir: Path, rel: str, notes: str =
 
 def main_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m analysis.results", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--study", required=True, help="the study's experiment folder (holds summary.json)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--study", help="the study's experiment folder (holds summary.json): its data folder is "
+                                        "written to <out stem>/data first")
+    source.add_argument("--data", help="a study's raw data folder (analysis.study_data)")
     parser.add_argument("--out", default="docs/results.md")
     parser.add_argument("--notes", default="", help="a Markdown file appended as the discussion")
     return parser.parse_args(argv)
@@ -413,17 +367,12 @@ def main_args(argv: list[str] | None) -> argparse.Namespace:
 @run_main
 def main(argv: list[str] | None = None) -> int:
     args = main_args(argv)
-    path = Path(args.study) / "summary.json"
-    if not path.is_file():
-        raise ConfigError(f"{path}: no summary.json (has the study finished?)")
-    summary = json.loads(path.read_text())
-    if summary.get("job") != "study":
-        raise ConfigError(f"{path}: job: expected a study, got {summary.get('job')!r}")
     out = Path(args.out)
     figures = out.parent / out.stem
+    folder = Path(args.data) if args.data else write_data(from_experiment(args.study), figures / "data")
     notes = Path(args.notes).read_text() if args.notes else ""
-    atomic_write_text(out, render(summary, figures, figures.name, notes))
-    print(f"{out} (figures in {figures})")
+    atomic_write_text(out, render(read_data(folder), figures, figures.name, notes))
+    print(f"{out} (figures in {figures}, data in {folder})")
     return 0
 
 

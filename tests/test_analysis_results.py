@@ -7,7 +7,8 @@ import math
 import pandas as pd
 import pytest
 
-from analysis.results import part_shares, render, retrained_genotypes
+from analysis.results import part_shares, render
+from analysis.study_data import Cost, StudyData, read_data, retrained_genotypes, write_data
 from ess.space.genotype import DARTS_V2, ENAS, save_genotype
 
 
@@ -40,8 +41,29 @@ def test_transfer_f1_is_reported_in_percent_as_measured(tmp_path):
                "arms": [], "pairs": {}, "trials": [], "headline": {}, "best": {},
                "transfer": [{"task": "conll2003", "cell": "joint", "seed": s, "dev_f1": f, "test_f1": f - 5}
                             for s, f in ((1, 88.0), (2, 89.0))]}
-    text = render(summary, tmp_path / "figures", "figures")
+    text = render(StudyData(summary, pd.DataFrame(), pd.DataFrame(), Cost(), {}), tmp_path / "figures", "figures")
     assert "| conll2003 | joint | 2 | 88.50 ± 0.71 | 83.50 ± 0.71 |" in text
+
+
+def test_the_data_folder_renders_the_same_file_byte_for_byte_without_machine_paths(tmp_path):
+    summary = {"job": "study", "name": "s", "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+               "mlflow_experiment": "ess-study", "experiment_dir": str(tmp_path / "runs" / "s"), "parent_run_id": "0",
+               "stages": ["search"], "seeds": [1, 2], "arms": [], "pairs": {}, "headline": {}, "best": {},
+               "trials": [{"arm": "joint", "kind": "search", "seed": s, "checkpoint": str(tmp_path / f"c{s}"),
+                           "genotype": ENAS.to_json(None), "retrain_valid_ppl": 100.0 + s} for s in (1, 2)]}
+    epochs = pd.DataFrame({"arm": ["joint"] * 2, "seed": [1, 2], "epoch": [1, 1], "valid/ppl": [500.5, 501.25]})
+    data = StudyData(summary, epochs.drop(columns="epoch"), epochs, Cost(2, {"search": 3.5}, 0.1),
+                     {("joint", 1): ENAS, ("joint", 2): DARTS_V2})
+    folder = write_data(data, tmp_path / "data")
+    text = "".join(p.read_text() for p in sorted(folder.iterdir()))
+    assert str(tmp_path) not in text   # no path of this machine in what is committed
+    back = read_data(folder)
+    assert back.genotypes == data.genotypes and back.cost == data.cost
+    assert back.epochs["valid/ppl"].tolist() == [500.5, 501.25]
+    first = render(back, tmp_path / "figures", "results")
+    again = render(read_data(write_data(back, tmp_path / "again")), tmp_path / "figures", "results")
+    assert first == again and "python -m analysis.results --data results/data --out results.md" in first
+    assert "--seeds 1,2 --stages search" in first
 
 
 def test_seeds_for_a_relative_gain_at_the_pooled_seed_noise():
@@ -60,7 +82,7 @@ def test_seeds_for_a_relative_gain_at_the_pooled_seed_noise():
 def test_cost_counts_trial_minutes_and_the_wall_time_any_trial_ran(tmp_path):
     import json
 
-    from analysis.results import cost
+    from analysis.study_data import tune_cost
 
     def trial(stage, name, rows):
         d = tmp_path / stage / name
@@ -72,9 +94,9 @@ def test_cost_counts_trial_minutes_and_the_wall_time_any_trial_ran(tmp_path):
                           {"timestamp": 60, "time_this_iter_s": 30, "time_total_s": 60}])
     trial("search", "b", [{"timestamp": 60, "time_this_iter_s": 60, "time_total_s": 60}])
     trial("baselines", "c", [{"timestamp": 160, "time_this_iter_s": 60, "time_total_s": 60}])
-    trials, minutes, hours = cost(tmp_path)
-    assert trials == 3 and minutes == {"baselines": 1.0, "search": 2.0}
-    assert hours == pytest.approx(120 / 3600)
+    cost = tune_cost(tmp_path)
+    assert cost.trials == 3 and cost.minutes == {"baselines": 1.0, "search": 2.0}
+    assert cost.busy_hours == pytest.approx(120 / 3600)
 
 
 def test_reading_reports_ratios_of_geometric_means_and_says_cannot_be_told_apart():

@@ -95,6 +95,7 @@ def run(job: JobConfig, *, resume: bool = False, callbacks: Sequence[Any] = ()) 
             extra["tau"] = tau_stage(exp, job, searches, tune_stage, callbacks)
         if "planted" in job.stages:
             extra["planted"] = planted_stage(exp, job, tune_stage, callbacks)
+        extra.update(stages=list(job.stages), seeds=list(job.seeds))
         summary = study_summary(trials, job.arms, extra, best, job.design)
         exp.set_tags({"study.arms": ",".join(job.arms), "study.seeds": ",".join(map(str, job.seeds))})
         return exp.finish(summary, study_files(summary))

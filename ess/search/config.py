@@ -140,7 +140,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                       max_eval_tokens=20_000, run_dir="runs/search-cpu-small"),
     # Searches that move on 2 CPU cores: the cpu-small sizes on the whole PTB training set, 3 epochs (830
     # architecture steps each at batch 32 and bptt 35: 2,490 in all; issue 20 measured a joint pilot of this size
-    # moving where the 100k-token preset's 360 steps did not). docs/method.md section 13 gives the time per mode.
+    # moving where the 100k-token preset's 360 steps did not). The study's pilot (docs/study-design.md) measures its
+    # time per mode.
     "cpu-full": dict(emsize=64, nhid=64, batch_size=32, epochs=3, lr=10.0, max_eval_tokens=20_000,
                      run_dir="runs/search-cpu-full"),
     # The DARTS/ESS search sizes.

@@ -20,6 +20,7 @@ The reference code ranks in one rung, on the whole validation set, on a GPU.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -188,8 +189,6 @@ class Ranking:
         return next((i for i, e in enumerate(self.entries, 1) if e.origin == origin), None)
 
     def to_dict(self) -> dict[str, Any]:
-        import math
-
         return {"candidates": len(self.entries), "tokens": self.tokens, "seconds": self.seconds, **self.extra,
                 "origins": {o: sum(e.origin == o for e in self.entries) for o in dict.fromkeys(
                     e.origin for e in self.entries)},

@@ -41,14 +41,19 @@ def test_presets_have_the_documented_sizes():
     assert job_base("ablation", "smoke").seeds == (1,)
     hp = job_base("hparam_search", "smoke")
     assert hp.search.emsize == 16 and hp.search.draw is False and not hp.retrain
-    assert set(JOB_PRESETS) == {"smoke", "cpu-small", "paper", "study-cpu", "study-gpu"}
+    assert set(JOB_PRESETS) == {"smoke", "cpu-small", "paper", "study-cpu", "study-pilot", "study-gpu"}
     study = job_base("study", "study-cpu")
     assert study.seeds == (1, 2, 3) and study.train.match_params == "DARTS_V2@128"
     assert job_base("study", "study-gpu").train.match_params == "DARTS_V2@850"
+    pilot = job_base("study", "study-pilot")   # docs/study-design.md section 1
+    assert pilot.seeds == (1, 2, 3, 4) and pilot.stages == ("search", "tau", "planted")
+    assert (pilot.search.epochs, pilot.search.max_train_tokens, pilot.search.nhid) == (3, 0, 64)
+    assert pilot.planted_k == (2, 3, 4) and len(pilot.planted_seeds) == 5 and pilot.tau_factor == 4
 
 
-#: what a job sets in every run it starts: not a size
-JOB_SET = ("dataset", "data_dir", "progress", "threads", "run_dir", "task")
+#: what a job sets in every run it starts: not a size (valid_part: a job's retrains select on the split's second
+#: half, never on the tokens its searches fit; ess.data.roles)
+JOB_SET = ("dataset", "data_dir", "progress", "threads", "run_dir", "task", "valid_part")
 
 
 @pytest.mark.parametrize("preset, search, train, transfer", [
@@ -63,6 +68,7 @@ def test_job_presets_name_the_presets_of_the_run_configs(preset, search, train, 
         expected = cls(**table[name])
         set_by_job = {f: getattr(cfg, f) for f in JOB_SET if hasattr(cfg, f)}
         assert cfg == dataclasses.replace(expected, **set_by_job), (cls.__name__, name)
+    assert (job.search.valid_part, job.train.valid_part) == ("search", "select")
 
 
 def test_nested_configs_round_trip_and_take_presets_by_name(tmp_path):

@@ -88,3 +88,6 @@ def test_study_smoke_tables_and_the_report_from_the_store_agree(tmp_path):
     for figure in ("final", "curves", "entropy", "parts", "ops"):   # the report's figures, for the study's arms
         assert (tmp_path / "results" / f"{figure}.png").is_file() and f"(results/{figure}.png)" in text, figure
     assert "figure left out" not in text
+    # the committed rows rewrite the same file byte for byte
+    assert results_main(["--data", str(tmp_path / "results" / "data"), "--out", str(tmp_path / "results.md")]) == 0
+    assert (tmp_path / "results.md").read_text() == text and str(tmp_path) not in text
