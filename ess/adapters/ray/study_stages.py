@@ -1,4 +1,4 @@
-"""The study's checks of its own instruments: ranking quality (stage ``tau``) and known truth (stage ``planted``).
+"""The study's checks of its own instruments: stage ``tau`` (ranking quality), stage ``planted`` (known truth).
 
 ``tau``: ``tau_genotypes`` random joint genotypes retrained at the study's budget and ``tau_factor`` times longer
 (one seed), and scored on their paths through every joint-space supernet the search stage trained: Kendall's
