@@ -16,7 +16,7 @@ import pandas as pd
 
 from analysis.arms import ARM
 
-SEARCH_SECTIONS = ("arms", "comparisons", "search", "genotypes")
+SEARCH_SECTIONS = ("arms", "comparisons", "search", "evidence", "genotypes")
 
 
 @dataclass(frozen=True)

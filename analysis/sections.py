@@ -22,7 +22,10 @@ from analysis.page import Page, cell
 from analysis.stats import aggregate, compare_arms, epoch_curves, evolution
 from analysis.study import study_rows, study_tables
 from analysis.trials import expected
+from ess.search.evidence import arm_evidence
+from ess.space.refs import load_genotype
 from ess.study import ARMS
+from ess.supernet import MODES
 
 #: the per-trial values aggregated per arm, when the trials have them
 VALUES = ("final_valid_ppl", "best_valid_ppl", "retrain_valid_ppl", "test_ppl", "search_seconds", "params",
@@ -260,6 +263,44 @@ def genotypes_section(ctx: Context) -> None:
         ctx.page.note(f"genotype tables left out: {err}")
 
 
+def evidence_section(ctx: Context) -> None:
+    """Per arm of searches: the seeds' agreement against random genotypes and the searches' stability
+    (:func:`ess.search.evidence.arm_evidence`, docs/method.md section 11), from the runs' final genotypes and
+    their ``evidence/*`` metrics."""
+    searches = ctx.trials[(ctx.trials.get("epochs", 0) > 0) & ctx.trials.get("genotype").notna()] \
+        if {"epochs", "genotype", "mode"} <= set(ctx.trials.columns) else ctx.trials[:0]
+    if not len(searches):
+        return
+    rows, by = [], list(ctx.by) or ["mode"]
+    name = arm_namer(searches, by)
+    for key, group in searches.groupby(by, sort=False, dropna=False):
+        mode = MODES.get(str(group["mode"].iloc[0]))
+        if mode is None:
+            continue
+        searched = [p for p, on in (("intra", mode.searches_intra), ("history", mode.searches_inter),
+                                    ("input", mode.searches_inter)) if on]
+        space = {k: int(group[k].iloc[0]) for k in ("steps", "m", "n_inter") if k in group and group[k].notna().any()}
+        keys = ("changed_epoch_share", "kept_from_middle")
+        stabilities = [{k: r[f"evidence/{k}"] for k in keys} for r in group.to_dict(orient="records")
+                       if all(pd.notna(r.get(f"evidence/{k}")) for k in keys)]
+        e = arm_evidence([load_genotype(g) for g in group["genotype"]], stabilities, searched, **space)
+        overall = e.agreement.overall if e.agreement else None
+        rows.append({"arm": name(key if isinstance(key, tuple) else (key,)), "searches": e.searches,
+                     "agreement": overall.observed if overall else None,
+                     "random_agreement": overall.expected if overall else None, "p": overall.p if overall else None,
+                     "changed_epoch_share": e.changed_epoch_share, "kept_from_middle": e.kept_from_middle,
+                     "statement": e.statement()})
+    if rows:
+        ctx.page.heading("Did the searches find something?")
+        ctx.page.table("evidence", pd.DataFrame(rows), "Per arm: the share of choices on which pairs of seeds agree, "
+                       "against random genotypes of the same space (p: simulated null), and how much each search's "
+                       "genotype changed over its last half (docs/method.md section 11).",
+                       ["arm", "searches", "agreement", "random_agreement", "p", "changed_epoch_share",
+                        "kept_from_middle"])
+        for r in rows:
+            ctx.page.text(f"{r['arm']}: {r['statement']}")
+
+
 def study_section(ctx: Context, summary: pd.DataFrame) -> None:
     """The study's arms (tagged ``arm``) at equal budget: log-scale intervals and pair tests."""
     tagged = list(dict.fromkeys(r["arm"] for r in study_rows(summary)))
@@ -286,9 +327,10 @@ def seeds_text(values: Sequence[object]) -> str:
 
 
 SECTIONS = {"configs": configs_section, "arms": arms_section, "comparisons": comparisons_section,
-            "search": search_section, "retrain": retrain_section, "transfer": transfer_section,
-            "genotypes": genotypes_section}
+            "search": search_section, "evidence": evidence_section, "retrain": retrain_section,
+            "transfer": transfer_section, "genotypes": genotypes_section}
 
 __all__ = ["ARM_COLUMNS", "COMPARISON_COLUMNS", "Context", "SECTIONS", "TRIAL_COLUMNS", "VALUES", "arms_section",
-           "comparisons_section", "configs_section", "genotypes_section", "has", "retrain_section", "search_section",
-           "seeds_text", "study_section", "transfer_section", "trials_section", "tuned_columns", "with_metric"]
+           "comparisons_section", "configs_section", "evidence_section", "genotypes_section", "has",
+           "retrain_section", "search_section", "seeds_text", "study_section", "transfer_section", "trials_section",
+           "tuned_columns", "with_metric"]

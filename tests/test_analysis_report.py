@@ -29,7 +29,7 @@ from conftest import requires_ptb  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 FIGURES = ("final_metric", "valid_ppl_curves", "entropy", "best_genotype", "op_heatmap")
-TABLES = ("trials", "runs", "arms", "comparisons", "curves", "evolution", "genotypes", "op_frequency",
+TABLES = ("trials", "runs", "arms", "comparisons", "curves", "evolution", "evidence", "genotypes", "op_frequency",
           "predecessor_frequency")
 
 
@@ -91,6 +91,16 @@ def test_report_tables_hold_the_hand_computed_values(report):
     assert len(runs) == 18 and "config.search.lr" in runs.columns
     genotypes = pd.read_csv(report / "tables" / "genotypes.csv")
     assert genotypes["rank"].tolist() == [1, 2, 3] and genotypes["mean"].tolist() == [72.0, 82.0, 88.0]
+
+
+def test_report_says_whether_the_searches_agree_by_hand(report):
+    """intra's seeds derived A, A, B: the pair (A, A) agrees on its 3 (op, predecessor) choices, each (A, B) pair
+    on 1 of 3 (node 1), so 5 of 9; joint's three seeds derived one genotype: 1. Both above random genotypes."""
+    evidence = pd.read_csv(report / "tables" / "evidence.csv").set_index("arm")
+    assert evidence.loc["intra", "agreement"] == pytest.approx(5 / 9) and evidence.loc["joint", "agreement"] == 1.0
+    assert (evidence["searches"] == 3).all() and (evidence["random_agreement"] < evidence["agreement"]).all()
+    assert (evidence["p"] < 0.05).all()
+    assert "Did the searches find something?" in (report / "report.md").read_text()
 
 
 def test_report_notes_runs_that_miss_metrics(store, tmp_path, capsys):
