@@ -25,7 +25,7 @@ import pandas as pd
 from analysis import figures as figs
 from analysis.figures import genotype_picture
 from analysis.genotypes import op_frequencies
-from analysis.stats import describe_sample
+from analysis.stats import compare_arms, describe_sample
 from analysis.study import planted_table, required_seeds
 from analysis.study_data import StudyData, from_experiment, read_data, write_data
 from ess.checkpoint import atomic_write_text
@@ -125,6 +125,22 @@ def study_figures(summary: Mapping[str, Any], search_arms: Sequence[str], store:
             continue
         out += [f"![{name}]({rel}/{name}.png)", "", f"*{caption}*", ""]
     return out
+
+
+def _p(value: float) -> str:
+    return f"{value:.3g}" if value == value else "-"
+
+
+def transfer_tests(transfer: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per task, Welch's t-test on test F1 between every pair of cells, Holm over the task's pairs."""
+    rows = []
+    for task, group in transfer.groupby("task", sort=False):
+        runs = group.rename(columns={"cell": "arm"})
+        if runs["arm"].nunique() < 2:
+            continue
+        pairs = compare_arms(runs, "test_f1", by=("arm",))
+        rows += [{"task": task, **r} for r in pairs.to_dict(orient="records")]
+    return rows
 
 
 def _with_intervals(trials: pd.DataFrame, grouped: pd.DataFrame) -> list[dict[str, Any]]:
@@ -319,6 +335,14 @@ def render(data: StudyData, figures_dir: Path, rel: str, notes: str = "") -> str
                            ("dev F1", lambda r: f"{_f(r['dev_f1_mean'], 2)} ± {_f(r['dev_f1_std'], 2)}"),
                            ("test F1", lambda r: f"{_f(r['test_f1_mean'], 2)} ± {_f(r['test_f1_std'], 2)}"),
                            ("dev 95% CI", "dev_ci"), ("test 95% CI", "test_ci")])]
+        tests = transfer_tests(t)
+        if tests:
+            md += ["", "Exploratory: Welch's t-test on test F1 between every pair of cells of a task, Holm-adjusted "
+                   "over the pairs of that task (diff = a - b, percentage points).", "",
+                   _table(tests, [("task", "task"), ("a", "arm_a"), ("b", "arm_b"),
+                                  ("n", lambda r: f"{r['n_a']} + {r['n_b']}"), ("diff", lambda r: _f(r["diff"], 2)),
+                                  ("95% CI", lambda r: f"[{_f(r['ci_low'], 2)}, {_f(r['ci_high'], 2)}]"),
+                                  ("p", lambda r: _p(r["p_value"])), ("Holm p", lambda r: _p(r["p_holm"]))])]
     if summary.get("wikitext2"):
         md += ["## WikiText-2: the PTB-searched cells retrained", "",
                "One seed each (n = 1: no interval), same budget as on PTB.", "",

@@ -122,3 +122,24 @@ def test_a_comparison_with_one_seed_says_it_needs_two():
                                             "p_value": math.nan, "p_holm": math.nan, "n_a": 1, "n_b": 1})
     assert line == "joint_vs_intra: no comparison: it needs at least two seeds per arm (has 1 and 1)"
     assert "nan" not in line
+
+
+def test_transfer_cells_are_compared_by_welch_with_holm_per_task():
+    from scipy import stats
+
+    from analysis.results import transfer_tests
+
+    f1 = {"joint": [85.0, 86.0, 84.5], "intra": [87.0, 88.5, 88.0], "lstm": [88.0, 89.0, 88.2]}
+    frame = pd.DataFrame([{"task": "conll2003", "cell": c, "seed": i, "test_f1": v}
+                          for c, vs in f1.items() for i, v in enumerate(vs, 1)]
+                         + [{"task": "wnut17", "cell": "joint", "seed": 1, "test_f1": 40.0}])
+    rows = {(r["arm_a"], r["arm_b"]): r for r in transfer_tests(frame)}
+    assert len(rows) == 3 and all(r["task"] == "conll2003" for r in rows.values())   # wnut17: one cell, no pair
+    ps = {}
+    for (a, b), r in rows.items():
+        ref = stats.ttest_ind(f1[a], f1[b], equal_var=False)
+        assert r["p_value"] == pytest.approx(ref.pvalue, rel=1e-9)
+        assert r["diff"] == pytest.approx(sum(f1[a]) / 3 - sum(f1[b]) / 3)
+        ps[(a, b)] = ref.pvalue
+    order = sorted(ps, key=ps.get)
+    assert rows[order[0]]["p_holm"] == pytest.approx(min(1.0, 3 * ps[order[0]]))
