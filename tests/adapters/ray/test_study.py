@@ -74,7 +74,7 @@ def test_study_smoke_tables_and_the_report_from_the_store_agree(tmp_path):
         assert row["retrain_valid_ppl_geo_mean"] == pytest.approx(arms[row["arm"]]["retrain_valid_ppl_geo_mean"])
     for p in pd.read_csv(report.tables["study_pairs"]).to_dict(orient="records"):
         assert p["p_holm"] == pytest.approx(job_pairs[(p["arm_a"], p["arm_b"], p["metric"])]["p_holm"], nan_ok=True)
-    assert "not in this table: random-screen, planted-" in report.markdown.read_text()
+    assert "not in this table: random-screen, tau-short, tau-long, planted-k2-" in report.markdown.read_text()
     assert not math.isnan(table["retrain_valid_ppl_ci_low"].iloc[0])
 
     from analysis.results import main as results_main
@@ -83,7 +83,10 @@ def test_study_smoke_tables_and_the_report_from_the_store_agree(tmp_path):
     text = (tmp_path / "results.md").read_text()
     for arm in arms:   # the main table has a row per arm with the job's own numbers
         assert f"| {arm} | 2 |" in text and f"{arms[arm]['retrain_valid_ppl_geo_mean']:,.1f}" in text
-    assert "joint vs intra" in text and "## The planted-structure corpus" in text
+    assert "joint vs intra" in text and "## The planted-structure corpora" in text
+    for section in ("## Design (pre-registered)", "## Primary comparisons", "## Did the searches find something?",
+                    "## Ranking quality of the proxies"):
+        assert section in text, section
     for figure in ("final", "curves", "entropy", "parts", "ops"):   # the report's figures, for the study's arms
         assert (tmp_path / "results" / f"{figure}.png").is_file() and f"(results/{figure}.png)" in text, figure
     assert "figure left out" not in text
