@@ -19,14 +19,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from analysis import figures as figs
 from analysis.figures import genotype_picture
 from analysis.genotypes import op_frequencies
 from analysis.stats import compare_arms, describe_sample
-from analysis.study import planted_table, required_seeds
+from analysis.study import planted_table, pooled_log_sd, required_seeds
 from analysis.study_data import StudyData, from_experiment, read_data, write_data
 from ess.checkpoint import atomic_write_text
 from ess.cli import run_main
@@ -162,11 +161,9 @@ def seeds_for_gains(summary: Mapping[str, Any], arms: Sequence[str] = ("joint", 
 
     The sd is itself an estimate (its degrees of freedom are the seeds less one per arm), so these counts are
     as uncertain as it is."""
-    logs = [np.log([t["retrain_valid_ppl"] for t in summary["trials"] if t["arm"] == a]) for a in arms]
-    variances = [x.var(ddof=1) for x in logs if len(x) > 1]
-    if not variances:
+    sd, _ = pooled_log_sd(summary["trials"], arms, "retrain_valid_ppl")
+    if not math.isfinite(sd):
         return math.nan, {}
-    sd = math.sqrt(float(np.mean(variances)))
     return sd, {g: required_seeds(-math.log(1 - g) / sd, alpha) for g in gains}
 
 
@@ -222,7 +219,7 @@ def design_sections(summary: Mapping[str, Any]) -> list[str]:
                _table(primary["comparisons"], [
                    ("a", "arm_a"), ("b", "arm_b"), ("n", lambda r: f"{r['n_a']} + {r['n_b']}"),
                    ("ratio [95% CI]", lambda r: f"{r['ratio']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"),
-                   ("p", lambda r: f"{r['p_value']:.3g}"), ("Holm p", lambda r: f"{r['p_holm']:.3g}"),
+                   ("p", lambda r: _p(r["p_value"])), ("Holm p", lambda r: _p(r["p_holm"])),
                    ("verdict", "verdict")]),
                f"With {pw['seeds_per_arm']} seeds per arm at the pooled seed sd of the log metric "
                f"({100 * pw['pooled_log_sd']:.1f}%), the smallest relative gain detectable with "
@@ -289,8 +286,7 @@ def render(data: StudyData, figures_dir: Path, rel: str, notes: str = "") -> str
            "pairs of each metric, Hedges' g.", "",
            _table(pairs, [("metric", "metric"), ("a", "arm_a"), ("b", "arm_b"), ("diff", lambda r: _f(r["diff"], 2)),
                           ("95% CI", lambda r: f"[{_f(r['ci_low'], 1)}, {_f(r['ci_high'], 1)}]"),
-                          ("p", lambda r: f"{r['p_value']:.3g}" if r["p_value"] == r["p_value"] else "-"),
-                          ("Holm p", lambda r: f"{r['p_holm']:.3g}" if r["p_holm"] == r["p_holm"] else "-"),
+                          ("p", lambda r: _p(r["p_value"])), ("Holm p", lambda r: _p(r["p_holm"])),
                           ("Hedges' g", lambda r: _f(r["hedges_g"], 2))])]
     search_arms = [a["arm"] for a in arms if any(t["arm"] == a["arm"] and t["kind"] == "search"
                                                  for t in summary["trials"])]

@@ -277,8 +277,7 @@ def evidence_section(ctx: Context) -> None:
         mode = MODES.get(str(group["mode"].iloc[0]))
         if mode is None:
             continue
-        searched = [p for p, on in (("intra", mode.searches_intra), ("history", mode.searches_inter),
-                                    ("input", mode.searches_inter)) if on]
+        searched = list(mode.parts)
         space = {k: int(group[k].iloc[0]) for k in ("steps", "m", "n_inter") if k in group and group[k].notna().any()}
         keys = ("changed_epoch_share", "kept_from_middle")
         stabilities = [{k: r[f"evidence/{k}"] for k in keys} for r in group.to_dict(orient="records")

@@ -134,6 +134,21 @@ def best_by_arm(trials: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, A
     return best
 
 
+def pooled_log_sd(trials: Sequence[Mapping[str, Any]], arms: Sequence[str], metric: str) -> tuple[float, list[int]]:
+    """The seed sd of ``log(metric)`` pooled over ``arms`` (the mean of their variances; NaN without an arm of two
+    seeds), and the seeds each arm has."""
+    frame = pd.DataFrame(list(trials))
+    variances, n = [], []
+    for arm in arms:
+        values = pd.to_numeric(frame[frame["arm"] == arm][metric], errors="coerce").dropna() \
+            if len(frame) and metric in frame else pd.Series(dtype=float)
+        logs = np.log(values[values > 0])
+        n.append(len(logs))
+        if len(logs) > 1:
+            variances.append(float(logs.var(ddof=1)))
+    return (math.sqrt(float(np.mean(variances))) if variances else math.nan), n
+
+
 def primary_analysis(trials: Sequence[Mapping[str, Any]], design: Any) -> dict[str, Any]:
     """The pre-registered comparisons of ``design`` (:class:`ess.study.StudyDesign`) on its metric: the ratio of
     geometric means and its interval (Welch on log values), Holm over these comparisons only; and what the seeds
@@ -150,17 +165,7 @@ def primary_analysis(trials: Sequence[Mapping[str, Any]], design: Any) -> dict[s
         else:
             verdict = f"{r['arm_a']} {'lower' if r['ci_high'] < 1 else 'higher'}"
         rows.append({**r, "verdict": verdict, "significant": bool(r["p_holm"] < design.alpha)})
-    arms = sorted({a for pair in pairs for a in pair})
-    frame = pd.DataFrame(list(trials))
-    variances, n = [], []
-    for arm in arms:
-        values = pd.to_numeric(frame[frame["arm"] == arm][design.metric], errors="coerce").dropna() \
-            if len(frame) and design.metric in frame else pd.Series(dtype=float)
-        logs = np.log(values[values > 0])
-        n.append(len(logs))
-        if len(logs) > 1:
-            variances.append(float(logs.var(ddof=1)))
-    sd = math.sqrt(float(np.mean(variances))) if variances else math.nan
+    sd, n = pooled_log_sd(trials, sorted({a for pair in pairs for a in pair}), design.metric)
     seeds = min(n) if n else 0
     alpha = design.alpha / max(len(pairs), 1)
     effect = detectable_effect(seeds, alpha, design.power) if seeds >= 2 else math.inf
@@ -295,5 +300,5 @@ def headline_line(name: str, h: Mapping[str, Any]) -> str:
 
 
 __all__ = ["HEADLINE_OTHERS", "VALUES", "arm_table", "best_by_arm", "headline_line", "log_interval", "pair_tests",
-           "planted_table", "primary_analysis", "ratio_tests", "required_seeds", "study_files", "study_lines",
-           "study_rows", "study_summary", "study_tables"]
+           "planted_table", "pooled_log_sd", "primary_analysis", "ratio_tests", "required_seeds", "study_files",
+           "study_lines", "study_rows", "study_summary", "study_tables"]

@@ -78,6 +78,11 @@ class SearchMode:
     searches_inter: bool
     description: str
 
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The genotype parts this mode searches (``intra``, ``history``, ``input``)."""
+        return ("intra",) * self.searches_intra + ("history", "input") * self.searches_inter
+
     def build_intra(self, cfg: SupernetConfig, impl: Implementation) -> nn.Module:
         return _INTRA_BUILDERS[self.searches_intra](cfg, impl)
 

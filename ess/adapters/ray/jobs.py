@@ -124,8 +124,7 @@ def arm_evidence(trials: Sequence[Mapping[str, Any]], search: Any) -> ArmEvidenc
     genotypes = [load_genotype(t["genotype"]) for t in trials]
     stabilities = [run_selection(t.get("checkpoint")).get("stability") for t in trials]
     mode = MODES[search.mode]
-    searched = [p for p, on in (("intra", mode.searches_intra), ("history", mode.searches_inter),
-                                ("input", mode.searches_inter)) if on]
+    searched = list(mode.parts)
     return evidence_of_arm(genotypes, stabilities, searched, steps=search.steps, m=search.m, n_inter=search.n_inter,
                            intra_ops=search.intra_ops, inter_ops=search.inter_ops)
 
