@@ -155,7 +155,8 @@ def test_a_live_build_is_waited_for_not_broken_into(tmp_path, capsys):
         assert not (tmp_path / "lock").exists()
     proc.wait(timeout=60)
     assert capsys.readouterr().err.splitlines() == [
-        f"ess.kernels: waiting for another process building the C++ CPU kernels in {tmp_path} ..."]
+        f"ess.kernels: waiting for another process that holds the C++ CPU kernels' build lock in {tmp_path} "
+        "(it builds or loads them) ..."]
 
 
 def test_a_stale_torch_lock_in_the_cache_does_not_hang_the_next_process():
