@@ -113,3 +113,13 @@ def test_the_study_file_is_the_study_jobs_config(tmp_path):
     assert cfg.search == the_pilot.search                            # the searches the pilot measured
     assert cfg.train.epochs == 2
     assert cfg.train == the_pilot.train.__class__(**{**the_pilot.train.__dict__, "epochs": 2})
+
+
+def test_the_committed_rows_decide_the_same(tmp_path):
+    from analysis.study_data import read_data, write_data
+
+    data = _data(0.7)
+    again = read_data(write_data(data, tmp_path / "data"))
+    assert pilot.decide(again) == pilot.decide(data)
+    assert pilot.main(["--data", str(tmp_path / "data"), "--write", str(tmp_path / "s.yaml")]) == 0
+    assert "--data" in (tmp_path / "s.yaml").read_text().splitlines()[1]
