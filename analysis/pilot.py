@@ -13,6 +13,8 @@ The rules are fixed before the pilot's numbers are known:
   ``tau_min``, else twice them;
 - **random search at equal wall clock**: ``random_k`` = the median joint search seconds over the seconds of one
   screening retrain (``random_epochs`` epochs), rounded down, at least 2;
+- **fresh seeds**: the study's seeds start at ``first_seed`` (101), past the pilot's: with the same code a pilot
+  seed would rerun its pilot trial, and the pilot's data, which were looked at, are never the study's;
 - **time**: per seed and arm the pilot's median trial seconds (an arm the pilot did not run takes ``stand_in``'s),
   retrains scaled by their epochs; the wall clock is trial seconds over ``slots`` and the pilot's measured packing
   (busy slot share), plus ``fixed_hours`` for the stages run once (transfer, WikiText-2).
@@ -57,6 +59,7 @@ class Rules:
     arms: tuple[str, ...] = MAIN_ARMS
     stand_in: Mapping[str, str] = field(default_factory=lambda: {"inter": "joint"})
     max_seeds: int = 40
+    first_seed: int = 101
 
 
 @dataclass(frozen=True)
@@ -145,6 +148,9 @@ def decide(data: StudyData, rules: Rules = Rules()) -> Decision:
     pilot_arms = [a for a in dict.fromkeys(t["arm"] for t in trials) if ARMS.get(a) and ARMS[a].kind == "search"]
     if not pilot_arms:
         raise ConfigError("pilot: summary.json: trials: no search arm (is this a pilot with a search stage?)")
+    if max(int(t["seed"]) for t in trials) >= rules.first_seed:
+        raise ConfigError(f"pilot: summary.json: trials: a pilot seed reaches the study's first seed "
+                          f"{rules.first_seed}")
     sd, ns = pooled_log_sd(trials, pilot_arms, design.metric)
     if not math.isfinite(sd) or sd <= 0:
         raise ConfigError(f"pilot: summary.json: trials: no seed sd of {design.metric} (two seeds of an arm needed)")
@@ -181,7 +187,8 @@ def study_file(decision: Decision, rules: Rules = Rules(), command: str = "") ->
     """The main study's ``--config`` YAML: the pilot's presets, the decided seeds, epochs and ``random_k``, the
     design with the pilot's noise figure; its header says how every number was decided."""
     config = {
-        "seeds": list(range(1, decision.seeds + 1)), "cpus_per_trial": 1.0, "arms": list(rules.arms),
+        "seeds": list(range(rules.first_seed, rules.first_seed + decision.seeds)), "cpus_per_trial": 1.0,
+        "arms": list(rules.arms),
         "stages": list(MAIN_STAGES), "random_k": decision.random_k, "random_epochs": rules.random_epochs,
         "search": {"preset": "cpu-full"},
         "train": {"preset": "cpu-full", "match_params": "DARTS_V2@128", "epochs": decision.retrain_epochs},

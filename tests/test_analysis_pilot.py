@@ -95,6 +95,8 @@ def test_a_pilot_without_the_stages_the_rules_need_is_one_line():
                          data.trials, data.epochs, data.cost, {})
     with pytest.raises(ConfigError, match="two seeds of an arm"):
         pilot.decide(one_seed)
+    with pytest.raises(ConfigError, match="reaches the study's first seed 3"):
+        pilot.decide(data, pilot.Rules(first_seed=3))
 
 
 def test_the_study_file_is_the_study_jobs_config(tmp_path):
@@ -106,7 +108,7 @@ def test_the_study_file_is_the_study_jobs_config(tmp_path):
     assert any("python -m analysis.pilot --data X" in line for line in header)
     assert yaml.safe_load(path.read_text())["design"]["noise_sd"] == pytest.approx(decision.pooled_log_sd, abs=1e-5)
     cfg, _ = parse_job_args("study", ["--config", str(path), "--name", "s"])
-    assert cfg.seeds == tuple(range(1, decision.seeds + 1))
+    assert cfg.seeds == tuple(range(101, 101 + decision.seeds))          # never a pilot seed: those were looked at
     assert cfg.arms == pilot.MAIN_ARMS and cfg.stages == pilot.MAIN_STAGES
     assert cfg.random_k == 5 and cfg.design.noise_sd == pytest.approx(decision.pooled_log_sd, abs=1e-5)
     the_pilot = job_base("study", "study-pilot")
