@@ -17,7 +17,9 @@ The rules are fixed before the pilot's numbers are known:
   seed would rerun its pilot trial, and the pilot's data, which were looked at, are never the study's;
 - **time**: per seed and arm the pilot's median trial seconds (an arm the pilot did not run takes ``stand_in``'s),
   retrains scaled by their epochs; the wall clock is trial seconds over ``slots`` and the pilot's measured packing
-  (busy slot share), plus ``fixed_hours`` for the stages run once (transfer, WikiText-2).
+  (busy slot share), plus ``fixed_hours`` for the exploratory stages that do not grow with the seeds (transfer
+  over ``transfer_seeds`` seeds, WikiText-2 on one: about 1.5 h, from study-cpu-1's 467 s per transfer trial at
+  the same tagger preset and a WikiText-2 retrain's ~6x the tokens x softmax width of a PTB one).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class Rules:
     stand_in: Mapping[str, str] = field(default_factory=lambda: {"inter": "joint"})
     max_seeds: int = 40
     first_seed: int = 101
+    transfer_seeds: int = 3
 
 
 @dataclass(frozen=True)
@@ -189,7 +192,9 @@ def study_file(decision: Decision, rules: Rules = Rules(), command: str = "") ->
     config = {
         "seeds": list(range(rules.first_seed, rules.first_seed + decision.seeds)), "cpus_per_trial": 1.0,
         "arms": list(rules.arms),
-        "stages": list(MAIN_STAGES), "random_k": decision.random_k, "random_epochs": rules.random_epochs,
+        "stages": list(MAIN_STAGES), "transfer_seeds": list(range(rules.first_seed, rules.first_seed
+                                                                   + min(rules.transfer_seeds, decision.seeds))),
+        "random_k": decision.random_k, "random_epochs": rules.random_epochs,
         "search": {"preset": "cpu-full"},
         "train": {"preset": "cpu-full", "match_params": "DARTS_V2@128", "epochs": decision.retrain_epochs},
         "transfer": {"preset": "short"},
@@ -213,7 +218,7 @@ def main_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--write", default="", help="write the main study's --config YAML here")
     parser.add_argument("--budget-hours", type=float, default=Rules.budget_hours)
     parser.add_argument("--fixed-hours", type=float, default=Rules.fixed_hours,
-                        help="the stages run once (transfer, WikiText-2)")
+                        help="the exploratory stages that do not grow with the seeds (transfer, WikiText-2)")
     return parser.parse_args(argv)
 
 

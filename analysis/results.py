@@ -2,6 +2,7 @@
 
     python -m analysis.results --study runs/tune/study-cpu-2 --out docs/results.md [--notes notes.md]
     python -m analysis.results --data docs/results/data --out docs/results.md     # from the committed rows
+    python -m analysis.results --study runs/tune/study-pilot-1 --out docs/pilot.md --pilot   # a pilot
 
 ``--study`` reads the study's experiment folder (``summary.json``: the job's own tables, :mod:`analysis.study`;
 its MLflow store: the per-part diagnostics of every search epoch, for the figures; its Tune files: the cost)
@@ -24,46 +25,18 @@ import pandas as pd
 from analysis import figures as figs
 from analysis.figures import genotype_picture
 from analysis.genotypes import op_frequencies
+from analysis.md import interval as _interval
+from analysis.md import num as _f
+from analysis.md import p_value as _p
+from analysis.md import table as _table
 from analysis.stats import compare_arms, describe_sample
 from analysis.study import planted_table, pooled_log_sd, required_seeds
 from analysis.study_data import StudyData, from_experiment, read_data, write_data
+from analysis.study_sections import PARTS, design_sections, part_identity_share
 from ess.checkpoint import atomic_write_text
 from ess.cli import run_main
-from ess.space.derive import identity_share
 
-PARTS = ("intra", "history", "input")
 REMEDY_ARMS = ("joint", "joint-beta", "joint-pt")
-
-
-def _f(value: Any, digits: int = 1) -> str:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return "-"
-    return "-" if not math.isfinite(v) else f"{v:,.{digits}f}"
-
-
-def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
-    """A Markdown table of ``rows`` with ``(header, key or callable)`` columns."""
-    head = "| " + " | ".join(h for h, _ in columns) + " |\n|" + "---|" * len(columns) + "\n"
-    def cell(value: Any) -> str:
-        return str(value).replace("|", "\\|")   # a genotype's "| concat" must not end the cell
-
-    body = "".join("| " + " | ".join(cell(c(r) if callable(c) else r.get(c, "-")) for _, c in columns) + " |\n"
-                   for r in rows)
-    return head + body
-
-
-def _interval(row: Mapping[str, Any], value: str) -> str:
-    return (f"{_f(row.get(f'{value}_geo_mean'))} [{_f(row.get(f'{value}_ci_low'))}, "
-            f"{_f(row.get(f'{value}_ci_high'))}]")
-
-
-def _part_share(genotype: Any, part: str) -> float:
-    """``part``'s identity share; NaN for an inter cell without nodes (no edge to count)."""
-    if part != "intra" and not getattr(genotype, part).nodes:
-        return float("nan")
-    return identity_share(genotype, (part,))
 
 
 def part_shares(trials: pd.DataFrame, arms: Sequence[str],
@@ -81,7 +54,7 @@ def part_shares(trials: pd.DataFrame, arms: Sequence[str],
             key = f"genotype/{part}/identity_share"
             values = pd.to_numeric(group[key], errors="coerce") if key in group else pd.Series(dtype=float)
             if mine and values.notna().any():   # a searched part: its share in what was retrained
-                values = pd.Series([_part_share(g, part) for g in mine], dtype=float)
+                values = pd.Series([part_identity_share(g, part) for g in mine], dtype=float)
             row[part] = _f(values.mean(), 2) if values.notna().any() else "-"
         for key, name in (("genotype/decided_share", "decided_share"), ("arch/entropy", "entropy")):
             values = pd.to_numeric(group[key], errors="coerce") if key in group else pd.Series(dtype=float)
@@ -124,10 +97,6 @@ def study_figures(summary: Mapping[str, Any], search_arms: Sequence[str], store:
             continue
         out += [f"![{name}]({rel}/{name}.png)", "", f"*{caption}*", ""]
     return out
-
-
-def _p(value: float) -> str:
-    return f"{value:.3g}" if value == value else "-"
 
 
 def transfer_tests(transfer: pd.DataFrame) -> list[dict[str, Any]]:
@@ -196,64 +165,21 @@ def reading(summary: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def design_sections(summary: Mapping[str, Any]) -> list[str]:
-    """The pre-registered design, its primary comparisons, and the evidence and ranking quality of the searches."""
-    md: list[str] = []
-    design, primary = summary.get("design"), summary.get("primary")
-    if design:
-        md += ["## Design (pre-registered)", "",
-               f"- Primary comparisons: {', '.join(p.replace(':', ' vs ') for p in design['primary'])}; Holm over "
-               f"these {len(design['primary'])} only. Every other comparison below is exploratory.",
-               f"- Primary metric: `{design['metric']}` of the retrained model (chosen by nothing: architectures "
-               "are selected on validation tokens that neither fit them nor report them).",
-               f"- Family-wise alpha {design['alpha']}, target: a {100 * design['target_gain']:.0f}% relative gain "
-               f"with {100 * design['power']:.0f}% power"
-               + (f" at the pilot's seed sd of the log metric {100 * design['noise_sd']:.1f}% ({design['pilot']})"
-                  if design.get("noise_sd") else "") + ".",
-               f"- Stopping rule: {design['stopping']}.", ""]
-    if primary and primary["comparisons"]:
-        pw = primary["power"]
-        md += ["## Primary comparisons", "",
-               "Ratio of geometric means (a / b) of the primary metric with its 95% interval (Welch on log values), "
-               "Holm-adjusted over the pre-registered comparisons.", "",
-               _table(primary["comparisons"], [
-                   ("a", "arm_a"), ("b", "arm_b"), ("n", lambda r: f"{r['n_a']} + {r['n_b']}"),
-                   ("ratio [95% CI]", lambda r: f"{r['ratio']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"),
-                   ("p", lambda r: _p(r["p_value"])), ("Holm p", lambda r: _p(r["p_holm"])),
-                   ("verdict", "verdict")]),
-               f"With {pw['seeds_per_arm']} seeds per arm at the pooled seed sd of the log metric "
-               f"({100 * pw['pooled_log_sd']:.1f}%), the smallest relative gain detectable with "
-               f"{100 * pw['power']:.0f}% power at Holm's first step (alpha {pw['alpha_first_step']:.3g}, exact "
-               f"noncentral t) is {100 * pw['detectable_gain']:.1f}%; the target {100 * pw['target_gain']:.0f}% "
-               f"takes {pw['seeds_for_target']} seeds per arm.", ""]
-    evidence = summary.get("evidence") or {}
-    if evidence:
-        md += ["## Did the searches find something?", "",
-               "Per search arm (docs/method.md section 11): agreement of the seeds' genotypes against random "
-               "genotypes of the same space, and the stability of each search's genotype over its last half.", "",
-               *[f"- **{arm}**: {e['statement']}" for arm, e in evidence.items()], ""]
-    tau = summary.get("tau") or {}
-    if tau.get("short_vs_long") or tau.get("supernets"):
-        md += ["## Ranking quality of the proxies", "",
-               f"{len(tau['genotypes'])} random joint genotypes retrained at the study's budget "
-               f"({tau['short_epochs']} epoch(s)) and {tau['long_epochs']} epochs (seed {tau['seed']}); Kendall's "
-               "tau-b against the long retrain's valid perplexity, with its 95% interval.", ""]
-        if tau.get("short_vs_long"):
-            md.append(f"- the study's retrain: {tau['short_vs_long']['statement']}")
-        md += [f"- the {s['arm']} supernet of seed {s['seed']} (shared-weight loss): {s['vs_long']['statement']}"
-               for s in tau.get("supernets", []) if s.get("vs_long")]
-        md.append("")
-    return md
-
-
-def render(data: StudyData, figures_dir: Path, rel: str, notes: str = "") -> str:
-    """results.md from a study's raw data (:mod:`analysis.study_data`); its figures into ``figures_dir``."""
+def render(data: StudyData, figures_dir: Path, rel: str, notes: str = "", pilot: bool = False) -> str:
+    """results.md from a study's raw data (:mod:`analysis.study_data`); its figures into ``figures_dir``.
+    ``pilot``: the study is a pilot (exploratory; docs/study-design.md): said so, with what it decides."""
     summary, store, frame = data.summary, data.trials, data.epochs
     arms = summary["arms"]
-    md = [f"# Results: {summary['name']}", "",
-          "The study of issue \"does joint search beat intra-only and inter-only at equal budget?\", run to the end "
-          "on this project's CPU machine. Every number below comes from the study's `summary.json` and its MLflow "
-          f"experiment `{summary['mlflow_experiment']}`; `python -m analysis.results` wrote this file.", ""]
+    source = (f"Every number below comes from the study's `summary.json` and its MLflow experiment "
+              f"`{summary['mlflow_experiment']}`; `python -m analysis.results` wrote this file.")
+    md = ([f"# Pilot: {summary['name']} (exploratory)", "",
+           "The pilot of the study (docs/study-design.md section 1): it measures the seed noise, the evidence of "
+           "each search arm, the ranking quality of the proxies and the time of every stage, from which the "
+           "pre-registered study is sized. None of its comparisons is a result of the study. " + source, ""]
+          if pilot else
+          [f"# Results: {summary['name']}", "",
+           "The study of issue \"does joint search beat intra-only and inter-only at equal budget?\", run to the "
+           "end on this project's CPU machine. " + source, ""])
     md += ["## Main table: retrained language models at equal budget and parameter count", "",
            "Geometric mean over seeds of the retrained model's valid and test perplexity (PTB), with the 95% "
            "interval of the geometric mean (Student-t on log perplexity); parameters of the retrained model; "
@@ -266,8 +192,9 @@ def render(data: StudyData, figures_dir: Path, rel: str, notes: str = "") -> str
                          ("retrain s", lambda r: _f(r.get("retrain_seconds"), 0)),
                          ("train tokens (search + retrain)",
                           lambda r: _f((r.get("search_tokens") or 0) + (r.get("retrain_tokens") or 0), 0))])]
-    md += design_sections(summary)
-    md += ["## Reading", "", *reading(summary)]
+    md += design_sections(data, pilot)
+    label = " (exploratory: the pilot's few seeds)" if pilot else ""
+    md += [f"## Reading{label}", "", *reading(summary)]
     sd, need = seeds_for_gains(summary)
     if need:
         n = sum(t['arm'] in ('joint', 'intra') for t in summary['trials'])
@@ -282,8 +209,9 @@ def render(data: StudyData, figures_dir: Path, rel: str, notes: str = "") -> str
                "at least one trial running (from the Tune result files of the experiment folder)."]
     md += [""]
     pairs = summary["pairs"].get("retrain_valid_ppl", []) + summary["pairs"].get("retrain_test_ppl", [])
-    md += ["## Every pair of arms", "", "Welch's t-test on the perplexities (diff = a - b), Holm-adjusted over the "
-           "pairs of each metric, Hedges' g.", "",
+    md += [f"## Every pair of arms{label}", "",
+           "Welch's t-test on the perplexities (diff = a - b), Holm-adjusted over the pairs of each metric, Hedges' g.",
+           "",
            _table(pairs, [("metric", "metric"), ("a", "arm_a"), ("b", "arm_b"), ("diff", lambda r: _f(r["diff"], 2)),
                           ("95% CI", lambda r: f"[{_f(r['ci_low'], 1)}, {_f(r['ci_high'], 1)}]"),
                           ("p", lambda r: _p(r["p_value"])), ("Holm p", lambda r: _p(r["p_holm"])),
@@ -364,7 +292,8 @@ def render(data: StudyData, figures_dir: Path, rel: str, notes: str = "") -> str
            + "".join(f" --{k} {','.join(map(str, summary[k]))}" for k in ("seeds", "stages") if summary.get(k))
            + "   # this study; after a stop: the same with --resume",
            "python tune_jobs/study.py --preset study-gpu --address auto     # the paper's scale, on GPUs",
-           f"python -m analysis.results --data {rel}/data --out {rel}.md    # this file, from the committed rows",
+           f"python -m analysis.results --data {rel}/data --out {rel}.md{' --pilot' if pilot else ''}"
+           "    # this file, from the committed rows",
            f"python -m analysis.report --experiment {summary['name']}       # the MLflow report of the same runs",
            "```", "", f"MLflow experiment `{summary['mlflow_experiment']}`, parent run `{summary['parent_run_id']}`.",
            ""]
@@ -381,6 +310,8 @@ def main_args(argv: list[str] | None) -> argparse.Namespace:
     source.add_argument("--data", help="a study's raw data folder (analysis.study_data)")
     parser.add_argument("--out", default="docs/results.md")
     parser.add_argument("--notes", default="", help="a Markdown file appended as the discussion")
+    parser.add_argument("--pilot", action="store_true",
+                        help="the study is a pilot (exploratory): say so, and what it decides for the main study")
     return parser.parse_args(argv)
 
 
@@ -391,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     figures = out.parent / out.stem
     folder = Path(args.data) if args.data else write_data(from_experiment(args.study), figures / "data")
     notes = Path(args.notes).read_text() if args.notes else ""
-    atomic_write_text(out, render(read_data(folder), figures, figures.name, notes))
+    atomic_write_text(out, render(read_data(folder), figures, figures.name, notes, args.pilot))
     print(f"{out} (figures in {figures}, data in {folder})")
     return 0
 

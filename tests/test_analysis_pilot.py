@@ -13,6 +13,7 @@ from analysis import pilot
 from analysis.stats import detectable_effect, seeds_for_power
 from analysis.study_data import Cost, StudyData
 from ess.adapters.ray.config import job_base, parse_job_args
+from ess.adapters.ray.grid import transfer_variants
 from ess.errors import ConfigError
 
 # log test ppl of three search arms, 4 seeds each
@@ -110,6 +111,8 @@ def test_the_study_file_is_the_study_jobs_config(tmp_path):
     cfg, _ = parse_job_args("study", ["--config", str(path), "--name", "s"])
     assert cfg.seeds == tuple(range(101, 101 + decision.seeds))          # never a pilot seed: those were looked at
     assert cfg.arms == pilot.MAIN_ARMS and cfg.stages == pilot.MAIN_STAGES
+    assert cfg.transfer_seeds == (101, 102, 103)                       # the exploratory transfer: 3 seeds
+    assert len(transfer_variants(cfg, ("lstm", "joint", "intra"))) == 9
     assert cfg.random_k == 5 and cfg.design.noise_sd == pytest.approx(decision.pooled_log_sd, abs=1e-5)
     the_pilot = job_base("study", "study-pilot")
     assert cfg.search == the_pilot.search                            # the searches the pilot measured

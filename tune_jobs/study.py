@@ -18,8 +18,9 @@ Stages (``--stages``), all on real PTB unless said, every retrain at the same bu
 4. ``tau``: ranking quality (``ess.adapters.ray.study_stages``): a short against a ``tau_factor`` times longer
    retrain, each joint-space supernet against the long retrain, Kendall's tau over ``tau_genotypes`` genotypes;
 5. ``planted``: known truth: ``planted_arms`` on the planted corpora of ``planted_k`` over ``planted_seeds``;
-6. ``transfer``: the best joint and the best intra genotype in the tagger on CoNLL-2003 against an LSTM;
-7. ``wikitext2``: those two and DARTS_V2 retrained on WikiText-2 (first seed).
+6. ``transfer``: the best joint and the best intra genotype in the tagger on CoNLL-2003 against an LSTM, over
+   ``transfer_seeds`` (empty: the seeds);
+7. ``wikitext2``: those two and DARTS_V2 retrained on WikiText-2 (the first of ``transfer_seeds``, else of the seeds).
 
 The primary analysis is ``--design`` (``ess.study.StudyDesign``): its comparisons, Holm-adjusted over those
 only, on its metric; everything else is exploratory.
@@ -170,14 +171,15 @@ def transfer_stage(exp: Experiment, job: JobConfig, best: dict[str, dict[str, An
 
 def wikitext2_stage(exp: Experiment, job: JobConfig, best: dict[str, dict[str, Any]],
                     callbacks: Sequence[Any]) -> list[dict[str, Any]]:
-    """5. The best joint and intra genotypes and DARTS_V2 retrained on WikiText-2 (first seed)."""
+    """5. The best joint and intra genotypes and DARTS_V2 retrained on WikiText-2 (the first transfer seed)."""
     jobs.ensure_corpus("wikitext-2", job.data_dir or None)
     genotypes = {"joint": load_genotype(best["joint"]["genotype"]),
                  "intra": load_genotype(best["intra"]["genotype"]), "darts_v2": "DARTS_V2"}
     wt2 = dataclasses.replace(job.train, dataset="wikitext-2")
+    seed = (job.transfer_seeds or job.seeds)[0]
     done = tune_stage(exp, "wikitext2", retrain_trainable, exp.spec(train=wt2, genotypes=genotypes),
-                      [{"genotype_label": g, "arm": f"wt2-{g}", "seed": job.seeds[0]} for g in genotypes], callbacks)
-    return [row(r, r["variant"]["genotype_label"], "wikitext2", job.seeds[0]) for r in done]
+                      [{"genotype_label": g, "arm": f"wt2-{g}", "seed": seed} for g in genotypes], callbacks)
+    return [row(r, r["variant"]["genotype_label"], "wikitext2", seed) for r in done]
 
 
 def report(summary: dict[str, Any]) -> None:

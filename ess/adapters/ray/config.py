@@ -83,6 +83,8 @@ class JobConfig:
         "help": "transfer: cells to compare: lstm, built-in genotypes or JSON files"})
     tasks: tuple[str, ...] = field(default=("conll2003",), metadata={
         "help": "transfer: tagging tasks (conll2003, wnut17, conll2000)"})
+    transfer_seeds: tuple[int, ...] = field(default=(), metadata={
+        "help": "study, stages transfer and wikitext2: their seeds (empty: the job's seeds; wikitext2 runs the first)"})
     transfer: TransferConfig = field(default_factory=TransferConfig, metadata={
         "help": "the tagger of every transfer trial (task, cell, seed: the grid), e.g. 'epochs=3 nhid=64'"})
     num_samples: int = field(default=8, metadata={"help": "hparam_search: Optuna trials"})

@@ -15,9 +15,10 @@ from ess.supernet import MODES
 
 
 def transfer_variants(job: JobConfig, cells: Sequence[str]) -> list[dict[str, Any]]:
-    """The grid task x cell x seed, one dict per trial (``cell_label`` names a cell of the job spec)."""
+    """The grid task x cell x seed, one dict per trial (``cell_label`` names a cell of the job spec; seeds:
+    ``job.transfer_seeds``, else the job's)."""
     return [{"task": task, "cell_label": cell, "seed": seed} for task in job.tasks for cell in cells
-            for seed in job.seeds]
+            for seed in job.transfer_seeds or job.seeds]
 
 
 def search_variants(job: JobConfig, modes: Sequence[str] | None = None) -> list[dict[str, Any]]:

@@ -1,0 +1,156 @@
+"""The sections of results.md that a study's design fixes: its pre-registration, primary table, evidence, proxies.
+
+A pilot (``pilot=True``) has no pre-registration: its comparisons are labelled exploratory, and its page says what
+it decides for the main study (:mod:`analysis.pilot`).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from analysis.md import num, p_value, table
+from analysis.pilot import decide
+from analysis.study_data import StudyData
+from ess.errors import ConfigError
+from ess.space.derive import identity_share
+
+PARTS = ("intra", "history", "input")
+
+
+def part_identity_share(genotype: Any, part: str) -> float:
+    """``part``'s identity share; NaN for an inter cell without nodes (no edge to count)."""
+    if part != "intra" and not getattr(genotype, part).nodes:
+        return math.nan
+    return identity_share(genotype, (part,))
+
+
+def _mean(values: Sequence[float]) -> float:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return statistics.fmean(finite) if finite else math.nan
+
+
+def evidence_rows(summary: Mapping[str, Any], genotypes: Mapping[tuple[str, int], Any]) -> list[dict[str, Any]]:
+    """Per search arm with evidence: searches, seed agreement against random genotypes (all searched choices and
+    per part) with its p, stability over the last half, the retrained genotypes' identity share per searched part,
+    and the mean search minutes (ranking included)."""
+    rows = []
+    for arm, e in (summary.get("evidence") or {}).items():
+        agreement = e.get("agreement") or {}
+        parts = agreement.get("parts", {})
+        mine = [g for (a, _), g in genotypes.items() if a == arm]
+        searched = [t for t in summary.get("trials", []) if t.get("arm") == arm and t.get("kind") == "search"]
+        row: dict[str, Any] = {"arm": arm, "searches": e.get("searches", len(searched))}
+        overall = agreement.get("overall")
+        row["agree"] = (f"{overall['observed']:.0%} vs {overall['null_mean']:.0%}" if overall else "-")
+        row["p"] = p_value(overall["p"]) if overall else "-"
+        for part in PARTS:
+            a = parts.get(part)
+            row[f"agree_{part}"] = f"{a['observed']:.0%} vs {a['null_mean']:.0%}" if a else "-"
+            shares = [part_identity_share(g, part) for g in mine] if a else []
+            row[f"identity_{part}"] = num(_mean(shares), 2)
+        row["changed"] = "-" if e.get("changed_epoch_share") is None else f"{e['changed_epoch_share']:.0%}"
+        row["kept"] = "-" if e.get("kept_from_middle") is None else f"{e['kept_from_middle']:.0%}"
+        row["minutes"] = num(_mean([t.get("search_seconds") for t in searched]) / 60, 0)
+        rows.append(row)
+    return rows
+
+
+EVIDENCE_COLUMNS = [
+    ("arm", "arm"), ("searches", "searches"), ("agree: all (vs random)", "agree"), ("p", "p"),
+    ("intra", "agree_intra"), ("history", "agree_history"), ("input", "agree_input"),
+    ("changed epochs", "changed"), ("kept from middle", "kept"), ("identity: intra", "identity_intra"),
+    ("history", "identity_history"), ("input", "identity_input"), ("search min", "minutes")]
+
+
+def _design(design: Mapping[str, Any]) -> list[str]:
+    return ["## Design (pre-registered)", "",
+            f"- Primary comparisons: {', '.join(p.replace(':', ' vs ') for p in design['primary'])}; Holm over "
+            f"these {len(design['primary'])} only. Every other comparison below is exploratory.",
+            f"- Primary metric: `{design['metric']}` of the retrained model (chosen by nothing: architectures "
+            "are selected on validation tokens that neither fit them nor report them).",
+            f"- Family-wise alpha {design['alpha']}, target: a {100 * design['target_gain']:.0f}% relative gain "
+            f"with {100 * design['power']:.0f}% power"
+            + (f" at the pilot's seed sd of the log metric {100 * design['noise_sd']:.1f}% ({design['pilot']})"
+               if design.get("noise_sd") else "") + ".",
+            f"- Stopping rule: {design['stopping']}.", ""]
+
+
+def _primary(primary: Mapping[str, Any], pilot: bool) -> list[str]:
+    pw = primary["power"]
+    head = (["## The study's comparisons at the pilot's seeds (exploratory)", "",
+             "The pilot compares nothing: these are the main study's comparisons on the pilot's few seeds, shown "
+             "for the noise they carry. Ratio of geometric means (a / b) with its 95% interval (Welch on log "
+             "values)."] if pilot else
+            ["## Primary comparisons", "",
+             "Ratio of geometric means (a / b) of the primary metric with its 95% interval (Welch on log values), "
+             "Holm-adjusted over the pre-registered comparisons."])
+    return [*head, "",
+            table(primary["comparisons"], [
+                ("a", "arm_a"), ("b", "arm_b"), ("n", lambda r: f"{r['n_a']} + {r['n_b']}"),
+                ("ratio [95% CI]", lambda r: f"{r['ratio']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"),
+                ("p", lambda r: p_value(r["p_value"])), ("Holm p", lambda r: p_value(r["p_holm"])),
+                ("verdict", "verdict")]),
+            f"With {pw['seeds_per_arm']} seeds per arm at the pooled seed sd of the log metric "
+            f"({100 * pw['pooled_log_sd']:.1f}%), the smallest relative gain detectable with "
+            f"{100 * pw['power']:.0f}% power at Holm's first step (alpha {pw['alpha_first_step']:.3g}, exact "
+            f"noncentral t) is {100 * pw['detectable_gain']:.1f}%; the target {100 * pw['target_gain']:.0f}% "
+            f"takes {pw['seeds_for_target']} seeds per arm.", ""]
+
+
+def _evidence(summary: Mapping[str, Any], genotypes: Mapping[tuple[str, int], Any]) -> list[str]:
+    evidence = summary.get("evidence") or {}
+    return ["## Did the searches find something?", "",
+            "Per search arm (docs/method.md section 11): agreement of the seeds' genotypes against random "
+            "genotypes of the same space (share of seed pairs and choices that agree, observed vs the mean of "
+            "random draws, with its p; per searched part), the stability of each search's genotype over its last "
+            "half (share of epochs at which it changed; share of its middle epoch's choices it kept; mean over "
+            "searches), the retrained genotypes' `identity` share per searched part, and the mean search time "
+            "(ranking included).", "",
+            table(evidence_rows(summary, genotypes), EVIDENCE_COLUMNS),
+            *[f"- **{arm}**: {e['statement']}" for arm, e in evidence.items()], ""]
+
+
+def _tau(tau: Mapping[str, Any]) -> list[str]:
+    md = ["## Ranking quality of the proxies", "",
+          f"{len(tau['genotypes'])} random joint genotypes retrained at the study's budget "
+          f"({tau['short_epochs']} epoch(s)) and {tau['long_epochs']} epochs (seed {tau['seed']}); Kendall's "
+          "tau-b against the long retrain's valid perplexity, with its 95% interval.", ""]
+    if tau.get("short_vs_long"):
+        md.append(f"- the study's retrain: {tau['short_vs_long']['statement']}")
+    md += [f"- the {s['arm']} supernet of seed {s['seed']} (shared-weight loss): {s['vs_long']['statement']}"
+           for s in tau.get("supernets", []) if s.get("vs_long")]
+    return [*md, ""]
+
+
+def _decision(data: StudyData) -> list[str]:
+    try:
+        lines = decide(data).lines()
+    except ConfigError as err:
+        lines = [f"no decision: {err}"]
+    return ["## What the pilot decides for the main study", "",
+            "By the rules of docs/study-design.md section 2 (`python -m analysis.pilot`):", "",
+            *[f"- {line}" for line in lines], ""]
+
+
+def design_sections(data: StudyData, pilot: bool = False) -> list[str]:
+    """The design (pre-registered; a pilot has none and says what it decides), the primary comparisons, the
+    evidence that the searches found something and the ranking quality of the proxies, as far as ``data`` has
+    them."""
+    summary = data.summary
+    md: list[str] = []
+    if pilot:
+        md += _decision(data)
+    elif summary.get("design"):
+        md += _design(summary["design"])
+    primary = summary.get("primary")
+    if primary and primary["comparisons"]:
+        md += _primary(primary, pilot)
+    if summary.get("evidence"):
+        md += _evidence(summary, data.genotypes)
+    tau = summary.get("tau") or {}
+    if tau.get("short_vs_long") or tau.get("supernets"):
+        md += _tau(tau)
+    return md

@@ -1,0 +1,80 @@
+"""results.md's design sections (:mod:`analysis.study_sections`): the evidence table, a pilot's page."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from analysis.results import render
+from analysis.study_data import Cost, StudyData
+from analysis.study_sections import evidence_rows
+from ess.space.genotype import DARTS_V2, ENAS
+
+
+def _part(observed, null_mean, p):
+    return {"observed": observed, "null_mean": null_mean, "p": p}
+
+
+EVIDENCE = {"joint": {"searches": 2, "changed_epoch_share": 0.5, "kept_from_middle": 0.875,
+                      "statement": "seeds agree on 41% of choices, random genotypes on 24%",
+                      "agreement": {"overall": _part(0.41, 0.24, 0.004),
+                                    "parts": {"intra": _part(0.5, 0.2, 0.01), "input": _part(0.25, 0.3, 0.7)}}},
+            "intra": {"searches": 1, "changed_epoch_share": None, "kept_from_middle": None, "agreement": None,
+                      "statement": "1 search: seed agreement needs at least two"}}
+
+
+def _summary(**extra):
+    trials = [{"arm": "joint", "kind": "search", "seed": s, "search_seconds": 60.0 * m, "retrain_seconds": 30.0,
+               "retrain_valid_ppl": 100.0 + s, "retrain_test_ppl": 95.0 + s, "genotype": "DARTS_V2"}
+              for s, m in ((1, 20), (2, 30))]
+    trials.append({"arm": "intra", "kind": "search", "seed": 1, "search_seconds": 600.0, "retrain_seconds": 30.0,
+                   "retrain_valid_ppl": 103.0, "retrain_test_ppl": 98.0, "genotype": "DARTS_V2"})
+    return {"job": "study", "name": "p", "tracking_uri": "", "mlflow_experiment": "ess-study", "parent_run_id": "0",
+            "arms": [], "pairs": {}, "headline": {}, "best": {}, "trials": trials, "evidence": EVIDENCE, **extra}
+
+
+def test_the_evidence_table_per_arm():
+    genotypes = {("joint", 1): DARTS_V2, ("joint", 2): ENAS, ("intra", 1): DARTS_V2}
+    joint, intra = evidence_rows(_summary(), genotypes)
+    assert joint["arm"] == "joint" and joint["searches"] == 2
+    assert joint["agree"] == "41% vs 24%" and joint["p"] == "0.004"
+    assert joint["agree_intra"] == "50% vs 20%" and joint["agree_input"] == "25% vs 30%"
+    assert joint["agree_history"] == "-"
+    assert joint["identity_intra"] == f"{(1 / 8 + 0) / 2:.2f}"        # DARTS_V2 has 1 identity of 8 edges, ENAS none
+    assert joint["identity_history"] == "-"                            # not a part the agreement covers
+    assert joint["identity_input"] == "-"                              # no input node in either genotype: no edge
+    assert joint["changed"] == "50%" and joint["kept"] == "88%" and joint["minutes"] == "25"
+    assert intra["agree"] == intra["p"] == intra["changed"] == "-" and intra["minutes"] == "10"
+
+
+def test_a_pilot_page_is_exploratory_and_says_what_it_decides(tmp_path):
+    data = StudyData(_summary(), pd.DataFrame(), pd.DataFrame(), Cost(), {})
+    text = render(data, tmp_path / "f", "pilot", pilot=True)
+    assert text.startswith("# Pilot: p (exploratory)")
+    assert "## What the pilot decides for the main study" in text
+    assert "no decision: pilot: summary.json: tau: no tau stage" in text
+    assert "Design (pre-registered)" not in text
+    assert "## Did the searches find something?" in text and "| joint | 2 | 41% vs 24% | 0.004 |" in text
+    assert "--data pilot/data --out pilot.md --pilot" in text
+    study = render(StudyData(_summary(design={"primary": ["joint:intra"], "metric": "retrain_test_ppl",
+                                                "alpha": 0.05, "target_gain": 0.03, "power": 0.8, "noise_sd": 0.0,
+                                                "pilot": "", "stopping": "the end"}),
+                             pd.DataFrame(), pd.DataFrame(), Cost(), {}), tmp_path / "f", "results")
+    assert study.startswith("# Results: p") and "## Design (pre-registered)" in study
+    assert "What the pilot decides" not in study and "--pilot" not in study
+
+
+def test_a_pilot_with_its_stages_decides_on_its_page(tmp_path):
+    tau = {"short_epochs": 1, "long_epochs": 4, "seed": 0, "genotypes": ["a"] * 8, "supernets": [],
+           "short_vs_long": {"tau": 0.71, "ci_low": 0.2, "ci_high": 0.92, "n": 8, "statement": "tau 0.71"}}
+    summary = _summary(tau=tau)
+    summary["trials"] += [{**summary["trials"][0], "arm": "rsws", "seed": s} for s in (1, 2)]
+    for t, v in zip(summary["trials"], (0.0, 0.1, 0.05, 0.0, 0.02)):
+        t["retrain_test_ppl"] = 100.0 * math.exp(v)
+    text = render(StudyData(summary, pd.DataFrame(), pd.DataFrame(), Cost(), {}), tmp_path / "f", "pilot",
+                  pilot=True)
+    assert "- retrain: 1 epoch(s) (short 1 vs long: Kendall tau 0.71 [0.20, 0.92], n = 8)" in text
+    assert "- the study's retrain: tau 0.71" in text
+    sd = math.sqrt((0.1 ** 2 / 2 + 0.02 ** 2 / 2) / 2)                  # joint and rsws; intra's one seed has no sd
+    assert f"seed sd of log retrain_test_ppl {100 * sd:.2f}% (2 degrees of freedom" in text
