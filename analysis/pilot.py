@@ -13,6 +13,8 @@ The rules are fixed before the pilot's numbers are known:
   ``tau_min``, else twice them;
 - **random search at equal wall clock**: ``random_k`` = the median joint search seconds over the seconds of one
   screening retrain (``random_epochs`` epochs), rounded down, at least 2;
+- **the primary arms first**: the arms of no primary comparison (inter, LSTM, DARTS_V2) run on the first
+  ``exploratory_seeds`` (4) seeds only, so that the budget buys seeds for the primary comparisons;
 - **fresh seeds**: the study's seeds start at ``first_seed`` (101), past the pilot's: with the same code a pilot
   seed would rerun its pilot trial, and the pilot's data, which were looked at, are never the study's;
 - **time**: per seed and arm the pilot's median trial seconds (an arm the pilot did not run takes ``stand_in``'s),
@@ -63,6 +65,7 @@ class Rules:
     max_seeds: int = 40
     first_seed: int = 101
     transfer_seeds: int = 3
+    exploratory_seeds: int = 4
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,8 @@ class Decision:
     retrain_epochs: int
     random_k: int
     seed_trial_seconds: dict[str, float]
+    exploratory: tuple[str, ...]
+    exploratory_seeds: int
     packing: float
     hours: float
 
@@ -105,7 +110,8 @@ class Decision:
                 f"retrain: {self.retrain_epochs} epoch(s) (short {self.pilot_epochs} vs long: {tau})",
                 f"random search: best of {self.random_k} genotypes by a screening retrain (joint's wall clock)",
                 f"trial-minutes per seed: {per_seed}; packing {self.packing:.2f}; "
-                f"about {self.hours:.1f} h for {self.seeds} seeds"]
+                f"about {self.hours:.1f} h for {self.seeds} seeds (the exploratory arms "
+                f"{', '.join(self.exploratory)} on the first {self.exploratory_seeds})"]
 
 
 def _median(values: Sequence[Any]) -> float:
@@ -171,8 +177,11 @@ def decide(data: StudyData, rules: Rules = Rules()) -> Decision:
     per_seed = seed_seconds(trials, rules, scale, random_k, screen)
     packing = _packing(data, rules.slots)
 
+    primary = {a for pair in design.pairs for a in pair}
+
     def hours(n: int) -> float:
-        return n * sum(per_seed.values()) / (rules.slots * packing) / 3600 + rules.fixed_hours
+        seconds = sum(v * (n if a in primary else min(n, rules.exploratory_seeds)) for a, v in per_seed.items())
+        return seconds / (rules.slots * packing) / 3600 + rules.fixed_hours
 
     fits = needed <= rules.max_seeds and hours(needed) <= rules.budget_hours
     seeds = needed if fits else max([n for n in range(2, rules.max_seeds + 1) if hours(n) <= rules.budget_hours],
@@ -183,17 +192,17 @@ def decide(data: StudyData, rules: Rules = Rules()) -> Decision:
                     dof=sum(n - 1 for n in ns if n > 1), pilot_arms=dict(zip(pilot_arms, ns)),
                     seeds_for_target=needed, seeds=seeds, fits=fits, detectable_gain=gain, tau_short_long=tau,
                     pilot_epochs=pilot_epochs, retrain_epochs=epochs, random_k=random_k,
-                    seed_trial_seconds=per_seed, packing=packing, hours=hours(seeds))
+                    seed_trial_seconds=per_seed, exploratory=tuple(a for a in per_seed if a not in primary),
+                    exploratory_seeds=rules.exploratory_seeds, packing=packing, hours=hours(seeds))
 
 
 def study_file(decision: Decision, rules: Rules = Rules(), command: str = "") -> str:
     """The main study's ``--config`` YAML: the pilot's presets, the decided seeds, epochs and ``random_k``, the
     design with the pilot's noise figure; its header says how every number was decided."""
+    seeds = list(range(rules.first_seed, rules.first_seed + decision.seeds))
     config = {
-        "seeds": list(range(rules.first_seed, rules.first_seed + decision.seeds)), "cpus_per_trial": 1.0,
-        "arms": list(rules.arms),
-        "stages": list(MAIN_STAGES), "transfer_seeds": list(range(rules.first_seed, rules.first_seed
-                                                                   + min(rules.transfer_seeds, decision.seeds))),
+        "seeds": seeds, "cpus_per_trial": 1.0, "arms": list(rules.arms), "stages": list(MAIN_STAGES),
+        "exploratory_seeds": rules.exploratory_seeds, "transfer_seeds": seeds[:rules.transfer_seeds],
         "random_k": decision.random_k, "random_epochs": rules.random_epochs,
         "search": {"preset": "cpu-full"},
         "train": {"preset": "cpu-full", "match_params": "DARTS_V2@128", "epochs": decision.retrain_epochs},

@@ -6,7 +6,8 @@
     python tune_jobs/study.py --resume --name NAME         # continue a stopped study where it stopped
 
 Stages (``--stages``), all on real PTB unless said, every retrain at the same budget and parameter count
-(``train.match_params``), seeded with its arm's seed and validated on the validation split's select half:
+(``train.match_params``), seeded with its arm's seed and validated on the validation split's select half; an arm
+of no primary comparison runs on the first ``exploratory_seeds`` seeds only (0: all):
 
 1. ``search``: each search arm (``--arms``: intra = DARTS, inter, joint, rsws = random search with weight sharing;
    ``joint-beta``, ``joint-pt``, ``joint-rank``: joint with a remedy or a ranked derivation) x seed: a search,
@@ -105,7 +106,7 @@ def run(job: JobConfig, *, resume: bool = False, callbacks: Sequence[Any] = ()) 
 def search_stage(exp: Experiment, job: JobConfig, arms: list[Arm], callbacks: Sequence[Any]) -> list[dict[str, Any]]:
     """1. Each search arm x seed: a search, then a retrain of its genotype seeded with the search's seed."""
     variants = [{"label": a.name, "arm": a.name, "mode": a.mode, "seed": s, **a.search} for a in arms
-                for s in job.seeds]
+                for s in job.arm_seeds(a.name)]
     if not variants:
         return []
     spec = exp.spec(search=job.search, train=job.train, retrain_seed="search")
@@ -116,9 +117,10 @@ def search_stage(exp: Experiment, job: JobConfig, arms: list[Arm], callbacks: Se
 def baseline_stage(exp: Experiment, job: JobConfig, arms: list[Arm],
                    callbacks: Sequence[Any]) -> list[dict[str, Any]]:
     """2. Each baseline cell retrained per seed (an LSTM's trial names DARTS_V2 only to fill the spec)."""
-    genotypes = {f"{a.name}_s{s}": "DARTS_V2" if a.cell == "lstm" else a.cell for a in arms for s in job.seeds}
+    genotypes = {f"{a.name}_s{s}": "DARTS_V2" if a.cell == "lstm" else a.cell for a in arms
+                 for s in job.arm_seeds(a.name)}
     variants = [{"genotype_label": f"{a.name}_s{s}", "arm": a.name, "seed": s,
-                 "cell": "lstm" if a.cell == "lstm" else "ess"} for a in arms for s in job.seeds]
+                 "cell": "lstm" if a.cell == "lstm" else "ess"} for a in arms for s in job.arm_seeds(a.name)]
     if not variants:
         return []
     out = []
@@ -134,7 +136,8 @@ def random_stage(exp: Experiment, job: JobConfig,
     """3. Per seed, ``random_k`` random genotypes of the joint space short-retrained, the best retrained in full;
     the retrains and the screen's table."""
     space = {k: getattr(job.search, k) for k in ("steps", "m", "n_inter", "intra_ops", "inter_ops")}
-    drawn = {f"random_s{s}_{i}": g for s in job.seeds for i, g in enumerate(random_genotypes(s, job.random_k, **space))}
+    seeds = job.arm_seeds("random")
+    drawn = {f"random_s{s}_{i}": g for s in seeds for i, g in enumerate(random_genotypes(s, job.random_k, **space))}
     short = dataclasses.replace(job.train, epochs=job.random_epochs)
     screen = tune_stage(exp, "random-screen", retrain_trainable, exp.spec(train=short, genotypes=drawn),
                         [{"genotype_label": g, "arm": "random-screen", "seed": int(g.split("_")[1][1:])}
@@ -142,11 +145,11 @@ def random_stage(exp: Experiment, job: JobConfig,
     table = [{"label": r["variant"]["genotype_label"], "seed": r["variant"]["seed"],
               "valid_ppl": r["metrics"].get(RETRAIN_METRIC)} for r in screen]
     best = {s: min((r for r in screen if r["variant"]["seed"] == s),
-                   key=lambda r: jobs.finite(r["metrics"].get(RETRAIN_METRIC))) for s in job.seeds}
+                   key=lambda r: jobs.finite(r["metrics"].get(RETRAIN_METRIC))) for s in seeds}
     chosen = {f"random_s{s}": drawn[r["variant"]["genotype_label"]] for s, r in best.items()}
     out = []
     for r in tune_stage(exp, "random", retrain_trainable, exp.spec(train=job.train, genotypes=chosen),
-                        [{"genotype_label": f"random_s{s}", "arm": "random", "seed": s} for s in job.seeds],
+                        [{"genotype_label": f"random_s{s}", "arm": "random", "seed": s} for s in seeds],
                         callbacks):
         label, seed = r["variant"]["genotype_label"], r["variant"]["seed"]
         screened = [jobs.run_costs(x["checkpoint"], "retrain") for x in screen if x["variant"]["seed"] == seed]

@@ -83,6 +83,8 @@ class JobConfig:
         "help": "transfer: cells to compare: lstm, built-in genotypes or JSON files"})
     tasks: tuple[str, ...] = field(default=("conll2003",), metadata={
         "help": "transfer: tagging tasks (conll2003, wnut17, conll2000)"})
+    exploratory_seeds: int = field(default=0, metadata={
+        "help": "study: the arms outside the design's primary comparisons run on the first N seeds only (0: all)"})
     transfer_seeds: tuple[int, ...] = field(default=(), metadata={
         "help": "study, stages transfer and wikitext2: their seeds (empty: the job's seeds; wikitext2 runs the first)"})
     transfer: TransferConfig = field(default_factory=TransferConfig, metadata={
@@ -136,7 +138,7 @@ class JobConfig:
         for name in ("top_k", "num_samples", "grace_period", "keep_checkpoints", "checkpoint_every", "random_k",
                      "random_epochs", "tau_genotypes", "tau_factor"):
             check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
-        for name in ("num_cpus", "max_concurrent_trials", "max_failures", "verbose"):
+        for name in ("num_cpus", "max_concurrent_trials", "max_failures", "verbose", "exploratory_seeds"):
             check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
         check(self.cpus_per_trial > 0, "cpus_per_trial", f"must be positive, got {self.cpus_per_trial}")
         check(self.gpus_per_trial >= 0, "gpus_per_trial", f"must be >= 0, got {self.gpus_per_trial}")
@@ -168,6 +170,12 @@ class JobConfig:
         object.__setattr__(self, "transfer", _derived("transfer", self.transfer, task=self.tasks[0],
                                                       run_dir=f"{RUN_DIR}/transfer", **common))
         _check_grid_and_space(self)
+
+    def arm_seeds(self, arm: str) -> tuple[int, ...]:
+        """The study's seeds of ``arm``: all of them for an arm of a primary comparison (``design.primary``),
+        the first ``exploratory_seeds`` for any other arm (all when 0)."""
+        primary = {a for pair in self.design.pairs for a in pair}
+        return self.seeds if arm in primary or not self.exploratory_seeds else self.seeds[:self.exploratory_seeds]
 
 
 def _check_space_entry(name: str, spec: Any) -> None:

@@ -124,6 +124,17 @@ def test_bad_configs_are_one_line(argv, message):
         parse_job_args("joint_search", argv)
 
 
+def test_the_exploratory_arms_run_on_the_first_seeds_the_primary_on_all():
+    cfg, _ = parse_job_args("study", ["--seeds", "5,6,7", "--exploratory-seeds", "2",
+                                      "--design", "primary=[joint:intra]"])
+    assert cfg.arm_seeds("joint") == cfg.arm_seeds("intra") == (5, 6, 7)
+    assert cfg.arm_seeds("rsws") == cfg.arm_seeds("lstm") == (5, 6)          # in no primary comparison here
+    every, _ = parse_job_args("study", ["--seeds", "5,6,7"])
+    assert every.arm_seeds("lstm") == (5, 6, 7)                               # 0: every arm on every seed
+    with pytest.raises(ConfigError, match="exploratory_seeds: must be >= 0"):
+        parse_job_args("study", ["--exploratory-seeds", "-1"])
+
+
 def test_cli_error_is_one_line():
     out = subprocess.run([sys.executable, str(ROOT / "tune_jobs" / "joint_search.py"), "--search", "bogus=1"],
                          capture_output=True, text=True, timeout=120)
