@@ -10,7 +10,8 @@ the tracking URI are kept as names only.
 Files: ``summary.json`` (the job's summary), ``trials.csv`` (one row per trial and stage,
 :func:`analysis.load.trial_summary`), ``epochs.csv`` (one row per trial, stage and epoch), ``cost.json``
 (trials, trial-minutes per stage, busy hours), ``genotypes.json`` (the retrained genotype per search arm and
-seed).
+seed). The summary's search trials gain their ranking's seconds and candidates where they ranked
+(:func:`with_ranking`).
 """
 
 from __future__ import annotations
@@ -92,6 +93,20 @@ def retrained_genotypes(summary: Mapping[str, Any]) -> dict[tuple[str, int], ESS
     return out
 
 
+def with_ranking(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """``summary`` whose search trials carry their final ranking's cost where one ranked (``selection.json`` of the
+    trial's checkpoint): ``rank_seconds`` and ``rank_candidates`` (the genotypes ranked)."""
+    trials = []
+    for t in summary.get("trials", []):
+        path = Path(t.get("checkpoint") or "", "search", "selection.json")
+        if t.get("kind") == "search" and t.get("checkpoint") and path.is_file() and "rank_seconds" not in t:
+            selection = json.loads(path.read_text())
+            if "rank_seconds" in selection:
+                t = {**t, "rank_seconds": selection["rank_seconds"], "rank_candidates": selection.get("candidates")}
+        trials.append(t)
+    return {**summary, "trials": trials}
+
+
 def _store(summary: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The study's runs from its MLflow store: per trial and stage, per epoch (empty when it cannot be read)."""
     try:
@@ -113,6 +128,7 @@ def from_experiment(experiment_dir: str | Path) -> StudyData:
     summary = json.loads(path.read_text())
     if summary.get("job") != "study":
         raise ConfigError(f"{path}: job: expected a study, got {summary.get('job')!r}")
+    summary = with_ranking(summary)
     trials, epochs = _store(summary)
     return StudyData(summary, trials, epochs, tune_cost(experiment_dir), retrained_genotypes(summary))
 
@@ -172,4 +188,4 @@ def read_data(folder: str | Path) -> StudyData:
 
 
 __all__ = ["Cost", "FILES", "StudyData", "from_experiment", "read_data", "retrained_genotypes", "tune_cost",
-           "write_data"]
+           "with_ranking", "write_data"]

@@ -54,6 +54,9 @@ def evidence_rows(summary: Mapping[str, Any], genotypes: Mapping[tuple[str, int]
         row["changed"] = "-" if e.get("changed_epoch_share") is None else f"{e['changed_epoch_share']:.0%}"
         row["kept"] = "-" if e.get("kept_from_middle") is None else f"{e['kept_from_middle']:.0%}"
         row["minutes"] = num(_mean([t.get("search_seconds") for t in searched]) / 60, 0)
+        ranked = [t for t in searched if t.get("rank_seconds") is not None]
+        row["ranking"] = (f"{num(statistics.median(t['rank_seconds'] for t in ranked), 0)} s for "
+                          f"{num(statistics.median(t['rank_candidates'] for t in ranked), 0)}" if ranked else "-")
         rows.append(row)
     return rows
 
@@ -62,7 +65,8 @@ EVIDENCE_COLUMNS = [
     ("arm", "arm"), ("searches", "searches"), ("agree: all (vs random)", "agree"), ("p", "p"),
     ("intra", "agree_intra"), ("history", "agree_history"), ("input", "agree_input"),
     ("changed epochs", "changed"), ("kept from middle", "kept"), ("identity: intra", "identity_intra"),
-    ("history", "identity_history"), ("input", "identity_input"), ("search min", "minutes")]
+    ("history", "identity_history"), ("input", "identity_input"), ("search min", "minutes"),
+    ("ranking (median)", "ranking")]
 
 
 def _design(design: Mapping[str, Any]) -> list[str]:
@@ -107,8 +111,9 @@ def _evidence(summary: Mapping[str, Any], genotypes: Mapping[tuple[str, int], An
             "genotypes of the same space (share of seed pairs and choices that agree, observed vs the mean of "
             "random draws, with its p; per searched part), the stability of each search's genotype over its last "
             "half (share of epochs at which it changed; share of its middle epoch's choices it kept; mean over "
-            "searches), the retrained genotypes' `identity` share per searched part, and the mean search time "
-            "(ranking included).", "",
+            "searches), the retrained genotypes' `identity` share per searched part, the mean search time "
+            "(ranking included) and, where a search ranked genotypes by shared-weight loss, the median seconds "
+            "of that ranking and the genotypes it ranked.", "",
             table(evidence_rows(summary, genotypes), EVIDENCE_COLUMNS),
             *[f"- **{arm}**: {e['statement']}" for arm, e in evidence.items()], ""]
 

@@ -46,6 +46,29 @@ def test_the_evidence_table_per_arm():
     assert joint["identity_input"] == "-"                              # no input node in either genotype: no edge
     assert joint["changed"] == "50%" and joint["kept"] == "88%" and joint["minutes"] == "25"
     assert intra["agree"] == intra["p"] == intra["changed"] == "-" and intra["minutes"] == "10"
+    assert joint["ranking"] == intra["ranking"] == "-"                 # neither ranked genotypes
+
+
+def test_the_ranking_cost_read_from_the_searches_selection(tmp_path):
+    import json
+
+    from analysis.study_data import from_experiment
+
+    summary = _summary()
+    for t in summary["trials"]:
+        t["checkpoint"] = str(tmp_path / f"{t['arm']}{t['seed']}")
+        (tmp_path / f"{t['arm']}{t['seed']}" / "search").mkdir(parents=True)
+    for seed, seconds in ((1, 300.0), (2, 340.0)):   # joint ranked 1,001 genotypes; intra chose by argmax
+        (tmp_path / f"joint{seed}" / "search" / "selection.json").write_text(json.dumps(
+            {"criterion": "rank", "candidates": 1001, "rank_seconds": seconds, "seconds": seconds + 20}))
+    (tmp_path / "intra1" / "search" / "selection.json").write_text(json.dumps({"criterion": "argmax"}))
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "summary.json").write_text(json.dumps(summary))
+    data = from_experiment(tmp_path / "exp")
+    ranked = {(t["arm"], t["seed"]): t.get("rank_seconds") for t in data.summary["trials"]}
+    assert ranked == {("joint", 1): 300.0, ("joint", 2): 340.0, ("intra", 1): None}
+    joint, intra = evidence_rows(data.summary, {})
+    assert joint["ranking"] == "320 s for 1,001" and intra["ranking"] == "-"
 
 
 def test_a_pilot_page_is_exploratory_and_says_what_it_decides(tmp_path):
