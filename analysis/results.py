@@ -193,7 +193,8 @@ def render(data: StudyData, figures_dir: Path, rel: str, notes: str = "", pilot:
                          ("train tokens (search + retrain)",
                           lambda r: _f((r.get("search_tokens") or 0) + (r.get("retrain_tokens") or 0), 0))])]
     md += design_sections(data, pilot)
-    label = " (exploratory: the pilot's few seeds)" if pilot else ""
+    label = (" (exploratory: the pilot's few seeds)" if pilot else
+             " (exploratory: joint against every arm, on retrained valid perplexity)" if summary.get("design") else "")
     md += [f"## Reading{label}", "", *reading(summary)]
     sd, need = seeds_for_gains(summary)
     if need:
@@ -209,7 +210,7 @@ def render(data: StudyData, figures_dir: Path, rel: str, notes: str = "", pilot:
                "at least one trial running (from the Tune result files of the experiment folder)."]
     md += [""]
     pairs = summary["pairs"].get("retrain_valid_ppl", []) + summary["pairs"].get("retrain_test_ppl", [])
-    md += [f"## Every pair of arms{label}", "",
+    md += [f"## Every pair of arms{' (exploratory)' if pilot or summary.get('design') else ''}", "",
            "Welch's t-test on the perplexities (diff = a - b), Holm-adjusted over the pairs of each metric, Hedges' g.",
            "",
            _table(pairs, [("metric", "metric"), ("a", "arm_a"), ("b", "arm_b"), ("diff", lambda r: _f(r["diff"], 2)),

@@ -104,6 +104,42 @@ def _primary(primary: Mapping[str, Any], pilot: bool) -> list[str]:
             f"takes {pw['seeds_for_target']} seeds per arm.", ""]
 
 
+def primary_reading(summary: Mapping[str, Any]) -> list[str]:
+    """One paragraph per primary comparison: the geometric means, the ratio with its interval, n and p, and what
+    that interval says at the design's target gain and level."""
+    design, primary = summary["design"], summary["primary"]
+    metric, target, alpha = primary["metric"], design["target_gain"], design["alpha"]
+    means = {a["arm"]: a.get(f"{metric}_geo_mean") for a in summary.get("arms", [])}
+    out = []
+    for c in primary["comparisons"]:
+        a, b = c["arm_a"], c["arm_b"]
+        head = f"**{a} vs {b}** (primary)"
+        if c["verdict"].startswith("no comparison"):
+            out += [f"{head}: {c['verdict']} (n = {c['n_a']} and {c['n_b']}).", ""]
+            continue
+        low, high = 100 * (c["ci_low"] - 1), 100 * (c["ci_high"] - 1)
+        text = (f"{head}: geometric-mean `{metric}` {num(means.get(a))} vs {num(means.get(b))}; ratio "
+                f"{c['ratio']:.3f}, 95% interval [{c['ci_low']:.3f}, {c['ci_high']:.3f}] (n = {c['n_a']} and "
+                f"{c['n_b']}; Welch on log values p = {p_value(c['p_value'])}, Holm p = {p_value(c['p_holm'])}). ")
+        if c["ci_low"] <= 1 <= c["ci_high"]:
+            text += f"Cannot be told apart: {a}'s value is from {-low:.1f}% lower to {high:.1f}% higher than {b}'s. "
+            if c["ci_low"] > 1 - target and c["ci_high"] < 1 / (1 - target):
+                text += f"The interval excludes a {100 * target:g}% difference either way."
+            else:
+                text += (f"A {100 * target:g}% difference is inside that interval: this study neither shows nor "
+                         "excludes it.")
+        else:
+            direction = "lower" if high < 0 else "higher"
+            span = f"{direction} than {b}'s by {min(abs(low), abs(high)):.1f}% to {max(abs(low), abs(high)):.1f}%"
+            text += (f"{a}'s value is {span} (Holm p < {alpha:g}: a finding at the pre-registered level)."
+                     if c["significant"] else
+                     f"The unadjusted interval puts {a}'s value {span}, but Holm over the "
+                     f"{len(primary['comparisons'])} comparisons gives p = {p_value(c['p_holm'])} >= {alpha:g}: "
+                     "not a finding at the pre-registered level.")
+        out += [text, ""]
+    return out
+
+
 def _evidence(summary: Mapping[str, Any], genotypes: Mapping[tuple[str, int], Any]) -> list[str]:
     evidence = summary.get("evidence") or {}
     return ["## Did the searches find something?", "",
@@ -153,6 +189,8 @@ def design_sections(data: StudyData, pilot: bool = False) -> list[str]:
     primary = summary.get("primary")
     if primary and primary["comparisons"]:
         md += _primary(primary, pilot)
+        if not pilot and summary.get("design"):
+            md += primary_reading(summary)
     if summary.get("evidence"):
         md += _evidence(summary, data.genotypes)
     tau = summary.get("tau") or {}

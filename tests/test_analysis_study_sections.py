@@ -101,3 +101,32 @@ def test_a_pilot_with_its_stages_decides_on_its_page(tmp_path):
     assert "- the study's retrain: tau 0.71" in text
     sd = math.sqrt((0.1 ** 2 / 2 + 0.02 ** 2 / 2) / 2)                  # joint and rsws; intra's one seed has no sd
     assert f"seed sd of log retrain_test_ppl {100 * sd:.2f}% (2 degrees of freedom" in text
+
+
+def _comparison(b, ratio, low, high, p_holm, n=(8, 8)):
+    return {"arm_a": "joint", "arm_b": b, "n_a": n[0], "n_b": n[1], "ratio": ratio, "ci_low": low, "ci_high": high,
+            "p_value": p_holm / 2, "p_holm": p_holm, "significant": p_holm < 0.05,
+            "verdict": "no comparison: it needs at least two seeds per arm" if min(n) < 2 else
+            ("cannot be told apart" if low <= 1 <= high else "joint lower" if high < 1 else "joint higher")}
+
+
+def test_one_paragraph_per_primary_comparison_says_what_its_interval_means():
+    from analysis.study_sections import primary_reading
+
+    summary = {"design": {"target_gain": 0.03, "alpha": 0.05},
+               "arms": [{"arm": a, "retrain_test_ppl_geo_mean": v} for a, v in
+                        (("joint", 300.0), ("intra", 310.0), ("rsws", 301.0), ("random", 330.0), ("lstm", 320.0))],
+               "primary": {"metric": "retrain_test_ppl", "comparisons": [
+                   _comparison("intra", 0.968, 0.90, 1.04, 0.30),          # wide: holds the 3% target
+                   _comparison("rsws", 0.997, 0.98, 1.015, 0.80),          # narrow: excludes 3% either way
+                   _comparison("random", 0.909, 0.85, 0.97, 0.01),         # lower, past Holm
+                   _comparison("lstm", 0.94, 0.89, 0.995, 0.09),           # lower unadjusted, not past Holm
+                   _comparison("inter", 1.0, 1.0, 1.0, 1.0, n=(8, 1))]}}
+    intra, rsws, random, lstm, inter = [p for p in primary_reading(summary) if p]
+    assert intra.startswith("**joint vs intra** (primary): geometric-mean `retrain_test_ppl` 300.0 vs 310.0; ratio "
+                            "0.968, 95% interval [0.900, 1.040] (n = 8 and 8;")
+    assert "from 10.0% lower to 4.0% higher than intra's" in intra and "neither shows nor excludes it" in intra
+    assert "The interval excludes a 3% difference either way." in rsws
+    assert "joint's value is lower than random's by 3.0% to 15.0% (Holm p < 0.05" in random
+    assert "lower than lstm's by 0.5% to 11.0%, but Holm over the 5 comparisons gives p = 0.09 >= 0.05" in lstm
+    assert inter == "**joint vs inter** (primary): no comparison: it needs at least two seeds per arm (n = 8 and 1)."
