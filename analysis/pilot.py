@@ -66,6 +66,12 @@ class Rules:
     first_seed: int = 101
     transfer_seeds: int = 3
     exploratory_seeds: int = 4
+    search_preset: str = "cpu-full"
+    train_preset: str = "cpu-full"
+    match_params: str = "DARTS_V2@128"
+    transfer_preset: str = "short"
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -201,17 +207,18 @@ def study_file(decision: Decision, rules: Rules = Rules(), command: str = "") ->
     design with the pilot's noise figure; its header says how every number was decided."""
     seeds = list(range(rules.first_seed, rules.first_seed + decision.seeds))
     config = {
-        "seeds": seeds, "cpus_per_trial": 1.0, "arms": list(rules.arms), "stages": list(MAIN_STAGES),
+        "seeds": seeds, "cpus_per_trial": rules.cpus_per_trial, "gpus_per_trial": rules.gpus_per_trial,
+        "arms": list(rules.arms), "stages": list(MAIN_STAGES),
         "exploratory_seeds": rules.exploratory_seeds, "transfer_seeds": seeds[:rules.transfer_seeds],
         "random_k": decision.random_k, "random_epochs": rules.random_epochs,
-        "search": {"preset": "cpu-full"},
-        "train": {"preset": "cpu-full", "match_params": "DARTS_V2@128", "epochs": decision.retrain_epochs},
-        "transfer": {"preset": "short"},
+        "search": {"preset": rules.search_preset},
+        "train": {"preset": rules.train_preset, "match_params": rules.match_params, "epochs": decision.retrain_epochs},
+        "transfer": {"preset": rules.transfer_preset},
         "design": {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(rules.design).items()},
                    "noise_sd": round(decision.pooled_log_sd, 5),
                    "pilot": f"{decision.pilot}: {decision.dof} degrees of freedom over "
                             f"{', '.join(decision.pilot_arms)}"}}
-    head = ["The pre-registered study on 2 CPU cores (docs/study-design.md section 3). Written by",
+    head = [f"The pre-registered study on {rules.slots} trial slots (docs/study-design.md section 3). Written by",
             f"  {command or 'python -m analysis.pilot'}", "from the pilot; the numbers below were decided so:"]
     head += [f"  {line}" for line in decision.lines()]
     body = yaml.safe_dump(config, sort_keys=False, width=120, default_flow_style=None)
@@ -228,6 +235,12 @@ def main_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--budget-hours", type=float, default=Rules.budget_hours)
     parser.add_argument("--fixed-hours", type=float, default=Rules.fixed_hours,
                         help="the exploratory stages that do not grow with the seeds (transfer, WikiText-2)")
+    parser.add_argument("--slots", type=int, default=Rules.slots, help="trials that run at once (2 on 2 cores)")
+    for name in ("search_preset", "train_preset", "match_params", "transfer_preset"):
+        parser.add_argument(f"--{name.replace('_', '-')}", default=getattr(Rules, name),
+                            help="the pilot's, for the study file (the study must run what the pilot measured)")
+    for name in ("cpus_per_trial", "gpus_per_trial"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(Rules, name))
     return parser.parse_args(argv)
 
 
@@ -240,7 +253,9 @@ def main(argv: list[str] | None = None) -> int:
             data = read_data(write_data(data, args.data_out))
     else:
         data = read_data(args.data)
-    rules = Rules(budget_hours=args.budget_hours, fixed_hours=args.fixed_hours)
+    rules = Rules(budget_hours=args.budget_hours, fixed_hours=args.fixed_hours, slots=args.slots,
+                  **{k: getattr(args, k) for k in ("search_preset", "train_preset", "match_params", "transfer_preset",
+                                                   "cpus_per_trial", "gpus_per_trial")})
     decision = decide(data, rules)
     print("\n".join(decision.lines()))
     if args.write:

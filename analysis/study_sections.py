@@ -101,7 +101,9 @@ def _primary(primary: Mapping[str, Any], pilot: bool) -> list[str]:
             f"({100 * pw['pooled_log_sd']:.1f}%), the smallest relative gain detectable with "
             f"{100 * pw['power']:.0f}% power at Holm's first step (alpha {pw['alpha_first_step']:.3g}, exact "
             f"noncentral t) is {100 * pw['detectable_gain']:.1f}%; the target {100 * pw['target_gain']:.0f}% "
-            f"takes {pw['seeds_for_target']} seeds per arm.", ""]
+            f"takes {pw['seeds_for_target']} seeds per arm. A study at another scale (the `study-gpu` preset's "
+            "included) has noise of its own: it takes its seeds from its own pilot (`python -m analysis.pilot`, "
+            "docs/study-design.md section 4).", ""]
 
 
 def primary_reading(summary: Mapping[str, Any]) -> list[str]:

@@ -134,3 +134,19 @@ def test_the_committed_rows_decide_the_same(tmp_path):
     assert pilot.decide(again) == pilot.decide(data)
     assert pilot.main(["--data", str(tmp_path / "data"), "--write", str(tmp_path / "s.yaml")]) == 0
     assert "--data" in (tmp_path / "s.yaml").read_text().splitlines()[1]
+
+
+def test_a_pilot_at_the_papers_scale_writes_a_study_at_that_scale(tmp_path):
+    from analysis.study_data import write_data
+
+    folder = write_data(_data(0.7), tmp_path / "data")
+    path = tmp_path / "gpu.yaml"
+    assert pilot.main(["--data", str(folder), "--write", str(path), "--slots", "8", "--budget-hours", "72",
+                       "--search-preset", "paper", "--train-preset", "paper", "--match-params", "DARTS_V2@850",
+                       "--transfer-preset", "full", "--cpus-per-trial", "4", "--gpus-per-trial", "1"]) == 0
+    assert "on 8 trial slots" in path.read_text().splitlines()[0]
+    cfg, _ = parse_job_args("study", ["--config", str(path), "--name", "g"])
+    gpu = job_base("study", "study-gpu")
+    assert cfg.search == gpu.search and cfg.transfer == gpu.transfer
+    assert cfg.train.match_params == "DARTS_V2@850" and cfg.train.emsize == gpu.train.emsize
+    assert (cfg.cpus_per_trial, cfg.gpus_per_trial) == (4.0, 1.0)

@@ -265,7 +265,8 @@ JOB_PRESETS: dict[str, dict[str, Any]] = {
                         search={"preset": "cpu-full"}, train={"preset": "cpu-full", "match_params": "DARTS_V2@128"},
                         transfer={"preset": "short"}),
     # The study at the paper's scale on GPUs: search at 300 units, batch 256, 50 epochs; retrain at DARTS_V2's
-    # 850-unit parameter count; 5 seeds, random search best of 8.
+    # 850-unit parameter count; random search best of 8. Its 5 seeds are a start, not a design: the noise at this
+    # scale is not measured here, so a study takes its seeds from its own pilot (docs/study-design.md section 4).
     "study-gpu": dict(seeds=(1, 2, 3, 4, 5), cpus_per_trial=4.0, gpus_per_trial=1.0, max_failures=3, random_k=8,
                       random_epochs=10, search={"preset": "paper"},
                       train={"preset": "paper", "match_params": "DARTS_V2@850"}, transfer={"preset": "full"}),
