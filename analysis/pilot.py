@@ -102,7 +102,9 @@ class Decision:
     def lines(self) -> list[str]:
         """The decision in plain lines, as the study file's header and the job's output say it."""
         t = self.tau_short_long
-        tau = (f"Kendall tau {t['tau']:.2f} [{t['ci_low']:.2f}, {t['ci_high']:.2f}], n = {t['n']}"
+        interval = t.get("interval")
+        tau = ((f"Kendall tau {t['tau']:.2f} " + (f"[{interval[0]:.2f}, {interval[1]:.2f}]" if interval else
+                                                   "(no interval)") + f", n = {t['n']}")
                if t else "no short-vs-long tau in the pilot")
         per_seed = ", ".join(f"{a} {s / 60:.0f}" for a, s in self.seed_trial_seconds.items())
         target = f"a {100 * self.target_gain:g}% gain with {100 * self.power:g}% power"

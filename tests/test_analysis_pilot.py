@@ -28,7 +28,7 @@ def _data(tau: float | None = 0.8, busy_hours: float = 1.0, trial_minutes: float
               for arm, values in LOGS.items() for s, v in enumerate(values)]
     summary = {"name": "pilot-x", "job": "study", "trials": trials,
                "tau": {"short_epochs": 1, "long_epochs": 4,
-                       **({"short_vs_long": {"tau": tau, "ci_low": tau - 0.3, "ci_high": min(1.0, tau + 0.1), "n": 8}}
+                       **({"short_vs_long": {"tau": tau, "interval": [tau - 0.3, min(1.0, tau + 0.1)], "n": 8}}
                           if tau is not None else {})}}
     return StudyData(summary, pd.DataFrame(), pd.DataFrame(),
                      Cost(len(trials), {"search": trial_minutes}, busy_hours), {})
@@ -150,3 +150,16 @@ def test_a_pilot_at_the_papers_scale_writes_a_study_at_that_scale(tmp_path):
     assert cfg.search == gpu.search and cfg.transfer == gpu.transfer
     assert cfg.train.match_params == "DARTS_V2@850" and cfg.train.emsize == gpu.train.emsize
     assert (cfg.cpus_per_trial, cfg.gpus_per_trial) == (4.0, 1.0)
+
+
+def test_the_tau_stage_as_the_study_job_writes_it_decides():
+    from ess.search.evidence import rank_agreement
+
+    data = _data()
+    short, long = [1, 2, 3, 4, 5, 6, 8, 7], [1, 2, 3, 4, 5, 6, 7, 8]   # one discordant pair of 28
+    agreement = rank_agreement(short, long).to_dict()
+    summary = {**data.summary, "tau": {**data.summary["tau"], "short_vs_long": agreement}}
+    decision = pilot.decide(StudyData(summary, data.trials, data.epochs, data.cost, {}))
+    assert decision.retrain_epochs == 1 and decision.tau_short_long["tau"] == pytest.approx(26 / 28)
+    lo, hi = agreement["interval"]
+    assert f"Kendall tau 0.93 [{lo:.2f}, {hi:.2f}], n = 8" in "\n".join(decision.lines())

@@ -90,7 +90,7 @@ def test_a_pilot_page_is_exploratory_and_says_what_it_decides(tmp_path):
 
 def test_a_pilot_with_its_stages_decides_on_its_page(tmp_path):
     tau = {"short_epochs": 1, "long_epochs": 4, "seed": 0, "genotypes": ["a"] * 8, "supernets": [],
-           "short_vs_long": {"tau": 0.71, "ci_low": 0.2, "ci_high": 0.92, "n": 8, "statement": "tau 0.71"}}
+           "short_vs_long": {"tau": 0.71, "interval": [0.2, 0.92], "n": 8, "statement": "tau 0.71"}}
     summary = _summary(tau=tau)
     summary["trials"] += [{**summary["trials"][0], "arm": "rsws", "seed": s} for s in (1, 2)]
     for t, v in zip(summary["trials"], (0.0, 0.1, 0.05, 0.0, 0.02)):
@@ -130,3 +130,20 @@ def test_one_paragraph_per_primary_comparison_says_what_its_interval_means():
     assert "joint's value is lower than random's by 3.0% to 15.0% (Holm p < 0.05" in random
     assert "lower than lstm's by 0.5% to 11.0%, but Holm over the 5 comparisons gives p = 0.09 >= 0.05" in lstm
     assert inter == "**joint vs inter** (primary): no comparison: it needs at least two seeds per arm (n = 8 and 1)."
+
+
+def test_the_evidence_table_reads_the_evidence_as_the_study_job_writes_it():
+    from ess.search.evidence import arm_evidence
+    from ess.space.sample import random_genotypes
+
+    space = dict(steps=4, m=2, n_inter=2, intra_ops=("tanh", "relu", "identity"), inter_ops=("tanh", "identity"))
+    genotypes = random_genotypes(7, 3, **space)
+    evidence = arm_evidence(genotypes, [None] * 3, ("intra", "history", "input"), draws=200, **space).to_dict()
+    summary = {"trials": [{"arm": "joint", "kind": "search", "seed": s, "search_seconds": 60.0} for s in (1, 2, 3)],
+               "evidence": {"joint": evidence}}
+    (row,) = evidence_rows(summary, {("joint", s + 1): g for s, g in enumerate(genotypes)})
+    overall = evidence["agreement"]["overall"]
+    assert row["agree"] == f"{overall['observed']:.0%} vs {overall['null_mean']:.0%}" and row["searches"] == 3
+    intra = evidence["agreement"]["parts"]["intra"]
+    assert row["agree_intra"] == f"{intra['observed']:.0%} vs {intra['null_mean']:.0%}"
+    assert row["changed"] == row["kept"] == "-" and row["minutes"] == "1"
