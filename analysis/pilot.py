@@ -238,6 +238,7 @@ def main_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fixed-hours", type=float, default=Rules.fixed_hours,
                         help="the exploratory stages that do not grow with the seeds (transfer, WikiText-2)")
     parser.add_argument("--slots", type=int, default=Rules.slots, help="trials that run at once (2 on 2 cores)")
+    parser.add_argument("--arms", default=",".join(MAIN_ARMS), help="the main study's arms, comma-separated")
     for name in ("search_preset", "train_preset", "match_params", "transfer_preset"):
         parser.add_argument(f"--{name.replace('_', '-')}", default=getattr(Rules, name),
                             help="the pilot's, for the study file (the study must run what the pilot measured)")
@@ -255,7 +256,11 @@ def main(argv: list[str] | None = None) -> int:
             data = read_data(write_data(data, args.data_out))
     else:
         data = read_data(args.data)
-    rules = Rules(budget_hours=args.budget_hours, fixed_hours=args.fixed_hours, slots=args.slots,
+    arms = tuple(a.strip() for a in args.arms.split(",") if a.strip())
+    for arm in arms:
+        if arm not in ARMS:
+            raise ConfigError(f"--arms: unknown arm {arm!r} (known: {', '.join(ARMS)})")
+    rules = Rules(budget_hours=args.budget_hours, fixed_hours=args.fixed_hours, slots=args.slots, arms=arms,
                   **{k: getattr(args, k) for k in ("search_preset", "train_preset", "match_params", "transfer_preset",
                                                    "cpus_per_trial", "gpus_per_trial")})
     decision = decide(data, rules)

@@ -92,6 +92,19 @@ def test_study_smoke_tables_and_the_report_from_the_store_agree(tmp_path):
     for figure in ("final", "curves", "entropy", "parts", "ops"):   # the report's figures, for the study's arms
         assert (tmp_path / "results" / f"{figure}.png").is_file() and f"(results/{figure}.png)" in text, figure
     assert "figure left out" not in text
+    # the study's own rows size a follow-up study (analysis.pilot reads summary.json as the job writes it)
+    from analysis.pilot import main as pilot_main
+
+    design = tmp_path / "next.yaml"
+    assert pilot_main(["--data", str(tmp_path / "results" / "data"), "--arms", "intra,joint,random,darts_v2",
+                       "--search-preset", "smoke", "--train-preset", "smoke", "--write", str(design)]) == 0
+    from ess.adapters.ray.config import parse_job_args
+
+    header = design.read_text()
+    assert f"n = {len(tau['short_valid_ppl'])}" in header and "random search: best of" in header
+    follow_up, _ = parse_job_args("study", ["--config", str(design), "--name", "next"])
+    assert follow_up.seeds[0] == 101 and follow_up.search.emsize == 16
+    assert follow_up.train.epochs in (tau["short_epochs"], 2 * tau["short_epochs"])
     # the committed rows rewrite the same file byte for byte
     assert results_main(["--data", str(tmp_path / "results" / "data"), "--out", str(tmp_path / "results.md")]) == 0
     assert (tmp_path / "results.md").read_text() == text and str(tmp_path) not in text
