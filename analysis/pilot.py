@@ -139,9 +139,9 @@ def _arm_seconds(trials: Sequence[Mapping[str, Any]], arm: str) -> tuple[float, 
 
 
 def seed_seconds(trials: Sequence[Mapping[str, Any]], rules: Rules, retrain_scale: float,
-                 random_k: int, screen_seconds: float) -> dict[str, float]:
-    """Per main-study arm, the trial seconds one seed costs at the pilot's measured medians."""
-    retrain = _median([t.get("retrain_seconds") for t in trials]) * retrain_scale
+                 random_k: int, screen_seconds: float, retrain: float) -> dict[str, float]:
+    """Per main-study arm, the trial seconds one seed costs at the pilot's measured medians (``retrain``: the
+    median retrain's seconds at the study's epochs)."""
     out = {}
     for arm in rules.arms:
         kind = ARMS[arm].kind
@@ -180,9 +180,10 @@ def decide(data: StudyData, rules: Rules = Rules()) -> Decision:
     epochs = pilot_epochs if tau and tau["tau"] >= rules.tau_min else 2 * pilot_epochs
     scale = epochs / pilot_epochs
     joint_search, _ = _arm_seconds(trials, "joint")
-    screen = _median([t.get("retrain_seconds") for t in trials]) * rules.random_epochs / pilot_epochs
+    retrain = _median([t.get("retrain_seconds") for t in trials])
+    screen = retrain * rules.random_epochs / pilot_epochs
     random_k = max(2, int(joint_search // screen)) if math.isfinite(joint_search) and screen > 0 else 2
-    per_seed = seed_seconds(trials, rules, scale, random_k, screen)
+    per_seed = seed_seconds(trials, rules, scale, random_k, screen, retrain * scale)
     packing = _packing(data, rules.slots)
 
     primary = {a for pair in design.pairs for a in pair}
