@@ -14,6 +14,7 @@ written atomically. ``--notes`` appends a hand-written discussion.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 from collections.abc import Mapping, Sequence
@@ -35,6 +36,7 @@ from analysis.study_data import StudyData, from_experiment, read_data, write_dat
 from analysis.study_sections import PARTS, design_sections, part_identity_share
 from ess.checkpoint import atomic_write_text
 from ess.cli import run_main
+from ess.errors import ConfigError
 
 REMEDY_ARMS = ("joint", "joint-beta", "joint-pt")
 
@@ -289,8 +291,9 @@ def render(data: StudyData, figures_dir: Path, rel: str, notes: str = "", pilot:
                              ("recovered", lambda r: "-" if r["recovery_rate"] is None else
                               f"{r['recovered']} of {r['n']}")])]
     md += ["## Reproduce", "", "```bash",
-           f"python tune_jobs/study.py --name {summary['name']} --arms {','.join(a['arm'] for a in arms)}"
-           + "".join(f" --{k} {','.join(map(str, summary[k]))}" for k in ("seeds", "stages") if summary.get(k))
+           (summary.get("command") or
+            f"python tune_jobs/study.py --name {summary['name']} --arms {','.join(a['arm'] for a in arms)}"
+            + "".join(f" --{k} {','.join(map(str, summary[k]))}" for k in ("seeds", "stages") if summary.get(k)))
            + "   # this study; after a stop: the same with --resume",
            "python tune_jobs/study.py --preset study-gpu --address auto     # the paper's scale, on GPUs",
            f"python -m analysis.results --data {rel}/data --out {rel}.md{' --pilot' if pilot else ''}"
@@ -311,6 +314,9 @@ def main_args(argv: list[str] | None) -> argparse.Namespace:
     source.add_argument("--data", help="a study's raw data folder (analysis.study_data)")
     parser.add_argument("--out", default="docs/results.md")
     parser.add_argument("--notes", default="", help="a Markdown file appended as the discussion")
+    parser.add_argument("--command", default="",
+                        help="with --study: the command that ran the study, kept in its data folder and shown under "
+                             "Reproduce (default: one built from its arms, seeds and stages)")
     parser.add_argument("--pilot", action="store_true",
                         help="the study is a pilot (exploratory): say so, and what it decides for the main study")
     return parser.parse_args(argv)
@@ -321,7 +327,15 @@ def main(argv: list[str] | None = None) -> int:
     args = main_args(argv)
     out = Path(args.out)
     figures = out.parent / out.stem
-    folder = Path(args.data) if args.data else write_data(from_experiment(args.study), figures / "data")
+    if args.command and args.data:
+        raise ConfigError("--command: give it with --study (it is kept in the data folder's summary.json)")
+    if args.data:
+        folder = Path(args.data)
+    else:
+        data = from_experiment(args.study)
+        if args.command:
+            data = dataclasses.replace(data, summary={**data.summary, "command": args.command})
+        folder = write_data(data, figures / "data")
     notes = Path(args.notes).read_text() if args.notes else ""
     atomic_write_text(out, render(read_data(folder), figures, figures.name, notes, args.pilot))
     print(f"{out} (figures in {figures}, data in {folder})")

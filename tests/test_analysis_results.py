@@ -66,6 +66,27 @@ def test_the_data_folder_renders_the_same_file_byte_for_byte_without_machine_pat
     assert "--seeds 1,2 --stages search" in first
 
 
+def test_reproduce_shows_the_command_that_ran_the_study(tmp_path):
+    summary = {"job": "study", "name": "p", "tracking_uri": "", "mlflow_experiment": "ess-study",
+               "experiment_dir": "p", "parent_run_id": "0", "arms": [{"arm": "joint"}], "pairs": {}, "trials": [],
+               "headline": {}, "best": {}, "seeds": [1, 2]}
+    data = StudyData(summary, pd.DataFrame(), pd.DataFrame(), Cost(), {})
+    assert "python tune_jobs/study.py --name p --arms joint --seeds 1,2   #" in render(data, tmp_path / "f", "f")
+    ran = "python tune_jobs/study.py --preset study-pilot --name p"
+    data = StudyData({**summary, "command": ran}, pd.DataFrame(), pd.DataFrame(), Cost(), {})
+    back = read_data(write_data(data, tmp_path / "data"))
+    text = render(back, tmp_path / "f", "f")
+    assert f"{ran}   # this study" in text and "--arms joint" not in text
+
+
+def test_a_command_goes_with_the_study_not_with_its_data(tmp_path, capsys):
+    from analysis.results import main
+
+    assert main(["--data", str(tmp_path), "--command", "x", "--out", str(tmp_path / "r.md")]) != 0
+    assert "--command: give it with --study" in capsys.readouterr().err
+    assert not (tmp_path / "r.md").exists()
+
+
 def test_seeds_for_a_relative_gain_at_the_pooled_seed_noise():
     import math
 
