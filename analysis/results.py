@@ -199,7 +199,7 @@ def render(data: StudyData, figures_dir: Path, rel: str, notes: str = "", pilot:
              " (exploratory: joint against every arm, on retrained valid perplexity)" if summary.get("design") else "")
     md += [f"## Reading{label}", "", *reading(summary)]
     sd, need = seeds_for_gains(summary)
-    if need:
+    if need and not pilot and not summary.get("design"):   # else the design's (or the pilot's) power statement
         n = sum(t['arm'] in ('joint', 'intra') for t in summary['trials'])
         md += [f"- At the pooled seed sd of log perplexity of joint and intra ({100 * sd:.1f}%, from n = {n} "
                f"retrains, {n - 2} degrees of freedom: an estimate as uncertain as that), detecting a relative "
@@ -291,10 +291,10 @@ def render(data: StudyData, figures_dir: Path, rel: str, notes: str = "", pilot:
                              ("recovered", lambda r: "-" if r["recovery_rate"] is None else
                               f"{r['recovered']} of {r['n']}")])]
     md += ["## Reproduce", "", "```bash",
-           (summary.get("command") or
-            f"python tune_jobs/study.py --name {summary['name']} --arms {','.join(a['arm'] for a in arms)}"
-            + "".join(f" --{k} {','.join(map(str, summary[k]))}" for k in ("seeds", "stages") if summary.get(k)))
-           + "   # this study; after a stop: the same with --resume",
+           summary.get("command") or
+           (f"python tune_jobs/study.py --name {summary['name']} --arms {','.join(a['arm'] for a in arms)}"
+            + "".join(f" --{k} {','.join(map(str, summary[k]))}" for k in ("seeds", "stages") if summary.get(k))
+            + "   # this study; after a stop: the same with --resume"),
            "python tune_jobs/study.py --preset study-gpu --address auto     # the paper's scale, on GPUs",
            f"python -m analysis.results --data {rel}/data --out {rel}.md{' --pilot' if pilot else ''}"
            "    # this file, from the committed rows",

@@ -163,8 +163,28 @@ def _tau(tau: Mapping[str, Any]) -> list[str]:
           "tau-b against the long retrain's valid perplexity, with its 95% interval.", ""]
     if tau.get("short_vs_long"):
         md.append(f"- the study's retrain: {tau['short_vs_long']['statement']}")
-    md += [f"- the {s['arm']} supernet of seed {s['seed']} (shared-weight loss): {s['vs_long']['statement']}"
-           for s in tau.get("supernets", []) if s.get("vs_long")]
+    scored = sorted((s for s in tau.get("supernets", []) if s.get("vs_long")), key=lambda s: (s["arm"], s["seed"]))
+    if not scored:
+        return [*md, ""]
+    first: dict[tuple[float, ...], str] = {}
+    rows = []
+    for s in scored:
+        key = tuple(round(float(v), 9) for v in s.get("losses", []))
+        twin = first.setdefault(key, f"{s['arm']} seed {s['seed']}") if key else None
+        t = s["vs_long"]
+        rows.append({"arm": s["arm"], "seed": s["seed"], "tau": num(t["tau"], 2),
+                     "interval": f"[{num(t['interval'][0], 2)}, {num(t['interval'][1], 2)}]" if t.get("interval")
+                     else "-", "p": p_value(t["p"]),
+                     "same": twin if twin and twin != f"{s['arm']} seed {s['seed']}" else ""})
+    arms = dict.fromkeys(s["arm"] for s in scored)
+    medians = "; ".join(f"{a} {num(statistics.median(s['vs_long']['tau'] for s in scored if s['arm'] == a), 2)}"
+                        for a in arms)
+    md += [f"- each joint-space supernet's shared-weight loss (median tau per arm: {medians}):", "",
+           table(rows, [("arm", "arm"), ("seed", "seed"), ("Kendall tau-b", "tau"), ("95% interval", "interval"),
+                        ("p", "p"), ("same losses as", "same")])]
+    if any(r["same"] for r in rows):
+        md.append("A supernet with the same losses as another is the same supernet: its arm trains the same "
+                  "weights from the same seed and differs only in how it derives its genotype.")
     return [*md, ""]
 
 

@@ -76,7 +76,7 @@ def test_reproduce_shows_the_command_that_ran_the_study(tmp_path):
     data = StudyData({**summary, "command": ran}, pd.DataFrame(), pd.DataFrame(), Cost(), {})
     back = read_data(write_data(data, tmp_path / "data"))
     text = render(back, tmp_path / "f", "f")
-    assert f"{ran}   # this study" in text and "--arms joint" not in text
+    assert f"```bash\n{ran}\n" in text and "--arms joint" not in text
 
 
 def test_a_command_goes_with_the_study_not_with_its_data(tmp_path, capsys):

@@ -103,6 +103,26 @@ def test_a_pilot_with_its_stages_decides_on_its_page(tmp_path):
     assert f"seed sd of log retrain_test_ppl {100 * sd:.2f}% (2 degrees of freedom" in text
 
 
+def test_the_supernets_rank_in_one_table_sorted_and_a_shared_supernet_is_named(tmp_path):
+    from ess.search.evidence import rank_agreement
+
+    long = [250.0, 240.0, 260.0, 255.0, 245.0, 270.0]
+    def net(arm, seed, losses):
+        return {"arm": arm, "seed": seed, "losses": losses, "vs_long": rank_agreement(losses, long).to_dict()}
+    same = [7.1, 7.0, 7.3, 7.2, 6.9, 7.4]   # one pair (6.9, 7.0) in the other order: tau = (14 - 1) / 15
+    tau = {"short_epochs": 1, "long_epochs": 4, "seed": 0, "genotypes": ["a"] * 6,
+           "supernets": [net("joint-pt", 1, same), net("rsws", 1, [7.0, 6.9, 7.2, 7.1, 6.95, 7.3]),
+                         net("joint", 1, same)]}
+    text = render(StudyData(_summary(tau=tau), pd.DataFrame(), pd.DataFrame(), Cost(), {}), tmp_path / "f",
+                  "pilot", pilot=True)
+    section = text[text.index("## Ranking quality"):]
+    rows = [line for line in section.splitlines() if line.startswith("| joint") or line.startswith("| rsws")]
+    assert [r.split(" | ")[0] for r in rows] == ["| joint", "| joint-pt", "| rsws"]
+    assert rows[1].endswith("| joint seed 1 |") and rows[0].endswith("|  |")
+    assert "| rsws | 1 | 1.00 |" in rows[2]          # the same order as the long retrain
+    assert "median tau per arm: joint 0.87; joint-pt 0.87; rsws 1.00" in section
+
+
 def _comparison(b, ratio, low, high, p_holm, n=(8, 8)):
     return {"arm_a": "joint", "arm_b": b, "n_a": n[0], "n_b": n[1], "ratio": ratio, "ci_low": low, "ci_high": high,
             "p_value": p_holm / 2, "p_holm": p_holm, "significant": p_holm < 0.05,
