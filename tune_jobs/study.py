@@ -104,9 +104,10 @@ def run(job: JobConfig, *, resume: bool = False, callbacks: Sequence[Any] = ()) 
 
 
 def search_stage(exp: Experiment, job: JobConfig, arms: list[Arm], callbacks: Sequence[Any]) -> list[dict[str, Any]]:
-    """1. Each search arm x seed: a search, then a retrain of its genotype seeded with the search's seed."""
-    variants = [{"label": a.name, "arm": a.name, "mode": a.mode, "seed": s, **a.search} for a in arms
-                for s in job.arm_seeds(a.name)]
+    """1. Each search arm x seed: a search, then a retrain of its genotype seeded with the search's seed; seed by
+    seed, so that a study stopped early has its arms on the same seeds."""
+    variants = sorted(({"label": a.name, "arm": a.name, "mode": a.mode, "seed": s, **a.search} for a in arms
+                       for s in job.arm_seeds(a.name)), key=lambda v: job.seeds.index(v["seed"]))
     if not variants:
         return []
     spec = exp.spec(search=job.search, train=job.train, retrain_seed="search")

@@ -17,10 +17,13 @@ from ess.config import config_from_mapping, config_to_dict
 from ess.errors import ConfigError
 from ess.search import PRESETS as SEARCH_PRESETS
 from ess.search import SearchConfig
+from ess.study import named_arms
 from ess.train import PRESETS as TRAIN_PRESETS
 from ess.train import TrainConfig
 from ess.transfer import PRESETS as TRANSFER_PRESETS
 from ess.transfer import TransferConfig
+
+from conftest import load_job
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -133,6 +136,23 @@ def test_the_exploratory_arms_run_on_the_first_seeds_the_primary_on_all():
     assert every.arm_seeds("lstm") == (5, 6, 7)                               # 0: every arm on every seed
     with pytest.raises(ConfigError, match="exploratory_seeds: must be >= 0"):
         parse_job_args("study", ["--exploratory-seeds", "-1"])
+
+
+def test_the_search_stage_runs_seed_by_seed_so_a_stopped_study_has_its_arms_on_the_same_seeds(monkeypatch):
+    study = load_job("study")
+    cfg, _ = parse_job_args("study", ["--seeds", "5,6,7", "--exploratory-seeds", "1",
+                                      "--arms", "intra,inter,joint", "--design", "primary=[joint:intra]"])
+    seen = []
+    monkeypatch.setattr(study, "tune_stage", lambda exp, stage, trainable, spec, variants, callbacks:
+                        seen.extend(variants) or [])
+
+    class Exp:
+        def spec(self, **kwargs):
+            return kwargs
+
+    study.search_stage(Exp(), cfg, [a for a in named_arms(cfg.arms) if a.kind == "search"], ())
+    assert [(v["seed"], v["arm"]) for v in seen] == [(5, "intra"), (5, "inter"), (5, "joint"), (6, "intra"),
+                                                     (6, "joint"), (7, "intra"), (7, "joint")]
 
 
 def test_cli_error_is_one_line():
