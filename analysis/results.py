@@ -282,14 +282,19 @@ def render(data: StudyData, figures_dir: Path, rel: str, notes: str = "", pilot:
                "Per corpus (the next token depends on `x_{t-k}`) and arm, over seeds: the test perplexity of the "
                "retrained model, its distance to the corpus's exact floor in nats (mean and 95% interval) against "
                "the count model `P(x_t | x_{t-k})`'s, and for searches the share of seeds whose derived input cell "
-               "reads the planted input (lag convention: method section 9).", "",
+               "reads the planted input (lag convention: method section 9), against the share of random genotypes of "
+               "the same space that read it (exact) with the one-sided binomial p of recovering as often by chance.",
+               "",
                _table(rows, [("k", "k"), ("arm", "arm"), ("n", "n"), ("floor ppl", lambda r: _f(r["floor_ppl"], 3)),
                              ("test ppl", lambda r: _f(r["test_ppl_geo_mean"], 2)),
                              ("nats above floor [95% CI]", lambda r: f"{_f(r['gap_nats'], 3)} "
                               f"[{_f(r['gap_ci_low'], 3)}, {_f(r['gap_ci_high'], 3)}]"),
                              ("count model", lambda r: _f(r["count_model_gap_nats"], 3)),
                              ("recovered", lambda r: "-" if r["recovery_rate"] is None else
-                              f"{r['recovered']} of {r['n']}")])]
+                              f"{r['recovered']} of {r['n']}"),
+                             ("random genotypes", lambda r: "-" if r.get("chance_rate") is None else
+                              f"{100 * r['chance_rate']:.0f}%"),
+                             ("p", lambda r: "-" if r.get("recovery_p") is None else _p(r["recovery_p"]))])]
     md += ["## Reproduce", "", "```bash",
            summary.get("command") or
            (f"python tune_jobs/study.py --name {summary['name']} --arms {','.join(a['arm'] for a in arms)}"

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.stats import binom
 
 from analysis.stats import (
     compare_arms,
@@ -29,6 +30,9 @@ from analysis.stats import (
     ratio_test,
     seeds_for_power,
 )
+from ess.data.planted import chance_of_reaching
+from ess.errors import ESSError
+from ess.space.refs import load_genotype
 
 VALUES = ("retrain_valid_ppl", "retrain_test_ppl")
 
@@ -206,10 +210,23 @@ def study_summary(trials: Sequence[Mapping[str, Any]], arms: Sequence[str], extr
                      for arm, t in best.items()}}
 
 
+def _chance(k: int, group: pd.DataFrame) -> float | None:
+    """The recovery rate of random genotypes of the searched input cell's space (its ``m`` and node count, read
+    from the first derived genotype of ``group``)."""
+    for text in group.get("genotype", pd.Series(dtype=object)).dropna():
+        try:
+            cell = load_genotype(str(text)).input
+        except ESSError:
+            continue
+        return chance_of_reaching(k, cell.m, len(cell.nodes))
+    return None
+
+
 def planted_table(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Per planted corpus and arm: seeds, the recovery rate of the planted input (search arms), the test
-    perplexity's geometric mean and its distance to the exact floor in nats (mean and 95% interval over seeds),
-    against the count model's distance."""
+    """Per planted corpus and arm: seeds, the recovery rate of the planted input (search arms) against random
+    genotypes' (:func:`ess.data.planted.chance_of_reaching`) with its one-sided binomial p, the test perplexity's
+    geometric mean and its distance to the exact floor in nats (mean and 95% interval over seeds), against the
+    count model's distance."""
     frame = pd.DataFrame(list(rows))
     out = []
     if not len(frame):
@@ -219,9 +236,12 @@ def planted_table(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         gaps = np.log(test[test > 0]) - float(group["entropy_nats"].iloc[0])
         d = describe_sample(gaps.tolist())
         reads = group["reaches_planted_input"].dropna()
-        out.append({"k": int(k), "arm": arm, "n": len(group),
-                    "recovered": int(reads.astype(bool).sum()) if len(reads) else None,
+        recovered = int(reads.astype(bool).sum()) if len(reads) else None
+        chance = _chance(int(k), group) if len(reads) else None
+        out.append({"k": int(k), "arm": arm, "n": len(group), "recovered": recovered,
                     "recovery_rate": float(reads.astype(bool).mean()) if len(reads) else None,
+                    "chance_rate": chance,
+                    "recovery_p": None if chance is None else float(binom.sf(recovered - 1, len(reads), chance)),
                     "test_ppl_geo_mean": log_interval(test.tolist())["geo_mean"],
                     "gap_nats": d["mean"], "gap_ci_low": d["ci_low"], "gap_ci_high": d["ci_high"],
                     "floor_ppl": float(group["floor_ppl"].iloc[0]),
@@ -280,7 +300,10 @@ def study_lines(summary: Mapping[str, Any]) -> list[str]:
             lines.append(f"ranking quality: the {s['arm']} supernet of seed {s['seed']} against the long retrain: "
                          f"{s['vs_long']['statement']}")
     for r in planted_table(summary.get("planted") or []):
-        reads = "" if r["recovery_rate"] is None else f", reads x_(t+1-k) in {r['recovered']} of {r['n']}"
+        reads = "" if r["recovery_rate"] is None else (
+            f", reads x_(t+1-k) in {r['recovered']} of {r['n']}" + ("" if r.get("chance_rate") is None else
+                                                                  f" (random genotypes {100 * r['chance_rate']:.0f}%, "
+                                                                  f"p = {r['recovery_p']:.3g})"))
         lines.append(f"planted k={r['k']}, {r['arm']}: {r['gap_nats']:.3f} nats above the floor (count model "
                      f"{r['count_model_gap_nats']:.3f}){reads}")
     lines += ["exploratory:"] + [headline_line(name, h) for name, h in summary["headline"].items()]

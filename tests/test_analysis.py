@@ -554,10 +554,15 @@ def test_primary_analysis_holds_the_designs_pairs_by_hand():
 
 def test_planted_table_recovery_and_distance_to_the_floor_by_hand():
     from analysis.study import planted_table
+    from ess.space.description import describe
+    from ess.space.sample import random_genotypes
 
     known = {"k": 2, "floor_ppl": math.e, "entropy_nats": 1.0, "count_model_ppl": math.exp(1.5)}
-    rows = [{**known, "arm": "joint", "seed": 1, "retrain_test_ppl": math.exp(1.2), "reaches_planted_input": True},
-            {**known, "arm": "joint", "seed": 2, "retrain_test_ppl": math.exp(1.4), "reaches_planted_input": False},
+    found = describe(random_genotypes(0, 1, steps=8, m=3, n_inter=3)[0])
+    rows = [{**known, "arm": "joint", "seed": 1, "retrain_test_ppl": math.exp(1.2), "reaches_planted_input": True,
+             "genotype": found},
+            {**known, "arm": "joint", "seed": 2, "retrain_test_ppl": math.exp(1.4), "reaches_planted_input": False,
+             "genotype": found},
             {**known, "arm": "lstm", "seed": 1, "retrain_test_ppl": math.exp(1.3), "reaches_planted_input": None}]
     table = {r["arm"]: r for r in planted_table(rows)}
     joint, lstm = table["joint"], table["lstm"]
@@ -566,3 +571,6 @@ def test_planted_table_recovery_and_distance_to_the_floor_by_hand():
     assert joint["test_ppl_geo_mean"] == pytest.approx(math.exp(1.3))
     assert joint["count_model_gap_nats"] == pytest.approx(0.5)
     assert lstm["recovered"] is None and lstm["gap_nats"] == pytest.approx(0.3)
+    # random genotypes of m = 3 inputs and 3 nodes read x_(t-1) with 1 - (2/5)^2 = 0.84; at least 1 of 2 by chance:
+    assert joint["chance_rate"] == pytest.approx(0.84) and joint["recovery_p"] == pytest.approx(1 - 0.16 ** 2)
+    assert lstm["chance_rate"] is None and lstm["recovery_p"] is None

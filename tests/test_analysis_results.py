@@ -87,6 +87,26 @@ def test_a_command_goes_with_the_study_not_with_its_data(tmp_path, capsys):
     assert not (tmp_path / "r.md").exists()
 
 
+def test_the_planted_table_holds_recovery_against_random_genotypes(tmp_path):
+    from ess.space.description import describe
+    from ess.space.sample import random_genotypes
+
+    cell = describe(random_genotypes(0, 1, steps=8, m=3, n_inter=3)[0])
+    def row(k, arm, seed, reads):
+        return {"k": k, "floor_ppl": 2.5, "entropy_nats": 0.9, "count_model_ppl": 3.0, "arm": arm, "seed": seed,
+                "retrain_test_ppl": 4.0 + seed, "reaches_planted_input": reads,
+                "genotype": cell if reads is not None else "lstm"}
+    summary = {"name": "s", "tracking_uri": "", "mlflow_experiment": "ess-study", "experiment_dir": "s",
+               "parent_run_id": "0", "arms": [], "pairs": {}, "trials": [], "headline": {}, "best": {},
+               "planted": [row(2, "joint", 1, True), row(2, "joint", 2, True), row(2, "lstm", 1, None),
+                           row(4, "joint", 1, False), row(4, "joint", 2, False)]}
+    text = render(StudyData(summary, pd.DataFrame(), pd.DataFrame(), Cost(), {}), tmp_path / "f", "f")
+    lines = [line for line in text.splitlines() if line.startswith("| 2 |") or line.startswith("| 4 |")]
+    assert lines[0].startswith("| 2 | joint | 2 |") and lines[0].endswith("| 2 of 2 | 84% | 0.706 |")  # 0.84^2
+    assert lines[1].startswith("| 2 | lstm | 1 |") and lines[1].endswith("| - | - | - |")
+    assert lines[2].endswith("| 0 of 2 | 0% | 1 |")          # x_(t-3) is out of reach at m = 3: a control
+
+
 def test_seeds_for_a_relative_gain_at_the_pooled_seed_noise():
     import math
 

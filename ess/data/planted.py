@@ -217,6 +217,23 @@ def reaches_planted_input(genotype: Any, k: int) -> bool:
     return any(edge.pred == index for node in inter.nodes for edge in (node.a, node.b))
 
 
+def chance_of_reaching(k: int, m: int, n_inter: int) -> float:
+    """The share of random genotypes (:mod:`ess.space.sample`) whose input cell reads the planted input: the
+    reference a search's recovery rate is held to.
+
+    Each of a node's two branches takes its source uniformly among the ``m`` inputs and the earlier nodes, so
+    node ``j`` (from 0) misses a given input with probability ``((m + j - 1) / (m + j))**2``; the product over the
+    ``n_inter`` nodes telescopes to ``((m - 1) / (m + n_inter - 1))**2``. Index 0 (``x_t``) is always read, an
+    index beyond the window never.
+    """
+    index = planted_input_index(k)
+    if index == 0:
+        return 1.0
+    if index >= m or n_inter < 1:
+        return 0.0
+    return 1.0 - ((m - 1) / (m + n_inter - 1)) ** 2
+
+
 def permutations(params: PlantedParams) -> np.ndarray:
     """``[S, C]``: row ``z`` is the seeded permutation ``pi_z`` of the content ids."""
     seq = np.random.SeedSequence(params.seed, spawn_key=(0,))

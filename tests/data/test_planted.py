@@ -7,6 +7,7 @@ import itertools
 import json
 import math
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,7 @@ from ess.data import (
 from ess.data.__main__ import main as cli_main
 from ess.data.generated import write_generated
 from ess.data.planted import (
+    chance_of_reaching,
     conditional_probabilities,
     decode_ids,
     entropy_rate,
@@ -43,6 +45,7 @@ from ess.data.planted import (
 )
 from ess.errors import ConfigError
 from ess.space.genotype import DARTS_V2, ESSGenotype, InterGenotype
+from ess.space.sample import random_genotype
 
 from corpus_files import SMALL
 
@@ -253,6 +256,17 @@ def test_reaches_planted_input():
     assert not reaches_planted_input(with_input((("tanh", 0), ("relu", 1)), (("tanh", 3), ("relu", 1))), k=3)
     assert not reaches_planted_input(with_input((("tanh", 2), ("relu", 1)), m=3), k=4)  # beyond the window
     assert reaches_planted_input(DARTS_V2, k=1)
+
+
+@pytest.mark.parametrize("m,n_inter", [(3, 3), (2, 3), (4, 2)])
+def test_chance_of_reaching_is_what_random_genotypes_do(m, n_inter):
+    rng = random.Random(7)
+    draws = [random_genotype(rng, steps=2, m=m, n_inter=n_inter) for _ in range(20_000)]
+    for k in range(1, m + 2):
+        share = sum(reaches_planted_input(g, k) for g in draws) / len(draws)
+        expected = chance_of_reaching(k, m, n_inter)
+        assert abs(share - expected) <= 4 * math.sqrt(expected * (1 - expected) / len(draws)) + 1e-12, (k, share)
+    assert chance_of_reaching(2, 3, 3) == pytest.approx(0.84)          # 1 - (2/5)^2: why 5 of 5 says little
 
 
 # --------------------------------------------------------------------------- a seconds-long search on it
