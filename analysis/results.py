@@ -283,7 +283,10 @@ def render(data: StudyData, figures_dir: Path, rel: str, notes: str = "", pilot:
                "retrained model, its distance to the corpus's exact floor in nats (mean and 95% interval) against "
                "the count model `P(x_t | x_{t-k})`'s, and for searches the share of seeds whose derived input cell "
                "reads the planted input (lag convention: method section 9), against the share of random genotypes of "
-               "the same space that read it (exact) with the one-sided binomial p of recovering as often by chance.",
+               "the same space that read it (exact) with the one-sided binomial p of recovering as often by chance; "
+               "and which lag the input cells chose: of their edges from earlier inputs (`x_{t-1}` .. `x_{t-m+1}`), "
+               "how many read the planted one, against `1 / (m - 1)` for random genotypes (one-sided binomial p, "
+               "pooled over seeds; method section 9).",
                "",
                _table(rows, [("k", "k"), ("arm", "arm"), ("n", "n"), ("floor ppl", lambda r: _f(r["floor_ppl"], 3)),
                              ("test ppl", lambda r: _f(r["test_ppl_geo_mean"], 2)),
@@ -294,7 +297,11 @@ def render(data: StudyData, figures_dir: Path, rel: str, notes: str = "", pilot:
                               f"{r['recovered']} of {r['n']}"),
                              ("random genotypes", lambda r: "-" if r.get("chance_rate") is None else
                               f"{100 * r['chance_rate']:.0f}%"),
-                             ("p", lambda r: "-" if r.get("recovery_p") is None else _p(r["recovery_p"]))])]
+                             ("p", lambda r: "-" if r.get("recovery_p") is None else _p(r["recovery_p"])),
+                             ("planted-lag edges", lambda r: "-" if r.get("lag_p") is None else
+                              f"{r['lag_edges']} of {r['lagged_edges']}"),
+                             ("chance", lambda r: "-" if r.get("lag_p") is None else f"{100 * r['lag_chance']:.0f}%"),
+                             ("p (lag)", lambda r: "-" if r.get("lag_p") is None else _p(r["lag_p"]))])]
     md += ["## Reproduce", "", "```bash",
            summary.get("command") or
            (f"python tune_jobs/study.py --name {summary['name']} --arms {','.join(a['arm'] for a in arms)}"

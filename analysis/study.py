@@ -30,7 +30,7 @@ from analysis.stats import (
     ratio_test,
     seeds_for_power,
 )
-from ess.data.planted import chance_of_reaching
+from ess.data.planted import chance_of_reaching, planted_input_index, planted_lag_edges
 from ess.errors import ESSError
 from ess.space.refs import load_genotype
 
@@ -210,16 +210,36 @@ def study_summary(trials: Sequence[Mapping[str, Any]], arms: Sequence[str], extr
                      for arm, t in best.items()}}
 
 
-def _chance(k: int, group: pd.DataFrame) -> float | None:
-    """The recovery rate of random genotypes of the searched input cell's space (its ``m`` and node count, read
-    from the first derived genotype of ``group``)."""
+def _searched_cells(group: pd.DataFrame) -> list[Any]:
+    """The derived genotypes of a planted arm's searches (rows whose genotype reads back)."""
+    cells = []
     for text in group.get("genotype", pd.Series(dtype=object)).dropna():
         try:
-            cell = load_genotype(str(text)).input
+            cells.append(load_genotype(str(text)))
         except ESSError:
             continue
-        return chance_of_reaching(k, cell.m, len(cell.nodes))
-    return None
+    return cells
+
+
+def _recovery(k: int, group: pd.DataFrame) -> dict[str, Any]:
+    """Recovery of the planted input against random genotypes of the searched space: reaching it at all (chance
+    :func:`ess.data.planted.chance_of_reaching`), and which lag the edges from earlier inputs chose (chance
+    ``1 / (m - 1)`` each, :func:`ess.data.planted.planted_lag_edges`), each with its one-sided binomial p."""
+    none = {"chance_rate": None, "recovery_p": None, "lag_edges": None, "lagged_edges": None,
+            "lag_chance": None, "lag_p": None}
+    reads = group["reaches_planted_input"].dropna().astype(bool)
+    cells = _searched_cells(group[group["reaches_planted_input"].notna()]) if len(reads) else []
+    if not cells:
+        return none
+    m, nodes = cells[0].input.m, len(cells[0].input.nodes)
+    chance = chance_of_reaching(k, m, nodes)
+    counts = [planted_lag_edges(g, k) for g in cells]
+    hits, lagged = sum(h for h, _ in counts), sum(n for _, n in counts)
+    index = planted_input_index(k)
+    lag_chance = (1.0 / (m - 1) if 1 <= index < m else 0.0) if m > 1 and index >= 1 else None
+    return {"chance_rate": chance, "recovery_p": float(binom.sf(int(reads.sum()) - 1, len(reads), chance)),
+            "lag_edges": hits, "lagged_edges": lagged, "lag_chance": lag_chance,
+            "lag_p": None if lag_chance is None or not lagged else float(binom.sf(hits - 1, lagged, lag_chance))}
 
 
 def planted_table(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -236,12 +256,10 @@ def planted_table(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         gaps = np.log(test[test > 0]) - float(group["entropy_nats"].iloc[0])
         d = describe_sample(gaps.tolist())
         reads = group["reaches_planted_input"].dropna()
-        recovered = int(reads.astype(bool).sum()) if len(reads) else None
-        chance = _chance(int(k), group) if len(reads) else None
-        out.append({"k": int(k), "arm": arm, "n": len(group), "recovered": recovered,
+        out.append({"k": int(k), "arm": arm, "n": len(group),
+                    "recovered": int(reads.astype(bool).sum()) if len(reads) else None,
                     "recovery_rate": float(reads.astype(bool).mean()) if len(reads) else None,
-                    "chance_rate": chance,
-                    "recovery_p": None if chance is None else float(binom.sf(recovered - 1, len(reads), chance)),
+                    **_recovery(int(k), group),
                     "test_ppl_geo_mean": log_interval(test.tolist())["geo_mean"],
                     "gap_nats": d["mean"], "gap_ci_low": d["ci_low"], "gap_ci_high": d["ci_high"],
                     "floor_ppl": float(group["floor_ppl"].iloc[0]),
@@ -303,7 +321,9 @@ def study_lines(summary: Mapping[str, Any]) -> list[str]:
         reads = "" if r["recovery_rate"] is None else (
             f", reads x_(t+1-k) in {r['recovered']} of {r['n']}" + ("" if r.get("chance_rate") is None else
                                                                   f" (random genotypes {100 * r['chance_rate']:.0f}%, "
-                                                                  f"p = {r['recovery_p']:.3g})"))
+                                                                  f"p = {r['recovery_p']:.3g})")
+            + ("" if r.get("lag_p") is None else f"; {r['lag_edges']} of its {r['lagged_edges']} edges from earlier "
+               f"inputs read it (chance {100 * r['lag_chance']:.0f}%, p = {r['lag_p']:.3g})"))
         lines.append(f"planted k={r['k']}, {r['arm']}: {r['gap_nats']:.3f} nats above the floor (count model "
                      f"{r['count_model_gap_nats']:.3f}){reads}")
     lines += ["exploratory:"] + [headline_line(name, h) for name, h in summary["headline"].items()]

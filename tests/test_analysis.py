@@ -554,7 +554,9 @@ def test_primary_analysis_holds_the_designs_pairs_by_hand():
 
 def test_planted_table_recovery_and_distance_to_the_floor_by_hand():
     from analysis.study import planted_table
+    from ess.data.planted import planted_lag_edges
     from ess.space.description import describe
+    from ess.space.refs import load_genotype
     from ess.space.sample import random_genotypes
 
     known = {"k": 2, "floor_ppl": math.e, "entropy_nats": 1.0, "count_model_ppl": math.exp(1.5)}
@@ -574,3 +576,7 @@ def test_planted_table_recovery_and_distance_to_the_floor_by_hand():
     # random genotypes of m = 3 inputs and 3 nodes read x_(t-1) with 1 - (2/5)^2 = 0.84; at least 1 of 2 by chance:
     assert joint["chance_rate"] == pytest.approx(0.84) and joint["recovery_p"] == pytest.approx(1 - 0.16 ** 2)
     assert lstm["chance_rate"] is None and lstm["recovery_p"] is None
+    hits, lagged = (sum(c) for c in zip(*[planted_lag_edges(load_genotype(found), 2)] * 2))
+    assert (joint["lag_edges"], joint["lagged_edges"], joint["lag_chance"]) == (hits, lagged, 0.5)
+    assert joint["lag_p"] == pytest.approx(sum(math.comb(lagged, i) for i in range(hits, lagged + 1)) / 2 ** lagged)
+    assert lstm["lag_p"] is None

@@ -88,7 +88,9 @@ def test_a_command_goes_with_the_study_not_with_its_data(tmp_path, capsys):
 
 
 def test_the_planted_table_holds_recovery_against_random_genotypes(tmp_path):
+    from ess.data.planted import planted_lag_edges
     from ess.space.description import describe
+    from ess.space.refs import load_genotype
     from ess.space.sample import random_genotypes
 
     cell = describe(random_genotypes(0, 1, steps=8, m=3, n_inter=3)[0])
@@ -102,9 +104,12 @@ def test_the_planted_table_holds_recovery_against_random_genotypes(tmp_path):
                            row(4, "joint", 1, False), row(4, "joint", 2, False)]}
     text = render(StudyData(summary, pd.DataFrame(), pd.DataFrame(), Cost(), {}), tmp_path / "f", "f")
     lines = [line for line in text.splitlines() if line.startswith("| 2 |") or line.startswith("| 4 |")]
-    assert lines[0].startswith("| 2 | joint | 2 |") and lines[0].endswith("| 2 of 2 | 84% | 0.706 |")  # 0.84^2
-    assert lines[1].startswith("| 2 | lstm | 1 |") and lines[1].endswith("| - | - | - |")
-    assert lines[2].endswith("| 0 of 2 | 0% | 1 |")          # x_(t-3) is out of reach at m = 3: a control
+    hits, lagged = planted_lag_edges(load_genotype(cell), 2)
+    lag_p = sum(math.comb(2 * lagged, i) for i in range(2 * hits, 2 * lagged + 1)) / 2 ** (2 * lagged)
+    assert lines[0].startswith("| 2 | joint | 2 |")
+    assert lines[0].endswith(f"| 2 of 2 | 84% | 0.706 | {2 * hits} of {2 * lagged} | 50% | {lag_p:.3g} |")  # 0.84^2
+    assert lines[1].startswith("| 2 | lstm | 1 |") and lines[1].endswith("| - | - | - | - | - | - |")
+    assert f"| 0 of 2 | 0% | 1 | 0 of {2 * lagged} | 0% | 1 |" in lines[2]   # x_(t-3) is out of reach: a control
 
 
 def test_seeds_for_a_relative_gain_at_the_pooled_seed_noise():

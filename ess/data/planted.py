@@ -234,6 +234,17 @@ def chance_of_reaching(k: int, m: int, n_inter: int) -> float:
     return 1.0 - ((m - 1) / (m + n_inter - 1)) ** 2
 
 
+def planted_lag_edges(genotype: Any, k: int) -> tuple[int, int]:
+    """The input cell's edges from the planted input, and its edges from any earlier input (``x_{t-1}`` ..
+    ``x_{t-m+1}``, indices 1 .. m-1): which lag a search chose. A random genotype's branch that reads an earlier
+    input reads each of them alike, so the first count is binomial in the second with ``1 / (m - 1)``."""
+    cell = genotype.input
+    preds = [edge.pred for node in cell.nodes for edge in (node.a, node.b)]
+    lagged = sum(1 <= p < cell.m for p in preds)
+    index = planted_input_index(k)
+    return (sum(p == index for p in preds) if 1 <= index < cell.m else 0), lagged   # index >= m would be a node
+
+
 def permutations(params: PlantedParams) -> np.ndarray:
     """``[S, C]``: row ``z`` is the seeded permutation ``pi_z`` of the content ids."""
     seq = np.random.SeedSequence(params.seed, spawn_key=(0,))

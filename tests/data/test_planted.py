@@ -36,6 +36,7 @@ from ess.data.planted import (
     entropy_rate,
     exact_log_probs,
     next_distribution,
+    planted_lag_edges,
     reaches_planted_input,
     regimes_and_lags,
     sample_split,
@@ -267,6 +268,20 @@ def test_chance_of_reaching_is_what_random_genotypes_do(m, n_inter):
         expected = chance_of_reaching(k, m, n_inter)
         assert abs(share - expected) <= 4 * math.sqrt(expected * (1 - expected) / len(draws)) + 1e-12, (k, share)
     assert chance_of_reaching(2, 3, 3) == pytest.approx(0.84)          # 1 - (2/5)^2: why 5 of 5 says little
+
+
+def test_planted_lag_edges_count_the_lag_the_input_cell_chose():
+    def with_input(*nodes, m=3):
+        return ESSGenotype(intra=DARTS_V2.intra, input=InterGenotype(m=m, nodes=nodes))
+
+    cell = with_input((("tanh", 1), ("relu", 1)), (("tanh", 3), ("relu", 2)), (("tanh", 0), ("relu", 4)))
+    assert planted_lag_edges(cell, 2) == (2, 3)     # x_(t-1) twice, x_(t-2) once; x_t and nodes are no lag
+    assert planted_lag_edges(cell, 3) == (1, 3)
+    assert planted_lag_edges(cell, 4) == (0, 3)     # out of the window: read by none
+    rng = random.Random(3)
+    draws = [planted_lag_edges(random_genotype(rng, steps=2, m=3, n_inter=3), 2) for _ in range(20_000)]
+    hits, lagged = sum(h for h, _ in draws), sum(n for _, n in draws)
+    assert abs(hits / lagged - 0.5) < 4 * math.sqrt(0.25 / lagged)   # random lags: half each, as the test assumes
 
 
 # --------------------------------------------------------------------------- a seconds-long search on it
