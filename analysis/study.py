@@ -231,7 +231,11 @@ def _recovery(k: int, group: pd.DataFrame) -> dict[str, Any]:
     cells = _searched_cells(group[group["reaches_planted_input"].notna()]) if len(reads) else []
     if not cells:
         return none
-    m, nodes = cells[0].input.m, len(cells[0].input.nodes)
+    # the searched space's node count: the stage's own (rows of ess >= this change), else the most that any derived
+    # cell of the arm kept (a derivation drops a node whose branch chose `none`)
+    given = pd.to_numeric(group.get("n_inter", pd.Series(dtype=float)), errors="coerce").dropna()
+    m = cells[0].input.m
+    nodes = int(given.iloc[0]) if len(given) else max(len(g.input.nodes) for g in cells)
     chance = chance_of_reaching(k, m, nodes)
     counts = [planted_lag_edges(g, k) for g in cells]
     hits, lagged = sum(h for h, _ in counts), sum(n for _, n in counts)

@@ -580,3 +580,5 @@ def test_planted_table_recovery_and_distance_to_the_floor_by_hand():
     assert (joint["lag_edges"], joint["lagged_edges"], joint["lag_chance"]) == (hits, lagged, 0.5)
     assert joint["lag_p"] == pytest.approx(sum(math.comb(lagged, i) for i in range(hits, lagged + 1)) / 2 ** lagged)
     assert lstm["lag_p"] is None
+    given = {r["arm"]: r for r in planted_table([{**r, "n_inter": 2} for r in rows])}   # the stage's space says 2
+    assert given["joint"]["chance_rate"] == pytest.approx(1 - (2 / 4) ** 2)

@@ -83,7 +83,7 @@ def planted_stage(exp: Experiment, job: JobConfig, tune_stage: Stage, callbacks:
         corpus = PLANTED_CORPORA[k]
         _, manifest = ensure_generated(corpus)
         known = {"k": k, "corpus": corpus, "floor_ppl": manifest["floor_ppl"], "entropy_nats": manifest["entropy_nats"],
-                 "count_model_ppl": manifest["test"]["skipgram_ppl"]}
+                 "count_model_ppl": manifest["test"]["skipgram_ppl"], "m": job.search.m, "n_inter": job.search.n_inter}
         search = dataclasses.replace(job.search, dataset=corpus)
         train = dataclasses.replace(job.train, dataset=corpus)
         # run names and tags say planted-k<k>-<arm>: never mixed into the study's own arms
