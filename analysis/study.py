@@ -30,7 +30,7 @@ from analysis.stats import (
     ratio_test,
     seeds_for_power,
 )
-from ess.data.planted import chance_of_reaching, planted_input_index, planted_lag_edges
+from ess.data.planted import chance_of_lag, chance_of_reaching, planted_lag_edges
 from ess.errors import ESSError
 from ess.space.refs import load_genotype
 
@@ -239,8 +239,7 @@ def _recovery(k: int, group: pd.DataFrame) -> dict[str, Any]:
     chance = chance_of_reaching(k, m, nodes)
     counts = [planted_lag_edges(g, k) for g in cells]
     hits, lagged = sum(h for h, _ in counts), sum(n for _, n in counts)
-    index = planted_input_index(k)
-    lag_chance = (1.0 / (m - 1) if 1 <= index < m else 0.0) if m > 1 and index >= 1 else None
+    lag_chance = chance_of_lag(k, m)
     return {"chance_rate": chance, "recovery_p": float(binom.sf(int(reads.sum()) - 1, len(reads), chance)),
             "lag_edges": hits, "lagged_edges": lagged, "lag_chance": lag_chance,
             "lag_p": None if lag_chance is None or not lagged else float(binom.sf(hits - 1, lagged, lag_chance))}

@@ -169,13 +169,12 @@ def _tau(tau: Mapping[str, Any]) -> list[str]:
     first: dict[tuple[float, ...], str] = {}
     rows = []
     for s in scored:
-        key = tuple(round(float(v), 9) for v in s.get("losses", []))
-        twin = first.setdefault(key, f"{s['arm']} seed {s['seed']}") if key else None
+        label, key = f"{s['arm']} seed {s['seed']}", tuple(round(float(v), 9) for v in s.get("losses", []))
+        twin = first.setdefault(key, label) if key else label
         t = s["vs_long"]
         rows.append({"arm": s["arm"], "seed": s["seed"], "tau": num(t["tau"], 2),
                      "interval": f"[{num(t['interval'][0], 2)}, {num(t['interval'][1], 2)}]" if t.get("interval")
-                     else "-", "p": p_value(t["p"]),
-                     "same": twin if twin and twin != f"{s['arm']} seed {s['seed']}" else ""})
+                     else "-", "p": p_value(t["p"]), "same": "" if twin == label else twin})
     arms = dict.fromkeys(s["arm"] for s in scored)
     medians = "; ".join(f"{a} {num(statistics.median(s['vs_long']['tau'] for s in scored if s['arm'] == a), 2)}"
                         for a in arms)

@@ -245,6 +245,15 @@ def planted_lag_edges(genotype: Any, k: int) -> tuple[int, int]:
     return (sum(p == index for p in preds) if 1 <= index < cell.m else 0), lagged   # index >= m would be a node
 
 
+def chance_of_lag(k: int, m: int) -> float | None:
+    """The chance that a random genotype's edge from an earlier input reads the planted one (the null of
+    :func:`planted_lag_edges`): ``1 / (m - 1)``, 0 beyond the window, None where there is no earlier input."""
+    index = planted_input_index(k)
+    if index < 1 or m < 2:
+        return None
+    return 1.0 / (m - 1) if index < m else 0.0
+
+
 def permutations(params: PlantedParams) -> np.ndarray:
     """``[S, C]``: row ``z`` is the seeded permutation ``pi_z`` of the content ids."""
     seq = np.random.SeedSequence(params.seed, spawn_key=(0,))
