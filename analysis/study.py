@@ -182,6 +182,22 @@ def primary_analysis(trials: Sequence[Mapping[str, Any]], design: Any) -> dict[s
                       "seeds_for_target": needed, "power": design.power}}
 
 
+def power_statement(power: Mapping[str, Any]) -> str:
+    """What the seeds run can detect, from :func:`primary_analysis`'s ``power``: the smallest relative gain at the
+    pooled seed sd of the log metric, or why there is none (an arm of the comparisons with fewer than two seeds)."""
+    seeds, sd = power["seeds_per_arm"], power["pooled_log_sd"]
+    target = (f"the target {100 * power['target_gain']:g}% takes {power['seeds_for_target']} seeds per arm"
+              if math.isfinite(sd) and power["seeds_for_target"] else "")
+    if seeds < 2 or not math.isfinite(power["detectable_gain"]):
+        return (f"No detectable gain is stated: an arm of the comparisons has {seeds} seed(s), and a t-test needs "
+                "two per arm" + (f"; at the pooled seed sd of the log metric ({100 * sd:.1f}%), {target}."
+                                 if target else "."))
+    return (f"With {seeds} seeds per arm at the pooled seed sd of the log metric ({100 * sd:.1f}%), the smallest "
+            f"relative gain detectable with {100 * power['power']:.0f}% power at Holm's first step (alpha "
+            f"{power['alpha_first_step']:.3g}, exact noncentral t) is {100 * power['detectable_gain']:.1f}%"
+            + (f"; {target}." if target else "."))
+
+
 def study_summary(trials: Sequence[Mapping[str, Any]], arms: Sequence[str], extra: Mapping[str, Any],
                   best: Mapping[str, Mapping[str, Any]], design: Any = None) -> dict[str, Any]:
     """The study job's summary: the design and its primary analysis (:func:`primary_analysis`), the per-arm table
@@ -305,11 +321,7 @@ def study_lines(summary: Mapping[str, Any]) -> list[str]:
         lines += [f"  {c['arm_a']} vs {c['arm_b']}: ratio {c['ratio']:.3f}, 95% interval [{c['ci_low']:.3f}, "
                   f"{c['ci_high']:.3f}], Holm p {c['p_holm']:.3g} (n = {c['n_a']} and {c['n_b']}): {c['verdict']}"
                   for c in primary["comparisons"]]
-        pw = primary["power"]
-        lines.append(f"  with {pw['seeds_per_arm']} seeds per arm at the pooled seed sd of the log metric "
-                     f"({100 * pw['pooled_log_sd']:.1f}%), the smallest gain detectable with "
-                     f"{pw['power']:.0%} power is {100 * pw['detectable_gain']:.1f}% (target "
-                     f"{100 * pw['target_gain']:.0f}%: {pw['seeds_for_target']} seeds per arm)")
+        lines.append(f"  {power_statement(primary['power'])}")
     for arm, e in (summary.get("evidence") or {}).items():
         lines.append(f"evidence, {arm}: {e['statement']}")
     tau = summary.get("tau") or {}

@@ -13,6 +13,7 @@ from typing import Any
 
 from analysis.md import num, p_value, table
 from analysis.pilot import decide
+from analysis.study import power_statement
 from analysis.study_data import StudyData
 from ess.errors import ConfigError
 from ess.space.derive import identity_share
@@ -83,7 +84,6 @@ def _design(design: Mapping[str, Any]) -> list[str]:
 
 
 def _primary(primary: Mapping[str, Any], pilot: bool) -> list[str]:
-    pw = primary["power"]
     head = (["## The study's comparisons at the pilot's seeds (exploratory)", "",
              "The pilot compares nothing: these are the main study's comparisons on the pilot's few seeds, shown "
              "for the noise they carry. Ratio of geometric means (a / b) with its 95% interval (Welch on log "
@@ -94,16 +94,14 @@ def _primary(primary: Mapping[str, Any], pilot: bool) -> list[str]:
     return [*head, "",
             table(primary["comparisons"], [
                 ("a", "arm_a"), ("b", "arm_b"), ("n", lambda r: f"{r['n_a']} + {r['n_b']}"),
-                ("ratio [95% CI]", lambda r: f"{r['ratio']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"),
+                ("ratio [95% CI]", lambda r: f"{r['ratio']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+                                   if math.isfinite(r["ci_low"]) else "-"),
                 ("p", lambda r: p_value(r["p_value"])), ("Holm p", lambda r: p_value(r["p_holm"])),
                 ("verdict", "verdict")]),
-            f"With {pw['seeds_per_arm']} seeds per arm at the pooled seed sd of the log metric "
-            f"({100 * pw['pooled_log_sd']:.1f}%), the smallest relative gain detectable with "
-            f"{100 * pw['power']:.0f}% power at Holm's first step (alpha {pw['alpha_first_step']:.3g}, exact "
-            f"noncentral t) is {100 * pw['detectable_gain']:.1f}%; the target {100 * pw['target_gain']:.0f}% "
-            f"takes {pw['seeds_for_target']} seeds per arm. A study at another scale (the `study-gpu` preset's "
-            "included) has noise of its own: it takes its seeds from its own pilot (`python -m analysis.pilot`, "
-            "docs/study-design.md section 4).", ""]
+            *([] if pilot else [
+                power_statement(primary["power"]) + " A study at another scale (the `study-gpu` preset's "
+                "included) has noise of its own: it takes its seeds from its own pilot (`python -m analysis.pilot`, "
+                "docs/study-design.md section 4).", ""])]
 
 
 def primary_reading(summary: Mapping[str, Any]) -> list[str]:

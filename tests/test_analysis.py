@@ -552,6 +552,25 @@ def test_primary_analysis_holds_the_designs_pairs_by_hand():
     assert out["power"]["seeds_for_target"] > 2
 
 
+def test_power_statement_names_the_detectable_gain_or_why_there_is_none():
+    from analysis.stats import detectable_effect, seeds_for_power
+    from analysis.study import power_statement
+
+    # the pilot's figures (docs/study-design.md): 10 seeds at sd 4.73% detect 7.2%; 3% takes 52 seeds per arm
+    # at this rounded sd (53 at the pilot's unrounded one)
+    sd, alpha = 0.0473, 0.05 / 3
+    gain = 1 - math.exp(-detectable_effect(10, alpha) * sd)
+    power = {"seeds_per_arm": 10, "pooled_log_sd": sd, "alpha_first_step": alpha, "detectable_gain": gain,
+             "target_gain": 0.03, "seeds_for_target": seeds_for_power(-math.log(0.97) / sd, alpha), "power": 0.8}
+    text = power_statement(power)
+    assert "With 10 seeds per arm" in text and "(4.7%)" in text and "is 7.2%" in text
+    assert "the target 3% takes 52 seeds per arm" in text
+    # an arm without two seeds: no gain is stated, and no nan is printed
+    text = power_statement({**power, "seeds_per_arm": 0, "detectable_gain": math.nan})
+    assert text.startswith("No detectable gain is stated: an arm of the comparisons has 0 seed(s)")
+    assert "nan" not in text and "52 seeds per arm" in text
+
+
 def test_planted_table_recovery_and_distance_to_the_floor_by_hand():
     from analysis.study import planted_table
     from ess.data.planted import planted_lag_edges
