@@ -36,3 +36,13 @@ def interval(row: Mapping[str, Any], value: str) -> str:
 def p_value(value: float) -> str:
     """A p-value to three significant digits; "-" for one that could not be computed."""
     return f"{value:.3g}" if value == value else "-"
+
+
+def ratio_words(a: str, b: str, ci_low: float, ci_high: float) -> str:
+    """What the 95% interval of the ratio ``a / b`` says, in percent of ``b``: "cannot be told apart" with the range
+    when it holds 1, else the direction and how far."""
+    low, high = 100 * (ci_low - 1), 100 * (ci_high - 1)
+    if ci_low <= 1 <= ci_high:
+        return f"cannot be told apart: {a}'s value is from {-low:.1f}% lower to {high:.1f}% higher than {b}'s"
+    near, far = sorted((abs(low), abs(high)))
+    return f"{a}'s value is {'lower' if high < 0 else 'higher'} than {b}'s by {near:.1f}% to {far:.1f}%"

@@ -29,6 +29,7 @@ from analysis.genotypes import op_frequencies
 from analysis.md import interval as _interval
 from analysis.md import num as _f
 from analysis.md import p_value as _p
+from analysis.md import ratio_words
 from analysis.md import table as _table
 from analysis.stats import compare_arms, describe_sample
 from analysis.study import planted_table, pooled_log_sd, required_seeds
@@ -154,13 +155,7 @@ def reading(summary: Mapping[str, Any]) -> list[str]:
         if min(h.get("n_a", 0), h.get("n_b", 0)) < 2 or not math.isfinite(h.get("ci_low", math.nan)):
             lines.append(f"{head}: no comparison (it needs at least two seeds per arm).")
             continue
-        low, high = 100 * (h["ci_low"] - 1), 100 * (h["ci_high"] - 1)
-        if h["ci_low"] <= 1 <= h["ci_high"]:
-            verdict = (f"cannot be told apart: the interval runs from joint {abs(low):.1f}% lower to "
-                       f"{high:.1f}% higher")
-        else:
-            verdict = f"joint is {'lower' if h['ci_high'] < 1 else 'higher'} by {min(abs(low), abs(high)):.1f}% " \
-                      f"to {max(abs(low), abs(high)):.1f}%"
+        verdict = ratio_words("joint", other, h["ci_low"], h["ci_high"])
         lines.append(f"{head} (difference {h['diff']:+.1f}); ratio {h['ratio']:.3f}, 95% interval "
                      f"[{h['ci_low']:.3f}, {h['ci_high']:.3f}] (n = {h['n_a']} and {h['n_b']}; Welch on log "
                      f"perplexity p = {h['p_value']:.3g}, Holm p = {h['p_holm']:.3g}): {verdict}.")

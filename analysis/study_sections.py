@@ -11,7 +11,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from analysis.md import num, p_value, table
+from analysis.md import num, p_value, ratio_words, table
 from analysis.pilot import decide
 from analysis.study import power_statement
 from analysis.study_data import StudyData
@@ -117,23 +117,21 @@ def primary_reading(summary: Mapping[str, Any]) -> list[str]:
         if c["verdict"].startswith("no comparison"):
             out += [f"{head}: {c['verdict']} (n = {c['n_a']} and {c['n_b']}).", ""]
             continue
-        low, high = 100 * (c["ci_low"] - 1), 100 * (c["ci_high"] - 1)
+        words = ratio_words(a, b, c["ci_low"], c["ci_high"])
         text = (f"{head}: geometric-mean `{metric}` {num(means.get(a))} vs {num(means.get(b))}; ratio "
                 f"{c['ratio']:.3f}, 95% interval [{c['ci_low']:.3f}, {c['ci_high']:.3f}] (n = {c['n_a']} and "
                 f"{c['n_b']}; Welch on log values p = {p_value(c['p_value'])}, Holm p = {p_value(c['p_holm'])}). ")
         if c["ci_low"] <= 1 <= c["ci_high"]:
-            text += f"Cannot be told apart: {a}'s value is from {-low:.1f}% lower to {high:.1f}% higher than {b}'s. "
+            text += f"{words[0].upper()}{words[1:]}. "
             if c["ci_low"] > 1 - target and c["ci_high"] < 1 / (1 - target):
                 text += f"The interval excludes a {100 * target:g}% difference either way."
             else:
                 text += (f"A {100 * target:g}% difference is inside that interval: this study neither shows nor "
                          "excludes it.")
         else:
-            direction = "lower" if high < 0 else "higher"
-            span = f"{direction} than {b}'s by {min(abs(low), abs(high)):.1f}% to {max(abs(low), abs(high)):.1f}%"
-            text += (f"{a}'s value is {span} (Holm p < {alpha:g}: a finding at the pre-registered level)."
+            text += (f"{words} (Holm p < {alpha:g}: a finding at the pre-registered level)."
                      if c["significant"] else
-                     f"The unadjusted interval puts {a}'s value {span}, but Holm over the "
+                     f"Unadjusted, {words}, but Holm over the "
                      f"{len(primary['comparisons'])} comparisons gives p = {p_value(c['p_holm'])} >= {alpha:g}: "
                      "not a finding at the pre-registered level.")
         out += [text, ""]

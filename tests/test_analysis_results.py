@@ -157,8 +157,8 @@ def test_reading_reports_ratios_of_geometric_means_and_says_cannot_be_told_apart
                                               "p_value": 0.01, "p_holm": 0.02, "n_a": 3, "n_b": 3}}}
     intra, lstm = reading(summary)
     assert "432.6 vs 421.9" in intra and "(difference +10.7)" in intra
-    assert "cannot be told apart: the interval runs from joint 5.4% lower to 11.1% higher" in intra
-    assert "joint is lower by 7.0% to 20.0%" in lstm
+    assert "cannot be told apart: joint's value is from 5.4% lower to 11.1% higher than intra's" in intra
+    assert "joint's value is lower than lstm's by 7.0% to 20.0%" in lstm
 
 
 def test_a_comparison_with_one_seed_says_it_needs_two():
