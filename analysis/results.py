@@ -281,7 +281,9 @@ def render(data: StudyData, figures_dir: Path, rel: str, notes: str = "", pilot:
                "the same space that read it (exact) with the one-sided binomial p of recovering as often by chance; "
                "and which lag the input cells chose: of their edges from earlier inputs (`x_{t-1}` .. `x_{t-m+1}`), "
                "how many read the planted one, against `1 / (m - 1)` for random genotypes (one-sided binomial p, "
-               "pooled over seeds; method section 9).",
+               "pooled over seeds; method section 9); and, as for the searches of PTB, how often the seeds agree "
+               "against random genotypes of the same space (method section 11): the evidence checked where the truth "
+               "is known.",
                "",
                _table(rows, [("k", "k"), ("arm", "arm"), ("n", "n"), ("floor ppl", lambda r: _f(r["floor_ppl"], 3)),
                              ("test ppl", lambda r: _f(r["test_ppl_geo_mean"], 2)),
@@ -296,7 +298,10 @@ def render(data: StudyData, figures_dir: Path, rel: str, notes: str = "", pilot:
                              ("planted-lag edges", lambda r: "-" if r.get("lag_p") is None else
                               f"{r['lag_edges']} of {r['lagged_edges']}"),
                              ("chance", lambda r: "-" if r.get("lag_p") is None else f"{100 * r['lag_chance']:.0f}%"),
-                             ("p (lag)", lambda r: "-" if r.get("lag_p") is None else _p(r["lag_p"]))])]
+                             ("p (lag)", lambda r: "-" if r.get("lag_p") is None else _p(r["lag_p"])),
+                             ("seeds agree (vs random)", lambda r: "-" if r.get("agree_p") is None else
+                              f"{r['agree']:.0%} vs {r['agree_null']:.0%}"),
+                             ("p (agree)", lambda r: "-" if r.get("agree_p") is None else _p(r["agree_p"]))])]
     md += ["## Reproduce", "", "```bash",
            summary.get("command") or
            (f"python tune_jobs/study.py --name {summary['name']} --arms {','.join(a['arm'] for a in arms)}"

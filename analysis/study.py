@@ -32,7 +32,11 @@ from analysis.stats import (
 )
 from ess.data.planted import chance_of_lag, chance_of_reaching, planted_lag_edges
 from ess.errors import ESSError
+from ess.search.evidence import seed_agreement
+from ess.space.ops import PRIMITIVES
 from ess.space.refs import load_genotype
+from ess.study import ARMS
+from ess.supernet import MODES
 
 VALUES = ("retrain_valid_ppl", "retrain_test_ppl")
 
@@ -242,7 +246,7 @@ def _recovery(k: int, group: pd.DataFrame) -> dict[str, Any]:
     :func:`ess.data.planted.chance_of_reaching`), and which lag the edges from earlier inputs chose (chance
     ``1 / (m - 1)`` each, :func:`ess.data.planted.planted_lag_edges`), each with its one-sided binomial p."""
     none = {"chance_rate": None, "recovery_p": None, "lag_edges": None, "lagged_edges": None,
-            "lag_chance": None, "lag_p": None}
+            "lag_chance": None, "lag_p": None, "agree": None, "agree_null": None, "agree_p": None}
     reads = group["reaches_planted_input"].dropna().astype(bool)
     cells = _searched_cells(group[group["reaches_planted_input"].notna()]) if len(reads) else []
     if not cells:
@@ -258,12 +262,31 @@ def _recovery(k: int, group: pd.DataFrame) -> dict[str, Any]:
     lag_chance = chance_of_lag(k, m)
     return {"chance_rate": chance, "recovery_p": float(binom.sf(int(reads.sum()) - 1, len(reads), chance)),
             "lag_edges": hits, "lagged_edges": lagged, "lag_chance": lag_chance,
-            "lag_p": None if lag_chance is None or not lagged else float(binom.sf(hits - 1, lagged, lag_chance))}
+            "lag_p": None if lag_chance is None or not lagged else float(binom.sf(hits - 1, lagged, lag_chance)),
+            **_agreement(str(group["arm"].iloc[0]), group, cells, m, nodes)}
+
+
+def _agreement(arm: str, group: pd.DataFrame, cells: Sequence[Any], m: int, nodes: int) -> dict[str, Any]:
+    """The seeds' agreement on the searched parts against random genotypes of the space (docs/method.md section
+    11): the evidence a search of the real corpus gives, checked where the truth is known."""
+    if len(cells) < 2 or arm not in ARMS:
+        return {"agree": None, "agree_null": None, "agree_p": None}
+    first = group.iloc[0]
+
+    def given(key: str, default: Any) -> Any:   # the stage's space (rows of ess >= this change), else the defaults
+        value = first.get(key) if key in group else None
+        return default if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+    found = seed_agreement(cells, MODES[ARMS[arm].mode].parts, steps=int(given("steps", cells[0].intra.steps)), m=m,
+                           n_inter=nodes, intra_ops=tuple(given("intra_ops", PRIMITIVES)),
+                           inter_ops=tuple(given("inter_ops", PRIMITIVES)))
+    return {"agree": found.overall.observed, "agree_null": found.overall.null_mean, "agree_p": found.overall.p}
 
 
 def planted_table(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Per planted corpus and arm: seeds, the recovery rate of the planted input (search arms) against random
-    genotypes' (:func:`ess.data.planted.chance_of_reaching`) with its one-sided binomial p, the test perplexity's
+    genotypes' (:func:`ess.data.planted.chance_of_reaching`) with its one-sided binomial p, the seeds' agreement
+    against random genotypes with its p (:func:`ess.search.evidence.seed_agreement`), the test perplexity's
     geometric mean and its distance to the exact floor in nats (mean and 95% interval over seeds), against the
     count model's distance."""
     frame = pd.DataFrame(list(rows))
@@ -339,8 +362,11 @@ def study_lines(summary: Mapping[str, Any]) -> list[str]:
                                                                   f"p = {r['recovery_p']:.3g})")
             + ("" if r.get("lag_p") is None else f"; {r['lag_edges']} of its {r['lagged_edges']} edges from earlier "
                f"inputs read it (chance {100 * r['lag_chance']:.0f}%, p = {r['lag_p']:.3g})"))
+        agree = "" if r.get("agree_p") is None else (
+            f"; seeds agree on {r['agree']:.0%} of choices, random genotypes on {r['agree_null']:.0%} "
+            f"(p = {r['agree_p']:.3g})")
         lines.append(f"planted k={r['k']}, {r['arm']}: {r['gap_nats']:.3f} nats above the floor (count model "
-                     f"{r['count_model_gap_nats']:.3f}){reads}")
+                     f"{r['count_model_gap_nats']:.3f}){reads}{agree}")
     lines += ["exploratory:"] + [headline_line(name, h) for name, h in summary["headline"].items()]
     return lines + [f"tables: {summary['experiment_dir']}/study_arms.csv, study_pairs.csv, study.csv"]
 

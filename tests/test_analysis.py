@@ -599,5 +599,15 @@ def test_planted_table_recovery_and_distance_to_the_floor_by_hand():
     assert (joint["lag_edges"], joint["lagged_edges"], joint["lag_chance"]) == (hits, lagged, 0.5)
     assert joint["lag_p"] == pytest.approx(sum(math.comb(lagged, i) for i in range(hits, lagged + 1)) / 2 ** lagged)
     assert lstm["lag_p"] is None
-    given = {r["arm"]: r for r in planted_table([{**r, "n_inter": 2} for r in rows])}   # the stage's space says 2
+    two = describe(random_genotypes(0, 1, steps=8, m=3, n_inter=2)[0])   # the stage's space says 2 nodes
+    given = {r["arm"]: r for r in planted_table([{**r, "n_inter": 2, **({"genotype": two} if "genotype" in r else {})}
+                                                 for r in rows])}
     assert given["joint"]["chance_rate"] == pytest.approx(1 - (2 / 4) ** 2)
+    # the two seeds derived the same genotype: they agree on every choice, which no random draw of 10,000 reaches
+    assert joint["agree"] == 1.0 and joint["agree_null"] < 0.2 and joint["agree_p"] == pytest.approx(1 / 10_001)
+    assert lstm["agree"] is None and lstm["agree_p"] is None
+    # the random genotypes come from the space the rows name: fewer ops, more agreement by chance
+    small = {"intra_ops": ["tanh", "relu", "identity"], "inter_ops": ["tanh", "identity"]}
+    cell = describe(random_genotypes(1, 1, steps=8, m=3, n_inter=3, **small)[0])
+    own = planted_table([{**r, "genotype": cell, "steps": 8, **small} for r in rows if r["arm"] == "joint"])[0]
+    assert own["agree"] == 1.0 and own["agree_null"] > joint["agree_null"]

@@ -89,6 +89,7 @@ def test_a_command_goes_with_the_study_not_with_its_data(tmp_path, capsys):
 
 def test_the_planted_table_holds_recovery_against_random_genotypes(tmp_path):
     from ess.data.planted import planted_lag_edges
+    from ess.search.evidence import seed_agreement
     from ess.space.description import describe
     from ess.space.refs import load_genotype
     from ess.space.sample import random_genotypes
@@ -107,8 +108,11 @@ def test_the_planted_table_holds_recovery_against_random_genotypes(tmp_path):
     hits, lagged = planted_lag_edges(load_genotype(cell), 2)
     lag_p = sum(math.comb(2 * lagged, i) for i in range(2 * hits, 2 * lagged + 1)) / 2 ** (2 * lagged)
     assert lines[0].startswith("| 2 | joint | 2 |")
-    assert lines[0].endswith(f"| 2 of 2 | 84% | 0.706 | {2 * hits} of {2 * lagged} | 50% | {lag_p:.3g} |")  # 0.84^2
-    assert lines[1].startswith("| 2 | lstm | 1 |") and lines[1].endswith("| - | - | - | - | - | - |")
+    # 0.84^2; the two seeds found the same cell: agreement 100%, p = 1 / 10,001
+    null = seed_agreement([load_genotype(cell)] * 2, ("intra", "history", "input")).overall.null_mean
+    assert lines[0].endswith(f"| 2 of 2 | 84% | 0.706 | {2 * hits} of {2 * lagged} | 50% | {lag_p:.3g} | 100% vs "
+                             f"{null:.0%} | 0.0001 |")
+    assert lines[1].startswith("| 2 | lstm | 1 |") and lines[1].endswith("| - | - | - | - | - | - | - | - |")
     assert f"| 0 of 2 | 0% | 1 | 0 of {2 * lagged} | 0% | 1 |" in lines[2]   # x_(t-3) is out of reach: a control
 
 

@@ -9,7 +9,8 @@ loss against the long retrain (does the supernet rank architectures?), docs/meth
 ``x_{t-k}``, method section 9) over ``planted_seeds``, each genotype retrained at the study's parameter count,
 with ``lstm`` and ``darts_v2`` retrained as controls: the distance of the test perplexity to the corpus's exact
 floor in nats, against the count model ``P(x_t | x_{t-k})``, and how often the derived input cell reads the
-planted input (its recovery rate; out of reach for k = 4 at m = 3, a control).
+planted input (its recovery rate; out of reach for k = 4 at m = 3, a control). Each row carries the searched space,
+from which the analysis draws the random genotypes its statistics are held against.
 """
 
 from __future__ import annotations
@@ -83,7 +84,9 @@ def planted_stage(exp: Experiment, job: JobConfig, tune_stage: Stage, callbacks:
         corpus = PLANTED_CORPORA[k]
         _, manifest = ensure_generated(corpus)
         known = {"k": k, "corpus": corpus, "floor_ppl": manifest["floor_ppl"], "entropy_nats": manifest["entropy_nats"],
-                 "count_model_ppl": manifest["test"]["skipgram_ppl"], "m": job.search.m, "n_inter": job.search.n_inter}
+                 "count_model_ppl": manifest["test"]["skipgram_ppl"], "m": job.search.m, "n_inter": job.search.n_inter,
+                 "steps": job.search.steps, "intra_ops": list(job.search.intra_ops),
+                 "inter_ops": list(job.search.inter_ops)}
         search = dataclasses.replace(job.search, dataset=corpus)
         train = dataclasses.replace(job.train, dataset=corpus)
         # run names and tags say planted-k<k>-<arm>: never mixed into the study's own arms

@@ -38,6 +38,8 @@ def test_study_smoke_tables_and_the_report_from_the_store_agree(tmp_path):
     assert sorted((p["k"], p["arm"], p["seed"]) for p in planted) == [(2, "joint", 1), (2, "lstm", 1), (2, "rsws", 1)]
     assert all(p["floor_ppl"] < p["retrain_test_ppl"] for p in planted)
     assert all((p["reaches_planted_input"] is None) == (p["arm"] == "lstm") for p in planted)
+    # each row names the searched space its statistics are held against (seed agreement, recovery by chance)
+    assert all({"steps", "m", "n_inter", "intra_ops", "inter_ops"} <= set(p) for p in planted)
     # ranking quality: 5 genotypes retrained short and 4x long, scored by both joint supernets (intra's is not)
     tau = summary["tau"]
     assert tau["long_epochs"] == 4 * tau["short_epochs"] and len(tau["short_valid_ppl"]) == 5
