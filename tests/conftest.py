@@ -24,9 +24,17 @@ requires_wikitext2 = pytest.mark.skipif(
     not has_corpus("wikitext-2"), reason="needs WikiText-2 in $ESS_DATA_DIR/wikitext-2 (set ESS_DATA_DIR)")
 
 
+# The tests' models are tiny: one intra-op thread is faster than two, and beside another busy process two threads
+# spin on each other (a smoke search: 15 s at one thread, 286 s at two beside a two-trial study on 2 cores).
+# Subprocesses (entry points, benchmarks) inherit it. The kernel tests run two, so that the C++ steps' parallel
+# loops split their rows.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+KERNEL_TESTS = Path(__file__).resolve().parent / "kernels"
+
+
 @pytest.fixture(autouse=True)
-def _few_threads():
-    torch.set_num_threads(2)
+def _few_threads(request):
+    torch.set_num_threads(2 if KERNEL_TESTS in Path(request.node.path).parents else 1)
     yield
 
 
