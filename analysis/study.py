@@ -241,29 +241,33 @@ def _searched_cells(group: pd.DataFrame) -> list[Any]:
     return cells
 
 
-def _recovery(k: int, group: pd.DataFrame) -> dict[str, Any]:
+def _searched_space(group: pd.DataFrame) -> tuple[list[Any], int, int]:
+    """A planted search arm's derived genotypes, its input window ``m`` and its inter node count (the stage's own,
+    rows of ess >= this change; else the most that any derived cell kept: a derivation drops a node whose branch
+    chose `none`); no genotypes for a control."""
+    searched = group[group["reaches_planted_input"].notna()]
+    cells = _searched_cells(searched) if len(searched) else []
+    if not cells:
+        return [], 0, 0
+    given = pd.to_numeric(group.get("n_inter", pd.Series(dtype=float)), errors="coerce").dropna()
+    return cells, cells[0].input.m, int(given.iloc[0]) if len(given) else max(len(g.input.nodes) for g in cells)
+
+
+def _recovery(k: int, group: pd.DataFrame, cells: Sequence[Any], m: int, nodes: int) -> dict[str, Any]:
     """Recovery of the planted input against random genotypes of the searched space: reaching it at all (chance
     :func:`ess.data.planted.chance_of_reaching`), and which lag the edges from earlier inputs chose (chance
     ``1 / (m - 1)`` each, :func:`ess.data.planted.planted_lag_edges`), each with its one-sided binomial p."""
-    none = {"chance_rate": None, "recovery_p": None, "lag_edges": None, "lagged_edges": None,
-            "lag_chance": None, "lag_p": None, "agree": None, "agree_null": None, "agree_p": None}
-    reads = group["reaches_planted_input"].dropna().astype(bool)
-    cells = _searched_cells(group[group["reaches_planted_input"].notna()]) if len(reads) else []
     if not cells:
-        return none
-    # the searched space's node count: the stage's own (rows of ess >= this change), else the most that any derived
-    # cell of the arm kept (a derivation drops a node whose branch chose `none`)
-    given = pd.to_numeric(group.get("n_inter", pd.Series(dtype=float)), errors="coerce").dropna()
-    m = cells[0].input.m
-    nodes = int(given.iloc[0]) if len(given) else max(len(g.input.nodes) for g in cells)
+        return {"chance_rate": None, "recovery_p": None, "lag_edges": None, "lagged_edges": None,
+                "lag_chance": None, "lag_p": None}
+    reads = group["reaches_planted_input"].dropna().astype(bool)
     chance = chance_of_reaching(k, m, nodes)
     counts = [planted_lag_edges(g, k) for g in cells]
     hits, lagged = sum(h for h, _ in counts), sum(n for _, n in counts)
     lag_chance = chance_of_lag(k, m)
     return {"chance_rate": chance, "recovery_p": float(binom.sf(int(reads.sum()) - 1, len(reads), chance)),
             "lag_edges": hits, "lagged_edges": lagged, "lag_chance": lag_chance,
-            "lag_p": None if lag_chance is None or not lagged else float(binom.sf(hits - 1, lagged, lag_chance)),
-            **_agreement(str(group["arm"].iloc[0]), group, cells, m, nodes)}
+            "lag_p": None if lag_chance is None or not lagged else float(binom.sf(hits - 1, lagged, lag_chance))}
 
 
 def _agreement(arm: str, group: pd.DataFrame, cells: Sequence[Any], m: int, nodes: int) -> dict[str, Any]:
@@ -298,10 +302,11 @@ def planted_table(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         gaps = np.log(test[test > 0]) - float(group["entropy_nats"].iloc[0])
         d = describe_sample(gaps.tolist())
         reads = group["reaches_planted_input"].dropna()
+        space = _searched_space(group)
         out.append({"k": int(k), "arm": arm, "n": len(group),
                     "recovered": int(reads.astype(bool).sum()) if len(reads) else None,
                     "recovery_rate": float(reads.astype(bool).mean()) if len(reads) else None,
-                    **_recovery(int(k), group),
+                    **_recovery(int(k), group, *space), **_agreement(str(arm), group, *space),
                     "test_ppl_geo_mean": log_interval(test.tolist())["geo_mean"],
                     "gap_nats": d["mean"], "gap_ci_low": d["ci_low"], "gap_ci_high": d["ci_high"],
                     "floor_ppl": float(group["floor_ppl"].iloc[0]),
