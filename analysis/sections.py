@@ -304,7 +304,8 @@ def study_section(ctx: Context, summary: pd.DataFrame) -> None:
     """The study's arms (tagged ``arm``) at equal budget: log-scale intervals and pair tests."""
     tagged = list(dict.fromkeys(r["arm"] for r in study_rows(summary)))
     side = [a for a in tagged if a not in ARMS]   # random-screen, wt2-*, planted-*: their own budget or corpus
-    study_arms, study_pairs = study_tables(summary, [a for a in tagged if a in ARMS] or None)
+    # the registry's order, not the store's: concurrent trials reach the store in any order
+    study_arms, study_pairs = study_tables(summary, [a for a in ARMS if a in tagged] or None)
     ctx.page.heading("Study: arms at equal budget and parameter count")
     if side:
         ctx.page.text(f"Other stages of the study, at their own budget or corpus, are not in this table: "

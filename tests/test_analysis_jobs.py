@@ -159,6 +159,18 @@ def test_a_study_groups_by_its_arm_tag(joint_store, tmp_path):
     assert "study_arms" in report.tables
 
 
+def test_the_study_arms_table_keeps_the_registry_order_whatever_order_the_store_returns(joint_store, tmp_path):
+    """Concurrent trials reach the store in any order; the arms table reads in the study's own order every time."""
+    import pandas as pd
+
+    frame = load_mlflow(NAME, joint_store)
+    seed = frame["source.seed"].fillna(frame["seed"]).astype(str)   # a retrain's arm is its search's
+    frame["arm"] = seed.map({"1": "joint", "2": "intra", "3": "joint"})
+    for i, ordered in enumerate((frame, frame.iloc[::-1].reset_index(drop=True))):
+        report = write_report(ordered, tmp_path / str(i), job="study", draw=False)
+        assert pd.read_csv(report.tables["study_arms"])["arm"].tolist() == ["intra", "joint"]
+
+
 def _ray_job(root: Path) -> Path:
     """The joint search's Tune folders (search/ and retrain/ stages) run without MLflow."""
     job = root / "js-ray"
