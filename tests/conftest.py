@@ -38,6 +38,26 @@ def _few_threads(request):
     yield
 
 
+# -- Two test processes (pytest -n 2 --dist loadgroup, pyproject.toml) -------------------------------
+# A module's tests stay in one process, so its module fixtures (a smoke job, a store) are built once. The tests
+# that start a Ray cluster share one process: one cluster at a time, each with the two CPUs it asks for.
+TESTS = Path(__file__).resolve().parent
+RAY_TESTS = ("adapters/ray/", "adapters/test_adapter_benches.py", "reliability/test_faults.py",
+             "test_analysis_report.py")
+
+
+def xdist_group(path: Path) -> str:
+    """The process group of the tests in ``path``: ``ray`` for the files that start a Ray cluster, else the file."""
+    name = path.resolve().relative_to(TESTS).as_posix()
+    return "ray" if name.startswith(RAY_TESTS) else name
+
+
+@pytest.hookimpl(tryfirst=True)   # before xdist reads the marks
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(xdist_group(Path(item.path))))
+
+
 # -- Ray Tune jobs at toy sizes (shared by the orchestration and fault tests) -------------------------
 
 #: SearchConfig's smoke preset (a trial takes seconds on 2 cores), without the pictures

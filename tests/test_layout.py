@@ -150,3 +150,16 @@ def test_each_module_imports_only_lower_layers(module):
         assert other in LAYERS, f"{target}: package {other!r} has no layer in tests/test_layout.py"
         assert LAYERS[other] < LAYERS[own], \
             f"{module} (layer {LAYERS[own]}) imports up: {target} (layer {LAYERS[other]})"
+
+
+def test_every_test_file_that_starts_ray_runs_in_the_ray_process_group():
+    """Under ``pytest -n 2`` one process runs the tests that start a Ray cluster (conftest ``RAY_TESTS``)."""
+    from conftest import xdist_group
+
+    tests = ROOT / "tests"
+    starts_ray = ("local_ray", "ray.init(", "cluster_utils", "tune.Tuner(")
+    files = [p for p in tests.rglob("test_*.py")
+             if p != Path(__file__).resolve() and any(s in p.read_text() for s in starts_ray)]
+    assert tests / "reliability" / "test_faults.py" in files   # the scan sees what it looks for
+    assert [p.relative_to(tests).as_posix() for p in files if xdist_group(p) != "ray"] == []
+    assert xdist_group(tests / "search" / "test_loop.py") == "search/test_loop.py"
