@@ -8,7 +8,8 @@
 its MLflow store: the per-part diagnostics of every search epoch, for the figures; its Tune files: the cost)
 into its raw data folder (:mod:`analysis.study_data`, ``<out stem>/data``); the Markdown file is always rendered
 from that folder, so ``--data`` rewrites it byte for byte. Figures go beside it (``<out stem>/``); every file is
-written atomically. ``--notes`` appends a hand-written discussion.
+written atomically. ``--notes FILE`` is the hand-written discussion: kept in the data folder (``discussion.md``)
+and appended to the page, so that ``--data`` rewrites the discussion too; without it the folder's is kept.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from analysis.md import ratio_words
 from analysis.md import table as _table
 from analysis.stats import compare_arms, describe_sample
 from analysis.study import planted_table, pooled_log_sd, required_seeds
-from analysis.study_data import StudyData, from_experiment, read_data, write_data
+from analysis.study_data import DISCUSSION, StudyData, from_experiment, read_data, write_data
 from analysis.study_sections import PARTS, design_sections, part_identity_share
 from ess.checkpoint import atomic_write_text
 from ess.cli import run_main
@@ -162,7 +163,7 @@ def reading(summary: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def render(data: StudyData, figures_dir: Path, rel: str, notes: str = "", pilot: bool = False) -> str:
+def render(data: StudyData, figures_dir: Path, rel: str, pilot: bool = False) -> str:
     """results.md from a study's raw data (:mod:`analysis.study_data`); its figures into ``figures_dir``.
     ``pilot``: the study is a pilot (exploratory; docs/study-design.md): said so, with what it decides."""
     summary, store, frame = data.summary, data.trials, data.epochs
@@ -313,8 +314,8 @@ def render(data: StudyData, figures_dir: Path, rel: str, notes: str = "", pilot:
            f"python -m analysis.report --experiment {summary['name']}       # the MLflow report of the same runs",
            "```", "", f"MLflow experiment `{summary['mlflow_experiment']}`, parent run `{summary['parent_run_id']}`.",
            ""]
-    if notes:
-        md += ["## Discussion", "", notes.strip(), ""]
+    if data.discussion.strip():
+        md += ["## Discussion", "", data.discussion.strip(), ""]
     return "\n".join(md)
 
 
@@ -325,13 +326,24 @@ def main_args(argv: list[str] | None) -> argparse.Namespace:
                                         "written to <out stem>/data first")
     source.add_argument("--data", help="a study's raw data folder (analysis.study_data)")
     parser.add_argument("--out", default="docs/results.md")
-    parser.add_argument("--notes", default="", help="a Markdown file appended as the discussion")
+    parser.add_argument("--notes", default="", help="a Markdown file: the discussion, kept in the data folder "
+                                                    "(discussion.md) and appended (default: the folder's own)")
     parser.add_argument("--command", default="",
                         help="with --study: the command that ran the study, kept in its data folder and shown under "
                              "Reproduce (default: one built from its arms, seeds and stages)")
     parser.add_argument("--pilot", action="store_true",
                         help="the study is a pilot (exploratory): say so, and what it decides for the main study")
     return parser.parse_args(argv)
+
+
+def _notes(path: str) -> str | None:
+    """The discussion of ``--notes`` (None: not given)."""
+    if not path:
+        return None
+    try:
+        return Path(path).read_text()
+    except OSError as err:
+        raise ConfigError(f"{path}: --notes: {err.strerror}") from None
 
 
 @run_main
@@ -341,15 +353,20 @@ def main(argv: list[str] | None = None) -> int:
     figures = out.parent / out.stem
     if args.command and args.data:
         raise ConfigError("--command: give it with --study (it is kept in the data folder's summary.json)")
+    notes = _notes(args.notes)
     if args.data:
         folder = Path(args.data)
+        if notes is not None:
+            write_data(dataclasses.replace(read_data(folder), discussion=notes), folder)
     else:
+        folder = figures / "data"
+        kept = (folder / DISCUSSION).read_text() if (folder / DISCUSSION).is_file() else ""
         data = from_experiment(args.study)
+        data = dataclasses.replace(data, discussion=kept if notes is None else notes)
         if args.command:
             data = dataclasses.replace(data, summary={**data.summary, "command": args.command})
-        folder = write_data(data, figures / "data")
-    notes = Path(args.notes).read_text() if args.notes else ""
-    atomic_write_text(out, render(read_data(folder), figures, figures.name, notes, args.pilot))
+        write_data(data, folder)
+    atomic_write_text(out, render(read_data(folder), figures, figures.name, args.pilot))
     print(f"{out} (figures in {figures}, data in {folder})")
     return 0
 

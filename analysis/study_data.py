@@ -10,8 +10,8 @@ the tracking URI are kept as names only.
 Files: ``summary.json`` (the job's summary), ``trials.csv`` (one row per trial and stage,
 :func:`analysis.load.trial_summary`), ``epochs.csv`` (one row per trial, stage and epoch), ``cost.json``
 (trials, trial-minutes per stage, busy hours), ``genotypes.json`` (the retrained genotype per search arm and
-seed). The summary's search trials gain their ranking's seconds and candidates where they ranked
-(:func:`with_ranking`).
+seed), and ``discussion.md`` where the study has a hand-written discussion (``--notes``). The summary's search
+trials gain their ranking's seconds and candidates where they ranked (:func:`with_ranking`).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from ess.space.genotype import ESSGenotype
 from ess.space.refs import load_genotype
 
 FILES = ("summary.json", "trials.csv", "epochs.csv", "cost.json", "genotypes.json")
+DISCUSSION = "discussion.md"   # optional: the hand-written discussion, so that the folder alone rewrites the page
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class StudyData:
     epochs: pd.DataFrame
     cost: Cost
     genotypes: dict[tuple[str, int], ESSGenotype]
+    discussion: str = ""
 
 
 def tune_cost(experiment_dir: str | Path) -> Cost:
@@ -160,6 +162,10 @@ def write_data(data: StudyData, folder: str | Path) -> Path:
     atomic_write_text(folder / "genotypes.json", json.dumps(
         [{"arm": a, "seed": s, "genotype": g.to_dict()} for (a, s), g in sorted(data.genotypes.items())], indent=1)
         + "\n")
+    if data.discussion.strip():
+        atomic_write_text(folder / DISCUSSION, data.discussion.strip() + "\n")
+    else:
+        (folder / DISCUSSION).unlink(missing_ok=True)
     return folder
 
 
@@ -183,9 +189,11 @@ def read_data(folder: str | Path) -> StudyData:
         raise ConfigError(f"{folder}: unreadable study data ({err})") from None
     if summary.get("job") != "study":
         raise ConfigError(f"{folder / 'summary.json'}: job: expected a study, got {summary.get('job')!r}")
+    discussion = (folder / DISCUSSION).read_text() if (folder / DISCUSSION).is_file() else ""
     return StudyData(summary, _read_csv(folder / "trials.csv"), _read_csv(folder / "epochs.csv"),
-                     Cost(int(cost["trials"]), dict(cost["minutes"]), float(cost["busy_hours"])), genotypes)
+                     Cost(int(cost["trials"]), dict(cost["minutes"]), float(cost["busy_hours"])), genotypes,
+                     discussion)
 
 
-__all__ = ["Cost", "FILES", "StudyData", "from_experiment", "read_data", "retrained_genotypes", "tune_cost",
-           "with_ranking", "write_data"]
+__all__ = ["Cost", "DISCUSSION", "FILES", "StudyData", "from_experiment", "read_data", "retrained_genotypes",
+           "tune_cost", "with_ranking", "write_data"]

@@ -87,6 +87,34 @@ def test_a_command_goes_with_the_study_not_with_its_data(tmp_path, capsys):
     assert not (tmp_path / "r.md").exists()
 
 
+def test_the_discussion_is_kept_in_the_data_folder_so_the_folder_alone_rewrites_the_page(tmp_path, capsys):
+    from analysis.results import main
+
+    summary = {"job": "study", "name": "d", "tracking_uri": "", "mlflow_experiment": "ess-study",
+               "experiment_dir": "d", "parent_run_id": "0", "arms": [], "pairs": {}, "trials": [],
+               "headline": {}, "best": {}}
+    folder = write_data(StudyData(summary, pd.DataFrame(), pd.DataFrame(), Cost(), {}), tmp_path / "results" / "data")
+    notes = tmp_path / "notes.md"
+    notes.write_text("What the numbers cannot say.\n")
+    out = tmp_path / "results.md"
+    assert main(["--data", str(folder), "--notes", str(notes), "--out", str(out)]) == 0
+    first = out.read_text()
+    assert first.endswith("## Discussion\n\nWhat the numbers cannot say.\n")
+    assert (folder / "discussion.md").read_text() == "What the numbers cannot say.\n"
+    notes.unlink()   # the page's own reproduce line, without --notes, rewrites it byte for byte
+    assert "python -m analysis.results --data results/data --out results.md" in first
+    assert main(["--data", str(folder), "--out", str(out)]) == 0 and out.read_text() == first
+    # an empty discussion removes it; a missing notes file is a one-line error that writes nothing
+    empty = tmp_path / "empty.md"
+    empty.write_text("\n")
+    assert main(["--data", str(folder), "--notes", str(empty), "--out", str(out)]) == 0
+    assert "## Discussion" not in out.read_text() and not (folder / "discussion.md").exists()
+    capsys.readouterr()
+    assert main(["--data", str(folder), "--notes", str(notes), "--out", str(tmp_path / "new.md")]) != 0
+    assert f"{notes}: --notes: No such file or directory" in capsys.readouterr().err
+    assert not (tmp_path / "new.md").exists()
+
+
 def test_the_planted_table_holds_recovery_against_random_genotypes(tmp_path):
     from ess.data.planted import planted_lag_edges
     from ess.search.evidence import seed_agreement

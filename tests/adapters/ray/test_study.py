@@ -110,3 +110,8 @@ def test_study_smoke_tables_and_the_report_from_the_store_agree(tmp_path):
     # the committed rows rewrite the same file byte for byte
     assert results_main(["--data", str(tmp_path / "results" / "data"), "--out", str(tmp_path / "results.md")]) == 0
     assert (tmp_path / "results.md").read_text() == text and str(tmp_path) not in text
+    # a discussion given once stays with the data: rereading the study without --notes keeps it
+    (tmp_path / "notes.md").write_text("Limits of a CPU-scale study.\n")
+    study = ["--study", str(tmp_path / "tune" / "st"), "--out", str(tmp_path / "results.md")]
+    assert results_main([*study, "--notes", str(tmp_path / "notes.md")]) == 0 and results_main(study) == 0
+    assert (tmp_path / "results.md").read_text().endswith("## Discussion\n\nLimits of a CPU-scale study.\n")
