@@ -217,7 +217,7 @@ def write_report(frame: pd.DataFrame, out: str | os.PathLike, *, title: str | No
         trials_section(ctx, trials)
         if len(in_arms) < len(trials):   # a study's runs of other stages (transfer, planted) have no arm
             page.text(f"{len(outside)} run(s) without {', '.join(by)} are in no arm: "
-                      f"{', '.join(map(str, outside['trial']))}.")
+                      f"{', '.join(sorted(map(str, outside['trial'])))}.")
         for section in kind.sections:
             SECTIONS[section](ctx)
             if section == "arms" and "arm" in runs and runs["arm"].notna().any():

@@ -302,8 +302,8 @@ def evidence_section(ctx: Context) -> None:
 
 def study_section(ctx: Context, summary: pd.DataFrame) -> None:
     """The study's arms (tagged ``arm``) at equal budget: log-scale intervals and pair tests."""
-    tagged = list(dict.fromkeys(r["arm"] for r in study_rows(summary)))
-    side = [a for a in tagged if a not in ARMS]   # random-screen, wt2-*, planted-*: their own budget or corpus
+    tagged = {r["arm"] for r in study_rows(summary)}
+    side = sorted(a for a in tagged if a not in ARMS)   # random-screen, wt2-*, planted-*: own budget or corpus
     # the registry's order, not the store's: concurrent trials reach the store in any order
     study_arms, study_pairs = study_tables(summary, [a for a in ARMS if a in tagged] or None)
     ctx.page.heading("Study: arms at equal budget and parameter count")
