@@ -34,7 +34,7 @@ from analysis.md import ratio_words
 from analysis.md import table as _table
 from analysis.stats import compare_arms, describe_sample
 from analysis.study import planted_table, pooled_log_sd, required_seeds
-from analysis.study_data import DISCUSSION, StudyData, from_experiment, read_data, write_data
+from analysis.study_data import DISCUSSION, StudyData, from_experiment, read_data, write_data, write_discussion
 from analysis.study_sections import PARTS, design_sections, part_identity_share
 from ess.checkpoint import atomic_write_text
 from ess.cli import run_main
@@ -356,8 +356,9 @@ def main(argv: list[str] | None = None) -> int:
     notes = _notes(args.notes)
     if args.data:
         folder = Path(args.data)
+        read_data(folder)   # a folder that is not a study's data is refused before anything is written
         if notes is not None:
-            write_data(dataclasses.replace(read_data(folder), discussion=notes), folder)
+            write_discussion(folder, notes)
     else:
         folder = figures / "data"
         kept = (folder / DISCUSSION).read_text() if (folder / DISCUSSION).is_file() else ""

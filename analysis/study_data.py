@@ -162,11 +162,16 @@ def write_data(data: StudyData, folder: str | Path) -> Path:
     atomic_write_text(folder / "genotypes.json", json.dumps(
         [{"arm": a, "seed": s, "genotype": g.to_dict()} for (a, s), g in sorted(data.genotypes.items())], indent=1)
         + "\n")
-    if data.discussion.strip():
-        atomic_write_text(folder / DISCUSSION, data.discussion.strip() + "\n")
-    else:
-        (folder / DISCUSSION).unlink(missing_ok=True)
+    write_discussion(folder, data.discussion)
     return folder
+
+
+def write_discussion(folder: str | Path, text: str) -> None:
+    """The folder's ``discussion.md`` (atomically); an empty text removes it."""
+    if text.strip():
+        atomic_write_text(Path(folder) / DISCUSSION, text.strip() + "\n")
+    else:
+        (Path(folder) / DISCUSSION).unlink(missing_ok=True)
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
@@ -196,4 +201,4 @@ def read_data(folder: str | Path) -> StudyData:
 
 
 __all__ = ["Cost", "DISCUSSION", "FILES", "StudyData", "from_experiment", "read_data", "retrained_genotypes",
-           "tune_cost", "with_ranking", "write_data"]
+           "tune_cost", "with_ranking", "write_data", "write_discussion"]

@@ -97,7 +97,9 @@ def test_the_discussion_is_kept_in_the_data_folder_so_the_folder_alone_rewrites_
     notes = tmp_path / "notes.md"
     notes.write_text("What the numbers cannot say.\n")
     out = tmp_path / "results.md"
+    rows = {p.name: p.read_bytes() for p in folder.iterdir()}
     assert main(["--data", str(folder), "--notes", str(notes), "--out", str(out)]) == 0
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.name in rows} == rows   # the rows untouched
     first = out.read_text()
     assert first.endswith("## Discussion\n\nWhat the numbers cannot say.\n")
     assert (folder / "discussion.md").read_text() == "What the numbers cannot say.\n"
