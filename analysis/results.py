@@ -163,6 +163,19 @@ def reading(summary: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _question(summary: Mapping[str, Any]) -> str:
+    """What the study asks: its pre-registered comparisons, or (a study before designs) its issue's question."""
+    pairs = [p.split(":") for p in (summary.get("design") or {}).get("primary", [])]
+    firsts = list(dict.fromkeys(a for a, _ in pairs))
+    if len(firsts) != 1:
+        return ("The study of issue \"does joint search beat intra-only and inter-only at equal budget?\", run to "
+                "the end on this project's CPU machine.")
+    others = [b for _, b in pairs]
+    listed = ", ".join(others[:-1]) + (" and " if len(others) > 1 else "") + others[-1]
+    return (f"The pre-registered study (docs/study-design.md): does the {firsts[0]} arm give a better language model "
+            f"than {listed}, at equal budget and parameter count? Its design follows the main table.")
+
+
 def render(data: StudyData, figures_dir: Path, rel: str, pilot: bool = False) -> str:
     """results.md from a study's raw data (:mod:`analysis.study_data`); its figures into ``figures_dir``.
     ``pilot``: the study is a pilot (exploratory; docs/study-design.md): said so, with what it decides."""
@@ -175,9 +188,7 @@ def render(data: StudyData, figures_dir: Path, rel: str, pilot: bool = False) ->
            "each search arm, the ranking quality of the proxies and the time of every stage, from which the "
            "pre-registered study is sized. None of its comparisons is a result of the study. " + source, ""]
           if pilot else
-          [f"# Results: {summary['name']}", "",
-           "The study of issue \"does joint search beat intra-only and inter-only at equal budget?\", run to the "
-           "end on this project's CPU machine. " + source, ""])
+          [f"# Results: {summary['name']}", "", _question(summary) + " " + source, ""])
     md += ["## Main table: retrained language models at equal budget and parameter count", "",
            "Geometric mean over seeds of the retrained model's valid and test perplexity (PTB), with the 95% "
            "interval of the geometric mean (Student-t on log perplexity); parameters of the retrained model; "

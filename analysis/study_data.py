@@ -11,7 +11,8 @@ Files: ``summary.json`` (the job's summary), ``trials.csv`` (one row per trial a
 :func:`analysis.load.trial_summary`), ``epochs.csv`` (one row per trial, stage and epoch), ``cost.json``
 (trials, trial-minutes per stage, busy hours), ``genotypes.json`` (the retrained genotype per search arm and
 seed), and ``discussion.md`` where the study has a hand-written discussion (``--notes``). The summary's search
-trials gain their ranking's seconds and candidates where they ranked (:func:`with_ranking`).
+trials gain their ranking's seconds and candidates where they ranked (:func:`with_ranking`), and the summary the
+planned seeds and budget of every stage from the study's ``job.yaml`` (:func:`with_budget`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
 from analysis.load import load_runs, trial_summary
 from ess.adapters import tune_files
@@ -109,6 +111,38 @@ def with_ranking(summary: Mapping[str, Any]) -> dict[str, Any]:
     return {**summary, "trials": trials}
 
 
+def study_budget(job: Mapping[str, Any]) -> dict[str, Any]:
+    """The planned seeds and the budget of every stage, from a study's resolved ``job.yaml`` (no machine paths)."""
+    search, train, transfer = (job.get(k) or {} for k in ("search", "train", "transfer"))
+    return {
+        "seeds": list(job.get("seeds") or []), "exploratory_seeds": job.get("exploratory_seeds"),
+        "transfer_seeds": list(job.get("transfer_seeds") or []), "stages": list(job.get("stages") or []),
+        "cpus_per_trial": job.get("cpus_per_trial"), "gpus_per_trial": job.get("gpus_per_trial"),
+        "search": {k: search.get(k) for k in ("dataset", "epochs", "emsize", "nhid", "batch_size", "bptt", "lr",
+                                               "arch_lr", "max_train_tokens", "steps", "n_inter", "m",
+                                               "rank_samples")},
+        "train": {k: train.get(k) for k in ("epochs", "emsize", "nhid", "match_params", "batch_size",
+                                             "max_train_tokens", "valid_part")},
+        "random": {"k": job.get("random_k"), "epochs": job.get("random_epochs")},
+        "transfer": {"tasks": list(job.get("tasks") or []), "epochs": transfer.get("epochs")},
+    }
+
+
+def with_budget(summary: Mapping[str, Any], experiment_dir: str | Path) -> dict[str, Any]:
+    """``summary`` with ``budget`` (:func:`study_budget`) from the experiment folder's ``job.yaml``, where it has
+    one and the summary does not already hold it."""
+    path = Path(experiment_dir) / "job.yaml"
+    if "budget" in summary or not path.is_file():
+        return dict(summary)
+    try:
+        job = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: unreadable job file ({str(err).splitlines()[0]})") from None
+    if not isinstance(job, Mapping):
+        raise ConfigError(f"{path}: expected a mapping of the job's settings")
+    return {**summary, "budget": study_budget(job)}
+
+
 def _store(summary: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The study's runs from its MLflow store: per trial and stage, per epoch (empty when it cannot be read)."""
     try:
@@ -130,7 +164,7 @@ def from_experiment(experiment_dir: str | Path) -> StudyData:
     summary = json.loads(path.read_text())
     if summary.get("job") != "study":
         raise ConfigError(f"{path}: job: expected a study, got {summary.get('job')!r}")
-    summary = with_ranking(summary)
+    summary = with_budget(with_ranking(summary), experiment_dir)
     trials, epochs = _store(summary)
     return StudyData(summary, trials, epochs, tune_cost(experiment_dir), retrained_genotypes(summary))
 
@@ -201,4 +235,4 @@ def read_data(folder: str | Path) -> StudyData:
 
 
 __all__ = ["Cost", "DISCUSSION", "FILES", "StudyData", "from_experiment", "read_data", "retrained_genotypes",
-           "tune_cost", "with_ranking", "write_data", "write_discussion"]
+           "study_budget", "tune_cost", "with_budget", "with_ranking", "write_data", "write_discussion"]

@@ -70,7 +70,63 @@ EVIDENCE_COLUMNS = [
     ("ranking (median)", "ranking")]
 
 
-def _design(design: Mapping[str, Any]) -> list[str]:
+def _seeds(seeds: Sequence[int]) -> str:
+    """``101-110`` for a run of consecutive seeds, else the list."""
+    seeds = list(seeds)
+    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ", ".join(map(str, seeds))
+
+
+def _epochs(n: Any) -> str:
+    return f"{n} epoch" + ("" if n == 1 else "s")
+
+
+def _tokens(n: Any) -> str:
+    return "the whole training set" if not n else f"the first {int(n):,} training tokens"
+
+
+def budget_lines(summary: Mapping[str, Any]) -> list[str]:
+    """The planned n per arm and the budget of every stage (``summary['budget']``, from the study's job.yaml)."""
+    budget, design = summary.get("budget"), summary.get("design") or {}
+    if not budget:
+        return []
+    ran = [a["arm"] for a in summary.get("arms", [])]
+    primary = [a for a in dict.fromkeys(a for pair in design.get("primary", []) for a in pair.split(":"))
+               if a in ran or not ran]
+    others = [a for a in ran if a not in primary]
+    seeds, first = budget["seeds"], budget.get("exploratory_seeds") or 0
+    n = (f"- n per arm (planned): {len(seeds)} seeds ({_seeds(seeds)}) for the primary arms ({', '.join(primary)})"
+         + (f"; the first {first} for the exploratory arms ({', '.join(others)})" if others and 0 < first < len(seeds)
+            else f" and for every other arm ({', '.join(others)})" if others else "")
+         + ". The main table gives the n reached.")
+    search, train, random, transfer = (budget[k] for k in ("search", "train", "random", "transfer"))
+    stages = budget.get("stages") or []
+    size = f"the parameter count of {train['match_params']}" if train.get("match_params") else \
+        f"{train.get('emsize')} units"
+    corpus = {"ptb": "PTB", "wikitext-2": "WikiText-2"}.get(search.get("dataset"), search.get("dataset"))
+    parts = [f"search: {_epochs(search.get('epochs'))} on {_tokens(search.get('max_train_tokens'))} of "
+             f"{corpus} at {search.get('emsize')} units, batch {search.get('batch_size')}, BPTT "
+             f"{search.get('bptt')}; rsws ranks {search.get('rank_samples'):,} genotypes by shared-weight loss",
+             f"retrain: {_epochs(train.get('epochs'))} on {_tokens(train.get('max_train_tokens'))} at {size}, batch "
+             f"{train.get('batch_size')}, epoch chosen on the `{train.get('valid_part')}` validation tokens"]
+    if "random" in stages:
+        parts.append(f"random: the best of {random['k']} random genotypes by a retrain of {_epochs(random['epochs'])}, "
+                     "then retrained as the others (the screen counted as its search)")
+    if "transfer" in stages:
+        parts.append(f"transfer (exploratory): {', '.join(transfer['tasks'])}, {_epochs(transfer['epochs'])}, seeds "
+                     f"{_seeds(budget.get('transfer_seeds') or seeds)}")
+    if "wikitext2" in stages:
+        parts.append(f"WikiText-2 (exploratory): the cells of seed {seeds[0]} retrained")
+    cpus = budget.get("cpus_per_trial")
+    return [n, "- Budget of every stage: " + "; ".join(parts) + "."
+            + (f" CPUs per trial: {num(cpus, 0)}; GPUs per trial: {num(budget.get('gpus_per_trial') or 0, 0)}."
+               if cpus else "")
+            + " Tokens and wall-clock seconds per arm, screening and ranking included: main table and Cost."]
+
+
+def _design(summary: Mapping[str, Any]) -> list[str]:
+    design = summary["design"]
     return ["## Design (pre-registered)", "",
             f"- Primary comparisons: {', '.join(p.replace(':', ' vs ') for p in design['primary'])}; Holm over "
             f"these {len(design['primary'])} only. Every other comparison below is exploratory.",
@@ -80,6 +136,7 @@ def _design(design: Mapping[str, Any]) -> list[str]:
             f"with {100 * design['power']:.0f}% power"
             + (f" at the pilot's seed sd of the log metric {100 * design['noise_sd']:.1f}% ({design['pilot']})"
                if design.get("noise_sd") else "") + ".",
+            *budget_lines(summary),
             f"- Stopping rule: {design['stopping']}.", ""]
 
 
@@ -202,7 +259,7 @@ def design_sections(data: StudyData, pilot: bool = False) -> list[str]:
     if pilot:
         md += _decision(data)
     elif summary.get("design"):
-        md += _design(summary["design"])
+        md += _design(summary)
     primary = summary.get("primary")
     if primary and primary["comparisons"]:
         md += _primary(primary, pilot)

@@ -167,3 +167,62 @@ def test_the_evidence_table_reads_the_evidence_as_the_study_job_writes_it():
     intra = evidence["agreement"]["parts"]["intra"]
     assert row["agree_intra"] == f"{intra['observed']:.0%} vs {intra['null_mean']:.0%}"
     assert row["changed"] == row["kept"] == "-" and row["minutes"] == "1"
+
+
+DESIGN = {"primary": ["joint:intra", "joint:rsws", "joint:random"], "metric": "retrain_test_ppl", "alpha": 0.05,
+          "target_gain": 0.03, "power": 0.8, "noise_sd": 0.0473, "pilot": "study-pilot-1", "stopping": "the end"}
+
+
+def _job_yaml(tmp_path, **changes):
+    import yaml
+
+    job = {"job": "study", "data_dir": str(tmp_path / "data"), "storage_path": str(tmp_path / "tune"),
+           "seeds": list(range(101, 111)), "exploratory_seeds": 4, "transfer_seeds": [101, 102, 103],
+           "stages": ["search", "baselines", "random", "transfer", "wikitext2"], "cpus_per_trial": 1.0,
+           "gpus_per_trial": 0.0, "random_k": 4, "random_epochs": 1, "tasks": ["conll2003"],
+           "search": {"dataset": "ptb", "epochs": 3, "emsize": 64, "nhid": 64, "batch_size": 32, "bptt": 35,
+                      "lr": 10.0, "arch_lr": 0.003, "max_train_tokens": 0, "steps": 8, "n_inter": 3, "m": 3,
+                      "rank_samples": 1000, "data_dir": str(tmp_path / "data")},
+           "train": {"epochs": 1, "emsize": 128, "nhid": 128, "match_params": "DARTS_V2@128", "batch_size": 32,
+                     "max_train_tokens": 0, "valid_part": "select"},
+           "transfer": {"epochs": 4}, **changes}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+
+
+def test_the_design_section_states_n_per_arm_and_the_budget_of_every_stage_from_the_job_file(tmp_path):
+    import json
+
+    from analysis.study_data import with_budget
+
+    _job_yaml(tmp_path)
+    summary = with_budget(_summary(design=DESIGN), tmp_path)
+    assert str(tmp_path) not in json.dumps(summary["budget"])   # committed with the rows: no path of this machine
+    summary["arms"] = [{"arm": a} for a in ("intra", "inter", "joint", "rsws", "random", "lstm", "darts_v2")]
+    text = render(StudyData(summary, pd.DataFrame(), pd.DataFrame(), Cost(), {}), tmp_path / "f", "results")
+    assert text.startswith("# Results: p\n\nThe pre-registered study (docs/study-design.md): does the joint arm give "
+                           "a better language model than intra, rsws and random, at equal budget")
+    assert ("- n per arm (planned): 10 seeds (101-110) for the primary arms (joint, intra, rsws, random); the first 4 "
+            "for the exploratory arms (inter, lstm, darts_v2).") in text
+    assert ("- Budget of every stage: search: 3 epochs on the whole training set of PTB at 64 units, batch 32, "
+            "BPTT 35; rsws ranks 1,000 genotypes by shared-weight loss; retrain: 1 epoch on the whole training set "
+            "at the parameter count of DARTS_V2@128, batch 32, epoch chosen on the `select` validation tokens; "
+            "random: the best of 4 random genotypes by a retrain of 1 epoch") in text
+    assert "transfer (exploratory): conll2003, 4 epochs, seeds 101-103; WikiText-2 (exploratory): the cells of seed " \
+           "101 retrained. CPUs per trial: 1; GPUs per trial: 0." in text
+    # a summary that holds its budget keeps it; a study without a job file has no budget lines
+    assert with_budget({**summary, "budget": {"seeds": [1]}}, tmp_path)["budget"] == {"seeds": [1]}
+    assert "budget" not in with_budget(_summary(), tmp_path / "elsewhere")
+
+
+def test_an_unreadable_job_file_is_a_one_line_error_naming_it(tmp_path):
+    import pytest
+
+    from analysis.study_data import with_budget
+    from ess.errors import ConfigError
+
+    (tmp_path / "job.yaml").write_text("seeds: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"job\.yaml: unreadable job file"):
+        with_budget(_summary(), tmp_path)
+    (tmp_path / "job.yaml").write_text("- 1\n")
+    with pytest.raises(ConfigError, match=r"job\.yaml: expected a mapping"):
+        with_budget(_summary(), tmp_path)

@@ -89,6 +89,9 @@ def test_study_smoke_tables_and_the_report_from_the_store_agree(tmp_path):
     for arm in arms:   # the main table has a row per arm with the job's own numbers
         assert f"| {arm} | {arms[arm]['n']} |" in text and f"{arms[arm]['retrain_valid_ppl_geo_mean']:,.1f}" in text
     assert "joint vs intra" in text and "## The planted-structure corpora" in text
+    # the design states the planned n per arm and every stage's budget, from the job's own file
+    assert ("- n per arm (planned): 2 seeds (1, 2) for the primary arms (joint, intra, random); the first 1 for the "
+            "exploratory arms (darts_v2).") in text and "- Budget of every stage: search: 2 epochs on" in text
     for section in ("## Design (pre-registered)", "## Primary comparisons", "## Did the searches find something?",
                     "## Ranking quality of the proxies"):
         assert section in text, section
