@@ -213,11 +213,11 @@ def entropy_figure(frame: pd.DataFrame, by: Sequence[str] = ARM, *, band: str = 
         raise MissingMetricError("metric 'arch/entropy': no search epoch has it (nor 'genotype/identity_share')")
     fig = Figure(figsize=(5.0 * len(metrics) + 1.6, 4.0), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(metrics)))
-    colours = None
+    curves = {metric: epoch_curves(frame, metric, by) for metric in metrics}
+    # one colour per arm over both panels: an arm without architecture weights (rsws) has only the identity share
+    colours = _colours(list(dict.fromkeys(a for c in curves.values() for a in c["arm"])))
     for ax, metric in zip(axes, metrics):
-        curves = epoch_curves(frame, metric, by)
-        colours = colours or _colours(curves["arm"])
-        _plot_curves(ax, curves, band, colours)
+        _plot_curves(ax, curves[metric], band, colours)
         ax.set_ylabel(label(metric))
         ax.set_ylim(-0.03, 1.03)   # both are shares: a fixed scale, so a 0.03% change does not look steep
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize=8, frameon=False)

@@ -611,3 +611,16 @@ def test_planted_table_recovery_and_distance_to_the_floor_by_hand():
     cell = describe(random_genotypes(1, 1, steps=8, m=3, n_inter=3, **small)[0])
     own = planted_table([{**r, "genotype": cell, "steps": 8, **small} for r in rows if r["arm"] == "joint"])[0]
     assert own["agree"] == 1.0 and own["agree_null"] > joint["agree_null"]
+
+
+def test_the_entropy_figure_draws_an_arm_without_architecture_weights_in_its_identity_panel():
+    """RSWS has no alpha, so no entropy, but its genotypes have an identity share: that panel shows it."""
+    from analysis.figures import entropy_figure
+
+    rows = [{"arm": arm, "seed": seed, "epoch": epoch, "stage": "search", "run_id": f"{arm}{seed}",
+             "arch/entropy": 0.9 if arm == "joint" else None, "genotype/identity_share": 0.25 * epoch}
+            for arm in ("joint", "rsws") for seed in (1, 2) for epoch in (1, 2)]
+    fig = entropy_figure(pd.DataFrame(rows), by=("arm",))
+    entropy, identity = fig.axes[:2]
+    assert len(entropy.get_lines()) == 1 and len(identity.get_lines()) == 2
+    assert entropy.get_lines()[0].get_color() == identity.get_lines()[0].get_color()   # one colour per arm
