@@ -220,7 +220,11 @@ def entropy_figure(frame: pd.DataFrame, by: Sequence[str] = ARM, *, band: str = 
         _plot_curves(ax, curves[metric], band, colours)
         ax.set_ylabel(label(metric))
         ax.set_ylim(-0.03, 1.03)   # both are shares: a fixed scale, so a 0.03% change does not look steep
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize=8, frameon=False)
+    legend = {}
+    for ax in axes:   # every arm once, from whichever panel draws it
+        for handle, name in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(name, handle)
+    fig.legend(list(legend.values()), list(legend), loc="outside right upper", fontsize=8, frameon=False)
     fig.suptitle(title or f"collapse signals over the search ({_band_text(band)})", fontsize=10)
     return fig
 

@@ -84,7 +84,8 @@ def study_figures(summary: Mapping[str, Any], search_arms: Sequence[str], store:
          lambda: figs.final_figure(rows, "retrain_valid_ppl", ("arm",), scale="auto")),
         ("curves", "the supernet's valid perplexity over the search, per search arm (mean +- 1 sd over seeds)",
          lambda: figs.curves_figure(epochs, "valid/ppl", ("arm",), stage="search")),
-        ("entropy", "the architecture weights' entropy relative to uniform over the search",
+        ("entropy", "the architecture weights' entropy relative to uniform (left) and the derived genotype's "
+                    "identity share (right), over the search (mean +- 1 sd over seeds)",
          lambda: figs.entropy_figure(epochs, ("arm",))),
         ("parts", "per part: entropy, mass on none and identity share over the search",
          lambda: figs.parts_figure(epochs, ("arm",))),

@@ -624,3 +624,4 @@ def test_the_entropy_figure_draws_an_arm_without_architecture_weights_in_its_ide
     entropy, identity = fig.axes[:2]
     assert len(entropy.get_lines()) == 1 and len(identity.get_lines()) == 2
     assert entropy.get_lines()[0].get_color() == identity.get_lines()[0].get_color()   # one colour per arm
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["joint (n=2)", "rsws (n=2)"]
