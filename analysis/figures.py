@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,20 @@ def label(metric: str) -> str:
 
 def _colours(arms: Sequence[str]) -> dict[str, Any]:
     return {arm: _PALETTE[i % len(_PALETTE)] for i, arm in enumerate(dict.fromkeys(arms))}
+
+
+def _arm_colours(curves: Mapping[Any, pd.DataFrame]) -> dict[str, Any]:
+    """One colour per arm over several panels' curves (an arm may be missing from some panels)."""
+    return _colours(list(dict.fromkeys(a for c in curves.values() for a in c["arm"])))
+
+
+def _arm_legend(fig: Figure, axes: Any) -> None:
+    """One legend entry per arm, from whichever panel draws it."""
+    legend: dict[str, Any] = {}
+    for ax in np.ravel(axes):
+        for handle, name in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(name, handle)
+    fig.legend(list(legend.values()), list(legend), loc="outside right upper", fontsize=8, frameon=False)
 
 
 def save_figure(fig: Figure, base: str | Path, formats: Sequence[str] = FORMATS) -> list[Path]:
@@ -214,17 +228,12 @@ def entropy_figure(frame: pd.DataFrame, by: Sequence[str] = ARM, *, band: str = 
     fig = Figure(figsize=(5.0 * len(metrics) + 1.6, 4.0), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(metrics)))
     curves = {metric: epoch_curves(frame, metric, by) for metric in metrics}
-    # one colour per arm over both panels: an arm without architecture weights (rsws) has only the identity share
-    colours = _colours(list(dict.fromkeys(a for c in curves.values() for a in c["arm"])))
+    colours = _arm_colours(curves)   # an arm without architecture weights (rsws) has only the identity share
     for ax, metric in zip(axes, metrics):
         _plot_curves(ax, curves[metric], band, colours)
         ax.set_ylabel(label(metric))
         ax.set_ylim(-0.03, 1.03)   # both are shares: a fixed scale, so a 0.03% change does not look steep
-    legend = {}
-    for ax in axes:   # every arm once, from whichever panel draws it
-        for handle, name in zip(*ax.get_legend_handles_labels()):
-            legend.setdefault(name, handle)
-    fig.legend(list(legend.values()), list(legend), loc="outside right upper", fontsize=8, frameon=False)
+    _arm_legend(fig, axes)
     fig.suptitle(title or f"collapse signals over the search ({_band_text(band)})", fontsize=10)
     return fig
 
@@ -247,7 +256,7 @@ def parts_figure(frame: pd.DataFrame, by: Sequence[str] = ARM, *, band: str = "s
     names = {(part, metric): f"{keys[metric]}/{part}/{metric}" for part in parts for metric in PART_METRICS}
     curves = {pm: epoch_curves(frame, key, by) for pm, key in names.items()
               if key in frame.columns and frame[key].notna().any()}
-    colours = _colours(list(dict.fromkeys(a for c in curves.values() for a in c["arm"])))
+    colours = _arm_colours(curves)
     for r, part in enumerate(parts):
         for c, metric in enumerate(PART_METRICS):
             ax = axes[r, c]
@@ -255,11 +264,7 @@ def parts_figure(frame: pd.DataFrame, by: Sequence[str] = ARM, *, band: str = "s
                 _plot_curves(ax, curves[(part, metric)], band, colours)
             ax.set_ylim(-0.03, 1.03)
             ax.set_title(f"{part}: {metric.replace('_', ' ')}", fontsize=9)
-    legend: dict[str, Any] = {}
-    for ax in axes.flat:   # every arm once, whichever panel has it (an intra arm has no inter panels)
-        for handle, name in zip(*ax.get_legend_handles_labels()):
-            legend.setdefault(name, handle)
-    fig.legend(list(legend.values()), list(legend), loc="outside right upper", fontsize=8, frameon=False)
+    _arm_legend(fig, axes)   # an intra arm has no inter panels
     fig.suptitle(title or f"collapse diagnostics per part over the search ({_band_text(band)})", fontsize=10)
     return fig
 

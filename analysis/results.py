@@ -368,9 +368,10 @@ def main(argv: list[str] | None = None) -> int:
     notes = _notes(args.notes)
     if args.data:
         folder = Path(args.data)
-        read_data(folder)   # a folder that is not a study's data is refused before anything is written
+        data = read_data(folder)   # a folder that is not a study's data is refused before anything is written
         if notes is not None:
             write_discussion(folder, notes)
+            data = dataclasses.replace(data, discussion=notes)
     else:
         folder = figures / "data"
         kept = (folder / DISCUSSION).read_text() if (folder / DISCUSSION).is_file() else ""
@@ -378,8 +379,8 @@ def main(argv: list[str] | None = None) -> int:
         data = dataclasses.replace(data, discussion=kept if notes is None else notes)
         if args.command:
             data = dataclasses.replace(data, summary={**data.summary, "command": args.command})
-        write_data(data, folder)
-    atomic_write_text(out, render(read_data(folder), figures, figures.name, args.pilot))
+        data = read_data(write_data(data, folder))   # the page is what --data renders from the folder
+    atomic_write_text(out, render(data, figures, figures.name, args.pilot))
     print(f"{out} (figures in {figures}, data in {folder})")
     return 0
 

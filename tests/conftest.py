@@ -29,7 +29,8 @@ requires_wikitext2 = pytest.mark.skipif(
 # Subprocesses (entry points, benchmarks) inherit it. The kernel tests run two, so that the C++ steps' parallel
 # loops split their rows.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-KERNEL_TESTS = Path(__file__).resolve().parent / "kernels"
+TESTS = Path(__file__).resolve().parent
+KERNEL_TESTS = TESTS / "kernels"
 
 
 @pytest.fixture(autouse=True)
@@ -41,7 +42,6 @@ def _few_threads(request):
 # -- Two test processes (pytest -n 2 --dist loadgroup, pyproject.toml) -------------------------------
 # A module's tests stay in one process, so its module fixtures (a smoke job, a store) are built once. The tests
 # that start a Ray cluster share one process: one cluster at a time, each with the two CPUs it asks for.
-TESTS = Path(__file__).resolve().parent
 RAY_TESTS = ("adapters/ray/", "adapters/test_adapter_benches.py", "reliability/test_faults.py",
              "test_analysis_report.py")
 
