@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from analysis.load import load_runs, trial_summary
 from ess.adapters import tune_files
 from ess.checkpoint import atomic_write_text
+from ess.config import load_yaml
 from ess.errors import ConfigError
 from ess.space.genotype import ESSGenotype
 from ess.space.refs import load_genotype
@@ -134,13 +134,7 @@ def with_budget(summary: Mapping[str, Any], experiment_dir: str | Path) -> dict[
     path = Path(experiment_dir) / "job.yaml"
     if "budget" in summary or not path.is_file():
         return dict(summary)
-    try:
-        job = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: unreadable job file ({str(err).splitlines()[0]})") from None
-    if not isinstance(job, Mapping):
-        raise ConfigError(f"{path}: expected a mapping of the job's settings")
-    return {**summary, "budget": study_budget(job)}
+    return {**summary, "budget": study_budget(load_yaml(path))}
 
 
 def _store(summary: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:

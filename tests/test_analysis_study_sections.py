@@ -221,7 +221,7 @@ def test_an_unreadable_job_file_is_a_one_line_error_naming_it(tmp_path):
     from ess.errors import ConfigError
 
     (tmp_path / "job.yaml").write_text("seeds: [1, 2\n")
-    with pytest.raises(ConfigError, match=r"job\.yaml: unreadable job file"):
+    with pytest.raises(ConfigError, match=r"job\.yaml: not valid YAML at line 2"):
         with_budget(_summary(), tmp_path)
     (tmp_path / "job.yaml").write_text("- 1\n")
     with pytest.raises(ConfigError, match=r"job\.yaml: expected a mapping"):
