@@ -12,6 +12,8 @@ import torch
 from ess.search import PRESETS as SEARCH_PRESETS
 
 DATA_DIR = os.environ.get("ESS_DATA_DIR")
+if DATA_DIR:   # the README's `ESS_DATA_DIR=../shared/data`: entry points the tests start run in other folders
+    DATA_DIR = os.environ["ESS_DATA_DIR"] = os.path.abspath(DATA_DIR)
 os.environ["ESS_OFFLINE"] = "1"   # no test downloads anything: an entry point with a missing corpus says where
 
 
