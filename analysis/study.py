@@ -157,6 +157,17 @@ def pooled_log_sd(trials: Sequence[Mapping[str, Any]], arms: Sequence[str], metr
     return (math.sqrt(float(np.mean(variances))) if variances else math.nan), n
 
 
+def primary_verdict(row: Mapping[str, Any]) -> str:
+    """What one pre-registered comparison says at the family-wise level: a direction only where its Holm p passes
+    (``row["significant"]``); an unadjusted 95% interval that excludes 1 without it is named, not read as a finding."""
+    if min(row["n_a"], row["n_b"]) < 2 or not math.isfinite(row["ci_low"]):
+        return "no comparison: it needs at least two seeds per arm"
+    if row["ci_low"] <= 1 <= row["ci_high"]:
+        return "cannot be told apart"
+    direction = f"{row['arm_a']} {'lower' if row['ci_high'] < 1 else 'higher'}"
+    return direction if row["significant"] else f"cannot be told apart after Holm (unadjusted: {direction})"
+
+
 def primary_analysis(trials: Sequence[Mapping[str, Any]], design: Any) -> dict[str, Any]:
     """The pre-registered comparisons of ``design`` (:class:`ess.study.StudyDesign`) on its metric: the ratio of
     geometric means and its interval (Welch on log values), Holm over these comparisons only; and what the seeds
@@ -166,13 +177,8 @@ def primary_analysis(trials: Sequence[Mapping[str, Any]], design: Any) -> dict[s
     table = ratio_tests(trials, pairs, value=design.metric) if pairs else pd.DataFrame()
     rows = []
     for r in table.to_dict(orient="records"):
-        if min(r["n_a"], r["n_b"]) < 2 or not math.isfinite(r["ci_low"]):
-            verdict = "no comparison: it needs at least two seeds per arm"
-        elif r["ci_low"] <= 1 <= r["ci_high"]:
-            verdict = "cannot be told apart"
-        else:
-            verdict = f"{r['arm_a']} {'lower' if r['ci_high'] < 1 else 'higher'}"
-        rows.append({**r, "verdict": verdict, "significant": bool(r["p_holm"] < design.alpha)})
+        r["significant"] = bool(r["p_holm"] < design.alpha)
+        rows.append({**r, "verdict": primary_verdict(r)})
     sd, n = pooled_log_sd(trials, sorted({a for pair in pairs for a in pair}), design.metric)
     seeds = min(n) if n else 0
     alpha = design.alpha / max(len(pairs), 1)
@@ -389,5 +395,5 @@ def headline_line(name: str, h: Mapping[str, Any]) -> str:
 
 
 __all__ = ["HEADLINE_OTHERS", "VALUES", "arm_table", "best_by_arm", "headline_line", "log_interval", "pair_tests",
-           "planted_table", "pooled_log_sd", "primary_analysis", "ratio_tests", "required_seeds", "study_files",
-           "study_lines", "study_rows", "study_summary", "study_tables"]
+           "planted_table", "pooled_log_sd", "primary_analysis", "primary_verdict", "ratio_tests", "required_seeds",
+           "study_files", "study_lines", "study_rows", "study_summary", "study_tables"]

@@ -13,7 +13,7 @@ from typing import Any
 
 from analysis.md import num, p_value, ratio_words, table
 from analysis.pilot import decide
-from analysis.study import power_statement
+from analysis.study import power_statement, primary_verdict
 from analysis.study_data import StudyData
 from ess.errors import ConfigError
 from ess.space.derive import identity_share
@@ -154,7 +154,7 @@ def _primary(primary: Mapping[str, Any], pilot: bool) -> list[str]:
                 ("ratio [95% CI]", lambda r: f"{r['ratio']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
                                    if math.isfinite(r["ci_low"]) else "-"),
                 ("p", lambda r: p_value(r["p_value"])), ("Holm p", lambda r: p_value(r["p_holm"])),
-                ("verdict", "verdict")]),
+                ("verdict", primary_verdict)]),
             *([] if pilot else [
                 power_statement(primary["power"]) + " A study at another scale (the `study-gpu` preset's "
                 "included) has noise of its own: it takes its seeds from its own pilot (`python -m analysis.pilot`, "

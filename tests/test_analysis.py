@@ -552,6 +552,19 @@ def test_primary_analysis_holds_the_designs_pairs_by_hand():
     assert out["power"]["seeds_for_target"] > 2
 
 
+@pytest.mark.parametrize("ci, p_holm, n, verdict", [
+    ((0.93, 1.12), 0.63, 10, "cannot be told apart"),
+    ((1.004, 1.195), 0.124, 10, "cannot be told apart after Holm (unadjusted: joint higher)"),
+    ((0.85, 0.97), 0.01, 10, "joint lower"),
+    ((1.01, 1.2), 0.04, 10, "joint higher"),
+    ((math.nan, math.nan), math.nan, 1, "no comparison: it needs at least two seeds per arm")])
+def test_a_primary_verdict_names_a_direction_only_past_holm(ci, p_holm, n, verdict):
+    from analysis.study import primary_verdict
+
+    row = {"arm_a": "joint", "n_a": n, "n_b": 10, "ci_low": ci[0], "ci_high": ci[1], "significant": p_holm < 0.05}
+    assert primary_verdict(row) == verdict
+
+
 def test_power_statement_names_the_detectable_gain_or_why_there_is_none():
     from analysis.stats import detectable_effect, seeds_for_power
     from analysis.study import power_statement

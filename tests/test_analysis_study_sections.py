@@ -226,3 +226,19 @@ def test_an_unreadable_job_file_is_a_one_line_error_naming_it(tmp_path):
     (tmp_path / "job.yaml").write_text("- 1\n")
     with pytest.raises(ConfigError, match=r"job\.yaml: expected a mapping"):
         with_budget(_summary(), tmp_path)
+
+
+def test_the_primary_table_gives_a_direction_only_past_holm_whatever_verdict_the_rows_carry(tmp_path):
+    # rows as the study job of commit 63e6498 wrote them: its verdict read the unadjusted interval alone
+    comparisons = [_comparison("intra", 1.02, 0.93, 1.12, 0.63), _comparison("rsws", 1.096, 1.004, 1.195, 0.124),
+                   _comparison("random", 0.909, 0.85, 0.97, 0.01)]
+    power = {"seeds_per_arm": 8, "pooled_log_sd": 0.07, "alpha_first_step": 0.05 / 3, "detectable_gain": 0.11,
+             "target_gain": 0.03, "seeds_for_target": 113, "power": 0.8}
+    summary = _summary(design=DESIGN, primary={"metric": "retrain_test_ppl", "comparisons": comparisons,
+                                               "power": power})
+    assert summary["primary"]["comparisons"][1]["verdict"] == "joint higher"
+    text = render(StudyData(summary, pd.DataFrame(), pd.DataFrame(), Cost(), {}), tmp_path / "f", "results")
+    section = text.split("## Primary comparisons")[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| joint")]
+    assert [r.rsplit(" | ", 1)[1] for r in rows] == [
+        "cannot be told apart |", "cannot be told apart after Holm (unadjusted: joint higher) |", "joint lower |"]
