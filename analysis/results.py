@@ -177,9 +177,10 @@ def _question(summary: Mapping[str, Any]) -> str:
             f"than {listed}, at equal budget and parameter count? Its design follows the main table.")
 
 
-def render(data: StudyData, figures_dir: Path, rel: str, pilot: bool = False) -> str:
+def render(data: StudyData, figures_dir: Path, rel: str, pilot: bool = False, page: str = "") -> str:
     """results.md from a study's raw data (:mod:`analysis.study_data`); its figures into ``figures_dir``.
-    ``pilot``: the study is a pilot (exploratory; docs/study-design.md): said so, with what it decides."""
+    ``pilot``: the study is a pilot (exploratory; docs/study-design.md): said so, with what it decides. ``page``: the
+    page's path without ``.md`` as its reproduce line names it (default ``rel``, the figures' folder)."""
     summary, store, frame = data.summary, data.trials, data.epochs
     arms = summary["arms"]
     source = (f"Every number below comes from the study's `summary.json` and its MLflow experiment "
@@ -321,7 +322,7 @@ def render(data: StudyData, figures_dir: Path, rel: str, pilot: bool = False) ->
             + "".join(f" --{k} {','.join(map(str, summary[k]))}" for k in ("seeds", "stages") if summary.get(k))
             + "   # this study; after a stop: the same with --resume"),
            "python tune_jobs/study.py --preset study-gpu --address auto     # the paper's scale, on GPUs",
-           f"python -m analysis.results --data {rel}/data --out {rel}.md{' --pilot' if pilot else ''}"
+           f"python -m analysis.results --data {page or rel}/data --out {page or rel}.md{' --pilot' if pilot else ''}"
            "    # this file, from the committed rows",
            f"python -m analysis.report --experiment {summary['name']}       # the MLflow report of the same runs",
            "```", "", f"MLflow experiment `{summary['mlflow_experiment']}`, parent run `{summary['parent_run_id']}`.",
@@ -358,6 +359,15 @@ def _notes(path: str) -> str | None:
         raise ConfigError(f"{path}: --notes: {err.strerror}") from None
 
 
+def _from_here(path: Path) -> str:
+    """``path`` as the reproduce line names it: from the folder the command runs in (the repository root for
+    docs/results.md), or by its name where it lies outside that folder."""
+    try:
+        return Path(path).resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return Path(path).name
+
+
 @run_main
 def main(argv: list[str] | None = None) -> int:
     args = main_args(argv)
@@ -380,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command:
             data = dataclasses.replace(data, summary={**data.summary, "command": args.command})
         data = read_data(write_data(data, folder))   # the page is what --data renders from the folder
-    atomic_write_text(out, render(data, figures, figures.name, args.pilot))
+    atomic_write_text(out, render(data, figures, figures.name, args.pilot, page=_from_here(figures)))
     print(f"{out} (figures in {figures}, data in {folder})")
     return 0
 

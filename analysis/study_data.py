@@ -4,8 +4,8 @@
 its MLflow store, its Tune result files, its retrained genotypes) into :class:`StudyData`, writes the folder
 (:func:`write_data`), reads it back (:func:`read_data`) and renders results.md from what it read, so that
 ``python -m analysis.results --data FOLDER`` rewrites the same file byte for byte on any machine. Paths of the
-machine the study ran on are not written: a trial's checkpoint folder is dropped, the experiment folder and
-the tracking URI are kept as names only.
+machine the study ran on are not written: a trial's checkpoint folder and the data and storage folders of its
+config are dropped, the experiment folder and the tracking URI are kept as names only.
 
 Files: ``summary.json`` (the job's summary), ``trials.csv`` (one row per trial and stage,
 :func:`analysis.load.trial_summary`), ``epochs.csv`` (one row per trial, stage and epoch), ``cost.json``
@@ -163,17 +163,24 @@ def from_experiment(experiment_dir: str | Path) -> StudyData:
     return StudyData(summary, trials, epochs, tune_cost(experiment_dir), retrained_genotypes(summary))
 
 
+MACHINE_KEYS = ("checkpoint", "data_dir", "storage_path")   # paths of the machine a study ran on
+
+
 def _portable(summary: Mapping[str, Any]) -> dict[str, Any]:
     """``summary`` without the paths of the machine it ran on."""
     out = dict(summary)
     out["experiment_dir"] = Path(str(summary.get("experiment_dir", ""))).name
     out["tracking_uri"] = "" if "://" in str(summary.get("tracking_uri", "")) else summary.get("tracking_uri", "")
-    out["trials"] = [{k: v for k, v in t.items() if k != "checkpoint"} for t in summary.get("trials", [])]
+    for key, rows in summary.items():
+        if isinstance(rows, list) and any(isinstance(r, dict) for r in rows):
+            out[key] = [{k: v for k, v in r.items() if k not in MACHINE_KEYS} if isinstance(r, dict) else r
+                        for r in rows]
     return out
 
 
 def _csv(frame: pd.DataFrame) -> str:
-    keep = [c for c in frame.columns if frame[c].map(lambda v: not isinstance(v, (dict, list))).all()]
+    keep = [c for c in frame.columns if frame[c].map(lambda v: not isinstance(v, (dict, list))).all()
+            and str(c).rsplit(".", 1)[-1] not in MACHINE_KEYS]
     return frame[keep].to_csv(index=False) if len(frame.columns) else ""
 
 

@@ -50,8 +50,11 @@ def test_the_data_folder_renders_the_same_file_byte_for_byte_without_machine_pat
                "mlflow_experiment": "ess-study", "experiment_dir": str(tmp_path / "runs" / "s"), "parent_run_id": "0",
                "stages": ["search"], "seeds": [1, 2], "arms": [], "pairs": {}, "headline": {}, "best": {},
                "trials": [{"arm": "joint", "kind": "search", "seed": s, "checkpoint": str(tmp_path / f"c{s}"),
-                           "genotype": ENAS.to_json(None), "retrain_valid_ppl": 100.0 + s} for s in (1, 2)]}
-    epochs = pd.DataFrame({"arm": ["joint"] * 2, "seed": [1, 2], "epoch": [1, 1], "valid/ppl": [500.5, 501.25]})
+                           "genotype": ENAS.to_json(None), "retrain_valid_ppl": 100.0 + s} for s in (1, 2)],
+               "wikitext2": [{"arm": "joint", "checkpoint": str(tmp_path / "w"), "retrain_valid_ppl": 390.0,
+                              "retrain_test_ppl": 400.0, "params": 1000}]}
+    epochs = pd.DataFrame({"arm": ["joint"] * 2, "seed": [1, 2], "epoch": [1, 1], "valid/ppl": [500.5, 501.25],
+                           "config.search.data_dir": [str(tmp_path / "data")] * 2})
     data = StudyData(summary, epochs.drop(columns="epoch"), epochs, Cost(2, {"search": 3.5}, 0.1),
                      {("joint", 1): ENAS, ("joint", 2): DARTS_V2})
     folder = write_data(data, tmp_path / "data")
@@ -223,3 +226,20 @@ def test_transfer_cells_are_compared_by_welch_with_holm_per_task():
         ps[(a, b)] = ref.pvalue
     order = sorted(ps, key=ps.get)
     assert rows[order[0]]["p_holm"] == pytest.approx(min(1.0, 3 * ps[order[0]]))
+
+
+def test_the_reproduce_line_names_the_page_from_the_folder_the_command_ran_in(tmp_path, monkeypatch):
+    from analysis.results import main
+
+    summary = {"job": "study", "name": "d", "tracking_uri": "", "mlflow_experiment": "ess-study",
+               "experiment_dir": "d", "parent_run_id": "0", "arms": [], "pairs": {}, "trials": [],
+               "headline": {}, "best": {}}
+    folder = write_data(StudyData(summary, pd.DataFrame(), pd.DataFrame(), Cost(), {}),
+                        tmp_path / "docs" / "results" / "data")
+    monkeypatch.chdir(tmp_path)   # the repository root: docs/results.md is run as docs/results.md
+    assert main(["--data", "docs/results/data", "--out", "docs/results.md"]) == 0
+    page = (tmp_path / "docs" / "results.md").read_text()
+    assert "python -m analysis.results --data docs/results/data --out docs/results.md    #" in page
+    assert main(["--data", str(folder), "--out", str(tmp_path / "docs" / "results.md")]) == 0
+    assert (tmp_path / "docs" / "results.md").read_text() == page   # the same page, however the path is spelled
+
