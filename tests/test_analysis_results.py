@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -243,3 +244,10 @@ def test_the_reproduce_line_names_the_page_from_the_folder_the_command_ran_in(tm
     assert main(["--data", str(folder), "--out", str(tmp_path / "docs" / "results.md")]) == 0
     assert (tmp_path / "docs" / "results.md").read_text() == page   # the same page, however the path is spelled
 
+
+@pytest.mark.parametrize("page, pilot", [("results", False), ("pilot", True)])
+def test_the_committed_rows_rewrite_the_committed_page_byte_for_byte(page, pilot, tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    data = read_data(root / "docs" / page / "data")
+    text = render(data, tmp_path / page, page, pilot, page=f"docs/{page}")
+    assert text == (root / "docs" / f"{page}.md").read_text()
