@@ -171,8 +171,9 @@ def primary_reading(summary: Mapping[str, Any]) -> list[str]:
     for c in primary["comparisons"]:
         a, b = c["arm_a"], c["arm_b"]
         head = f"**{a} vs {b}** (primary)"
-        if c["verdict"].startswith("no comparison"):
-            out += [f"{head}: {c['verdict']} (n = {c['n_a']} and {c['n_b']}).", ""]
+        verdict = primary_verdict(c)
+        if verdict.startswith("no comparison"):
+            out += [f"{head}: {verdict} (n = {c['n_a']} and {c['n_b']}).", ""]
             continue
         words = ratio_words(a, b, c["ci_low"], c["ci_high"])
         text = (f"{head}: geometric-mean `{metric}` {num(means.get(a))} vs {num(means.get(b))}; ratio "
